@@ -1,0 +1,147 @@
+#include "dataplane/worker.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct dp_worker {
+    unsigned index;
+    char name[32];
+    uv_loop_t loop;
+    uv_async_t wakeup;
+    uv_thread_t thread;
+    dp_worker_init_fn init;
+    void *userdata;
+    atomic_bool stop_requested;
+    atomic_bool running;
+    bool started;
+    /* start handshake */
+    uv_mutex_t mu;
+    uv_cond_t cond;
+    bool ready;
+    int start_err;
+};
+
+static void close_walk_cb(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_wakeup(uv_async_t *a)
+{
+    dp_worker_t *w = a->data;
+    if (atomic_load(&w->stop_requested))
+        uv_walk(&w->loop, close_walk_cb, NULL);
+}
+
+static void worker_main(void *arg)
+{
+    dp_worker_t *w = arg;
+    int rc = uv_loop_init(&w->loop);
+    if (rc == 0) {
+        rc = uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+        if (rc < 0)
+            uv_loop_close(&w->loop);
+    }
+    w->wakeup.data = w;
+    uv_mutex_lock(&w->mu);
+    w->start_err = rc;
+    w->ready = true;
+    uv_cond_signal(&w->cond);
+    uv_mutex_unlock(&w->mu);
+    if (rc < 0)
+        return;
+
+    atomic_store(&w->running, true);
+    if (w->init)
+        w->init(w, w->userdata);
+    /* A stop that arrived before the handshake is honoured here. */
+    if (atomic_load(&w->stop_requested))
+        uv_walk(&w->loop, close_walk_cb, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    atomic_store(&w->running, false);
+    /* Every handle is closed by now; run once more for their close callbacks. */
+    uv_walk(&w->loop, close_walk_cb, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&w->loop);
+}
+
+dp_worker_t *dp_worker_new(unsigned index, dp_worker_init_fn init, void *userdata)
+{
+    dp_worker_t *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return NULL;
+    w->index = index;
+    snprintf(w->name, sizeof(w->name), "worker_%u", index);
+    w->init = init;
+    w->userdata = userdata;
+    if (uv_mutex_init(&w->mu) < 0) {
+        free(w);
+        return NULL;
+    }
+    if (uv_cond_init(&w->cond) < 0) {
+        uv_mutex_destroy(&w->mu);
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+int dp_worker_start(dp_worker_t *w)
+{
+    int rc = uv_thread_create(&w->thread, worker_main, w);
+    if (rc < 0)
+        return rc;
+    w->started = true;
+    uv_mutex_lock(&w->mu);
+    while (!w->ready)
+        uv_cond_wait(&w->cond, &w->mu);
+    rc = w->start_err;
+    uv_mutex_unlock(&w->mu);
+    return rc;
+}
+
+void dp_worker_stop(dp_worker_t *w)
+{
+    if (w == NULL || atomic_exchange(&w->stop_requested, true))
+        return;
+    if (w->started && w->start_err == 0)
+        uv_async_send(&w->wakeup);
+}
+
+void dp_worker_join_free(dp_worker_t *w)
+{
+    if (w == NULL)
+        return;
+    if (w->started) {
+        dp_worker_stop(w);
+        uv_thread_join(&w->thread);
+    }
+    uv_cond_destroy(&w->cond);
+    uv_mutex_destroy(&w->mu);
+    free(w);
+}
+
+unsigned dp_worker_index(const dp_worker_t *w)
+{
+    return w->index;
+}
+
+const char *dp_worker_name(const dp_worker_t *w)
+{
+    return w->name;
+}
+
+uv_loop_t *dp_worker_loop(dp_worker_t *w)
+{
+    return &w->loop;
+}
+
+bool dp_worker_running(const dp_worker_t *w)
+{
+    return atomic_load(&w->running);
+}

@@ -1,0 +1,1032 @@
+#include "xds/client.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "dataplane/log.h"
+#include "envoy/config/cluster/v3/cluster.pb-c.h"
+#include "envoy/config/endpoint/v3/endpoint.pb-c.h"
+#include "envoy/config/listener/v3/listener.pb-c.h"
+#include "envoy/config/route/v3/route.pb-c.h"
+#include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
+#include "google/protobuf/timestamp.pb-c.h"
+#include "protos/registry.h"
+#include "xds/ads.h"
+#include "xds/pbjson.h"
+#include "xds/pbwire.h"
+
+/* Istio's own extensions that skiff accepts and passes through until it implements them
+ * (README.md lists them). Any other type skiff does not declare is NACKed, unless its HTTP
+ * filter is marked is_optional. */
+static const char *const passthrough_types[] = {
+    "type.googleapis.com/stats.PluginConfig",
+    "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+    "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+    "type.googleapis.com/io.istio.http.peer_metadata.Config",
+    "type.googleapis.com/io.istio.network.authn.Config",
+    "type.googleapis.com/istio.telemetry.metadataexchange.v1.MetadataExchange",
+};
+
+enum { T_CDS, T_EDS, T_LDS, T_RDS, T_COUNT };
+
+static const char *const type_urls[T_COUNT] = {XDS_TYPE_CLUSTER, XDS_TYPE_ENDPOINT,
+                                               XDS_TYPE_LISTENER, XDS_TYPE_ROUTE};
+
+typedef struct xds_res {
+    char *name;
+    char *version;
+    uint8_t *bytes; /* the resource as received */
+    size_t len;
+    ProtobufCMessage *msg;
+    int64_t last_updated_ms;
+    bool warming; /* clusters waiting for endpoints, listeners waiting for routes */
+} xds_res_t;
+
+/* A listener whose last update was rejected: Envoy's error_state. */
+typedef struct xds_rejected {
+    char *name;
+    uint8_t *bytes;
+    size_t len;
+    char *details;
+    int64_t attempt_ms;
+} xds_rejected_t;
+
+typedef struct xds_store {
+    xds_res_t *v;
+    size_t n;
+    char *version; /* the type's last accepted version_info */
+    int64_t last_updated_ms;
+    bool received; /* a first response has been applied */
+    xds_rejected_t *rej;
+    size_t n_rej;
+    /* stats: <prefix>.update_attempt, ... */
+    dp_counter_t *attempt, *success, *rejected, *failure, *empty;
+    dp_gauge_t *version_hash, *update_time;
+    dp_textreadout_t *version_text;
+} xds_store_t;
+
+struct xds_client {
+    uv_loop_t *loop;
+    const Envoy__Config__Bootstrap__V3__Bootstrap *bootstrap;
+    dp_stats_t *stats;
+    xds_client_callbacks_t cb;
+    void *userdata;
+    xds_ads_t *ads;
+    xds_store_t store[T_COUNT];
+    bool initialized;
+    dp_gauge_t *connected_state;
+    dp_gauge_t *active_clusters, *warming_clusters, *total_listeners_active,
+        *total_listeners_warming;
+    uv_timer_t init_timer;
+    uint64_t init_timeout_ms;
+};
+
+static int64_t now_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+static char *xstrdup(const char *s)
+{
+    char *p = strdup(s ? s : "");
+    if (p == NULL)
+        abort();
+    return p;
+}
+
+/* ---- errors: a growing "resource 'x': field: reason; ..." text ---- */
+
+typedef struct errbuf {
+    char *text;
+    size_t len;
+    unsigned count;
+} errbuf_t;
+
+static void err_add(errbuf_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void err_add(errbuf_t *e, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    size_t n = strlen(msg);
+    char *t = realloc(e->text, e->len + n + 3);
+    if (t == NULL)
+        abort();
+    e->text = t;
+    if (e->len) {
+        memcpy(e->text + e->len, "; ", 2);
+        e->len += 2;
+    }
+    memcpy(e->text + e->len, msg, n + 1);
+    e->len += n;
+    e->count++;
+}
+
+/* ---- validation: every Any inside a resource must be a type skiff declares, a pass-through
+ * Istio type, or the config of an optional HTTP filter ---- */
+
+static bool is_passthrough(const char *type_url)
+{
+    for (size_t i = 0; i < sizeof(passthrough_types) / sizeof(passthrough_types[0]); i++) {
+        if (strcmp(passthrough_types[i], type_url) == 0)
+            return true;
+    }
+    return false;
+}
+
+static bool parent_is_optional_filter(const ProtobufCMessage *parent)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(parent->descriptor, "is_optional");
+    if (f == NULL || f->type != PROTOBUF_C_TYPE_BOOL)
+        return false;
+    return *(const protobuf_c_boolean *)((const char *)parent + f->offset);
+}
+
+static int check_anys(const ProtobufCMessage *m, char *path, size_t pathlen, size_t pos,
+                      unsigned depth, const char **ret_bad_type);
+
+static int check_one_any(const ProtobufCMessage *parent, const Google__Protobuf__Any *any,
+                         char *path, size_t pathlen, size_t pos, unsigned depth,
+                         const char **ret_bad_type)
+{
+    if (depth > XDS_PB_MAX_DEPTH)
+        return -ELOOP;
+    const ProtobufCMessageDescriptor *d = pb_registry_find_type_url(any->type_url);
+    if (d == NULL) {
+        if (is_passthrough(any->type_url) || parent_is_optional_filter(parent))
+            return 0;
+        *ret_bad_type = any->type_url;
+        return -ENOENT;
+    }
+    const char *why = NULL;
+    ProtobufCMessage *inner = xds_pb_unpack(d, any->value.data, any->value.len, &why);
+    if (inner == NULL) {
+        *ret_bad_type = any->type_url;
+        return -EINVAL;
+    }
+    int rc = check_anys(inner, path, pathlen, pos, depth + 1, ret_bad_type);
+    /* A TypedStruct names the real type in its own type_url. */
+    if (rc == 0 && strstr(d->name, "TypedStruct") != NULL) {
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field_by_name(d, "type_url");
+        const char *inner_url = f ? *(char *const *)((const char *)inner + f->offset) : NULL;
+        if (inner_url && inner_url[0] && pb_registry_find_type_url(inner_url) == NULL &&
+            !is_passthrough(inner_url) && !parent_is_optional_filter(parent)) {
+            *ret_bad_type = NULL;
+            rc = -ENOENT;
+            snprintf(path + pos, pathlen - pos, ".type_url (TypedStruct of unknown type %s)",
+                     inner_url);
+        }
+    }
+    protobuf_c_message_free_unpacked(inner, NULL);
+    return rc;
+}
+
+/* Walks every message field of m; path holds the field path so far (pos its length). */
+static int check_anys(const ProtobufCMessage *m, char *path, size_t pathlen, size_t pos,
+                      unsigned depth, const char **ret_bad_type)
+{
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        const char *base = (const char *)m;
+        size_t count = 1;
+        const ProtobufCMessage *const *items;
+        const ProtobufCMessage *one;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            count = *(const size_t *)(base + f->quantifier_offset);
+            items = *(const ProtobufCMessage *const *const *)(base + f->offset);
+        } else {
+            if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+                uint32_t which = *(const uint32_t *)(base + f->quantifier_offset);
+                if (which != f->id)
+                    continue;
+            }
+            one = *(const ProtobufCMessage *const *)(base + f->offset);
+            if (one == NULL)
+                continue;
+            items = &one;
+        }
+        for (size_t k = 0; k < count; k++) {
+            const ProtobufCMessage *sub = items[k];
+            size_t np = pos + (size_t)snprintf(path + pos, pathlen - pos,
+                                               f->label == PROTOBUF_C_LABEL_REPEATED ? ".%s[%zu]"
+                                                                                     : ".%s",
+                                               f->name, k);
+            if (np >= pathlen)
+                np = pathlen - 1;
+            int rc;
+            if (f->descriptor == &google__protobuf__any__descriptor)
+                rc = check_one_any(m, (const Google__Protobuf__Any *)sub, path, pathlen, np,
+                                   depth, ret_bad_type);
+            else
+                rc = check_anys(sub, path, pathlen, np, depth + 1, ret_bad_type);
+            if (rc < 0)
+                return rc;
+        }
+        path[pos] = '\0';
+    }
+    return 0;
+}
+
+/* Decodes and validates one resource of type t. Returns the message, or NULL with the reason
+ * appended to err (naming the resource and the field). ret_name gets the resource's name. */
+static ProtobufCMessage *decode_resource(int t, const xds_ads_resource_t *r, errbuf_t *err,
+                                         const char **ret_name)
+{
+    static const ProtobufCMessageDescriptor *const descs[T_COUNT] = {
+        &envoy__config__cluster__v3__cluster__descriptor,
+        &envoy__config__endpoint__v3__cluster_load_assignment__descriptor,
+        &envoy__config__listener__v3__listener__descriptor,
+        &envoy__config__route__v3__route_configuration__descriptor,
+    };
+    const char *label = r->name[0] ? r->name : "(unnamed)";
+    if (strcmp(r->type_url, type_urls[t]) != 0) {
+        err_add(err, "resource '%s': type %s in a %s response", label, r->type_url, type_urls[t]);
+        return NULL;
+    }
+    const char *why = NULL;
+    ProtobufCMessage *m = xds_pb_unpack(descs[t], r->data, r->len, &why);
+    if (m == NULL) {
+        err_add(err, "resource '%s': %s", label, why);
+        return NULL;
+    }
+    const char *name = "";
+    switch (t) {
+    case T_CDS:
+        name = ((Envoy__Config__Cluster__V3__Cluster *)m)->name;
+        break;
+    case T_EDS:
+        name = ((Envoy__Config__Endpoint__V3__ClusterLoadAssignment *)m)->cluster_name;
+        break;
+    case T_LDS:
+        name = ((Envoy__Config__Listener__V3__Listener *)m)->name;
+        break;
+    case T_RDS:
+        name = ((Envoy__Config__Route__V3__RouteConfiguration *)m)->name;
+        break;
+    }
+    *ret_name = name;
+    if (name[0] == '\0') {
+        err_add(err, "resource of type %s: name: must not be empty", type_urls[t]);
+        protobuf_c_message_free_unpacked(m, NULL);
+        return NULL;
+    }
+    if (r->name[0] && strcmp(r->name, name) != 0) {
+        err_add(err, "resource '%s': name: the resource calls itself '%s'", r->name, name);
+        protobuf_c_message_free_unpacked(m, NULL);
+        return NULL;
+    }
+    char path[512] = "";
+    const char *bad = NULL;
+    int rc = check_anys(m, path, sizeof(path), 0, 0, &bad);
+    if (rc == -ENOENT && bad) {
+        err_add(err, "resource '%s': %s: unknown type %s", name, path[0] ? path + 1 : "(root)",
+                bad);
+    } else if (rc == -ENOENT) {
+        err_add(err, "resource '%s': %s", name, path[0] ? path + 1 : "(root)");
+    } else if (rc < 0) {
+        err_add(err, "resource '%s': %s: cannot decode %s", name, path[0] ? path + 1 : "(root)",
+                bad ? bad : "nested message");
+    }
+    if (rc < 0) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return NULL;
+    }
+    if (t == T_CDS) {
+        const Envoy__Config__Cluster__V3__Cluster *c = (void *)m;
+        if (c->connect_timeout &&
+            (c->connect_timeout->seconds < 0 || c->connect_timeout->nanos < 0)) {
+            err_add(err, "resource '%s': connect_timeout: must not be negative", name);
+            protobuf_c_message_free_unpacked(m, NULL);
+            return NULL;
+        }
+    }
+    return m;
+}
+
+/* ---- stores ---- */
+
+static xds_res_t *store_find(xds_store_t *s, const char *name)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        if (strcmp(s->v[i].name, name) == 0)
+            return &s->v[i];
+    }
+    return NULL;
+}
+
+static void res_clear(xds_res_t *r)
+{
+    free(r->name);
+    free(r->version);
+    free(r->bytes);
+    if (r->msg)
+        protobuf_c_message_free_unpacked(r->msg, NULL);
+}
+
+static void store_remove_at(xds_store_t *s, size_t i)
+{
+    res_clear(&s->v[i]);
+    s->v[i] = s->v[--s->n];
+}
+
+static void store_remove(xds_store_t *s, const char *name)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        if (strcmp(s->v[i].name, name) == 0) {
+            store_remove_at(s, i);
+            return;
+        }
+    }
+}
+
+/* Stores (or replaces) a resource, taking ownership of msg. */
+static xds_res_t *store_put(xds_store_t *s, const char *name, const char *version,
+                            const xds_ads_resource_t *r, ProtobufCMessage *msg)
+{
+    xds_res_t *e = store_find(s, name);
+    if (e == NULL) {
+        xds_res_t *v = realloc(s->v, (s->n + 1) * sizeof(*v));
+        if (v == NULL)
+            abort();
+        s->v = v;
+        e = &s->v[s->n++];
+        memset(e, 0, sizeof(*e));
+    } else {
+        res_clear(e);
+        memset(e, 0, sizeof(*e));
+    }
+    e->name = xstrdup(name);
+    e->version = xstrdup(version);
+    e->bytes = malloc(r->len ? r->len : 1);
+    if (e->bytes == NULL)
+        abort();
+    memcpy(e->bytes, r->data, r->len);
+    e->len = r->len;
+    e->msg = msg;
+    e->last_updated_ms = now_ms();
+    return e;
+}
+
+static void rejected_set(xds_store_t *s, const char *name, const xds_ads_resource_t *r,
+                         const char *details)
+{
+    xds_rejected_t *e = NULL;
+    for (size_t i = 0; i < s->n_rej; i++) {
+        if (strcmp(s->rej[i].name, name) == 0)
+            e = &s->rej[i];
+    }
+    if (e == NULL) {
+        xds_rejected_t *v = realloc(s->rej, (s->n_rej + 1) * sizeof(*v));
+        if (v == NULL)
+            abort();
+        s->rej = v;
+        e = &s->rej[s->n_rej++];
+        e->name = xstrdup(name);
+    } else {
+        free(e->bytes);
+        free(e->details);
+    }
+    e->bytes = malloc(r->len ? r->len : 1);
+    if (e->bytes == NULL)
+        abort();
+    memcpy(e->bytes, r->data, r->len);
+    e->len = r->len;
+    e->details = xstrdup(details);
+    e->attempt_ms = now_ms();
+}
+
+static void rejected_clear(xds_store_t *s, const char *name)
+{
+    for (size_t i = 0; i < s->n_rej; i++) {
+        if (strcmp(s->rej[i].name, name) == 0) {
+            free(s->rej[i].name);
+            free(s->rej[i].bytes);
+            free(s->rej[i].details);
+            s->rej[i] = s->rej[--s->n_rej];
+            return;
+        }
+    }
+}
+
+/* ---- references: which EDS and RDS names the active resources need ---- */
+
+static const char *cluster_eds_name(const Envoy__Config__Cluster__V3__Cluster *c)
+{
+    if (c->cluster_discovery_type_case !=
+            ENVOY__CONFIG__CLUSTER__V3__CLUSTER__CLUSTER_DISCOVERY_TYPE_TYPE ||
+        c->type != ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__EDS)
+        return NULL;
+    if (c->eds_cluster_config && c->eds_cluster_config->service_name[0])
+        return c->eds_cluster_config->service_name;
+    return c->name;
+}
+
+/* Calls fn for every RDS route_config_name the listener's HTTP connection managers use. */
+static void listener_rds_names(const Envoy__Config__Listener__V3__Listener *l,
+                               void (*fn)(void *ud, const char *name), void *ud)
+{
+    const ProtobufCMessageDescriptor *hcm_desc =
+        &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor;
+    size_t nchains = l->n_filter_chains + (l->default_filter_chain ? 1 : 0);
+    for (size_t i = 0; i < nchains; i++) {
+        const Envoy__Config__Listener__V3__FilterChain *fc =
+            i < l->n_filter_chains ? l->filter_chains[i] : l->default_filter_chain;
+        for (size_t k = 0; k < fc->n_filters; k++) {
+            const Envoy__Config__Listener__V3__Filter *f = fc->filters[k];
+            if (f->config_type_case !=
+                    ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG ||
+                f->typed_config == NULL ||
+                strcmp(f->typed_config->type_url,
+                       "type.googleapis.com/envoy.extensions.filters.network."
+                       "http_connection_manager.v3.HttpConnectionManager") != 0)
+                continue;
+            const char *why;
+            Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager
+                *hcm = (void *)xds_pb_unpack(hcm_desc, f->typed_config->value.data,
+                                             f->typed_config->value.len, &why);
+            if (hcm == NULL)
+                continue;
+            if (hcm->route_specifier_case ==
+                    ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS &&
+                hcm->rds->route_config_name[0])
+                fn(ud, hcm->rds->route_config_name);
+            protobuf_c_message_free_unpacked(&hcm->base, NULL);
+        }
+    }
+}
+
+typedef struct name_set {
+    const char **v;
+    size_t n;
+} name_set_t;
+
+static void name_set_add(void *ud, const char *name)
+{
+    name_set_t *s = ud;
+    for (size_t i = 0; i < s->n; i++) {
+        if (strcmp(s->v[i], name) == 0)
+            return;
+    }
+    const char **v = realloc(s->v, (s->n + 1) * sizeof(*v));
+    if (v == NULL)
+        abort();
+    s->v = v;
+    s->v[s->n++] = name;
+}
+
+static bool name_set_has(const name_set_t *s, const char *name)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        if (strcmp(s->v[i], name) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void update_gauges(xds_client_t *c)
+{
+    size_t warm = 0, lwarm = 0;
+    for (size_t i = 0; i < c->store[T_CDS].n; i++)
+        warm += c->store[T_CDS].v[i].warming;
+    for (size_t i = 0; i < c->store[T_LDS].n; i++)
+        lwarm += c->store[T_LDS].v[i].warming;
+    dp_gauge_set(c->active_clusters, c->store[T_CDS].n - warm);
+    dp_gauge_set(c->warming_clusters, warm);
+    dp_gauge_set(c->total_listeners_active, c->store[T_LDS].n - lwarm);
+    dp_gauge_set(c->total_listeners_warming, lwarm);
+}
+
+static void maybe_initialized(xds_client_t *c)
+{
+    if (c->initialized || !c->store[T_CDS].received || !c->store[T_LDS].received)
+        return;
+    for (size_t i = 0; i < c->store[T_CDS].n; i++) {
+        if (c->store[T_CDS].v[i].warming)
+            return;
+    }
+    for (size_t i = 0; i < c->store[T_LDS].n; i++) {
+        if (c->store[T_LDS].v[i].warming)
+            return;
+    }
+    c->initialized = true;
+    uv_timer_stop(&c->init_timer);
+    DP_LOG(DP_LOG_CONFIG, DP_LOG_INFO, "xds: initial configuration applied (%zu clusters, %zu "
+                                       "listeners, %zu route configs)",
+           c->store[T_CDS].n, c->store[T_LDS].n, c->store[T_RDS].n);
+    if (c->cb.on_initialized)
+        c->cb.on_initialized(c->userdata);
+}
+
+/* Recomputes warming and the EDS/RDS subscriptions from the active clusters and listeners. */
+static void refresh_dependencies(xds_client_t *c)
+{
+    name_set_t eds = {0}, rds = {0};
+    for (size_t i = 0; i < c->store[T_CDS].n; i++) {
+        xds_res_t *r = &c->store[T_CDS].v[i];
+        const char *en = cluster_eds_name((const void *)r->msg);
+        if (en) {
+            name_set_add(&eds, en);
+            if (r->warming && store_find(&c->store[T_EDS], en))
+                r->warming = false;
+        } else {
+            r->warming = false;
+        }
+    }
+    for (size_t i = 0; i < c->store[T_LDS].n; i++) {
+        xds_res_t *r = &c->store[T_LDS].v[i];
+        name_set_t mine = {0};
+        listener_rds_names((const void *)r->msg, name_set_add, &mine);
+        bool ready = true;
+        for (size_t k = 0; k < mine.n; k++) {
+            name_set_add(&rds, mine.v[k]);
+            if (!store_find(&c->store[T_RDS], mine.v[k]))
+                ready = false;
+        }
+        if (ready)
+            r->warming = false;
+        free(mine.v);
+    }
+    /* Drop endpoints and routes nothing references any more. */
+    for (size_t i = 0; i < c->store[T_EDS].n;) {
+        if (!name_set_has(&eds, c->store[T_EDS].v[i].name))
+            store_remove_at(&c->store[T_EDS], i);
+        else
+            i++;
+    }
+    for (size_t i = 0; i < c->store[T_RDS].n;) {
+        if (!name_set_has(&rds, c->store[T_RDS].v[i].name))
+            store_remove_at(&c->store[T_RDS], i);
+        else
+            i++;
+    }
+    xds_ads_subscribe(c->ads, XDS_TYPE_ENDPOINT, false, eds.v, eds.n);
+    xds_ads_subscribe(c->ads, XDS_TYPE_ROUTE, false, rds.v, rds.n);
+    free(eds.v);
+    free(rds.v);
+    update_gauges(c);
+    maybe_initialized(c);
+}
+
+/* ---- applying an update ---- */
+
+static int type_index(const char *type_url)
+{
+    for (int i = 0; i < T_COUNT; i++) {
+        if (strcmp(type_urls[i], type_url) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static uint64_t version_hash(const char *s)
+{
+    /* FNV-1a: Envoy's *.version gauge is a hash of version_info. */
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h & 0x7fffffffffffffffull;
+}
+
+static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg)
+{
+    xds_client_t *c = ud;
+    int t = type_index(u->type_url);
+    if (t < 0) {
+        *reterr_msg = xstrdup("type not subscribed");
+        return -EINVAL;
+    }
+    xds_store_t *s = &c->store[t];
+    dp_counter_inc(s->attempt);
+    uint64_t t0 = uv_hrtime();
+    errbuf_t err = {0};
+    name_set_t seen = {0};
+    char **names = calloc(u->n_resources + 1, sizeof(*names));
+    if (names == NULL)
+        abort();
+
+    for (size_t i = 0; i < u->n_resources; i++) {
+        const xds_ads_resource_t *r = &u->resources[i];
+        const char *name = NULL;
+        unsigned before = err.count;
+        ProtobufCMessage *m = decode_resource(t, r, &err, &name);
+        if (m && name_set_has(&seen, name)) {
+            err_add(&err, "resource '%s': duplicate name in one response", name);
+            protobuf_c_message_free_unpacked(m, NULL);
+            m = NULL;
+        }
+        if (m == NULL) {
+            if (t == T_LDS && name && err.count > before)
+                rejected_set(s, name, r, err.text);
+            if (name)
+                names[i] = xstrdup(name);
+            continue;
+        }
+        names[i] = xstrdup(name);
+        name_set_add(&seen, names[i]);
+        xds_res_t *e = store_find(s, name);
+        bool same = e && e->len == r->len && memcmp(e->bytes, r->data, r->len) == 0;
+        if (same) {
+            protobuf_c_message_free_unpacked(m, NULL);
+            free(e->version);
+            e->version = xstrdup(u->version_info);
+            continue;
+        }
+        e = store_put(s, name, u->version_info, r, m);
+        e->warming = t == T_CDS || t == T_LDS; /* until refresh_dependencies clears it */
+        if (t == T_LDS)
+            rejected_clear(s, name);
+    }
+    /* State of the world for wildcard types: what the response does not name is gone. Named
+     * types (EDS, RDS) keep what the response leaves out (istiod sends only new names). */
+    if (u->state_of_the_world && (t == T_CDS || t == T_LDS)) {
+        for (size_t i = 0; i < s->n;) {
+            bool named = false;
+            for (size_t k = 0; k < u->n_resources && !named; k++)
+                named = names[k] && strcmp(names[k], s->v[i].name) == 0;
+            if (!named)
+                store_remove_at(s, i);
+            else
+                i++;
+        }
+    }
+    for (size_t i = 0; i < u->n_removed; i++)
+        store_remove(s, u->removed[i]);
+    for (size_t i = 0; i < u->n_resources; i++)
+        free(names[i]);
+    free(names);
+    free(seen.v);
+
+    /* Dependent resources: a cluster is active once its endpoints are here, a listener once
+     * its routes are. */
+    if (t == T_EDS) {
+        for (size_t i = 0; i < c->store[T_CDS].n; i++) {
+            xds_res_t *cl = &c->store[T_CDS].v[i];
+            const char *en = cluster_eds_name((const void *)cl->msg);
+            if (en && store_find(s, en))
+                cl->warming = false;
+        }
+    }
+    s->received = true;
+    refresh_dependencies(c);
+
+    dp_gauge_set(s->update_time, (uv_hrtime() - t0) / 1000000);
+    if (u->n_resources == 0 && u->n_removed == 0)
+        dp_counter_inc(s->empty);
+    if (err.count) {
+        dp_counter_inc(s->rejected);
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "xds: rejecting part of %s version %s: %s",
+               u->type_url, u->version_info, err.text);
+        *reterr_msg = err.text;
+        return -EINVAL;
+    }
+    dp_counter_inc(s->success);
+    free(s->version);
+    s->version = xstrdup(u->version_info);
+    s->last_updated_ms = now_ms();
+    dp_gauge_set(s->version_hash, version_hash(u->version_info));
+    dp_textreadout_set(s->version_text, u->version_info);
+    return 0;
+}
+
+static void on_connection(void *ud, bool connected)
+{
+    xds_client_t *c = ud;
+    dp_gauge_set(c->connected_state, connected ? 1 : 0);
+}
+
+static void on_init_timeout(uv_timer_t *t)
+{
+    xds_client_t *c = t->data;
+    if (c->initialized)
+        return;
+    DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "xds: initial_fetch_timeout passed; going on with what "
+                                       "has arrived");
+    for (int k = 0; k < T_COUNT; k++) {
+        for (size_t i = 0; i < c->store[k].n; i++)
+            c->store[k].v[i].warming = false;
+        c->store[k].received = true;
+    }
+    update_gauges(c);
+    maybe_initialized(c);
+}
+
+/* ---- construction ---- */
+
+static void store_stats(xds_client_t *c, xds_store_t *s, const char *prefix)
+{
+    char name[256];
+#define STAT(field, kind, suffix)                                                                  \
+    snprintf(name, sizeof(name), "%s.%s", prefix, suffix);                                        \
+    s->field = dp_stats_##kind(c->stats, name)
+    STAT(attempt, counter, "update_attempt");
+    STAT(success, counter, "update_success");
+    STAT(rejected, counter, "update_rejected");
+    STAT(failure, counter, "update_failure");
+    STAT(empty, counter, "update_empty");
+    STAT(version_hash, gauge, "version");
+    STAT(update_time, gauge, "update_time");
+    STAT(version_text, textreadout, "version_text");
+#undef STAT
+}
+
+static int ads_target(const Envoy__Config__Bootstrap__V3__Bootstrap *b, char *buf, size_t len,
+                      char **reterr_msg)
+{
+    const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *dr = b->dynamic_resources;
+    if (dr == NULL || dr->ads_config == NULL || dr->ads_config->n_grpc_services == 0) {
+        *reterr_msg = xstrdup("dynamic_resources.ads_config.grpc_services is empty");
+        return -EINVAL;
+    }
+    const Envoy__Config__Core__V3__GrpcService *g = dr->ads_config->grpc_services[0];
+    if (g->target_specifier_case ==
+        ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__TARGET_SPECIFIER_GOOGLE_GRPC) {
+        snprintf(buf, len, "%s", g->google_grpc->target_uri);
+        return 0;
+    }
+    if (g->target_specifier_case !=
+        ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__TARGET_SPECIFIER_ENVOY_GRPC) {
+        *reterr_msg = xstrdup("dynamic_resources.ads_config.grpc_services[0]: no target");
+        return -EINVAL;
+    }
+    const char *cname = g->envoy_grpc->cluster_name;
+    const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = b->static_resources;
+    for (size_t i = 0; sr && i < sr->n_clusters; i++) {
+        const Envoy__Config__Cluster__V3__Cluster *cl = sr->clusters[i];
+        if (strcmp(cl->name, cname) != 0)
+            continue;
+        const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *la = cl->load_assignment;
+        if (la && la->n_endpoints && la->endpoints[0]->n_lb_endpoints) {
+            const Envoy__Config__Endpoint__V3__LbEndpoint *lb =
+                la->endpoints[0]->lb_endpoints[0];
+            const Envoy__Config__Core__V3__Address *a =
+                lb->host_identifier_case ==
+                        ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT
+                    ? lb->endpoint->address
+                    : NULL;
+            if (a && a->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_PIPE) {
+                snprintf(buf, len, "unix:%s", a->pipe->path);
+                return 0;
+            }
+            if (a && a->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS) {
+                const Envoy__Config__Core__V3__SocketAddress *sa = a->socket_address;
+                snprintf(buf, len, strchr(sa->address, ':') ? "ipv6:[%s]:%u" : "%s:%u",
+                         sa->address, sa->port_value);
+                return 0;
+            }
+        }
+        if (asprintf(reterr_msg, "static cluster '%s' has no endpoint address", cname) < 0)
+            abort();
+        return -EINVAL;
+    }
+    if (asprintf(reterr_msg, "dynamic_resources.ads_config: unknown static cluster '%s'",
+                 cname) < 0)
+        abort();
+    return -EINVAL;
+}
+
+int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstrap *bootstrap,
+                   dp_stats_t *stats, const xds_client_callbacks_t *cb, void *userdata,
+                   xds_client_t **ret_client, char **reterr_msg)
+{
+    char target[1024];
+    int rc = ads_target(bootstrap, target, sizeof(target), reterr_msg);
+    if (rc < 0)
+        return rc;
+    const Envoy__Config__Core__V3__ApiConfigSource *ac = bootstrap->dynamic_resources->ads_config;
+
+    xds_client_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        abort();
+    c->loop = loop;
+    c->bootstrap = bootstrap;
+    c->stats = stats;
+    if (cb)
+        c->cb = *cb;
+    c->userdata = userdata;
+    store_stats(c, &c->store[T_CDS], "cluster_manager.cds");
+    store_stats(c, &c->store[T_EDS], "cluster_manager.eds");
+    store_stats(c, &c->store[T_LDS], "listener_manager.lds");
+    store_stats(c, &c->store[T_RDS], "rds");
+    c->connected_state = dp_stats_gauge(stats, "control_plane.connected_state");
+    c->active_clusters = dp_stats_gauge(stats, "cluster_manager.active_clusters");
+    c->warming_clusters = dp_stats_gauge(stats, "cluster_manager.warming_clusters");
+    c->total_listeners_active = dp_stats_gauge(stats, "listener_manager.total_listeners_active");
+    c->total_listeners_warming = dp_stats_gauge(stats, "listener_manager.total_listeners_warming");
+    dp_gauge_set(c->connected_state, 0);
+
+    /* initial_fetch_timeout of cds_config (Istio sends 0s: wait for ever). */
+    const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *dr =
+        bootstrap->dynamic_resources;
+    if (dr->cds_config && dr->cds_config->initial_fetch_timeout) {
+        c->init_timeout_ms = (uint64_t)dr->cds_config->initial_fetch_timeout->seconds * 1000 +
+                             (uint64_t)dr->cds_config->initial_fetch_timeout->nanos / 1000000;
+    } else if (dr->cds_config) {
+        c->init_timeout_ms = 15000; /* Envoy's default */
+    }
+    uv_timer_init(loop, &c->init_timer);
+    c->init_timer.data = c;
+
+    const Envoy__Config__Core__V3__Node *node = bootstrap->node;
+    size_t nlen = node ? protobuf_c_message_get_packed_size(&node->base) : 0;
+    uint8_t *nbuf = malloc(nlen + 1);
+    if (nbuf == NULL)
+        abort();
+    if (node)
+        protobuf_c_message_pack(&node->base, nbuf);
+    xds_ads_config_t acfg = {
+        .target = {.target = target, .keepalive_time_ms = 300000, .keepalive_timeout_ms = 20000},
+        .delta = ac->api_type == ENVOY__CONFIG__CORE__V3__API_CONFIG_SOURCE__API_TYPE__DELTA_GRPC,
+        .node = nbuf,
+        .node_len = nlen,
+        .node_first_only = ac->set_node_on_first_message_only,
+    };
+    static const xds_ads_callbacks_t acb = {.on_update = on_update,
+                                            .on_connection = on_connection};
+    c->ads = xds_ads_new(loop, &acfg, &acb, c);
+    free(nbuf);
+    if (c->ads == NULL)
+        abort();
+    /* Envoy's order: CDS first, then EDS for its clusters, LDS, then RDS. */
+    xds_ads_subscribe(c->ads, XDS_TYPE_CLUSTER, true, NULL, 0);
+    xds_ads_subscribe(c->ads, XDS_TYPE_ENDPOINT, false, NULL, 0);
+    xds_ads_subscribe(c->ads, XDS_TYPE_LISTENER, true, NULL, 0);
+    xds_ads_subscribe(c->ads, XDS_TYPE_ROUTE, false, NULL, 0);
+    DP_LOG(DP_LOG_CONFIG, DP_LOG_INFO, "xds: ADS (%s) to %s",
+           acfg.delta ? "delta" : "state of the world", target);
+    *ret_client = c;
+    return 0;
+}
+
+void xds_client_start(xds_client_t *c)
+{
+    if (c->init_timeout_ms)
+        uv_timer_start(&c->init_timer, on_init_timeout, c->init_timeout_ms, 0);
+    xds_ads_start(c->ads);
+}
+
+size_t xds_client_cluster_count(const xds_client_t *c)
+{
+    return c->store[T_CDS].n;
+}
+
+/* ---- /config_dump ---- */
+
+static json_t *any_json(const char *type_url, const uint8_t *bytes, size_t len)
+{
+    Google__Protobuf__Any any;
+    google__protobuf__any__init(&any);
+    any.type_url = (char *)type_url;
+    any.value.data = (uint8_t *)bytes;
+    any.value.len = len;
+    pbjson_opts_t jo = {.resolve = pb_registry_find_type_url};
+    return pbjson_to_json(&any.base, &jo);
+}
+
+static json_t *timestamp_json(int64_t ms)
+{
+    Google__Protobuf__Timestamp ts;
+    google__protobuf__timestamp__init(&ts);
+    ts.seconds = ms / 1000;
+    ts.nanos = (int32_t)(ms % 1000) * 1000000;
+    pbjson_opts_t jo = {0};
+    return pbjson_to_json(&ts.base, &jo);
+}
+
+static json_t *dynamic_entry(const xds_res_t *r, const char *type_url, const char *field)
+{
+    json_t *e = json_object();
+    json_object_set_new(e, "version_info", json_string(r->version));
+    json_object_set_new(e, field, any_json(type_url, r->bytes, r->len));
+    json_object_set_new(e, "last_updated", timestamp_json(r->last_updated_ms));
+    return e;
+}
+
+void xds_client_config_dump(const xds_client_t *c, bool include_eds, json_t *configs)
+{
+    /* Clusters */
+    json_t *cd = json_object();
+    json_object_set_new(cd, "@type",
+                        json_string("type.googleapis.com/envoy.admin.v3.ClustersConfigDump"));
+    const xds_store_t *s = &c->store[T_CDS];
+    if (s->version)
+        json_object_set_new(cd, "version_info", json_string(s->version));
+    json_t *active = json_array(), *warming = json_array();
+    for (size_t i = 0; i < s->n; i++)
+        json_array_append_new(s->v[i].warming ? warming : active,
+                              dynamic_entry(&s->v[i], XDS_TYPE_CLUSTER, "cluster"));
+    json_object_set_new(cd, "dynamic_active_clusters", active);
+    if (json_array_size(warming))
+        json_object_set_new(cd, "dynamic_warming_clusters", warming);
+    else
+        json_decref(warming);
+    json_array_append_new(configs, cd);
+
+    /* Listeners */
+    json_t *ld = json_object();
+    json_object_set_new(ld, "@type",
+                        json_string("type.googleapis.com/envoy.admin.v3.ListenersConfigDump"));
+    s = &c->store[T_LDS];
+    if (s->version)
+        json_object_set_new(ld, "version_info", json_string(s->version));
+    json_t *dl = json_array();
+    for (size_t i = 0; i < s->n; i++) {
+        json_t *e = json_object();
+        json_object_set_new(e, "name", json_string(s->v[i].name));
+        json_t *st = dynamic_entry(&s->v[i], XDS_TYPE_LISTENER, "listener");
+        json_object_set_new(e, s->v[i].warming ? "warming_state" : "active_state", st);
+        for (size_t k = 0; k < s->n_rej; k++) {
+            if (strcmp(s->rej[k].name, s->v[i].name) != 0)
+                continue;
+            json_t *es = json_object();
+            json_object_set_new(es, "failed_configuration",
+                                any_json(XDS_TYPE_LISTENER, s->rej[k].bytes, s->rej[k].len));
+            json_object_set_new(es, "last_update_attempt", timestamp_json(s->rej[k].attempt_ms));
+            json_object_set_new(es, "details", json_string(s->rej[k].details));
+            json_object_set_new(e, "error_state", es);
+        }
+        json_array_append_new(dl, e);
+    }
+    for (size_t k = 0; k < s->n_rej; k++) {
+        bool known = false;
+        for (size_t i = 0; i < s->n && !known; i++)
+            known = strcmp(s->rej[k].name, s->v[i].name) == 0;
+        if (known)
+            continue;
+        json_t *e = json_object();
+        json_object_set_new(e, "name", json_string(s->rej[k].name));
+        json_t *es = json_object();
+        json_object_set_new(es, "failed_configuration",
+                            any_json(XDS_TYPE_LISTENER, s->rej[k].bytes, s->rej[k].len));
+        json_object_set_new(es, "last_update_attempt", timestamp_json(s->rej[k].attempt_ms));
+        json_object_set_new(es, "details", json_string(s->rej[k].details));
+        json_object_set_new(e, "error_state", es);
+        json_array_append_new(dl, e);
+    }
+    json_object_set_new(ld, "dynamic_listeners", dl);
+    json_array_append_new(configs, ld);
+
+    /* Routes */
+    json_t *rd = json_object();
+    json_object_set_new(rd, "@type",
+                        json_string("type.googleapis.com/envoy.admin.v3.RoutesConfigDump"));
+    s = &c->store[T_RDS];
+    json_t *dr = json_array();
+    for (size_t i = 0; i < s->n; i++)
+        json_array_append_new(dr, dynamic_entry(&s->v[i], XDS_TYPE_ROUTE, "route_config"));
+    json_object_set_new(rd, "dynamic_route_configs", dr);
+    json_array_append_new(configs, rd);
+
+    if (include_eds) {
+        json_t *ed = json_object();
+        json_object_set_new(ed, "@type",
+                            json_string("type.googleapis.com/envoy.admin.v3.EndpointsConfigDump"));
+        s = &c->store[T_EDS];
+        json_t *de = json_array();
+        for (size_t i = 0; i < s->n; i++)
+            json_array_append_new(de,
+                                  dynamic_entry(&s->v[i], XDS_TYPE_ENDPOINT, "endpoint_config"));
+        json_object_set_new(ed, "dynamic_endpoint_configs", de);
+        json_array_append_new(configs, ed);
+    }
+}
+
+static void on_init_timer_closed(uv_handle_t *h)
+{
+    xds_client_t *c = h->data;
+    for (int k = 0; k < T_COUNT; k++) {
+        xds_store_t *s = &c->store[k];
+        for (size_t i = 0; i < s->n; i++)
+            res_clear(&s->v[i]);
+        free(s->v);
+        for (size_t i = 0; i < s->n_rej; i++) {
+            free(s->rej[i].name);
+            free(s->rej[i].bytes);
+            free(s->rej[i].details);
+        }
+        free(s->rej);
+        free(s->version);
+    }
+    free(c);
+}
+
+void xds_client_free(xds_client_t *c)
+{
+    if (c == NULL)
+        return;
+    xds_ads_free(c->ads);
+    uv_close((uv_handle_t *)&c->init_timer, on_init_timer_closed);
+}

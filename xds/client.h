@@ -1,0 +1,59 @@
+/* The xDS client: subscriptions as istiod expects them, validation of every resource, the
+ * resource sets the server holds, warming and readiness as Envoy does them, and the stats
+ * pilot-agent's readiness check reads.
+ *
+ * Subscriptions: CDS and LDS wildcard; EDS by the names EDS clusters reference
+ * (eds_cluster_config.service_name, else the cluster name); RDS by the HttpConnectionManager
+ * rds.route_config_name of the active listeners; each unsubscribed when nothing references it.
+ *
+ * Acceptance is per resource: a response's good resources apply, the bad ones are listed in
+ * the NACK (resource name and field) and their last good version keeps serving.
+ *
+ * Main thread only. */
+#ifndef SKIFF_XDS_CLIENT_H
+#define SKIFF_XDS_CLIENT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "dataplane/stats.h"
+#include "envoy/config/bootstrap/v3/bootstrap.pb-c.h"
+
+#define XDS_TYPE_CLUSTER  "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+#define XDS_TYPE_ENDPOINT "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+#define XDS_TYPE_LISTENER "type.googleapis.com/envoy.config.listener.v3.Listener"
+#define XDS_TYPE_ROUTE    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+#define XDS_TYPE_SECRET   "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+typedef struct xds_client xds_client_t;
+
+typedef struct xds_client_callbacks {
+    /* The first CDS (with its EDS) and LDS (with its RDS) have been applied, or their
+     * initial_fetch_timeout passed: initialization is over. Called once. */
+    void (*on_initialized)(void *userdata);
+} xds_client_callbacks_t;
+
+/* Creates the client from the bootstrap's dynamic_resources.ads_config. The gRPC target is the
+ * static cluster named by envoy_grpc.cluster_name (its socket_address or pipe), or
+ * google_grpc.target_uri. Returns 0 with *ret_client, or -EINVAL with *reterr_msg (malloc'd)
+ * when the bootstrap names no usable ADS source. The bootstrap must outlive the client. */
+int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstrap *bootstrap,
+                   dp_stats_t *stats, const xds_client_callbacks_t *cb, void *userdata,
+                   xds_client_t **ret_client, char **reterr_msg);
+
+void xds_client_start(xds_client_t *c);
+
+/* The dynamic sections of /config_dump, in Envoy's admin.v3 shapes, as JSON objects to append
+ * to ConfigDump.configs (each with its "@type"): ClustersConfigDump, ListenersConfigDump,
+ * RoutesConfigDump, and EndpointsConfigDump when include_eds. Resources are echoed as they were
+ * received. The bootstrap's static resources are included in the static_* fields. */
+void xds_client_config_dump(const xds_client_t *c, bool include_eds, json_t *configs);
+
+/* Names of the active clusters and listeners, for /clusters and /listeners. */
+size_t xds_client_cluster_count(const xds_client_t *c);
+
+void xds_client_free(xds_client_t *c);
+
+#endif
