@@ -167,7 +167,8 @@ void dp_stats_add_custom_namespace(dp_stats_t *st, const char *ns)
     st->namespaces[st->n_namespaces++] = xstrdup(ns);
 }
 
-/* Runs every extractor on the full name; removes the first capture group of each match. */
+/* Runs every extractor on the full name; removes the first capture group of each match. An
+ * extractor whose part overlaps one an earlier extractor removed is skipped. */
 static void extract_tags(const dp_stats_t *st, dp_stat_t *s)
 {
     size_t len = strlen(s->name);
@@ -189,6 +190,12 @@ static void extract_tags(const dp_stats_t *st, dp_stat_t *s)
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         uint32_t n = pcre2_get_ovector_count(md);
         if (n < 2 || ov[2] == PCRE2_UNSET)
+            continue;
+        /* A part of the name another extractor already took is not taken twice. */
+        bool overlap = false;
+        for (size_t k = ov[2]; k < ov[3] && !overlap; k++)
+            overlap = keep[k];
+        if (overlap)
             continue;
         size_t vs = n >= 3 && ov[4] != PCRE2_UNSET ? ov[4] : ov[2];
         size_t ve = n >= 3 && ov[4] != PCRE2_UNSET ? ov[5] : ov[3];
