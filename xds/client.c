@@ -915,6 +915,16 @@ static json_t *dynamic_entry(const xds_res_t *r, const char *type_url, const cha
     return e;
 }
 
+/* Envoy's ListenersConfigDump error_state of a rejected listener. */
+static json_t *error_state_json(const xds_rejected_t *r)
+{
+    json_t *es = json_object();
+    json_object_set_new(es, "failed_configuration", any_json(XDS_TYPE_LISTENER, r->bytes, r->len));
+    json_object_set_new(es, "last_update_attempt", timestamp_json(r->attempt_ms));
+    json_object_set_new(es, "details", json_string(r->details));
+    return es;
+}
+
 void xds_client_config_dump(const xds_client_t *c, bool include_eds, json_t *configs)
 {
     /* Clusters */
@@ -949,14 +959,8 @@ void xds_client_config_dump(const xds_client_t *c, bool include_eds, json_t *con
         json_t *st = dynamic_entry(&s->v[i], XDS_TYPE_LISTENER, "listener");
         json_object_set_new(e, s->v[i].warming ? "warming_state" : "active_state", st);
         for (size_t k = 0; k < s->n_rej; k++) {
-            if (strcmp(s->rej[k].name, s->v[i].name) != 0)
-                continue;
-            json_t *es = json_object();
-            json_object_set_new(es, "failed_configuration",
-                                any_json(XDS_TYPE_LISTENER, s->rej[k].bytes, s->rej[k].len));
-            json_object_set_new(es, "last_update_attempt", timestamp_json(s->rej[k].attempt_ms));
-            json_object_set_new(es, "details", json_string(s->rej[k].details));
-            json_object_set_new(e, "error_state", es);
+            if (strcmp(s->rej[k].name, s->v[i].name) == 0)
+                json_object_set_new(e, "error_state", error_state_json(&s->rej[k]));
         }
         json_array_append_new(dl, e);
     }
@@ -968,12 +972,7 @@ void xds_client_config_dump(const xds_client_t *c, bool include_eds, json_t *con
             continue;
         json_t *e = json_object();
         json_object_set_new(e, "name", json_string(s->rej[k].name));
-        json_t *es = json_object();
-        json_object_set_new(es, "failed_configuration",
-                            any_json(XDS_TYPE_LISTENER, s->rej[k].bytes, s->rej[k].len));
-        json_object_set_new(es, "last_update_attempt", timestamp_json(s->rej[k].attempt_ms));
-        json_object_set_new(es, "details", json_string(s->rej[k].details));
-        json_object_set_new(e, "error_state", es);
+        json_object_set_new(e, "error_state", error_state_json(&s->rej[k]));
         json_array_append_new(dl, e);
     }
     json_object_set_new(ld, "dynamic_listeners", dl);
