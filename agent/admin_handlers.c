@@ -273,6 +273,73 @@ static void config_dump_resource(json_t *configs, const char *resource, const ch
     }
 }
 
+static json_t *section(const char *type)
+{
+    json_t *o = json_object();
+    char url[160];
+    snprintf(url, sizeof(url), "type.googleapis.com/envoy.admin.v3.%s", type);
+    json_object_set_new(o, "@type", json_string(url));
+    return o;
+}
+
+/* {"<field>": <message as JSON with its @type>, "last_updated": ...}: a static entry. */
+static json_t *static_entry(const char *field, const ProtobufCMessage *m, int64_t ms)
+{
+    json_t *e = json_object();
+    json_t *mj = message_json(m);
+    json_t *typed = json_object();
+    char url[200];
+    snprintf(url, sizeof(url), "type.googleapis.com/%s", m->descriptor->name);
+    json_object_set_new(typed, "@type", json_string(url));
+    if (mj)
+        json_object_update(typed, mj);
+    json_decref(mj);
+    json_object_set_new(e, field, typed);
+    Google__Protobuf__Timestamp ts;
+    set_timestamp_ms(&ts, ms);
+    json_object_set_new(e, "last_updated", message_json(&ts.base));
+    return e;
+}
+
+/* The sections after the bootstrap, in Envoy's order: clusters, endpoints (include_eds),
+ * listeners, scoped routes, routes, secrets. Static resources come from the bootstrap. */
+static void config_dump_sections(agent_server_t *s, bool include_eds, json_t *configs)
+{
+    const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr =
+        s->bootstrap->static_resources;
+    json_t *clusters = section("ClustersConfigDump");
+    json_t *endpoints = include_eds ? section("EndpointsConfigDump") : NULL;
+    json_t *listeners = section("ListenersConfigDump");
+    json_t *routes = section("RoutesConfigDump");
+    json_t *sc = json_array(), *se = json_array(), *sl = json_array();
+    for (size_t i = 0; sr && i < sr->n_clusters; i++) {
+        json_array_append_new(sc, static_entry("cluster", &sr->clusters[i]->base,
+                                               s->start_unix_ms));
+        if (endpoints && sr->clusters[i]->load_assignment)
+            json_array_append_new(se, static_entry("endpoint_config",
+                                                   &sr->clusters[i]->load_assignment->base,
+                                                   s->start_unix_ms));
+    }
+    for (size_t i = 0; sr && i < sr->n_listeners; i++)
+        json_array_append_new(sl, static_entry("listener", &sr->listeners[i]->base,
+                                               s->start_unix_ms));
+    json_object_set_new(clusters, "static_clusters", sc);
+    json_object_set_new(listeners, "static_listeners", sl);
+    if (endpoints)
+        json_object_set_new(endpoints, "static_endpoint_configs", se);
+    else
+        json_decref(se);
+    if (s->xds)
+        xds_client_config_dump(s->xds, clusters, endpoints, listeners, routes);
+    json_array_append_new(configs, clusters);
+    if (endpoints)
+        json_array_append_new(configs, endpoints);
+    json_array_append_new(configs, listeners);
+    json_array_append_new(configs, section("ScopedRoutesConfigDump"));
+    json_array_append_new(configs, routes);
+    json_array_append_new(configs, section("SecretsConfigDump"));
+}
+
 static void h_config_dump(const agent_admin_request_t *req, agent_admin_response_t *resp,
                           void *ud)
 {
@@ -306,8 +373,7 @@ static void h_config_dump(const agent_admin_request_t *req, agent_admin_response
         json_object_set_new(j, "configs", json_array());
         configs = json_object_get(j, "configs");
     }
-    if (s->xds)
-        xds_client_config_dump(s->xds, eds, configs);
+    config_dump_sections(s, eds, configs);
     if (resource && resource[0]) {
         json_t *out = json_array();
         config_dump_resource(configs, resource, mask, out);

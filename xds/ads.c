@@ -207,6 +207,10 @@ static void send_delta(xds_ads_t *a, ads_type_t *t, const char *nonce, const cha
 
 static void send_subscription(xds_ads_t *a, ads_type_t *t)
 {
+    /* A named type nothing has asked for yet is not requested at all (an empty SotW request
+     * for it would mean "unsubscribe" to istiod). */
+    if (!t->wildcard && t->n_names == 0 && !t->requested)
+        return;
     if (a->cfg.delta)
         send_delta(a, t, NULL, NULL);
     else

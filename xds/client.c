@@ -925,33 +925,25 @@ static json_t *error_state_json(const xds_rejected_t *r)
     return es;
 }
 
-void xds_client_config_dump(const xds_client_t *c, bool include_eds, json_t *configs)
+void xds_client_config_dump(const xds_client_t *c, json_t *clusters, json_t *endpoints,
+                            json_t *listeners, json_t *routes)
 {
-    /* Clusters */
-    json_t *cd = json_object();
-    json_object_set_new(cd, "@type",
-                        json_string("type.googleapis.com/envoy.admin.v3.ClustersConfigDump"));
     const xds_store_t *s = &c->store[T_CDS];
     if (s->version)
-        json_object_set_new(cd, "version_info", json_string(s->version));
+        json_object_set_new(clusters, "version_info", json_string(s->version));
     json_t *active = json_array(), *warming = json_array();
     for (size_t i = 0; i < s->n; i++)
         json_array_append_new(s->v[i].warming ? warming : active,
                               dynamic_entry(&s->v[i], XDS_TYPE_CLUSTER, "cluster"));
-    json_object_set_new(cd, "dynamic_active_clusters", active);
+    json_object_set_new(clusters, "dynamic_active_clusters", active);
     if (json_array_size(warming))
-        json_object_set_new(cd, "dynamic_warming_clusters", warming);
+        json_object_set_new(clusters, "dynamic_warming_clusters", warming);
     else
         json_decref(warming);
-    json_array_append_new(configs, cd);
 
-    /* Listeners */
-    json_t *ld = json_object();
-    json_object_set_new(ld, "@type",
-                        json_string("type.googleapis.com/envoy.admin.v3.ListenersConfigDump"));
     s = &c->store[T_LDS];
     if (s->version)
-        json_object_set_new(ld, "version_info", json_string(s->version));
+        json_object_set_new(listeners, "version_info", json_string(s->version));
     json_t *dl = json_array();
     for (size_t i = 0; i < s->n; i++) {
         json_t *e = json_object();
@@ -975,31 +967,21 @@ void xds_client_config_dump(const xds_client_t *c, bool include_eds, json_t *con
         json_object_set_new(e, "error_state", error_state_json(&s->rej[k]));
         json_array_append_new(dl, e);
     }
-    json_object_set_new(ld, "dynamic_listeners", dl);
-    json_array_append_new(configs, ld);
+    json_object_set_new(listeners, "dynamic_listeners", dl);
 
-    /* Routes */
-    json_t *rd = json_object();
-    json_object_set_new(rd, "@type",
-                        json_string("type.googleapis.com/envoy.admin.v3.RoutesConfigDump"));
     s = &c->store[T_RDS];
     json_t *dr = json_array();
     for (size_t i = 0; i < s->n; i++)
         json_array_append_new(dr, dynamic_entry(&s->v[i], XDS_TYPE_ROUTE, "route_config"));
-    json_object_set_new(rd, "dynamic_route_configs", dr);
-    json_array_append_new(configs, rd);
+    json_object_set_new(routes, "dynamic_route_configs", dr);
 
-    if (include_eds) {
-        json_t *ed = json_object();
-        json_object_set_new(ed, "@type",
-                            json_string("type.googleapis.com/envoy.admin.v3.EndpointsConfigDump"));
+    if (endpoints) {
         s = &c->store[T_EDS];
         json_t *de = json_array();
         for (size_t i = 0; i < s->n; i++)
             json_array_append_new(de,
                                   dynamic_entry(&s->v[i], XDS_TYPE_ENDPOINT, "endpoint_config"));
-        json_object_set_new(ed, "dynamic_endpoint_configs", de);
-        json_array_append_new(configs, ed);
+        json_object_set_new(endpoints, "dynamic_endpoint_configs", de);
     }
 }
 

@@ -45,11 +45,13 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
 
 void xds_client_start(xds_client_t *c);
 
-/* The dynamic sections of /config_dump, in Envoy's admin.v3 shapes, as JSON objects to append
- * to ConfigDump.configs (each with its "@type"): ClustersConfigDump, ListenersConfigDump,
- * RoutesConfigDump, and EndpointsConfigDump when include_eds. Resources are echoed as they were
- * received. The bootstrap's static resources are included in the static_* fields. */
-void xds_client_config_dump(const xds_client_t *c, bool include_eds, json_t *configs);
+/* Adds the dynamic parts of /config_dump, in Envoy's admin.v3 shapes, to the section objects
+ * the caller built: version_info and dynamic_active_clusters/dynamic_warming_clusters to
+ * ClustersConfigDump, dynamic_listeners (active, warming and error states) to
+ * ListenersConfigDump, dynamic_route_configs to RoutesConfigDump, and dynamic_endpoint_configs
+ * to EndpointsConfigDump when endpoints is not NULL. Resources are echoed as received. */
+void xds_client_config_dump(const xds_client_t *c, json_t *clusters, json_t *endpoints,
+                            json_t *listeners, json_t *routes);
 
 /* Names of the active clusters and listeners, for /clusters and /listeners. */
 size_t xds_client_cluster_count(const xds_client_t *c);

@@ -55,6 +55,11 @@ check "/config_dump echoes the bootstrap node" jq -e '.configs[0].bootstrap.node
 check "/config_dump echoes typed_config with @type" jq -e '.configs[0].bootstrap.static_resources.listeners[0].filter_chains[0].filters[0].typed_config["@type"] | endswith("HttpConnectionManager")' "$WORK/cd.json"
 check "/config_dump durations are strings" jq -e '.configs[0].bootstrap.static_resources.clusters[0].connect_timeout == "0.250s"' "$WORK/cd.json"
 check "/config_dump has last_updated" jq -e '.configs[0].last_updated | test("^[0-9-]+T[0-9:.]+Z$")' "$WORK/cd.json"
+check "/config_dump sections come in Envoy's order" jq -e '[.configs[]["@type"] | sub(".*\\.";"")] == ["BootstrapConfigDump","ClustersConfigDump","ListenersConfigDump","ScopedRoutesConfigDump","RoutesConfigDump","SecretsConfigDump"]' "$WORK/cd.json"
+check "/config_dump static_clusters carry their @type" jq -e '.configs[1].static_clusters[0].cluster["@type"] == "type.googleapis.com/envoy.config.cluster.v3.Cluster" and .configs[1].static_clusters[0].cluster.name == "prometheus_stats"' "$WORK/cd.json"
+check "/config_dump static_listeners" jq -e '.configs[2].static_listeners[0].listener.name == "0.0.0.0_15090"' "$WORK/cd.json"
+check "/config_dump?include_eds adds the EndpointsConfigDump" jq -e '.configs[2]["@type"] == "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump" and .configs[2].static_endpoint_configs[0].endpoint_config.cluster_name == "prometheus_stats"' <($C "$ADMIN/config_dump?include_eds")
+check "/config_dump?resource=static_clusters lists clusters one by one" jq -e '(.configs | length) == 2 and .configs[0]["@type"] == "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.StaticCluster"' <($C "$ADMIN/config_dump?resource=static_clusters")
 check "/config_dump?mask=bootstrap.node keeps only the node" jq -e '(.configs[0].bootstrap | keys) == ["node"]' <($C "$ADMIN/config_dump?mask=bootstrap.node")
 check "/config_dump?mask=dynamic_active_clusters trims the bootstrap away" jq -e '(.configs[0] | keys) == ["@type"]' <($C "$ADMIN/config_dump?mask=dynamic_active_clusters")
 
