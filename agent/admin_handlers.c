@@ -434,6 +434,86 @@ static void clusters_text_thresholds(FILE *out, const Envoy__Config__Cluster__V3
     }
 }
 
+typedef struct cluster_out {
+    FILE *text;     /* text format, or NULL */
+    json_t *status; /* cluster_statuses array for ?format=json, or NULL */
+} cluster_out_t;
+
+/* One cluster of /clusters, with the hosts of its load assignment. */
+static void write_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
+                          const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *la,
+                          bool added_via_api)
+{
+    cluster_out_t *o = ud;
+    FILE *out = o->text;
+    const char *obs = c->alt_stat_name[0] ? c->alt_stat_name : c->name;
+    json_t *hosts = o->status ? json_array() : NULL;
+    if (out) {
+        fprintf(out, "%s::observability_name::%s\n", c->name, obs);
+        clusters_text_thresholds(out, c);
+        fprintf(out, "%s::added_via_api::%s\n", c->name, added_via_api ? "true" : "false");
+    }
+    for (size_t e = 0; la && e < la->n_endpoints; e++) {
+        const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *lle = la->endpoints[e];
+        const Envoy__Config__Core__V3__Locality *loc = lle->locality;
+        for (size_t k = 0; k < lle->n_lb_endpoints; k++) {
+            const Envoy__Config__Endpoint__V3__LbEndpoint *lb = lle->lb_endpoints[k];
+            if (lb->host_identifier_case !=
+                ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT)
+                continue;
+            uint32_t weight = lb->load_balancing_weight ? lb->load_balancing_weight->value : 1;
+            static const char *const health_names[] = {"UNKNOWN", "HEALTHY", "UNHEALTHY",
+                                                       "DRAINING", "TIMEOUT", "DEGRADED"};
+            unsigned hs = (unsigned)lb->health_status < 6 ? (unsigned)lb->health_status : 0;
+            /* EDS UNKNOWN counts as healthy, as in Envoy. */
+            const char *eds_health = hs == 0 ? "HEALTHY" : health_names[hs];
+            if (hosts) {
+                json_t *h = json_object();
+                json_object_set_new(h, "address", address_json(lb->endpoint->address));
+                json_object_set_new(h, "stats", json_array());
+                json_t *hsj = json_object();
+                json_object_set_new(hsj, "eds_health_status", json_string(eds_health));
+                json_object_set_new(h, "health_status", hsj);
+                json_object_set_new(h, "weight", json_integer(weight));
+                json_object_set_new(h, "locality", loc ? message_json(&loc->base) : json_object());
+                if (lb->endpoint->hostname[0])
+                    json_object_set_new(h, "hostname", json_string(lb->endpoint->hostname));
+                json_object_set_new(h, "priority", json_integer(lle->priority));
+                json_array_append_new(hosts, h);
+                continue;
+            }
+            char addr[300];
+            sockaddr_text(lb->endpoint->address, addr, sizeof(addr));
+            static const char *zero_stats[] = {
+                "cx_active", "cx_connect_fail", "cx_total", "rq_active",
+                "rq_error",  "rq_success",      "rq_timeout", "rq_total",
+            };
+            for (size_t z = 0; z < sizeof(zero_stats) / sizeof(zero_stats[0]); z++)
+                fprintf(out, "%s::%s::%s::0\n", c->name, addr, zero_stats[z]);
+            fprintf(out, "%s::%s::hostname::%s\n", c->name, addr, lb->endpoint->hostname);
+            fprintf(out, "%s::%s::health_flags::%s\n", c->name, addr,
+                    hs == 0 || hs == 1 ? "healthy" : "/failed_eds_health");
+            fprintf(out, "%s::%s::weight::%u\n", c->name, addr, weight);
+            fprintf(out, "%s::%s::region::%s\n", c->name, addr, loc ? loc->region : "");
+            fprintf(out, "%s::%s::zone::%s\n", c->name, addr, loc ? loc->zone : "");
+            fprintf(out, "%s::%s::sub_zone::%s\n", c->name, addr, loc ? loc->sub_zone : "");
+            fprintf(out, "%s::%s::canary::false\n", c->name, addr);
+            fprintf(out, "%s::%s::priority::%u\n", c->name, addr, lle->priority);
+            fprintf(out, "%s::%s::success_rate::-1\n", c->name, addr);
+            fprintf(out, "%s::%s::local_origin_success_rate::-1\n", c->name, addr);
+        }
+    }
+    if (o->status) {
+        json_t *cs = json_object();
+        json_object_set_new(cs, "name", json_string(c->name));
+        json_object_set_new(cs, "added_via_api", json_boolean(added_via_api));
+        json_object_set_new(cs, "host_statuses", hosts);
+        json_object_set_new(cs, "observability_name", json_string(obs));
+        json_array_append_new(o->status, cs);
+    }
+}
+
+/* /clusters: the bootstrap's static clusters, then those from CDS (with their EDS hosts). */
 static void h_clusters(const agent_admin_request_t *req, agent_admin_response_t *resp, void *ud)
 {
     agent_server_t *s = ud;
@@ -442,78 +522,43 @@ static void h_clusters(const agent_admin_request_t *req, agent_admin_response_t 
     const char *format = NULL;
     agent_admin_param(req, "format", &format);
     bool json = format && strcmp(format, "json") == 0;
-    json_t *statuses = json ? json_array() : NULL;
+    cluster_out_t o = {.text = json ? NULL : resp->body, .status = json ? json_array() : NULL};
 
     if (!json)
-        fprintf(resp->body, "version_info::static\n");
-    for (size_t i = 0; sr && i < sr->n_clusters; i++) {
-        const Envoy__Config__Cluster__V3__Cluster *c = sr->clusters[i];
-        const char *obs = c->alt_stat_name[0] ? c->alt_stat_name : c->name;
-        json_t *hosts = json ? json_array() : NULL;
-        if (!json) {
-            fprintf(resp->body, "%s::observability_name::%s\n", c->name, obs);
-            clusters_text_thresholds(resp->body, c);
-            fprintf(resp->body, "%s::added_via_api::false\n", c->name);
-        }
-        const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *la = c->load_assignment;
-        for (size_t e = 0; la && e < la->n_endpoints; e++) {
-            const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *lle = la->endpoints[e];
-            for (size_t k = 0; k < lle->n_lb_endpoints; k++) {
-                const Envoy__Config__Endpoint__V3__LbEndpoint *lb = lle->lb_endpoints[k];
-                if (lb->host_identifier_case !=
-                    ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT)
-                    continue;
-                uint32_t weight = lb->load_balancing_weight ? lb->load_balancing_weight->value : 1;
-                char addr[300];
-                sockaddr_text(lb->endpoint->address, addr, sizeof(addr));
-                if (json) {
-                    json_t *h = json_object();
-                    json_object_set_new(h, "address", address_json(lb->endpoint->address));
-                    json_object_set_new(h, "stats", json_array());
-                    json_t *hs = json_object();
-                    json_object_set_new(hs, "eds_health_status", json_string("HEALTHY"));
-                    json_object_set_new(h, "health_status", hs);
-                    json_object_set_new(h, "weight", json_integer(weight));
-                    json_object_set_new(h, "locality", json_object());
-                    json_array_append_new(hosts, h);
-                } else {
-                    static const char *zero_stats[] = {
-                        "cx_active", "cx_connect_fail", "cx_total", "rq_active",
-                        "rq_error",  "rq_success",      "rq_timeout", "rq_total",
-                    };
-                    for (size_t z = 0; z < sizeof(zero_stats) / sizeof(zero_stats[0]); z++)
-                        fprintf(resp->body, "%s::%s::%s::0\n", c->name, addr, zero_stats[z]);
-                    fprintf(resp->body, "%s::%s::hostname::%s\n", c->name, addr,
-                            lb->endpoint->hostname);
-                    fprintf(resp->body, "%s::%s::health_flags::healthy\n", c->name, addr);
-                    fprintf(resp->body, "%s::%s::weight::%u\n", c->name, addr, weight);
-                    fprintf(resp->body, "%s::%s::region::\n", c->name, addr);
-                    fprintf(resp->body, "%s::%s::zone::\n", c->name, addr);
-                    fprintf(resp->body, "%s::%s::sub_zone::\n", c->name, addr);
-                    fprintf(resp->body, "%s::%s::canary::false\n", c->name, addr);
-                    fprintf(resp->body, "%s::%s::priority::%u\n", c->name, addr, lle->priority);
-                    fprintf(resp->body, "%s::%s::success_rate::-1\n", c->name, addr);
-                    fprintf(resp->body, "%s::%s::local_origin_success_rate::-1\n", c->name,
-                            addr);
-                }
-            }
-        }
-        if (json) {
-            json_t *cs = json_object();
-            json_object_set_new(cs, "name", json_string(c->name));
-            json_object_set_new(cs, "added_via_api", json_false());
-            json_object_set_new(cs, "host_statuses", hosts);
-            json_object_set_new(cs, "observability_name", json_string(obs));
-            json_array_append_new(statuses, cs);
-        }
-    }
+        fprintf(resp->body, "version_info::%s\n",
+                s->xds ? xds_client_version(s->xds, XDS_TYPE_CLUSTER) : "static");
+    for (size_t i = 0; sr && i < sr->n_clusters; i++)
+        write_cluster(&o, sr->clusters[i], sr->clusters[i]->load_assignment, false);
+    if (s->xds)
+        xds_client_foreach_cluster(s->xds, write_cluster, &o);
     if (json) {
         json_t *j = json_object();
-        json_object_set_new(j, "cluster_statuses", statuses);
+        json_object_set_new(j, "cluster_statuses", o.status);
         write_json(resp, j);
     }
 }
 
+typedef struct listener_out {
+    FILE *text;
+    json_t *status;
+} listener_out_t;
+
+static void write_listener(void *ud, const Envoy__Config__Listener__V3__Listener *l)
+{
+    listener_out_t *o = ud;
+    if (o->status) {
+        json_t *ls = json_object();
+        json_object_set_new(ls, "name", json_string(l->name));
+        json_object_set_new(ls, "local_address", address_json(l->address));
+        json_array_append_new(o->status, ls);
+    } else {
+        char addr[300];
+        sockaddr_text(l->address, addr, sizeof(addr));
+        fprintf(o->text, "%s::%s\n", l->name, addr);
+    }
+}
+
+/* /listeners: the bootstrap's static listeners, then the active ones from LDS. */
 static void h_listeners(const agent_admin_request_t *req, agent_admin_response_t *resp, void *ud)
 {
     agent_server_t *s = ud;
@@ -522,26 +567,15 @@ static void h_listeners(const agent_admin_request_t *req, agent_admin_response_t
     const char *format = NULL;
     agent_admin_param(req, "format", &format);
     bool json = format && strcmp(format, "json") == 0;
-    json_t *statuses = json_array();
-    for (size_t i = 0; sr && i < sr->n_listeners; i++) {
-        const Envoy__Config__Listener__V3__Listener *l = sr->listeners[i];
-        if (json) {
-            json_t *ls = json_object();
-            json_object_set_new(ls, "name", json_string(l->name));
-            json_object_set_new(ls, "local_address", address_json(l->address));
-            json_array_append_new(statuses, ls);
-        } else {
-            char addr[300];
-            sockaddr_text(l->address, addr, sizeof(addr));
-            fprintf(resp->body, "%s::%s\n", l->name, addr);
-        }
-    }
+    listener_out_t o = {.text = resp->body, .status = json ? json_array() : NULL};
+    for (size_t i = 0; sr && i < sr->n_listeners; i++)
+        write_listener(&o, sr->listeners[i]);
+    if (s->xds)
+        xds_client_foreach_listener(s->xds, write_listener, &o);
     if (json) {
         json_t *j = json_object();
-        json_object_set_new(j, "listener_statuses", statuses);
+        json_object_set_new(j, "listener_statuses", o.status);
         write_json(resp, j);
-    } else {
-        json_decref(statuses);
     }
 }
 

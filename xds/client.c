@@ -883,6 +883,36 @@ size_t xds_client_cluster_count(const xds_client_t *c)
     return c->store[T_CDS].n;
 }
 
+void xds_client_foreach_cluster(const xds_client_t *c, xds_cluster_fn fn, void *userdata)
+{
+    const xds_store_t *s = &c->store[T_CDS];
+    for (size_t i = 0; i < s->n; i++) {
+        const Envoy__Config__Cluster__V3__Cluster *cl = (const void *)s->v[i].msg;
+        const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla = cl->load_assignment;
+        const char *en = cluster_eds_name(cl);
+        if (en) {
+            xds_res_t *e = store_find((xds_store_t *)&c->store[T_EDS], en);
+            cla = e ? (const void *)e->msg : NULL;
+        }
+        fn(userdata, cl, cla, true);
+    }
+}
+
+void xds_client_foreach_listener(const xds_client_t *c, xds_listener_fn fn, void *userdata)
+{
+    const xds_store_t *s = &c->store[T_LDS];
+    for (size_t i = 0; i < s->n; i++) {
+        if (!s->v[i].warming)
+            fn(userdata, (const void *)s->v[i].msg);
+    }
+}
+
+const char *xds_client_version(const xds_client_t *c, const char *type_url)
+{
+    int t = type_index(type_url);
+    return t >= 0 && c->store[t].version ? c->store[t].version : "";
+}
+
 /* ---- /config_dump ---- */
 
 static json_t *any_json(const char *type_url, const uint8_t *bytes, size_t len)

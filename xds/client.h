@@ -20,6 +20,9 @@
 
 #include "dataplane/stats.h"
 #include "envoy/config/bootstrap/v3/bootstrap.pb-c.h"
+#include "envoy/config/cluster/v3/cluster.pb-c.h"
+#include "envoy/config/endpoint/v3/endpoint.pb-c.h"
+#include "envoy/config/listener/v3/listener.pb-c.h"
 
 #define XDS_TYPE_CLUSTER  "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 #define XDS_TYPE_ENDPOINT "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -53,7 +56,20 @@ void xds_client_start(xds_client_t *c);
 void xds_client_config_dump(const xds_client_t *c, json_t *clusters, json_t *endpoints,
                             json_t *listeners, json_t *routes);
 
-/* Names of the active clusters and listeners, for /clusters and /listeners. */
+/* The active and warming clusters from CDS, each with its endpoints (from EDS, or its own
+ * load_assignment; NULL when none arrived yet), for /clusters. added_via_api is true. */
+typedef void (*xds_cluster_fn)(void *userdata, const Envoy__Config__Cluster__V3__Cluster *cluster,
+                               const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
+                               bool added_via_api);
+void xds_client_foreach_cluster(const xds_client_t *c, xds_cluster_fn fn, void *userdata);
+
+/* The active listeners from LDS, for /listeners. */
+typedef void (*xds_listener_fn)(void *userdata, const Envoy__Config__Listener__V3__Listener *l);
+void xds_client_foreach_listener(const xds_client_t *c, xds_listener_fn fn, void *userdata);
+
+/* The last accepted version_info of a type ("" before the first). */
+const char *xds_client_version(const xds_client_t *c, const char *type_url);
+
 size_t xds_client_cluster_count(const xds_client_t *c);
 
 void xds_client_free(xds_client_t *c);
