@@ -40,7 +40,7 @@ struct xds_ads {
     char *target;
     xds_ads_callbacks_t cb;
     void *userdata;
-    ads_type_t *types;
+    ads_type_t **types; /* each allocated once: callbacks may add types while one is in use */
     size_t n_types;
     xds_grpc_stream_t *stream;
     bool connected;   /* a response arrived on the current stream */
@@ -88,8 +88,8 @@ static bool strv_has(char *const *v, size_t n, const char *s)
 static ads_type_t *find_type(xds_ads_t *a, const char *type_url)
 {
     for (size_t i = 0; i < a->n_types; i++) {
-        if (strcmp(a->types[i].type_url, type_url) == 0)
-            return &a->types[i];
+        if (strcmp(a->types[i]->type_url, type_url) == 0)
+            return a->types[i];
     }
     return NULL;
 }
@@ -428,8 +428,8 @@ static void ads_connect(xds_ads_t *a)
     }
     a->node_sent = false;
     for (size_t i = 0; i < a->n_types; i++) {
-        a->types[i].requested = false;
-        send_subscription(a, &a->types[i]);
+        a->types[i]->requested = false;
+        send_subscription(a, a->types[i]);
     }
 }
 
@@ -462,12 +462,12 @@ void xds_ads_subscribe(xds_ads_t *a, const char *type_url, bool wildcard, const 
 {
     ads_type_t *t = find_type(a, type_url);
     if (t == NULL) {
-        ads_type_t *v = realloc(a->types, (a->n_types + 1) * sizeof(*v));
-        if (v == NULL)
+        ads_type_t **v = realloc(a->types, (a->n_types + 1) * sizeof(*v));
+        t = calloc(1, sizeof(*t));
+        if (v == NULL || t == NULL)
             abort();
         a->types = v;
-        t = &a->types[a->n_types++];
-        memset(t, 0, sizeof(*t));
+        a->types[a->n_types++] = t;
         t->type_url = xstrdup(type_url);
     } else if (t->wildcard == wildcard && t->n_names == n_names) {
         bool same = true;
@@ -499,7 +499,7 @@ static void on_timer_closed(uv_handle_t *h)
 {
     xds_ads_t *a = h->data;
     for (size_t i = 0; i < a->n_types; i++) {
-        ads_type_t *t = &a->types[i];
+        ads_type_t *t = a->types[i];
         free(t->type_url);
         free_strv(t->names, t->n_names);
         free_strv(t->sent, t->n_sent);
@@ -510,6 +510,7 @@ static void on_timer_closed(uv_handle_t *h)
             free(t->held[j].version);
         }
         free(t->held);
+        free(t);
     }
     free(a->types);
     free(a->target);

@@ -78,6 +78,7 @@ struct xds_client {
     xds_ads_t *ads;
     xds_store_t store[T_COUNT];
     bool initialized;
+    bool lds_subscribed;
     dp_gauge_t *connected_state;
     dp_gauge_t *active_clusters, *warming_clusters, *total_listeners_active,
         *total_listeners_warming;
@@ -242,9 +243,11 @@ static int check_anys(const ProtobufCMessage *m, char *path, size_t pathlen, siz
 }
 
 /* Decodes and validates one resource of type t. Returns the message, or NULL with the reason
- * appended to err (naming the resource and the field). ret_name gets the resource's name. */
+ * appended to err (naming the resource and the field). *ret_name gets a malloc'd copy of the
+ * resource's name whenever it is known, even when the resource is rejected (its last good
+ * version must then keep serving). */
 static ProtobufCMessage *decode_resource(int t, const xds_ads_resource_t *r, errbuf_t *err,
-                                         const char **ret_name)
+                                         char **ret_name)
 {
     static const ProtobufCMessageDescriptor *const descs[T_COUNT] = {
         &envoy__config__cluster__v3__cluster__descriptor,
@@ -278,7 +281,7 @@ static ProtobufCMessage *decode_resource(int t, const xds_ads_resource_t *r, err
         name = ((Envoy__Config__Route__V3__RouteConfiguration *)m)->name;
         break;
     }
-    *ret_name = name;
+    *ret_name = xstrdup(name);
     if (name[0] == '\0') {
         err_add(err, "resource of type %s: name: must not be empty", type_urls[t]);
         protobuf_c_message_free_unpacked(m, NULL);
@@ -469,6 +472,7 @@ static void listener_rds_names(const Envoy__Config__Listener__V3__Listener *l,
     }
 }
 
+/* A set of names, each copied (the messages they come from may be freed first). */
 typedef struct name_set {
     const char **v;
     size_t n;
@@ -485,7 +489,16 @@ static void name_set_add(void *ud, const char *name)
     if (v == NULL)
         abort();
     s->v = v;
-    s->v[s->n++] = name;
+    s->v[s->n++] = xstrdup(name);
+}
+
+static void name_set_clear(name_set_t *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        free((char *)s->v[i]);
+    free(s->v);
+    s->v = NULL;
+    s->n = 0;
 }
 
 static bool name_set_has(const name_set_t *s, const char *name)
@@ -558,7 +571,7 @@ static void refresh_dependencies(xds_client_t *c)
         }
         if (ready)
             r->warming = false;
-        free(mine.v);
+        name_set_clear(&mine);
     }
     /* Drop endpoints and routes nothing references any more. */
     for (size_t i = 0; i < c->store[T_EDS].n;) {
@@ -574,9 +587,17 @@ static void refresh_dependencies(xds_client_t *c)
             i++;
     }
     xds_ads_subscribe(c->ads, XDS_TYPE_ENDPOINT, false, eds.v, eds.n);
+    /* LDS once the first CDS and its EDS are in (or their wait timed out), as Envoy does. */
+    bool clusters_warm = c->store[T_CDS].received;
+    for (size_t i = 0; clusters_warm && i < c->store[T_CDS].n; i++)
+        clusters_warm = !c->store[T_CDS].v[i].warming;
+    if (clusters_warm && !c->lds_subscribed) {
+        c->lds_subscribed = true;
+        xds_ads_subscribe(c->ads, XDS_TYPE_LISTENER, true, NULL, 0);
+    }
     xds_ads_subscribe(c->ads, XDS_TYPE_ROUTE, false, rds.v, rds.n);
-    free(eds.v);
-    free(rds.v);
+    name_set_clear(&eds);
+    name_set_clear(&rds);
     update_gauges(c);
     maybe_initialized(c);
 }
@@ -620,7 +641,7 @@ static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg)
 
     for (size_t i = 0; i < u->n_resources; i++) {
         const xds_ads_resource_t *r = &u->resources[i];
-        const char *name = NULL;
+        char *name = NULL;
         unsigned before = err.count;
         ProtobufCMessage *m = decode_resource(t, r, &err, &name);
         if (m && name_set_has(&seen, name)) {
@@ -631,11 +652,10 @@ static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg)
         if (m == NULL) {
             if (t == T_LDS && name && err.count > before)
                 rejected_set(s, name, r, err.text);
-            if (name)
-                names[i] = xstrdup(name);
+            names[i] = name;
             continue;
         }
-        names[i] = xstrdup(name);
+        names[i] = name;
         name_set_add(&seen, names[i]);
         xds_res_t *e = store_find(s, name);
         bool same = e && e->len == r->len && memcmp(e->bytes, r->data, r->len) == 0;
@@ -668,7 +688,7 @@ static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg)
     for (size_t i = 0; i < u->n_resources; i++)
         free(names[i]);
     free(names);
-    free(seen.v);
+    name_set_clear(&seen);
 
     /* Dependent resources: a cluster is active once its endpoints are here, a listener once
      * its routes are. */
@@ -720,8 +740,7 @@ static void on_init_timeout(uv_timer_t *t)
             c->store[k].v[i].warming = false;
         c->store[k].received = true;
     }
-    update_gauges(c);
-    maybe_initialized(c);
+    refresh_dependencies(c);
 }
 
 /* ---- construction ---- */
@@ -863,8 +882,6 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
     /* Envoy's order: CDS first, then EDS for its clusters, LDS, then RDS. */
     xds_ads_subscribe(c->ads, XDS_TYPE_CLUSTER, true, NULL, 0);
     xds_ads_subscribe(c->ads, XDS_TYPE_ENDPOINT, false, NULL, 0);
-    xds_ads_subscribe(c->ads, XDS_TYPE_LISTENER, true, NULL, 0);
-    xds_ads_subscribe(c->ads, XDS_TYPE_ROUTE, false, NULL, 0);
     DP_LOG(DP_LOG_CONFIG, DP_LOG_INFO, "xds: ADS (%s) to %s",
            acfg.delta ? "delta" : "state of the world", target);
     *ret_client = c;
