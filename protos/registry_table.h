@@ -80,6 +80,7 @@
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb-c.h"
 #include "envoy/extensions/filters/network/wasm/v3/wasm.pb-c.h"
 #include "envoy/extensions/internal_redirect/previous_routes/v3/previous_routes_config.pb-c.h"
+#include "envoy/extensions/request_id/uuid/v3/uuid.pb-c.h"
 #include "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.pb-c.h"
 #include "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.pb-c.h"
 #include "envoy/extensions/transport_sockets/internal_upstream/v3/internal_upstream.pb-c.h"
@@ -118,6 +119,8 @@
 #include "xds/type/matcher/v3/regex.pb-c.h"
 #include "xds/type/matcher/v3/string.pb-c.h"
 #include "xds/type/v3/typed_struct.pb-c.h"
+#include "istio/stats/config.pb-c.h"
+#include "istio/alpn/config.pb-c.h"
 #include "google/protobuf/any.pb-c.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/protobuf/empty.pb-c.h"
@@ -528,6 +531,7 @@
     &envoy__extensions__filters__network__tcp_proxy__v3__tcp_proxy__weighted_cluster__descriptor, \
     &envoy__extensions__filters__network__wasm__v3__wasm__descriptor, \
     &envoy__extensions__internal_redirect__previous_routes__v3__previous_routes_config__descriptor, \
+    &envoy__extensions__request_id__uuid__v3__uuid_request_id_config__descriptor, \
     &envoy__extensions__resource_monitors__downstream_connections__v3__downstream_connections_config__descriptor, \
     &envoy__extensions__retry__host__previous_hosts__v3__previous_hosts_predicate__descriptor, \
     &envoy__extensions__transport_sockets__internal_upstream__v3__internal_upstream_transport__descriptor, \
@@ -651,6 +655,12 @@
     &google__protobuf__uint64_value__descriptor, \
     &google__protobuf__value__descriptor, \
     &google__rpc__status__descriptor, \
+    &istio__envoy__config__filter__http__alpn__v2alpha1__filter_config__alpn_override__descriptor, \
+    &istio__envoy__config__filter__http__alpn__v2alpha1__filter_config__descriptor, \
+    &stats__metric_config__descriptor, \
+    &stats__metric_config__dimensions_entry__descriptor, \
+    &stats__metric_definition__descriptor, \
+    &stats__plugin_config__descriptor, \
     &udpa__type__v1__typed_struct__descriptor, \
     &xds__core__v3__authority__descriptor, \
     &xds__core__v3__context_params__descriptor, \

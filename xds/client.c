@@ -23,8 +23,6 @@
  * (README.md lists them). Any other type skiff does not declare is NACKed, unless its HTTP
  * filter is marked is_optional. */
 static const char *const passthrough_types[] = {
-    "type.googleapis.com/stats.PluginConfig",
-    "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
     "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
     "type.googleapis.com/io.istio.http.peer_metadata.Config",
     "type.googleapis.com/io.istio.network.authn.Config",

@@ -32,8 +32,8 @@ RDS = TYPE + "envoy.config.route.v3.RouteConfiguration"
 
 
 def load_classes():
-    files = [l.strip() for l in open(os.path.join(SRCDIR, "protos", "files.txt"))
-             if l.strip() and not l.startswith("#") and not l.startswith("system:")]
+    files = [l.strip().replace("local:", "") for l in open(os.path.join(SRCDIR, "protos", "files.txt"))
+             if l.strip() and not l.startswith(("#", "system:"))]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "d.pb")
         subprocess.run(["protoc", "--include_imports", f"--descriptor_set_out={out}",

@@ -50,7 +50,7 @@ def main():
     deps = subprocess.run([os.path.join(TOP, "tools", "fetch-deps")], check=True,
                           capture_output=True, text=True).stdout.strip()
     ours = [l.strip() for l in open(os.path.join(TOP, "protos", "files.txt"))
-            if l.strip() and not l.startswith("#") and not l.startswith("system:")]
+            if l.strip() and not l.startswith(("#", "system:", "local:"))]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ours.pb")
         subprocess.run(["protoc", "--include_imports", f"--descriptor_set_out={out}",

@@ -20,7 +20,8 @@ START_TEST(test_find)
     ck_assert_ptr_nonnull(pb_registry_find("google.protobuf.Duration"));
     ck_assert_ptr_nonnull(pb_registry_find("google.protobuf.Struct"));
     ck_assert_ptr_nonnull(pb_registry_find("udpa.type.v1.TypedStruct"));
-    ck_assert_ptr_null(pb_registry_find_type_url("type.googleapis.com/stats.PluginConfig"));
+    ck_assert_ptr_nonnull(pb_registry_find_type_url("type.googleapis.com/stats.PluginConfig"));
+    ck_assert_ptr_null(pb_registry_find_type_url("type.googleapis.com/io.istio.http.peer_metadata.Config"));
     ck_assert_ptr_null(pb_registry_find(""));
     ck_assert_ptr_null(pb_registry_find("envoy.config.cluster.v3.Clusterx"));
 }
