@@ -318,6 +318,31 @@ static ProtobufCMessage *decode_resource(int t, const xds_ads_resource_t *r, err
     return m;
 }
 
+int xds_resource_check(const char *type_url, const uint8_t *data, size_t len, char **reterr_msg)
+{
+    int t = -1;
+    for (int i = 0; i < T_COUNT; i++) {
+        if (strcmp(type_urls[i], type_url) == 0)
+            t = i;
+    }
+    if (t < 0) {
+        *reterr_msg = xstrdup("unknown type");
+        return -EINVAL;
+    }
+    xds_ads_resource_t r = {.name = "", .version = "", .type_url = type_url, .data = data,
+                            .len = len};
+    errbuf_t err = {0};
+    char *name = NULL;
+    ProtobufCMessage *m = decode_resource(t, &r, &err, &name);
+    free(name);
+    if (m == NULL) {
+        *reterr_msg = err.text;
+        return -EINVAL;
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+    return 0;
+}
+
 /* ---- stores ---- */
 
 static xds_res_t *store_find(xds_store_t *s, const char *name)

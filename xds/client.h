@@ -72,6 +72,11 @@ const char *xds_client_version(const xds_client_t *c, const char *type_url);
 
 size_t xds_client_cluster_count(const xds_client_t *c);
 
+/* Decodes and validates one resource (the bytes of an Any of type_url, one of the four types
+ * above) exactly as an update would, without applying it. Returns 0, or -EINVAL with a
+ * malloc'd message naming the field in *reterr_msg. Any thread. */
+int xds_resource_check(const char *type_url, const uint8_t *data, size_t len, char **reterr_msg);
+
 void xds_client_free(xds_client_t *c);
 
 #endif
