@@ -11,6 +11,7 @@
 
 #include "dataplane/log.h"
 #include "skiff_build.h"
+#include "xds/snapshot_build.h"
 
 /* Envoy flushes stats every 5 s (stats_flush_interval); sampled gauges follow that rhythm and are
  * also refreshed whenever the admin API renders them. */
@@ -266,6 +267,40 @@ static int server_start_workers(agent_server_t *s)
     return 0;
 }
 
+/* Builds a snapshot of everything accepted so far and hands it to every worker. */
+static void server_publish(agent_server_t *s)
+{
+    char *err = NULL;
+    dp_snapshot_t *snap = xds_snapshot_build(s->bootstrap, s->xds, s->generation + 1, &err);
+    if (snap == NULL) {
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_ERROR, "keeping snapshot %llu: %s",
+               (unsigned long long)s->generation, err ? err : "build failed");
+        free(err);
+        return;
+    }
+    s->generation++;
+    for (uint32_t i = 0; i < s->n_workers; i++)
+        dp_worker_publish(s->workers[i], snap);
+    dp_snapshot_unref(s->snapshot);
+    s->snapshot = snap;
+    DP_LOG(DP_LOG_CONFIG, DP_LOG_DEBUG, "published snapshot %llu: %zu clusters, %zu listeners, "
+                                        "%zu bytes",
+           (unsigned long long)snap->generation, snap->n_clusters, snap->n_listeners,
+           dp_arena_bytes(snap->arena));
+}
+
+static void on_publish_timer(uv_timer_t *t)
+{
+    server_publish(t->data);
+}
+
+static void on_xds_changed(void *ud)
+{
+    agent_server_t *s = ud;
+    if (s->workers_started && !uv_is_active((uv_handle_t *)&s->publish_timer))
+        uv_timer_start(&s->publish_timer, on_publish_timer, 0, 0);
+}
+
 static void server_go_live(agent_server_t *s)
 {
     if (s->state == AGENT_STATE_LIVE || s->shutting_down)
@@ -274,6 +309,7 @@ static void server_go_live(agent_server_t *s)
         agent_server_shutdown(s, 1);
         return;
     }
+    server_publish(s);
     set_state(s, AGENT_STATE_LIVE);
     dp_histogram_record(s->h_init_time, uv_now(&s->loop) - s->start_ms);
     agent_server_refresh_stats(s);
@@ -338,6 +374,8 @@ int agent_server_run(const agent_options_t *opts, agent_bootstrap_t *bootstrap)
 
     uv_timer_init(&s->loop, &s->flush_timer);
     s->flush_timer.data = s;
+    uv_timer_init(&s->loop, &s->publish_timer);
+    s->publish_timer.data = s;
     uv_timer_start(&s->flush_timer, on_flush_timer, STATS_FLUSH_MS, STATS_FLUSH_MS);
 
     if (server_listen_admin(s) < 0)
@@ -345,7 +383,8 @@ int agent_server_run(const agent_options_t *opts, agent_bootstrap_t *bootstrap)
 
     set_state(s, AGENT_STATE_INITIALIZING);
     if (server_needs_xds(s)) {
-        static const xds_client_callbacks_t xcb = {.on_initialized = on_xds_initialized};
+        static const xds_client_callbacks_t xcb = {.on_initialized = on_xds_initialized,
+                                                   .on_changed = on_xds_changed};
         char *err = NULL;
         if (xds_client_new(&s->loop, s->bootstrap, s->stats, &xcb, s, &s->xds, &err) < 0) {
             DP_LOG(DP_LOG_MAIN, DP_LOG_CRITICAL, "%s", err);
@@ -372,6 +411,7 @@ out:
     for (uint32_t i = 0; i < s->n_workers; i++)
         dp_worker_join_free(s->workers[i]);
     free(s->workers);
+    dp_snapshot_unref(s->snapshot);
     rc = uv_loop_close(&s->loop);
     if (rc < 0)
         DP_LOG(DP_LOG_MAIN, DP_LOG_ERROR, "main loop closed with handles open: %s",

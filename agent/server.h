@@ -33,6 +33,9 @@ typedef struct agent_server {
     uint32_t n_workers;
     uv_signal_t sig_term, sig_int, sig_usr1, sig_hup;
     uv_timer_t flush_timer;
+    uv_timer_t publish_timer; /* coalesces snapshot builds within one loop turn */
+    dp_snapshot_t *snapshot;  /* the latest published */
+    uint64_t generation;
     uint64_t start_ms;       /* uv_now at start */
     int64_t start_unix_ms;   /* wall clock at start, for last_updated */
     agent_state_t state;

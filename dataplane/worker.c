@@ -23,6 +23,10 @@ struct dp_worker {
     uv_cond_t cond;
     bool ready;
     int start_err;
+    /* the snapshot mailbox: mu guards pending */
+    dp_snapshot_t *pending;
+    dp_snapshot_t *current; /* worker thread only */
+    _Atomic uint64_t generation;
 };
 
 static void close_walk_cb(uv_handle_t *h, void *arg)
@@ -34,6 +38,17 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
 static void on_wakeup(uv_async_t *a)
 {
     dp_worker_t *w = a->data;
+    uv_mutex_lock(&w->mu);
+    dp_snapshot_t *next = w->pending;
+    w->pending = NULL;
+    uv_mutex_unlock(&w->mu);
+    if (next) {
+        /* Streams in flight hold their own references: the old snapshot lives on until the
+         * last of them ends. */
+        dp_snapshot_unref(w->current);
+        w->current = next;
+        atomic_store(&w->generation, next->generation);
+    }
     if (atomic_load(&w->stop_requested))
         uv_walk(&w->loop, close_walk_cb, NULL);
 }
@@ -113,6 +128,28 @@ void dp_worker_stop(dp_worker_t *w)
         uv_async_send(&w->wakeup);
 }
 
+void dp_worker_publish(dp_worker_t *w, dp_snapshot_t *s)
+{
+    dp_snapshot_ref(s);
+    uv_mutex_lock(&w->mu);
+    dp_snapshot_t *dropped = w->pending;
+    w->pending = s;
+    uv_mutex_unlock(&w->mu);
+    dp_snapshot_unref(dropped);
+    if (w->started && w->start_err == 0)
+        uv_async_send(&w->wakeup);
+}
+
+dp_snapshot_t *dp_worker_snapshot(dp_worker_t *w)
+{
+    return w->current;
+}
+
+uint64_t dp_worker_generation(const dp_worker_t *w)
+{
+    return atomic_load(&w->generation);
+}
+
 void dp_worker_join_free(dp_worker_t *w)
 {
     if (w == NULL)
@@ -121,6 +158,8 @@ void dp_worker_join_free(dp_worker_t *w)
         dp_worker_stop(w);
         uv_thread_join(&w->thread);
     }
+    dp_snapshot_unref(w->pending);
+    dp_snapshot_unref(w->current);
     uv_cond_destroy(&w->cond);
     uv_mutex_destroy(&w->mu);
     free(w);

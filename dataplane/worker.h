@@ -7,6 +7,8 @@
 #include <stdbool.h>
 #include <uv.h>
 
+#include "dataplane/snapshot.h"
+
 typedef struct dp_worker dp_worker_t;
 
 /* Called on the worker thread once its loop is ready, before it runs. */
@@ -24,6 +26,18 @@ void dp_worker_stop(dp_worker_t *w);
 
 /* Waits for the thread to end, then frees the worker. Accepts NULL. Main thread. */
 void dp_worker_join_free(dp_worker_t *w);
+
+/* Hands the worker a new configuration: a reference to s goes into the worker's one-slot
+ * mailbox (an unread one there is dropped) and the worker swaps it in on its next wakeup.
+ * Main thread. */
+void dp_worker_publish(dp_worker_t *w, dp_snapshot_t *s);
+
+/* The worker's current snapshot (borrowed; take a reference to keep it past this callback),
+ * or NULL before the first. Worker thread. */
+dp_snapshot_t *dp_worker_snapshot(dp_worker_t *w);
+
+/* The generation of the worker's current snapshot, 0 before the first. Any thread. */
+uint64_t dp_worker_generation(const dp_worker_t *w);
 
 unsigned dp_worker_index(const dp_worker_t *w);
 const char *dp_worker_name(const dp_worker_t *w);

@@ -726,6 +726,8 @@ static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg)
     s->received = true;
     refresh_dependencies(c);
 
+    if (c->cb.on_changed)
+        c->cb.on_changed(c->userdata);
     dp_gauge_set(s->update_time, (uv_hrtime() - t0) / 1000000);
     if (u->n_resources == 0 && u->n_removed == 0)
         dp_counter_inc(s->empty);

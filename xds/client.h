@@ -36,6 +36,8 @@ typedef struct xds_client_callbacks {
     /* The first CDS (with its EDS) and LDS (with its RDS) have been applied, or their
      * initial_fetch_timeout passed: initialization is over. Called once. */
     void (*on_initialized)(void *userdata);
+    /* Some resource was added, changed or removed: a new snapshot is due. */
+    void (*on_changed)(void *userdata);
 } xds_client_callbacks_t;
 
 /* Creates the client from the bootstrap's dynamic_resources.ads_config. The gRPC target is the

@@ -1,0 +1,168 @@
+#include "dataplane/snapshot.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ARENA_CHUNK (64 * 1024)
+
+typedef struct arena_chunk {
+    struct arena_chunk *next;
+    size_t used, cap;
+    _Alignas(16) unsigned char data[];
+} arena_chunk_t;
+
+struct dp_arena {
+    arena_chunk_t *head;
+    size_t bytes;
+};
+
+static atomic_uint_fast64_t freed_count;
+
+static void *xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n, size);
+    if (p == NULL) {
+        fputs("skiff: out of memory\n", stderr);
+        abort();
+    }
+    return p;
+}
+
+dp_arena_t *dp_arena_new(void)
+{
+    return xcalloc(1, sizeof(dp_arena_t));
+}
+
+void *dp_arena_alloc(dp_arena_t *a, size_t size)
+{
+    size = (size + 15) & ~(size_t)15;
+    arena_chunk_t *c = a->head;
+    if (c == NULL || c->cap - c->used < size) {
+        size_t cap = size > ARENA_CHUNK ? size : ARENA_CHUNK;
+        c = xcalloc(1, sizeof(*c) + cap);
+        c->cap = cap;
+        c->next = a->head;
+        a->head = c;
+    }
+    void *p = c->data + c->used;
+    c->used += size;
+    a->bytes += size;
+    return p;
+}
+
+char *dp_arena_strdup(dp_arena_t *a, const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = dp_arena_alloc(a, n);
+    memcpy(p, s, n);
+    return p;
+}
+
+size_t dp_arena_bytes(const dp_arena_t *a)
+{
+    return a->bytes;
+}
+
+void dp_arena_free(dp_arena_t *a)
+{
+    if (a == NULL)
+        return;
+    for (arena_chunk_t *c = a->head, *next; c; c = next) {
+        next = c->next;
+        free(c);
+    }
+    free(a);
+}
+
+dp_snapshot_t *dp_snapshot_new(uint64_t generation)
+{
+    dp_snapshot_t *s = xcalloc(1, sizeof(*s));
+    atomic_init(&s->refs, 1);
+    s->generation = generation;
+    s->arena = dp_arena_new();
+    return s;
+}
+
+/* Grows an array kept outside the arena while building (so growth does not waste arena
+ * space); sealing moves nothing, the arrays are freed with the snapshot. */
+static void *grow(void *v, size_t *cap, size_t n, size_t size)
+{
+    if (n < *cap)
+        return v;
+    *cap = *cap ? *cap * 2 : 16;
+    void *p = realloc(v, *cap * size);
+    if (p == NULL)
+        abort();
+    memset((char *)p + n * size, 0, (*cap - n) * size);
+    return p;
+}
+
+dp_cluster_t *dp_snapshot_add_cluster(dp_snapshot_t *s)
+{
+    s->clusters = grow(s->clusters, &s->cap_clusters, s->n_clusters, sizeof(dp_cluster_t));
+    return &s->clusters[s->n_clusters++];
+}
+
+dp_listener_t *dp_snapshot_add_listener(dp_snapshot_t *s)
+{
+    s->listeners = grow(s->listeners, &s->cap_listeners, s->n_listeners, sizeof(dp_listener_t));
+    return &s->listeners[s->n_listeners++];
+}
+
+static int cluster_cmp(const void *a, const void *b)
+{
+    return strcmp(((const dp_cluster_t *)a)->name, ((const dp_cluster_t *)b)->name);
+}
+
+int dp_snapshot_seal(dp_snapshot_t *s)
+{
+    qsort(s->clusters, s->n_clusters, sizeof(dp_cluster_t), cluster_cmp);
+    for (size_t i = 1; i < s->n_clusters; i++) {
+        if (strcmp(s->clusters[i - 1].name, s->clusters[i].name) == 0)
+            return -EEXIST;
+    }
+    s->sealed = true;
+    return 0;
+}
+
+const dp_cluster_t *dp_snapshot_find_cluster(const dp_snapshot_t *s, const char *name)
+{
+    size_t lo = 0, hi = s->n_clusters;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(name, s->clusters[mid].name);
+        if (c == 0)
+            return &s->clusters[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}
+
+dp_snapshot_t *dp_snapshot_ref(dp_snapshot_t *s)
+{
+    if (s)
+        atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+    return s;
+}
+
+dp_snapshot_t *dp_snapshot_unref(dp_snapshot_t *s)
+{
+    if (s && atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
+        free(s->clusters);
+        free(s->listeners);
+        dp_arena_free(s->arena);
+        free(s);
+        atomic_fetch_add(&freed_count, 1);
+    }
+    return NULL;
+}
+
+uint64_t dp_snapshot_freed_count(void)
+{
+    return atomic_load(&freed_count);
+}

@@ -1,0 +1,152 @@
+#include "xds/snapshot_build.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+
+/* Fills addr from an Envoy address: an IP socket_address or a pipe. Returns false for names
+ * that need resolving (STRICT_DNS and LOGICAL_DNS hosts, resolved by the data plane). */
+static bool to_sockaddr(const Envoy__Config__Core__V3__Address *a, struct sockaddr_storage *ss,
+                        socklen_t *len)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (a == NULL)
+        return false;
+    if (a->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS) {
+        const Envoy__Config__Core__V3__SocketAddress *sa = a->socket_address;
+        struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+        if (inet_pton(AF_INET, sa->address, &v4->sin_addr) == 1) {
+            v4->sin_family = AF_INET;
+            v4->sin_port = htons((uint16_t)sa->port_value);
+            *len = sizeof(*v4);
+            return true;
+        }
+        if (inet_pton(AF_INET6, sa->address, &v6->sin6_addr) == 1) {
+            v6->sin6_family = AF_INET6;
+            v6->sin6_port = htons((uint16_t)sa->port_value);
+            *len = sizeof(*v6);
+            return true;
+        }
+        return false;
+    }
+    if (a->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_PIPE) {
+        struct sockaddr_un *un = (struct sockaddr_un *)ss;
+        if (strlen(a->pipe->path) >= sizeof(un->sun_path))
+            return false;
+        un->sun_family = AF_UNIX;
+        strcpy(un->sun_path, a->pipe->path);
+        *len = sizeof(*un);
+        return true;
+    }
+    return false;
+}
+
+static dp_cluster_type_t cluster_type(const Envoy__Config__Cluster__V3__Cluster *c)
+{
+    if (c->cluster_discovery_type_case !=
+        ENVOY__CONFIG__CLUSTER__V3__CLUSTER__CLUSTER_DISCOVERY_TYPE_TYPE)
+        return DP_CLUSTER_STATIC;
+    switch (c->type) {
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__STRICT_DNS:
+        return DP_CLUSTER_STRICT_DNS;
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__LOGICAL_DNS:
+        return DP_CLUSTER_LOGICAL_DNS;
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__EDS:
+        return DP_CLUSTER_EDS;
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__ORIGINAL_DST:
+        return DP_CLUSTER_ORIGINAL_DST;
+    default:
+        return DP_CLUSTER_STATIC;
+    }
+}
+
+static dp_lb_policy_t lb_policy(const Envoy__Config__Cluster__V3__Cluster *c)
+{
+    switch (c->lb_policy) {
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__LEAST_REQUEST:
+        return DP_LB_LEAST_REQUEST;
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__RANDOM:
+        return DP_LB_RANDOM;
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__RING_HASH:
+        return DP_LB_RING_HASH;
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__MAGLEV:
+        return DP_LB_MAGLEV;
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__CLUSTER_PROVIDED:
+        return DP_LB_CLUSTER_PROVIDED;
+    default:
+        return DP_LB_ROUND_ROBIN;
+    }
+}
+
+static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
+                        const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
+                        bool added_via_api)
+{
+    dp_snapshot_t *s = ud;
+    dp_cluster_t *dc = dp_snapshot_add_cluster(s);
+    dc->name = dp_arena_strdup(s->arena, c->name);
+    dc->type = cluster_type(c);
+    dc->lb_policy = lb_policy(c);
+    /* Envoy's default connect_timeout is 5 s. */
+    dc->connect_timeout_ms =
+        c->connect_timeout ? (uint64_t)c->connect_timeout->seconds * 1000 +
+                                 (uint64_t)c->connect_timeout->nanos / 1000000
+                           : 5000;
+    size_t n = 0;
+    for (size_t e = 0; cla && e < cla->n_endpoints; e++)
+        n += cla->endpoints[e]->n_lb_endpoints;
+    dp_endpoint_t *eps = n ? dp_arena_alloc(s->arena, n * sizeof(*eps)) : NULL;
+    size_t k = 0;
+    for (size_t e = 0; cla && e < cla->n_endpoints; e++) {
+        const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *lle = cla->endpoints[e];
+        for (size_t i = 0; i < lle->n_lb_endpoints; i++) {
+            const Envoy__Config__Endpoint__V3__LbEndpoint *lb = lle->lb_endpoints[i];
+            if (lb->host_identifier_case !=
+                    ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT ||
+                !to_sockaddr(lb->endpoint->address, &eps[k].addr, &eps[k].addr_len))
+                continue;
+            eps[k].weight = lb->load_balancing_weight ? lb->load_balancing_weight->value : 1;
+            eps[k].priority = lle->priority;
+            eps[k].health = (dp_health_t)lb->health_status;
+            k++;
+        }
+    }
+    dc->endpoints = eps;
+    dc->n_endpoints = k;
+}
+
+static void add_listener(void *ud, const Envoy__Config__Listener__V3__Listener *l)
+{
+    dp_snapshot_t *s = ud;
+    dp_listener_t *dl = dp_snapshot_add_listener(s);
+    dl->name = dp_arena_strdup(s->arena, l->name);
+    to_sockaddr(l->address, &dl->addr, &dl->addr_len);
+    dl->bind_to_port = l->bind_to_port == NULL || l->bind_to_port->value;
+    dl->use_original_dst = l->use_original_dst && l->use_original_dst->value;
+}
+
+dp_snapshot_t *xds_snapshot_build(const Envoy__Config__Bootstrap__V3__Bootstrap *bootstrap,
+                                  const xds_client_t *client, uint64_t generation,
+                                  char **reterr_msg)
+{
+    dp_snapshot_t *s = dp_snapshot_new(generation);
+    const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = bootstrap->static_resources;
+    for (size_t i = 0; sr && i < sr->n_clusters; i++)
+        add_cluster(s, sr->clusters[i], sr->clusters[i]->load_assignment, false);
+    for (size_t i = 0; sr && i < sr->n_listeners; i++)
+        add_listener(s, sr->listeners[i]);
+    if (client) {
+        xds_client_foreach_cluster(client, add_cluster, s);
+        xds_client_foreach_listener(client, add_listener, s);
+    }
+    if (dp_snapshot_seal(s) < 0) {
+        /* CDS may not reuse a static cluster's name (Envoy refuses it too). */
+        if (asprintf(reterr_msg, "a cluster name is both static and from CDS") < 0)
+            *reterr_msg = NULL;
+        return dp_snapshot_unref(s);
+    }
+    return s;
+}
