@@ -121,6 +121,7 @@
 #include "xds/type/v3/typed_struct.pb-c.h"
 #include "istio/stats/config.pb-c.h"
 #include "istio/alpn/config.pb-c.h"
+#include "istio/metadata_exchange/config.pb-c.h"
 #include "google/protobuf/any.pb-c.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/protobuf/empty.pb-c.h"
@@ -580,6 +581,7 @@
     &envoy__service__discovery__v3__resource_locator__descriptor, \
     &envoy__service__discovery__v3__resource_locator__dynamic_parameters_entry__descriptor, \
     &envoy__service__discovery__v3__resource_name__descriptor, \
+    &envoy__tcp__metadataexchange__config__metadata_exchange__descriptor, \
     &envoy__type__http__v3__path_transformation__descriptor, \
     &envoy__type__http__v3__path_transformation__operation__descriptor, \
     &envoy__type__http__v3__path_transformation__operation__merge_slashes__descriptor, \

@@ -23,7 +23,10 @@
  * (README.md lists them). Any other type skiff does not declare is NACKed, unless its HTTP
  * filter is marked is_optional. */
 static const char *const passthrough_types[] = {
-    "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+    /* HBONE (ambient and waypoint) listener and HTTP filters */
+    "type.googleapis.com/istio.set_internal_dst_address.v1.Config",
+    "type.googleapis.com/io.istio.http.connect_authority.Config",
+    "type.googleapis.com/io.istio.http.connect_baggage.Config",
     "type.googleapis.com/io.istio.http.peer_metadata.Config",
     "type.googleapis.com/io.istio.network.authn.Config",
     "type.googleapis.com/istio.telemetry.metadataexchange.v1.MetadataExchange",

@@ -29,6 +29,7 @@ kinds = {"envoy.config.cluster.v3.Cluster": 0, "envoy.config.endpoint.v3.Cluster
          "envoy.config.listener.v3.Listener": 2, "envoy.config.route.v3.RouteConfiguration": 3}
 os.makedirs(out, exist_ok=True)
 n = skipped = 0
+reasons = set()
 for cfg in json.load(open(dump))["configs"]:
     found = []
     for key in ("dynamic_active_clusters", "static_clusters"):
@@ -44,8 +45,9 @@ for cfg in json.load(open(dump))["configs"]:
         body = {k: v for k, v in res.items() if k != "@type"}
         try:
             m = json_format.ParseDict(body, cls(), descriptor_pool=pool)
-        except json_format.ParseError:
+        except json_format.ParseError as e:
             skipped += 1
+            reasons.add(str(e).split(" at ")[0][:120])
             continue
         name = getattr(m, "name", "") or getattr(m, "cluster_name", "")
         safe = "".join(c if c.isalnum() else "_" for c in name)[:60]
@@ -53,3 +55,5 @@ for cfg in json.load(open(dump))["configs"]:
             fh.write(bytes([kinds[t]]) + m.SerializeToString())
         n += 1
 print(f"{n} seeds written, {skipped} resources skipped (types the declarations lack)")
+for r in sorted(reasons):
+    print("  skipped:", r)
