@@ -311,6 +311,7 @@ static void config_dump_sections(agent_server_t *s, bool include_eds, json_t *co
     json_t *endpoints = include_eds ? section("EndpointsConfigDump") : NULL;
     json_t *listeners = section("ListenersConfigDump");
     json_t *routes = section("RoutesConfigDump");
+    json_t *secrets = section("SecretsConfigDump");
     json_t *sc = json_array(), *se = json_array(), *sl = json_array();
     for (size_t i = 0; sr && i < sr->n_clusters; i++) {
         json_array_append_new(sc, static_entry("cluster", &sr->clusters[i]->base,
@@ -330,14 +331,14 @@ static void config_dump_sections(agent_server_t *s, bool include_eds, json_t *co
     else
         json_decref(se);
     if (s->xds)
-        xds_client_config_dump(s->xds, clusters, endpoints, listeners, routes);
+        xds_client_config_dump(s->xds, clusters, endpoints, listeners, routes, secrets);
     json_array_append_new(configs, clusters);
     if (endpoints)
         json_array_append_new(configs, endpoints);
     json_array_append_new(configs, listeners);
     json_array_append_new(configs, section("ScopedRoutesConfigDump"));
     json_array_append_new(configs, routes);
-    json_array_append_new(configs, section("SecretsConfigDump"));
+    json_array_append_new(configs, secrets);
 }
 
 static void h_config_dump(const agent_admin_request_t *req, agent_admin_response_t *resp,

@@ -38,6 +38,7 @@ struct xds_ads {
     uv_loop_t *loop;
     xds_ads_config_t cfg;
     char *target;
+    char *method;
     xds_ads_callbacks_t cb;
     void *userdata;
     ads_type_t **types; /* each allocated once: callbacks may add types while one is in use */
@@ -419,8 +420,10 @@ static void ads_connect(xds_ads_t *a)
         .on_message = on_stream_message,
         .on_closed = on_stream_closed,
     };
-    a->stream = xds_grpc_stream_open(a->loop, &a->cfg.target,
-                                     a->cfg.delta ? ADS_DELTA_METHOD : ADS_SOTW_METHOD, &cb, a);
+    const char *method = a->cfg.method ? a->cfg.method
+                         : a->cfg.delta ? ADS_DELTA_METHOD
+                                        : ADS_SOTW_METHOD;
+    a->stream = xds_grpc_stream_open(a->loop, &a->cfg.target, method, &cb, a);
     if (a->stream == NULL) {
         DP_LOG(DP_LOG_CONFIG, DP_LOG_ERROR, "ads: cannot create a gRPC call to %s", a->target);
         uv_timer_start(&a->retry, on_retry, 1000, 0);
@@ -445,6 +448,8 @@ xds_ads_t *xds_ads_new(uv_loop_t *loop, const xds_ads_config_t *cfg,
     a->userdata = userdata;
     a->target = xstrdup(cfg->target.target);
     a->cfg.target.target = a->target;
+    a->method = cfg->method ? xstrdup(cfg->method) : NULL;
+    a->cfg.method = a->method;
     a->node_msg = envoy__config__core__v3__node__unpack(NULL, cfg->node_len, cfg->node);
     if (a->node_msg == NULL) {
         free(a->target);
@@ -514,6 +519,7 @@ static void on_timer_closed(uv_handle_t *h)
     }
     free(a->types);
     free(a->target);
+    free(a->method);
     free(a);
 }
 

@@ -59,6 +59,9 @@ typedef struct xds_ads_config {
     bool node_first_only;       /* set_node_on_first_message_only */
     unsigned backoff_base_ms;   /* 0: 500 */
     unsigned backoff_max_ms;    /* 0: 30000 */
+    /* The gRPC method; NULL: the ADS method of the protocol. Istio's SDS server speaks
+     * "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets" (state of the world). */
+    const char *method;
 } xds_ads_config_t;
 
 xds_ads_t *xds_ads_new(uv_loop_t *loop, const xds_ads_config_t *cfg,

@@ -12,6 +12,8 @@
 #include "envoy/config/endpoint/v3/endpoint.pb-c.h"
 #include "envoy/config/listener/v3/listener.pb-c.h"
 #include "envoy/config/route/v3/route.pb-c.h"
+#include "envoy/extensions/transport_sockets/tls/v3/secret.pb-c.h"
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb-c.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
 #include "google/protobuf/timestamp.pb-c.h"
 #include "protos/registry.h"
@@ -32,10 +34,24 @@ static const char *const passthrough_types[] = {
     "type.googleapis.com/istio.telemetry.metadataexchange.v1.MetadataExchange",
 };
 
-enum { T_CDS, T_EDS, T_LDS, T_RDS, T_COUNT };
+enum { T_CDS, T_EDS, T_LDS, T_RDS, T_SDS, T_COUNT };
 
 static const char *const type_urls[T_COUNT] = {XDS_TYPE_CLUSTER, XDS_TYPE_ENDPOINT,
-                                               XDS_TYPE_LISTENER, XDS_TYPE_ROUTE};
+                                               XDS_TYPE_LISTENER, XDS_TYPE_ROUTE,
+                                               XDS_TYPE_SECRET};
+
+/* A secret a cluster or listener needs: its name and where it comes from (the static cluster
+ * of an SDS server, or "" for the ADS stream). */
+typedef struct sds_ref {
+    char *name;
+    char *source;
+} sds_ref_t;
+
+/* An SDS server (Istio's sds-grpc unix socket): its own state-of-the-world stream. */
+typedef struct sds_source {
+    char *cluster;
+    struct xds_ads *ads;
+} sds_source_t;
 
 typedef struct xds_res {
     char *name;
@@ -44,7 +60,9 @@ typedef struct xds_res {
     size_t len;
     ProtobufCMessage *msg;
     int64_t last_updated_ms;
-    bool warming; /* clusters waiting for endpoints, listeners waiting for routes */
+    bool warming; /* clusters waiting for endpoints, listeners waiting for routes and secrets */
+    sds_ref_t *sds; /* the secrets it references */
+    size_t n_sds;
 } xds_res_t;
 
 /* A listener whose last update was rejected: Envoy's error_state. */
@@ -85,6 +103,9 @@ struct xds_client {
         *total_listeners_warming;
     uv_timer_t init_timer;
     uint64_t init_timeout_ms;
+    sds_source_t *sds_sources;
+    size_t n_sds_sources;
+    bool sds_over_ads; /* the ADS stream has been asked for secrets */
 };
 
 static int64_t now_ms(void)
@@ -255,6 +276,7 @@ static ProtobufCMessage *decode_resource(int t, const xds_ads_resource_t *r, err
         &envoy__config__endpoint__v3__cluster_load_assignment__descriptor,
         &envoy__config__listener__v3__listener__descriptor,
         &envoy__config__route__v3__route_configuration__descriptor,
+        &envoy__extensions__transport_sockets__tls__v3__secret__descriptor,
     };
     const char *label = r->name[0] ? r->name : "(unnamed)";
     if (strcmp(r->type_url, type_urls[t]) != 0) {
@@ -280,6 +302,9 @@ static ProtobufCMessage *decode_resource(int t, const xds_ads_resource_t *r, err
         break;
     case T_RDS:
         name = ((Envoy__Config__Route__V3__RouteConfiguration *)m)->name;
+        break;
+    case T_SDS:
+        name = ((Envoy__Extensions__TransportSockets__Tls__V3__Secret *)m)->name;
         break;
     }
     *ret_name = xstrdup(name);
@@ -346,6 +371,81 @@ int xds_resource_check(const char *type_url, const uint8_t *data, size_t len, ch
     return 0;
 }
 
+/* ---- secrets a resource references (SdsSecretConfig anywhere inside it, through Anys) ---- */
+
+static void sds_ref_add(xds_res_t *r, const char *name, const char *source)
+{
+    for (size_t i = 0; i < r->n_sds; i++) {
+        if (strcmp(r->sds[i].name, name) == 0 && strcmp(r->sds[i].source, source) == 0)
+            return;
+    }
+    sds_ref_t *v = realloc(r->sds, (r->n_sds + 1) * sizeof(*v));
+    if (v == NULL)
+        abort();
+    r->sds = v;
+    r->sds[r->n_sds++] = (sds_ref_t){xstrdup(name), xstrdup(source)};
+}
+
+static void collect_sds(const ProtobufCMessage *m, unsigned depth, xds_res_t *r)
+{
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    if (depth > XDS_PB_MAX_DEPTH)
+        return;
+    if (d == &envoy__extensions__transport_sockets__tls__v3__sds_secret_config__descriptor) {
+        const Envoy__Extensions__TransportSockets__Tls__V3__SdsSecretConfig *sc = (const void *)m;
+        const Envoy__Config__Core__V3__ConfigSource *cs = sc->sds_config;
+        const char *source = NULL;
+        if (cs == NULL || cs->config_source_specifier_case ==
+                              ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_ADS)
+            source = "";
+        else if (cs->config_source_specifier_case ==
+                     ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_API_CONFIG_SOURCE &&
+                 cs->api_config_source->n_grpc_services &&
+                 cs->api_config_source->grpc_services[0]->target_specifier_case ==
+                     ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__TARGET_SPECIFIER_ENVOY_GRPC)
+            source = cs->api_config_source->grpc_services[0]->envoy_grpc->cluster_name;
+        if (source && sc->name[0])
+            sds_ref_add(r, sc->name, source);
+        return;
+    }
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        const char *base = (const char *)m;
+        size_t count = 1;
+        const ProtobufCMessage *const *items;
+        const ProtobufCMessage *one;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            count = *(const size_t *)(base + f->quantifier_offset);
+            items = *(const ProtobufCMessage *const *const *)(base + f->offset);
+        } else {
+            if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+                *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+                continue;
+            one = *(const ProtobufCMessage *const *)(base + f->offset);
+            if (one == NULL)
+                continue;
+            items = &one;
+        }
+        for (size_t k = 0; k < count; k++) {
+            if (f->descriptor != &google__protobuf__any__descriptor) {
+                collect_sds(items[k], depth + 1, r);
+                continue;
+            }
+            const Google__Protobuf__Any *any = (const void *)items[k];
+            const ProtobufCMessageDescriptor *ad = pb_registry_find_type_url(any->type_url);
+            const char *why;
+            ProtobufCMessage *inner =
+                ad ? xds_pb_unpack(ad, any->value.data, any->value.len, &why) : NULL;
+            if (inner) {
+                collect_sds(inner, depth + 1, r);
+                protobuf_c_message_free_unpacked(inner, NULL);
+            }
+        }
+    }
+}
+
 /* ---- stores ---- */
 
 static xds_res_t *store_find(xds_store_t *s, const char *name)
@@ -359,6 +459,11 @@ static xds_res_t *store_find(xds_store_t *s, const char *name)
 
 static void res_clear(xds_res_t *r)
 {
+    for (size_t i = 0; i < r->n_sds; i++) {
+        free(r->sds[i].name);
+        free(r->sds[i].source);
+    }
+    free(r->sds);
     free(r->name);
     free(r->version);
     free(r->bytes);
@@ -570,20 +675,133 @@ static void maybe_initialized(xds_client_t *c)
         c->cb.on_initialized(c->userdata);
 }
 
+/* The resources that reference secrets: clusters (upstream TLS) and listeners (downstream). */
+static const int secret_owners[2] = {T_CDS, T_LDS};
+
+static bool secrets_ready(const xds_client_t *c, const xds_res_t *r)
+{
+    for (size_t i = 0; i < r->n_sds; i++) {
+        if (store_find((xds_store_t *)&c->store[T_SDS], r->sds[i].name) == NULL)
+            return false;
+    }
+    return true;
+}
+
+static int cluster_target(const Envoy__Config__Bootstrap__V3__Bootstrap *b, const char *cname,
+                          char *buf, size_t len, char **reterr_msg);
+static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg);
+
+/* The SDS stream to a static cluster, started on first use. NULL when the cluster is unknown. */
+static sds_source_t *sds_source(xds_client_t *c, const char *cluster)
+{
+    for (size_t i = 0; i < c->n_sds_sources; i++) {
+        if (strcmp(c->sds_sources[i].cluster, cluster) == 0)
+            return &c->sds_sources[i];
+    }
+    char target[1024];
+    char *err = NULL;
+    if (cluster_target(c->bootstrap, cluster, target, sizeof(target), &err) < 0) {
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "sds: %s", err ? err : "no target");
+        free(err);
+        return NULL;
+    }
+    const Envoy__Config__Core__V3__Node *node = c->bootstrap->node;
+    size_t nlen = node ? protobuf_c_message_get_packed_size(&node->base) : 0;
+    uint8_t *nbuf = malloc(nlen + 1);
+    if (nbuf == NULL)
+        abort();
+    if (node)
+        protobuf_c_message_pack(&node->base, nbuf);
+    xds_ads_config_t cfg = {
+        .target = {.target = target, .keepalive_time_ms = 300000, .keepalive_timeout_ms = 20000},
+        .delta = false,
+        .node = nbuf,
+        .node_len = nlen,
+        .node_first_only = true,
+        .method = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
+    };
+    static const xds_ads_callbacks_t cb = {.on_update = on_update};
+    xds_ads_t *ads = xds_ads_new(c->loop, &cfg, &cb, c);
+    free(nbuf);
+    if (ads == NULL)
+        abort();
+    sds_source_t *v = realloc(c->sds_sources, (c->n_sds_sources + 1) * sizeof(*v));
+    if (v == NULL)
+        abort();
+    c->sds_sources = v;
+    c->sds_sources[c->n_sds_sources] = (sds_source_t){xstrdup(cluster), ads};
+    xds_ads_start(ads);
+    DP_LOG(DP_LOG_CONFIG, DP_LOG_INFO, "sds: secrets from cluster %s at %s", cluster, target);
+    return &c->sds_sources[c->n_sds_sources++];
+}
+
+/* Asks every secret source for the secrets the clusters and listeners reference, and drops
+ * the secrets nothing references any more. */
+static void refresh_secrets(xds_client_t *c)
+{
+    name_set_t all = {0};
+    for (size_t k = 0; k <= c->n_sds_sources; k++) {
+        /* k < n: a dedicated SDS server; k == n: the ADS stream */
+        const char *source = k < c->n_sds_sources ? c->sds_sources[k].cluster : "";
+        name_set_t names = {0};
+        for (size_t o = 0; o < 2; o++) {
+            const xds_store_t *st = &c->store[secret_owners[o]];
+            for (size_t i = 0; i < st->n; i++) {
+                const xds_res_t *r = &st->v[i];
+                for (size_t j = 0; j < r->n_sds; j++) {
+                    if (strcmp(r->sds[j].source, source) == 0) {
+                        name_set_add(&names, r->sds[j].name);
+                        name_set_add(&all, r->sds[j].name);
+                    }
+                }
+            }
+        }
+        if (k < c->n_sds_sources) {
+            xds_ads_subscribe(c->sds_sources[k].ads, XDS_TYPE_SECRET, false, names.v, names.n);
+        } else if (names.n || c->sds_over_ads) {
+            c->sds_over_ads = true;
+            xds_ads_subscribe(c->ads, XDS_TYPE_SECRET, false, names.v, names.n);
+        }
+        name_set_clear(&names);
+    }
+    for (size_t i = 0; i < c->store[T_SDS].n;) {
+        if (!name_set_has(&all, c->store[T_SDS].v[i].name))
+            store_remove_at(&c->store[T_SDS], i);
+        else
+            i++;
+    }
+    name_set_clear(&all);
+}
+
+/* Starts the SDS streams the resources need (before subscribing, so refresh_secrets sees
+ * every source). */
+static void open_sds_sources(xds_client_t *c)
+{
+    for (size_t o = 0; o < 2; o++) {
+        const xds_store_t *st = &c->store[secret_owners[o]];
+        for (size_t i = 0; i < st->n; i++) {
+            const xds_res_t *r = &st->v[i];
+            for (size_t j = 0; j < r->n_sds; j++) {
+                if (r->sds[j].source[0])
+                    sds_source(c, r->sds[j].source);
+            }
+        }
+    }
+}
+
 /* Recomputes warming and the EDS/RDS subscriptions from the active clusters and listeners. */
 static void refresh_dependencies(xds_client_t *c)
 {
     name_set_t eds = {0}, rds = {0};
+    open_sds_sources(c);
+    refresh_secrets(c);
     for (size_t i = 0; i < c->store[T_CDS].n; i++) {
         xds_res_t *r = &c->store[T_CDS].v[i];
         const char *en = cluster_eds_name((const void *)r->msg);
-        if (en) {
+        if (en)
             name_set_add(&eds, en);
-            if (r->warming && store_find(&c->store[T_EDS], en))
-                r->warming = false;
-        } else {
+        if (r->warming && (en == NULL || store_find(&c->store[T_EDS], en)) && secrets_ready(c, r))
             r->warming = false;
-        }
     }
     for (size_t i = 0; i < c->store[T_LDS].n; i++) {
         xds_res_t *r = &c->store[T_LDS].v[i];
@@ -595,7 +813,7 @@ static void refresh_dependencies(xds_client_t *c)
             if (!store_find(&c->store[T_RDS], mine.v[k]))
                 ready = false;
         }
-        if (ready)
+        if (ready && secrets_ready(c, r))
             r->warming = false;
         name_set_clear(&mine);
     }
@@ -693,6 +911,8 @@ static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg)
         }
         e = store_put(s, name, u->version_info, r, m);
         e->warming = t == T_CDS || t == T_LDS; /* until refresh_dependencies clears it */
+        if (t == T_CDS || t == T_LDS)
+            collect_sds(e->msg, 0, e);
         if (t == T_LDS)
             rejected_clear(s, name);
     }
@@ -722,7 +942,7 @@ static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg)
         for (size_t i = 0; i < c->store[T_CDS].n; i++) {
             xds_res_t *cl = &c->store[T_CDS].v[i];
             const char *en = cluster_eds_name((const void *)cl->msg);
-            if (en && store_find(s, en))
+            if (en && store_find(s, en) && secrets_ready(c, cl))
                 cl->warming = false;
         }
     }
@@ -790,26 +1010,10 @@ static void store_stats(xds_client_t *c, xds_store_t *s, const char *prefix)
 #undef STAT
 }
 
-static int ads_target(const Envoy__Config__Bootstrap__V3__Bootstrap *b, char *buf, size_t len,
-                      char **reterr_msg)
+/* The gRPC target of a static cluster: its first endpoint's socket address or pipe. */
+static int cluster_target(const Envoy__Config__Bootstrap__V3__Bootstrap *b, const char *cname,
+                          char *buf, size_t len, char **reterr_msg)
 {
-    const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *dr = b->dynamic_resources;
-    if (dr == NULL || dr->ads_config == NULL || dr->ads_config->n_grpc_services == 0) {
-        *reterr_msg = xstrdup("dynamic_resources.ads_config.grpc_services is empty");
-        return -EINVAL;
-    }
-    const Envoy__Config__Core__V3__GrpcService *g = dr->ads_config->grpc_services[0];
-    if (g->target_specifier_case ==
-        ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__TARGET_SPECIFIER_GOOGLE_GRPC) {
-        snprintf(buf, len, "%s", g->google_grpc->target_uri);
-        return 0;
-    }
-    if (g->target_specifier_case !=
-        ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__TARGET_SPECIFIER_ENVOY_GRPC) {
-        *reterr_msg = xstrdup("dynamic_resources.ads_config.grpc_services[0]: no target");
-        return -EINVAL;
-    }
-    const char *cname = g->envoy_grpc->cluster_name;
     const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = b->static_resources;
     for (size_t i = 0; sr && i < sr->n_clusters; i++) {
         const Envoy__Config__Cluster__V3__Cluster *cl = sr->clusters[i];
@@ -839,10 +1043,31 @@ static int ads_target(const Envoy__Config__Bootstrap__V3__Bootstrap *b, char *bu
             abort();
         return -EINVAL;
     }
-    if (asprintf(reterr_msg, "dynamic_resources.ads_config: unknown static cluster '%s'",
-                 cname) < 0)
+    if (asprintf(reterr_msg, "unknown static cluster '%s'", cname) < 0)
         abort();
     return -EINVAL;
+}
+
+static int ads_target(const Envoy__Config__Bootstrap__V3__Bootstrap *b, char *buf, size_t len,
+                      char **reterr_msg)
+{
+    const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *dr = b->dynamic_resources;
+    if (dr == NULL || dr->ads_config == NULL || dr->ads_config->n_grpc_services == 0) {
+        *reterr_msg = xstrdup("dynamic_resources.ads_config.grpc_services is empty");
+        return -EINVAL;
+    }
+    const Envoy__Config__Core__V3__GrpcService *g = dr->ads_config->grpc_services[0];
+    if (g->target_specifier_case ==
+        ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__TARGET_SPECIFIER_GOOGLE_GRPC) {
+        snprintf(buf, len, "%s", g->google_grpc->target_uri);
+        return 0;
+    }
+    if (g->target_specifier_case !=
+        ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__TARGET_SPECIFIER_ENVOY_GRPC) {
+        *reterr_msg = xstrdup("dynamic_resources.ads_config.grpc_services[0]: no target");
+        return -EINVAL;
+    }
+    return cluster_target(b, g->envoy_grpc->cluster_name, buf, len, reterr_msg);
 }
 
 int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstrap *bootstrap,
@@ -868,6 +1093,7 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
     store_stats(c, &c->store[T_EDS], "cluster_manager.eds");
     store_stats(c, &c->store[T_LDS], "listener_manager.lds");
     store_stats(c, &c->store[T_RDS], "rds");
+    store_stats(c, &c->store[T_SDS], "sds");
     c->connected_state = dp_stats_gauge(stats, "control_plane.connected_state");
     c->active_clusters = dp_stats_gauge(stats, "cluster_manager.active_clusters");
     c->warming_clusters = dp_stats_gauge(stats, "cluster_manager.warming_clusters");
@@ -1000,8 +1226,22 @@ static json_t *error_state_json(const xds_rejected_t *r)
     return es;
 }
 
+/* Envoy shows private keys as "[redacted]" (base64 W3JlZGFjdGVkXQ==) in config dumps. */
+static void redact_secret(json_t *secret)
+{
+    static const char *const keys[] = {"private_key", "password"};
+    json_t *cert = json_object_get(secret, "tls_certificate");
+    for (size_t i = 0; cert && i < sizeof(keys) / sizeof(keys[0]); i++) {
+        json_t *ds = json_object_get(cert, keys[i]);
+        if (!json_is_object(ds))
+            continue;
+        json_object_clear(ds);
+        json_object_set_new(ds, "inline_bytes", json_string("W3JlZGFjdGVkXQ=="));
+    }
+}
+
 void xds_client_config_dump(const xds_client_t *c, json_t *clusters, json_t *endpoints,
-                            json_t *listeners, json_t *routes)
+                            json_t *listeners, json_t *routes, json_t *secrets)
 {
     const xds_store_t *s = &c->store[T_CDS];
     if (s->version)
@@ -1050,6 +1290,20 @@ void xds_client_config_dump(const xds_client_t *c, json_t *clusters, json_t *end
         json_array_append_new(dr, dynamic_entry(&s->v[i], XDS_TYPE_ROUTE, "route_config"));
     json_object_set_new(routes, "dynamic_route_configs", dr);
 
+    s = &c->store[T_SDS];
+    json_t *ds = json_array();
+    for (size_t i = 0; i < s->n; i++) {
+        json_t *e = json_object();
+        json_object_set_new(e, "name", json_string(s->v[i].name));
+        json_object_set_new(e, "version_info", json_string(s->v[i].version));
+        json_object_set_new(e, "last_updated", timestamp_json(s->v[i].last_updated_ms));
+        json_t *sj = any_json(XDS_TYPE_SECRET, s->v[i].bytes, s->v[i].len);
+        redact_secret(sj);
+        json_object_set_new(e, "secret", sj);
+        json_array_append_new(ds, e);
+    }
+    json_object_set_new(secrets, "dynamic_active_secrets", ds);
+
     if (endpoints) {
         s = &c->store[T_EDS];
         json_t *de = json_array();
@@ -1083,6 +1337,11 @@ void xds_client_free(xds_client_t *c)
 {
     if (c == NULL)
         return;
+    for (size_t i = 0; i < c->n_sds_sources; i++) {
+        xds_ads_free(c->sds_sources[i].ads);
+        free(c->sds_sources[i].cluster);
+    }
+    free(c->sds_sources);
     xds_ads_free(c->ads);
     uv_close((uv_handle_t *)&c->init_timer, on_init_timer_closed);
 }

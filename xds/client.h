@@ -54,9 +54,10 @@ void xds_client_start(xds_client_t *c);
  * the caller built: version_info and dynamic_active_clusters/dynamic_warming_clusters to
  * ClustersConfigDump, dynamic_listeners (active, warming and error states) to
  * ListenersConfigDump, dynamic_route_configs to RoutesConfigDump, and dynamic_endpoint_configs
- * to EndpointsConfigDump when endpoints is not NULL. Resources are echoed as received. */
+ * to EndpointsConfigDump when endpoints is not NULL, dynamic_active_secrets (private keys
+ * "[redacted]", as Envoy shows them) to SecretsConfigDump. Resources are echoed as received. */
 void xds_client_config_dump(const xds_client_t *c, json_t *clusters, json_t *endpoints,
-                            json_t *listeners, json_t *routes);
+                            json_t *listeners, json_t *routes, json_t *secrets);
 
 /* The active and warming clusters from CDS, each with its endpoints (from EDS, or its own
  * load_assignment; NULL when none arrived yet), for /clusters. added_via_api is true. */

@@ -29,6 +29,7 @@ CDS = TYPE + "envoy.config.cluster.v3.Cluster"
 EDS = TYPE + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = TYPE + "envoy.config.listener.v3.Listener"
 RDS = TYPE + "envoy.config.route.v3.RouteConfiguration"
+SDS = TYPE + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
 def load_classes():
@@ -54,6 +55,7 @@ CLA = M("envoy.config.endpoint.v3.ClusterLoadAssignment")
 Listener = M("envoy.config.listener.v3.Listener")
 RouteConfiguration = M("envoy.config.route.v3.RouteConfiguration")
 HCM = M("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager")
+Secret = M("envoy.extensions.transport_sockets.tls.v3.Secret")
 Req = M("envoy.service.discovery.v3.DiscoveryRequest")
 Resp = M("envoy.service.discovery.v3.DiscoveryResponse")
 DReq = M("envoy.service.discovery.v3.DeltaDiscoveryRequest")
@@ -116,7 +118,7 @@ class Ads:
 
     def __init__(self, address):
         self.lock = threading.Condition()
-        self.resources = {CDS: {}, EDS: {}, LDS: {}, RDS: {}}
+        self.resources = {CDS: {}, EDS: {}, LDS: {}, RDS: {}, SDS: {}}
         self.version = 1
         self.requests = []  # (protocol, type_url, nonce, version, names, error)
         self.streams = []
@@ -130,7 +132,13 @@ class Ads:
                     self.delta, request_deserializer=DReq.FromString,
                     response_serializer=DResp.SerializeToString),
             })
-        self.server.add_generic_rpc_handlers((handler,))
+        sds = grpc.method_handlers_generic_handler(
+            "envoy.service.secret.v3.SecretDiscoveryService", {
+                "StreamSecrets": grpc.stream_stream_rpc_method_handler(
+                    self.sotw, request_deserializer=Req.FromString,
+                    response_serializer=Resp.SerializeToString),
+            })
+        self.server.add_generic_rpc_handlers((handler, sds))
         self.port = self.server.add_insecure_port(address)
         self.server.start()
 
@@ -526,11 +534,22 @@ class IstioGolden:
             ads.set(EDS, *[CLA(cluster_name=n) for n in eds])
             ads.set(LDS, *res[LDS])
             ads.set(RDS, *res[RDS])
+            # pilot-agent's SDS server, on its own unix socket, serves the workload certificate
+            # ("default") and the root certificate ("ROOTCA")
+            sds_sock = os.path.join(tmp, "sds.sock")
+            sds = Ads("unix:" + sds_sock)
+            default = Secret(name="default")
+            default.tls_certificate.certificate_chain.inline_bytes = b"-----BEGIN CERTIFICATE-----\n"
+            default.tls_certificate.private_key.inline_bytes = b"-----BEGIN PRIVATE KEY-----\nsecret\n"
+            rootca = Secret(name="ROOTCA")
+            rootca.validation_context.trusted_ca.inline_bytes = b"-----BEGIN CERTIFICATE-----\n"
             boot = json.load(open(os.path.join(SHARED, "istio", "04-bootstrap", "default_golden.json")))
             for c in boot["static_resources"]["clusters"]:
+                ep = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
                 if c["name"] == "xds-grpc":
-                    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = \
-                        {"pipe": {"path": sock}}
+                    ep["address"] = {"pipe": {"path": sock}}
+                if c["name"] == "sds-grpc":
+                    ep["address"] = {"pipe": {"path": sds_sock}}
             boot["admin"]["address"]["socket_address"]["port_value"] = 0
             if not self.delta:
                 boot["dynamic_resources"]["ads_config"]["api_type"] = "GRPC"
@@ -539,8 +558,26 @@ class IstioGolden:
                 "--local-address-ip-version", "v4", "--file-flush-interval-msec", "1000",
                 "--disable-hot-restart", "--allow-unknown-static-fields"])
             try:
+                # without secrets the listeners and the mTLS clusters stay warming
+                self.assertTrue(sds.wait_for(lambda rs: any(r[1] == SDS for r in rs)),
+                                "no SDS request")
+                time.sleep(0.3)
+                self.assertEqual(s.get("/ready")[0], 503)
+                self.assertNotEqual(s.stat("cluster_manager.warming_clusters"), "0")
+                sds.set(SDS, default, rootca)
                 self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200, timeout=20),
                                 "not LIVE: " + s.get("/ready")[1])
+                asked = set()
+                for r in sds.requests:
+                    if r[1] == SDS:
+                        asked.update(r[4])
+                self.assertEqual(asked, {"default", "ROOTCA"})
+                secrets = s.dump("SecretsConfigDump")["dynamic_active_secrets"]
+                self.assertEqual(sorted(x["name"] for x in secrets), ["ROOTCA", "default"])
+                dflt = [x for x in secrets if x["name"] == "default"][0]
+                self.assertEqual(dflt["secret"]["tls_certificate"]["private_key"],
+                                 {"inline_bytes": "W3JlZGFjdGVkXQ=="})
+                self.assertEqual(s.stat("cluster_manager.warming_clusters"), "0")
                 nacks = [r for r in ads.requests if r[5]]
                 self.assertEqual(nacks, [], "every resource of the dump is ACKed")
                 self.assertEqual(s.stat("cluster_manager.cds.update_success"), "1")
@@ -562,6 +599,7 @@ class IstioGolden:
             finally:
                 rc = s.stop()
                 ads.stop()
+                sds.stop()
             self.assertEqual(rc, 0)
 
 
