@@ -13,57 +13,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 import urllib.request
-from concurrent import futures
-
-import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 SKIFF = os.environ["SKIFF"]
 SRCDIR = os.environ["SRCDIR"]
-TYPE = "type.googleapis.com/"
-CDS = TYPE + "envoy.config.cluster.v3.Cluster"
-EDS = TYPE + "envoy.config.endpoint.v3.ClusterLoadAssignment"
-LDS = TYPE + "envoy.config.listener.v3.Listener"
-RDS = TYPE + "envoy.config.route.v3.RouteConfiguration"
-SDS = TYPE + "envoy.extensions.transport_sockets.tls.v3.Secret"
-
-
-def load_classes():
-    files = [l.strip().replace("local:", "") for l in open(os.path.join(SRCDIR, "protos", "files.txt"))
-             if l.strip() and not l.startswith(("#", "system:"))]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "d.pb")
-        subprocess.run(["protoc", "--include_imports", f"--descriptor_set_out={out}",
-                        "-I" + os.path.join(SRCDIR, "protos"), "-I/usr/include"] + files,
-                       check=True, stderr=subprocess.DEVNULL)
-        fds = descriptor_pb2.FileDescriptorSet.FromString(open(out, "rb").read())
-    pool = descriptor_pool.DescriptorPool()
-    for f in fds.file:
-        pool.Add(f)
-    factory = message_factory.MessageFactory(pool)
-    return lambda name: factory.GetPrototype(pool.FindMessageTypeByName(name))
-
-
-M = load_classes()
-Any = M("google.protobuf.Any")
-Cluster = M("envoy.config.cluster.v3.Cluster")
-CLA = M("envoy.config.endpoint.v3.ClusterLoadAssignment")
-Listener = M("envoy.config.listener.v3.Listener")
-RouteConfiguration = M("envoy.config.route.v3.RouteConfiguration")
-HCM = M("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager")
-Secret = M("envoy.extensions.transport_sockets.tls.v3.Secret")
-Req = M("envoy.service.discovery.v3.DiscoveryRequest")
-Resp = M("envoy.service.discovery.v3.DiscoveryResponse")
-DReq = M("envoy.service.discovery.v3.DeltaDiscoveryRequest")
-DResp = M("envoy.service.discovery.v3.DeltaDiscoveryResponse")
-
-
-def pack(m):
-    return Any(type_url=TYPE + m.DESCRIPTOR.full_name, value=m.SerializeToString())
+sys.path.insert(0, os.path.join(SRCDIR, "tools"))
+from xdslib import (CDS, EDS, LDS, RDS, SDS, TYPE, Ads, Any, CLA, Cluster, HCM,  # noqa: E402
+                    Listener, RouteConfiguration, Secret, pack)
 
 
 def eds_cluster(name):
@@ -112,181 +70,6 @@ def http_listener(name, route):
     return l
 
 
-class Ads:
-    """A scripted ADS server: holds resources per type, answers subscriptions, records every
-    request."""
-
-    def __init__(self, address):
-        self.lock = threading.Condition()
-        self.resources = {CDS: {}, EDS: {}, LDS: {}, RDS: {}, SDS: {}}
-        self.version = 1
-        self.requests = []  # (protocol, type_url, nonce, version, names, error)
-        self.streams = []
-        self.server = grpc.server(futures.ThreadPoolExecutor(8))
-        handler = grpc.method_handlers_generic_handler(
-            "envoy.service.discovery.v3.AggregatedDiscoveryService", {
-                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self.sotw, request_deserializer=Req.FromString,
-                    response_serializer=Resp.SerializeToString),
-                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self.delta, request_deserializer=DReq.FromString,
-                    response_serializer=DResp.SerializeToString),
-            })
-        sds = grpc.method_handlers_generic_handler(
-            "envoy.service.secret.v3.SecretDiscoveryService", {
-                "StreamSecrets": grpc.stream_stream_rpc_method_handler(
-                    self.sotw, request_deserializer=Req.FromString,
-                    response_serializer=Resp.SerializeToString),
-            })
-        self.server.add_generic_rpc_handlers((handler, sds))
-        self.port = self.server.add_insecure_port(address)
-        self.server.start()
-
-    def stop(self):
-        self.server.stop(0).wait()
-        with self.lock:
-            for q in self.streams:
-                q.append(None)
-            self.lock.notify_all()
-
-    def set(self, type_url, *msgs, remove=()):
-        with self.lock:
-            for m in msgs:
-                name = m.cluster_name if type_url == EDS else m.name
-                self.resources[type_url][name] = m
-            for n in remove:
-                self.resources[type_url].pop(n, None)
-            self.version += 1
-            for q in self.streams:
-                q.append(("push", type_url))
-            self.lock.notify_all()
-
-    def record(self, *entry):
-        with self.lock:
-            self.requests.append(entry)
-            self.lock.notify_all()
-
-    def wait_for(self, pred, timeout=10):
-        deadline = time.time() + timeout
-        with self.lock:
-            while not pred(self.requests):
-                left = deadline - time.time()
-                if left <= 0:
-                    return False
-                self.lock.wait(left)
-        return True
-
-    def _stream(self, request_iterator, on_request, respond):
-        queue = []
-        with self.lock:
-            self.streams.append(queue)
-
-        def reader():
-            try:
-                for r in request_iterator:
-                    with self.lock:
-                        queue.append(("req", r))
-                        self.lock.notify_all()
-            except Exception:
-                pass
-            with self.lock:
-                queue.append(None)
-                self.lock.notify_all()
-
-        threading.Thread(target=reader, daemon=True).start()
-        state = {"subs": {}, "nonce": 0, "sent": {}}
-        while True:
-            with self.lock:
-                while not queue:
-                    self.lock.wait()
-                item = queue.pop(0)
-            if item is None:
-                return
-            kind, payload = item
-            if kind == "req":
-                out = on_request(payload, state)
-            else:
-                out = respond(payload, state, push=True)
-            for resp in out or []:
-                yield resp
-
-    # ---- state of the world ----
-    def sotw(self, request_iterator, context):
-        def on_request(r, st):
-            self.record("sotw", r.type_url, r.response_nonce, r.version_info,
-                        list(r.resource_names), r.error_detail.message, r.node.id)
-            names = list(r.resource_names)
-            old = st["subs"].get(r.type_url)
-            st["subs"][r.type_url] = names
-            if r.response_nonce and old is not None and set(names) <= set(old):
-                return []
-            return self.sotw_response(r.type_url, st)
-
-        def respond(type_url, st, push):
-            if type_url not in st["subs"]:
-                return []
-            return self.sotw_response(type_url, st)
-
-        return self._stream(request_iterator, on_request, respond)
-
-    def sotw_response(self, type_url, st):
-        with self.lock:
-            names = st["subs"][type_url]
-            res = self.resources[type_url]
-            if type_url in (CDS, LDS):
-                chosen = list(res.values())
-            else:
-                chosen = [res[n] for n in names if n in res]
-                if not chosen:
-                    return []
-            st["nonce"] += 1
-            return [Resp(type_url=type_url, version_info=f"v{self.version}",
-                         nonce=str(st["nonce"]), resources=[pack(m) for m in chosen])]
-
-    # ---- delta ----
-    def delta(self, request_iterator, context):
-        def on_request(r, st):
-            self.record("delta", r.type_url, r.response_nonce, "",
-                        list(r.resource_names_subscribe), r.error_detail.message, r.node.id,
-                        dict(r.initial_resource_versions), list(r.resource_names_unsubscribe))
-            if r.response_nonce:
-                return []
-            subs = st["subs"].setdefault(r.type_url, set())
-            subs.update(r.resource_names_subscribe)
-            subs.difference_update(r.resource_names_unsubscribe)
-            st["sent"].setdefault(r.type_url, {}).update(dict(r.initial_resource_versions))
-            return self.delta_response(r.type_url, st)
-
-        def respond(type_url, st, push):
-            if type_url not in st["subs"]:
-                return []
-            return self.delta_response(type_url, st)
-
-        return self._stream(request_iterator, on_request, respond)
-
-    def delta_response(self, type_url, st):
-        with self.lock:
-            subs = st["subs"][type_url]
-            res = self.resources[type_url]
-            wildcard = type_url in (CDS, LDS)
-            want = {n: m for n, m in res.items() if wildcard or n in subs}
-            sent = st["sent"].setdefault(type_url, {})
-            resp = DResp(type_url=type_url, system_version_info=f"v{self.version}")
-            for n, m in want.items():
-                v = str(hash(m.SerializeToString()) & 0xffffffff)
-                if sent.get(n) != v:
-                    r = resp.resources.add(name=n, version=v)
-                    r.resource.CopyFrom(pack(m))
-                    sent[n] = v
-            for n in list(sent):
-                if n not in want:
-                    resp.removed_resources.append(n)
-                    del sent[n]
-            if not resp.resources and not resp.removed_resources:
-                return []
-            st["nonce"] += 1
-            resp.nonce = str(st["nonce"])
-            return [resp]
 
 
 class Skiff:
@@ -603,12 +386,146 @@ class IstioGolden:
             self.assertEqual(rc, 0)
 
 
+    def test_golden_with_file_control_plane(self):
+        """Istio's bootstrap golden pointed at tools/xds-files'
+        unix socket, serving a real dump whole (its secrets too, over the SDS service)."""
+        dump = os.path.join(SHARED, "istio", "01-ossm-sidecar-config-dump",
+                            "hello-openshift-sidecar-config_dump.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            sock = os.path.join(tmp, "XDS")
+            events = os.path.join(tmp, "events.jsonl")
+            cp_log = open(os.path.join(tmp, "cp.log"), "w")
+            cp = subprocess.Popen(["/usr/bin/python3", "-W", "ignore",
+                                   os.path.join(SRCDIR, "tools", "xds-files"), "--listen",
+                                   "unix:" + sock, "--config", dump, "--events", events],
+                                  stdout=subprocess.PIPE, stderr=cp_log, text=True)
+            self.assertEqual(cp.stdout.readline().strip(), "listening on unix:" + sock)
+            boot = json.load(open(os.path.join(SHARED, "istio", "04-bootstrap", "default_golden.json")))
+            for c in boot["static_resources"]["clusters"]:
+                if c["name"] in ("xds-grpc", "sds-grpc"):
+                    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = \
+                        {"pipe": {"path": sock}}
+            boot["admin"]["address"]["socket_address"]["port_value"] = 0
+            if not self.delta:
+                boot["dynamic_resources"]["ads_config"]["api_type"] = "GRPC"
+            s = Skiff("", self.delta, tmp, bootstrap=boot,
+                      extra_args=["--allow-unknown-static-fields", "--drain-time-s", "45"])
+            try:
+                self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200, timeout=20),
+                                "not LIVE: " + s.get("/ready")[1])
+                evs = [json.loads(l) for l in open(events)]
+                self.assertEqual([e for e in evs if e["event"] == "nack"], [])
+                acked = {e["type_url"].rsplit(".", 1)[-1] for e in evs if e["event"] == "ack"}
+                self.assertTrue({"Cluster", "ClusterLoadAssignment", "Listener",
+                                 "RouteConfiguration", "Secret"} <= acked, acked)
+                self.assertEqual(len(s.dump("ClustersConfigDump")["dynamic_active_clusters"]), 20)
+                # the control plane dies: the last good configuration keeps serving
+                cp.send_signal(signal.SIGTERM)
+                cp.wait(10)
+                self.assertTrue(s.wait(lambda: s.stat("control_plane.connected_state") == "0"))
+                self.assertEqual(s.get("/ready")[0], 200)
+                self.assertEqual(len(s.dump("ClustersConfigDump")["dynamic_active_clusters"]), 20)
+            finally:
+                self.assertEqual(s.stop(), 0)
+                if cp.poll() is None:
+                    cp.kill()
+                    cp.wait()
+                cp_log.close()
+
+
 class IstioGoldenDelta(IstioGolden, unittest.TestCase):
     delta = True
 
 
 class IstioGoldenSotw(IstioGolden, unittest.TestCase):
     delta = False
+
+
+class FileControlPlane:
+    """tools/xds-files, the file-based control plane, driving skiff: files in, pushes on
+    change, bad files ignored, NACKs logged."""
+    delta = False
+
+    def write(self, path, text):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, path)  # atomic, as users (and Kubernetes configmaps) replace files
+
+    def cluster_yaml(self, *names, bad=False):
+        out = "resources:\n"
+        for n in names:
+            out += f"""- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: {n}
+  type: STATIC
+  connect_timeout: 1s
+  load_assignment:
+    cluster_name: {n}
+    endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9000}}}}}}}}]}}]
+"""
+            if bad:
+                out = out.replace("connect_timeout: 1s", "connect_timeout: -1s")
+        return out
+
+    def test_files_drive_skiff(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            res = os.path.join(tmp, "clusters.yaml")
+            lis = os.path.join(tmp, "listeners.json")
+            self.write(res, self.cluster_yaml("one", "two"))
+            self.write(lis, json.dumps({"resources": [
+                {"@type": LDS, "name": "0.0.0.0_9080",
+                 "address": {"socket_address": {"address": "0.0.0.0", "port_value": 9080}}}]}))
+            sock = os.path.join(tmp, "xds.sock")
+            events = os.path.join(tmp, "events.jsonl")
+            cp_log = open(os.path.join(tmp, "cp.log"), "w")
+            cp = subprocess.Popen(["/usr/bin/python3", "-W", "ignore",
+                                   os.path.join(SRCDIR, "tools", "xds-files"),
+                                   "--listen", "unix:" + sock, "--config", res, "--config", lis,
+                                   "--events", events], stdout=subprocess.PIPE, stderr=cp_log,
+                                  text=True)
+            try:
+                self.assertEqual(cp.stdout.readline().strip(), "listening on unix:" + sock)
+                s = Skiff("unix:" + sock, self.delta, tmp)
+                try:
+                    self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200), "not LIVE")
+                    self.assertEqual(cluster_names(s.dump("ClustersConfigDump")), ["one", "two"])
+                    # a change to a file is pushed
+                    self.write(res, self.cluster_yaml("one", "two", "three"))
+                    self.assertTrue(s.wait(lambda: "three" in cluster_names(
+                        s.dump("ClustersConfigDump"))), "change not pushed")
+                    # a file that does not parse is reported; the last good state stays
+                    self.write(res, "resources: [ {")
+                    time.sleep(0.6)
+                    self.assertEqual(cp.poll(), None)
+                    self.assertEqual(len(cluster_names(s.dump("ClustersConfigDump"))), 3)
+                    # a bad resource: skiff NACKs it, the control plane logs the NACK
+                    self.write(res, self.cluster_yaml("one", "two", "three") +
+                               self.cluster_yaml("four", bad=True).replace("resources:\n", ""))
+                    self.assertTrue(s.wait(lambda: os.path.exists(events) and
+                                           '"nack"' in open(events).read()), "no NACK logged")
+                    nack = [json.loads(l) for l in open(events) if '"nack"' in l][0]
+                    self.assertIn("four", nack["error"])
+                    self.assertIn("connect_timeout", nack["error"])
+                    self.assertNotIn("four", cluster_names(s.dump("ClustersConfigDump")))
+                    # and the ACKs are logged too
+                    self.assertIn('"ack"', open(events).read())
+                finally:
+                    self.assertEqual(s.stop(), 0)
+            finally:
+                cp.send_signal(signal.SIGTERM)
+                cp.wait(10)
+                cp_log.close()
+            log = open(os.path.join(tmp, "cp.log")).read()
+            self.assertIn("still serving the last good state", log)
+            self.assertIn("NACK", log)
+
+
+class FileControlPlaneSotw(FileControlPlane, unittest.TestCase):
+    delta = False
+
+
+class FileControlPlaneDelta(FileControlPlane, unittest.TestCase):
+    delta = True
 
 
 class SotwTcp(AdsTest, unittest.TestCase):
