@@ -32,6 +32,59 @@ static int out_fd = STDERR_FILENO;
 static char *out_path;
 static _Atomic bool json_lines;
 
+/* A custom format (dp_log_set_format / dp_log_set_json_format); set before threads start. */
+static char *text_format;
+static char **json_keys, **json_values;
+static size_t n_json;
+
+static const char *const default_format = "[%Y-%m-%d %T.%e][%t][%l][%n] [%g:%#] %v";
+
+static int check_format(const char *fmt, char *errbuf, size_t errlen)
+{
+    for (const char *p = fmt; *p; p++) {
+        if (*p != '%')
+            continue;
+        p++;
+        if (*p == '\0' || strchr("YmdHMST efFlLnvtgs#%", *p) == NULL || *p == ' ') {
+            snprintf(errbuf, errlen, "log format '%s': unknown flag '%%%c'", fmt, *p ? *p : ' ');
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+int dp_log_set_format(const char *fmt, char *errbuf, size_t errlen)
+{
+    if (fmt && check_format(fmt, errbuf, errlen) < 0)
+        return -EINVAL;
+    free(text_format);
+    text_format = fmt ? strdup(fmt) : NULL;
+    return 0;
+}
+
+int dp_log_set_json_format(const char *const *keys, const char *const *values, size_t n,
+                           char *errbuf, size_t errlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (check_format(values[i], errbuf, errlen) < 0)
+            return -EINVAL;
+    }
+    for (size_t i = 0; i < n_json; i++) {
+        free(json_keys[i]);
+        free(json_values[i]);
+    }
+    free(json_keys);
+    free(json_values);
+    json_keys = n ? calloc(n, sizeof(char *)) : NULL;
+    json_values = n ? calloc(n, sizeof(char *)) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        json_keys[i] = strdup(keys[i]);
+        json_values[i] = strdup(values[i]);
+    }
+    n_json = n;
+    return 0;
+}
+
 int dp_log_level_parse(const char *name, dp_log_level_t *ret_level)
 {
     if (strcmp(name, "warn") == 0) {
@@ -182,6 +235,70 @@ static size_t json_escape(char *buf, size_t cap, size_t n, const char *s)
     return n;
 }
 
+typedef struct log_fields {
+    const struct tm *tm;
+    long nsec;
+    long tid;
+    dp_log_level_t level;
+    dp_log_component_t comp;
+    const char *file;
+    int line;
+    const char *msg;
+} log_fields_t;
+
+/* Expands a spdlog-style format into out; JSON-escapes the expansion when json is set. */
+static size_t format_line(char *out, size_t cap, size_t n, const char *fmt, const log_fields_t *f,
+                          bool json)
+{
+    char tmp[64];
+    for (const char *p = fmt; *p && n + 8 < cap; p++) {
+        const char *piece = tmp;
+        if (*p != '%' || p[1] == '\0') {
+            tmp[0] = *p;
+            tmp[1] = '\0';
+        } else {
+            switch (*++p) {
+            case 'Y': snprintf(tmp, sizeof(tmp), "%04d", f->tm->tm_year + 1900); break;
+            case 'm': snprintf(tmp, sizeof(tmp), "%02d", f->tm->tm_mon + 1); break;
+            case 'd': snprintf(tmp, sizeof(tmp), "%02d", f->tm->tm_mday); break;
+            case 'H': snprintf(tmp, sizeof(tmp), "%02d", f->tm->tm_hour); break;
+            case 'M': snprintf(tmp, sizeof(tmp), "%02d", f->tm->tm_min); break;
+            case 'S': snprintf(tmp, sizeof(tmp), "%02d", f->tm->tm_sec); break;
+            case 'T':
+                snprintf(tmp, sizeof(tmp), "%02d:%02d:%02d", f->tm->tm_hour, f->tm->tm_min,
+                         f->tm->tm_sec);
+                break;
+            case 'e': snprintf(tmp, sizeof(tmp), "%03ld", f->nsec / 1000000); break;
+            case 'f': snprintf(tmp, sizeof(tmp), "%06ld", f->nsec / 1000); break;
+            case 'F': snprintf(tmp, sizeof(tmp), "%09ld", f->nsec); break;
+            case 'l': piece = level_names[f->level]; break;
+            case 'L': snprintf(tmp, sizeof(tmp), "%c", level_names[f->level][0] - 32); break;
+            case 'n': piece = component_names[f->comp]; break;
+            case 'v': piece = f->msg; break;
+            case 't': snprintf(tmp, sizeof(tmp), "%ld", f->tid); break;
+            case 'g': piece = f->file; break;
+            case 's': {
+                const char *slash = strrchr(f->file, '/');
+                piece = slash ? slash + 1 : f->file;
+                break;
+            }
+            case '#': snprintf(tmp, sizeof(tmp), "%d", f->line); break;
+            default: snprintf(tmp, sizeof(tmp), "%c", *p); break;
+            }
+        }
+        if (json) {
+            n = json_escape(out, cap, n, piece);
+        } else {
+            size_t len = strlen(piece);
+            if (len > cap - n - 2)
+                len = cap - n - 2;
+            memcpy(out + n, piece, len);
+            n += len;
+        }
+    }
+    return n;
+}
+
 void dp_log_write(dp_log_component_t c, dp_log_level_t l, const char *file, int line,
                   const char *fmt, ...)
 {
@@ -201,7 +318,20 @@ void dp_log_write(dp_log_component_t c, dp_log_level_t l, const char *file, int 
     long tid = (long)syscall(SYS_gettid);
     char out[4096 + 512];
     size_t n;
-    if (atomic_load(&json_lines)) {
+    log_fields_t lf = {.tm = &tm, .nsec = (long)tv.tv_usec * 1000, .tid = tid, .level = l,
+                       .comp = c, .file = file, .line = line, .msg = msg};
+    if (n_json) {
+        n = 0;
+        out[n++] = '{';
+        for (size_t i = 0; i < n_json && n + 16 < sizeof(out); i++) {
+            n += (size_t)snprintf(out + n, sizeof(out) - n, "%s\"", i ? "," : "");
+            n = json_escape(out, sizeof(out), n, json_keys[i]);
+            n += (size_t)snprintf(out + n, sizeof(out) - n, "\":\"");
+            n = format_line(out, sizeof(out), n, json_values[i], &lf, true);
+            n += (size_t)snprintf(out + n, sizeof(out) - n, "\"");
+        }
+        n += (size_t)snprintf(out + n, sizeof(out) - n, "}\n");
+    } else if (atomic_load(&json_lines)) {
         n = (size_t)snprintf(out, sizeof(out),
                              "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ\",\"level\":\"%s\","
                              "\"scope\":\"envoy %s\",\"msg\":\"",
@@ -211,11 +341,9 @@ void dp_log_write(dp_log_component_t c, dp_log_level_t l, const char *file, int 
         n += (size_t)snprintf(out + n, sizeof(out) - n, "\",\"caller\":\"%s:%d\",\"thread\":%ld}\n",
                               file, line, tid);
     } else {
-        n = (size_t)snprintf(out, sizeof(out),
-                             "[%04d-%02d-%02d %02d:%02d:%02d.%03ld][%ld][%s][%s] [%s:%d] %s\n",
-                             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                             tm.tm_sec, (long)tv.tv_usec / 1000, tid, level_names[l],
-                             component_names[c], file, line, msg);
+        n = format_line(out, sizeof(out), 0, text_format ? text_format : default_format, &lf,
+                        false);
+        out[n++] = '\n';
     }
     if (n >= sizeof(out)) {
         n = sizeof(out) - 1;

@@ -102,6 +102,19 @@ dp_log_level_t dp_log_component_level(dp_log_component_t c);
  * format) or back to text. */
 void dp_log_set_json(bool json);
 
+/* Sets the text line format, spdlog-style as Envoy's --log-format: %Y %m %d %H %M %S %T (=
+ * %H:%M:%S) %e (ms) %f (us) %F (ns) %l (level) %L (level's initial) %n (logger) %v (message)
+ * %t (thread id) %g (source file) %s (its base name) %# (line) %%. Istio's is
+ * "%Y-%m-%dT%T.%fZ\t%l\tenvoy %n %g:%#\t%v\tthread=%t". NULL restores Envoy's default
+ * "[%Y-%m-%d %T.%e][%t][%l][%n] [%g:%#] %v". Returns -EINVAL, naming the bad flag in errbuf,
+ * for an unknown %x. Call before other threads log. */
+int dp_log_set_format(const char *fmt, char *errbuf, size_t errlen);
+
+/* JSON lines whose keys are formatted with the flags above: keys[i] = values[i] (Envoy's
+ * application_log_config.log_format.json_format). n == 0 restores text. Same errors. */
+int dp_log_set_json_format(const char *const *keys, const char *const *values, size_t n,
+                           char *errbuf, size_t errlen);
+
 /* Sends lines to `path` (appending) instead of stderr. Returns 0 or a negative errno. */
 int dp_log_set_path(const char *path);
 /* Reopens the path given to dp_log_set_path (logrotate, SIGUSR1); no-op for stderr. */

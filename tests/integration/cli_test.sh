@@ -25,6 +25,10 @@ for bad in "--concurrency x" "--concurrency 0" "--mode serv" "--drain-strategy s
   check "bad value '$bad' names the flag" grep -q -- "${flag#-}" <<<"$out"
   check "bad value '$bad' is one line" [ "$(wc -l <<<"$out")" -eq 1 ]
 done
+out=$("$SKIFF" --mode validate -c "$DEMO" --log-format '%q' 2>&1); rc=$?
+check "a bad --log-format fails naming the flag" bash -c "[ $rc -eq 1 ] && grep -q -- '--log-format.*%q' <<<\"\$0\"" "$out"
+out=$("$SKIFF" --mode validate --allow-unknown-static-fields -c "$SHARED/istio/04-bootstrap/default_golden.json" --log-format '%v' 2>&1); rc=$?
+check "--log-format with the bootstrap's application_log_config fails, as in Envoy" bash -c "[ $rc -eq 1 ] && grep -q 'only one of application_log_config' <<<\"\$0\"" "$out"
 out=$("$SKIFF" -c 2>&1); rc=$?
 check "a flag without its value exits 1" [ $rc -eq 1 ]
 

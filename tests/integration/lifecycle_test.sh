@@ -43,6 +43,11 @@ check "golden: /stats/prometheus passes promtool" "$(dirname "$0")/promcheck.sh"
 stop_skiff TERM
 check "golden: SIGTERM exits 0" [ "$SKIFF_RC" = 0 ]
 
+# The golden's application_log_config (Istio's text format) shapes every log line.
+"$SKIFF" --mode init_only --allow-unknown-static-fields -l info \
+  -c "$SHARED/istio/04-bootstrap/default_golden.json" --config-yaml "$ADMIN_PORT0" 2>"$WORK/fmt.log"
+check "golden: its application_log_config shapes the log lines" grep -Pq '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\tinfo\tenvoy main agent/server\.c:\d+\tadmin address: .*\tthread=\d+$' "$WORK/fmt.log"
+
 # --mode init_only: initializes, then exits 0.
 "$SKIFF" --mode init_only -c "$DEMO" --config-yaml "$ADMIN_PORT0" 2>"$WORK/init.log"; rc=$?
 check "--mode init_only exits 0" [ $rc -eq 0 ]

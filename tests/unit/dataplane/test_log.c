@@ -83,6 +83,27 @@ START_TEST(test_lines_and_reopen)
     dp_log_set_json(true);
     DP_LOG(DP_LOG_ADMIN, DP_LOG_ERROR, "quote \" here");
     dp_log_set_json(false);
+
+    /* Istio's text format (its bootstrap's application_log_config) */
+    char err[256];
+    ck_assert_int_eq(dp_log_set_format("%Y-%m-%dT%T.%fZ\t%l\tenvoy %n %g:%#\t%v\tthread=%t", err,
+                                       sizeof(err)),
+                     0);
+    DP_LOG(DP_LOG_UPSTREAM, DP_LOG_WARN, "istio style");
+    ck_assert_int_eq(dp_log_set_format("%Y %q", err, sizeof(err)), -EINVAL);
+    ck_assert(strstr(err, "%q") != NULL);
+    ck_assert_int_eq(dp_log_set_format(NULL, err, sizeof(err)), 0);
+    const char *keys[] = {"level", "msg", "scope"};
+    const char *vals[] = {"%l", "%v", "envoy %n"};
+    ck_assert_int_eq(dp_log_set_json_format(keys, vals, 3, err, sizeof(err)), 0);
+    DP_LOG(DP_LOG_ROUTER, DP_LOG_INFO, "in json");
+    ck_assert_int_eq(dp_log_set_json_format(NULL, NULL, 0, err, sizeof(err)), 0);
+    text = slurp(path);
+    ck_assert_msg(strstr(text, "\twarning\tenvoy upstream tests/unit/dataplane/test_log.c:") != NULL,
+                  "%s", text);
+    ck_assert(strstr(text, "\tistio style\tthread=") != NULL);
+    ck_assert(strstr(text, "{\"level\":\"info\",\"msg\":\"in json\",\"scope\":\"envoy router\"}\n") != NULL);
+    free(text);
     text = slurp(path);
     ck_assert_msg(strstr(text, "\"level\":\"error\",\"scope\":\"envoy admin\",\"msg\":\"quote \\\" here\"") != NULL, "%s", text);
     free(text);
