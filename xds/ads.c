@@ -465,6 +465,8 @@ xds_ads_t *xds_ads_new(uv_loop_t *loop, const xds_ads_config_t *cfg,
 void xds_ads_subscribe(xds_ads_t *a, const char *type_url, bool wildcard, const char *const *names,
                        size_t n_names)
 {
+    if (a == NULL)
+        return; /* no ADS stream: the types come from files */
     ads_type_t *t = find_type(a, type_url);
     if (t == NULL) {
         ads_type_t **v = realloc(a->types, (a->n_types + 1) * sizeof(*v));
@@ -491,13 +493,15 @@ void xds_ads_subscribe(xds_ads_t *a, const char *type_url, bool wildcard, const 
 
 void xds_ads_start(xds_ads_t *a)
 {
+    if (a == NULL)
+        return;
     a->running = true;
     ads_connect(a);
 }
 
 bool xds_ads_connected(const xds_ads_t *a)
 {
-    return a->connected;
+    return a && a->connected;
 }
 
 static void on_timer_closed(uv_handle_t *h)

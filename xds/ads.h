@@ -69,11 +69,12 @@ xds_ads_t *xds_ads_new(uv_loop_t *loop, const xds_ads_config_t *cfg,
 
 /* Declares interest in a type: wildcard (CDS, LDS) or the given names (EDS, RDS, SDS). A
  * change is sent at once when connected, and re-sent after each reconnect. Types are sent in
- * the order they were first declared. Names are copied. */
+ * the order they were first declared. Names are copied. a may be NULL (no ADS stream):
+ * nothing happens. */
 void xds_ads_subscribe(xds_ads_t *a, const char *type_url, bool wildcard, const char *const *names,
                        size_t n_names);
 
-/* Connects (and keeps reconnecting until freed). */
+/* Connects (and keeps reconnecting until freed). Accepts NULL. */
 void xds_ads_start(xds_ads_t *a);
 
 bool xds_ads_connected(const xds_ads_t *a);

@@ -18,6 +18,7 @@
 #include "google/protobuf/timestamp.pb-c.h"
 #include "protos/registry.h"
 #include "xds/ads.h"
+#include "xds/file_source.h"
 #include "xds/pbjson.h"
 #include "xds/pbwire.h"
 
@@ -105,6 +106,8 @@ struct xds_client {
     uint64_t init_timeout_ms;
     sds_source_t *sds_sources;
     size_t n_sds_sources;
+    xds_file_source_t *files[2]; /* CDS and LDS from files (path_config_source) */
+    size_t n_files;
     bool sds_over_ads; /* the ADS stream has been asked for secrets */
 };
 
@@ -835,7 +838,7 @@ static void refresh_dependencies(xds_client_t *c)
     bool clusters_warm = c->store[T_CDS].received;
     for (size_t i = 0; clusters_warm && i < c->store[T_CDS].n; i++)
         clusters_warm = !c->store[T_CDS].v[i].warming;
-    if (clusters_warm && !c->lds_subscribed) {
+    if (clusters_warm && !c->lds_subscribed && c->bootstrap->dynamic_resources->lds_config) {
         c->lds_subscribed = true;
         xds_ads_subscribe(c->ads, XDS_TYPE_LISTENER, true, NULL, 0);
     }
@@ -1070,15 +1073,54 @@ static int ads_target(const Envoy__Config__Bootstrap__V3__Bootstrap *b, char *bu
     return cluster_target(b, g->envoy_grpc->cluster_name, buf, len, reterr_msg);
 }
 
+/* The file a ConfigSource names (path_config_source, or the older path), or NULL. */
+static const char *config_file(const Envoy__Config__Core__V3__ConfigSource *cs,
+                               const char **ret_watch_dir)
+{
+    *ret_watch_dir = NULL;
+    if (cs == NULL)
+        return NULL;
+    if (cs->config_source_specifier_case ==
+        ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_PATH_CONFIG_SOURCE) {
+        if (cs->path_config_source->watched_directory)
+            *ret_watch_dir = cs->path_config_source->watched_directory->path;
+        return cs->path_config_source->path;
+    }
+    if (cs->config_source_specifier_case ==
+        ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_PATH)
+        return cs->path;
+    return NULL;
+}
+
+static void on_file_error(void *ud, const char *type_url, const char *msg)
+{
+    xds_client_t *c = ud;
+    for (int t = 0; t < T_COUNT; t++) {
+        if (strcmp(type_urls[t], type_url) == 0) {
+            dp_counter_inc(c->store[t].attempt);
+            dp_counter_inc(c->store[t].rejected);
+        }
+    }
+    DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "%s (the last good configuration keeps serving)", msg);
+}
+
 int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstrap *bootstrap,
                    dp_stats_t *stats, const xds_client_callbacks_t *cb, void *userdata,
                    xds_client_t **ret_client, char **reterr_msg)
 {
-    char target[1024];
-    int rc = ads_target(bootstrap, target, sizeof(target), reterr_msg);
-    if (rc < 0)
-        return rc;
-    const Envoy__Config__Core__V3__ApiConfigSource *ac = bootstrap->dynamic_resources->ads_config;
+    const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *dr =
+        bootstrap->dynamic_resources;
+    const char *cds_dir, *lds_dir;
+    const char *cds_file = config_file(dr->cds_config, &cds_dir);
+    const char *lds_file = config_file(dr->lds_config, &lds_dir);
+    bool need_ads = (dr->cds_config && !cds_file) || (dr->lds_config && !lds_file) ||
+                    (!dr->cds_config && !dr->lds_config);
+    char target[1024] = "";
+    if (need_ads) {
+        int rc = ads_target(bootstrap, target, sizeof(target), reterr_msg);
+        if (rc < 0)
+            return rc;
+    }
 
     xds_client_t *c = calloc(1, sizeof(*c));
     if (c == NULL)
@@ -1102,8 +1144,6 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
     dp_gauge_set(c->connected_state, 0);
 
     /* initial_fetch_timeout of cds_config (Istio sends 0s: wait for ever). */
-    const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *dr =
-        bootstrap->dynamic_resources;
     if (dr->cds_config && dr->cds_config->initial_fetch_timeout) {
         c->init_timeout_ms = (uint64_t)dr->cds_config->initial_fetch_timeout->seconds * 1000 +
                              (uint64_t)dr->cds_config->initial_fetch_timeout->nanos / 1000000;
@@ -1113,31 +1153,52 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
     uv_timer_init(loop, &c->init_timer);
     c->init_timer.data = c;
 
-    const Envoy__Config__Core__V3__Node *node = bootstrap->node;
-    size_t nlen = node ? protobuf_c_message_get_packed_size(&node->base) : 0;
-    uint8_t *nbuf = malloc(nlen + 1);
-    if (nbuf == NULL)
-        abort();
-    if (node)
-        protobuf_c_message_pack(&node->base, nbuf);
-    xds_ads_config_t acfg = {
-        .target = {.target = target, .keepalive_time_ms = 300000, .keepalive_timeout_ms = 20000},
-        .delta = ac->api_type == ENVOY__CONFIG__CORE__V3__API_CONFIG_SOURCE__API_TYPE__DELTA_GRPC,
-        .node = nbuf,
-        .node_len = nlen,
-        .node_first_only = ac->set_node_on_first_message_only,
-    };
-    static const xds_ads_callbacks_t acb = {.on_update = on_update,
-                                            .on_connection = on_connection};
-    c->ads = xds_ads_new(loop, &acfg, &acb, c);
-    free(nbuf);
-    if (c->ads == NULL)
-        abort();
-    /* Envoy's order: CDS first, then EDS for its clusters, LDS, then RDS. */
-    xds_ads_subscribe(c->ads, XDS_TYPE_CLUSTER, true, NULL, 0);
-    xds_ads_subscribe(c->ads, XDS_TYPE_ENDPOINT, false, NULL, 0);
-    DP_LOG(DP_LOG_CONFIG, DP_LOG_INFO, "xds: ADS (%s) to %s",
-           acfg.delta ? "delta" : "state of the world", target);
+    static const xds_file_callbacks_t fcb = {.on_update = on_update, .on_error = on_file_error};
+    if (cds_file)
+        c->files[c->n_files++] =
+            xds_file_source_new(loop, XDS_TYPE_CLUSTER, cds_file, cds_dir, &fcb, c);
+    if (lds_file) {
+        c->files[c->n_files++] =
+            xds_file_source_new(loop, XDS_TYPE_LISTENER, lds_file, lds_dir, &fcb, c);
+        c->lds_subscribed = true; /* read at once, not after CDS */
+    }
+    if (!dr->cds_config)
+        c->store[T_CDS].received = true;
+    if (!dr->lds_config)
+        c->store[T_LDS].received = true;
+
+    if (need_ads) {
+        const Envoy__Config__Core__V3__ApiConfigSource *ac = dr->ads_config;
+        const Envoy__Config__Core__V3__Node *node = bootstrap->node;
+        size_t nlen = node ? protobuf_c_message_get_packed_size(&node->base) : 0;
+        uint8_t *nbuf = malloc(nlen + 1);
+        if (nbuf == NULL)
+            abort();
+        if (node)
+            protobuf_c_message_pack(&node->base, nbuf);
+        xds_ads_config_t acfg = {
+            .target = {.target = target,
+                       .keepalive_time_ms = 300000,
+                       .keepalive_timeout_ms = 20000},
+            .delta =
+                ac->api_type == ENVOY__CONFIG__CORE__V3__API_CONFIG_SOURCE__API_TYPE__DELTA_GRPC,
+            .node = nbuf,
+            .node_len = nlen,
+            .node_first_only = ac->set_node_on_first_message_only,
+        };
+        static const xds_ads_callbacks_t acb = {.on_update = on_update,
+                                                .on_connection = on_connection};
+        c->ads = xds_ads_new(loop, &acfg, &acb, c);
+        free(nbuf);
+        if (c->ads == NULL)
+            abort();
+        /* Envoy's order: CDS first, then EDS for its clusters, LDS, then RDS. */
+        if (!cds_file)
+            xds_ads_subscribe(c->ads, XDS_TYPE_CLUSTER, true, NULL, 0);
+        xds_ads_subscribe(c->ads, XDS_TYPE_ENDPOINT, false, NULL, 0);
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_INFO, "xds: ADS (%s) to %s",
+               acfg.delta ? "delta" : "state of the world", target);
+    }
     *ret_client = c;
     return 0;
 }
@@ -1147,6 +1208,8 @@ void xds_client_start(xds_client_t *c)
     if (c->init_timeout_ms)
         uv_timer_start(&c->init_timer, on_init_timeout, c->init_timeout_ms, 0);
     xds_ads_start(c->ads);
+    for (size_t i = 0; i < c->n_files; i++)
+        xds_file_source_start(c->files[i]);
 }
 
 size_t xds_client_cluster_count(const xds_client_t *c)
@@ -1342,6 +1405,8 @@ void xds_client_free(xds_client_t *c)
         free(c->sds_sources[i].cluster);
     }
     free(c->sds_sources);
+    for (size_t i = 0; i < c->n_files; i++)
+        xds_file_source_free(c->files[i]);
     xds_ads_free(c->ads);
     uv_close((uv_handle_t *)&c->init_timer, on_init_timer_closed);
 }

@@ -520,6 +520,68 @@ class FileControlPlane:
             self.assertIn("NACK", log)
 
 
+class PathConfigSource(unittest.TestCase):
+    """Envoy's file-based config sources read by skiff itself: path_config_source with a
+    watched_directory, reloaded when a file is moved into place."""
+
+    def cds(self, *names, version="1"):
+        out = f"version_info: '{version}'\nresources:\n"
+        for n in names:
+            out += f"""- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: {n}
+  type: STATIC
+  load_assignment: {{cluster_name: {n}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9000}}}}}}}}]}}]}}
+"""
+        return out
+
+    def put(self, d, name, text):
+        tmp = os.path.join(d, "." + name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, os.path.join(d, name))
+
+    def test_watched_directory(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            conf = os.path.join(tmp, "conf")
+            os.mkdir(conf)
+            self.put(conf, "cds.yaml", self.cds("one", "two"))
+            self.put(conf, "lds.json", json.dumps({"version_info": "7", "resources": [
+                {"@type": LDS, "name": "l1",
+                 "address": {"socket_address": {"address": "0.0.0.0", "port_value": 9080}}}]}))
+            boot = {
+                "node": {"id": "n", "cluster": "c"},
+                "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+                "dynamic_resources": {
+                    "cds_config": {"path_config_source": {"path": os.path.join(conf, "cds.yaml"),
+                                                          "watched_directory": {"path": conf}},
+                                   "resource_api_version": "V3"},
+                    "lds_config": {"path_config_source": {"path": os.path.join(conf, "lds.json")},
+                                   "resource_api_version": "V3"},
+                },
+            }
+            s = Skiff("", False, tmp, bootstrap=boot)
+            try:
+                self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200), "not LIVE")
+                self.assertEqual(cluster_names(s.dump("ClustersConfigDump")), ["one", "two"])
+                self.assertEqual(s.dump("ListenersConfigDump")["version_info"], "7")
+                self.assertEqual(s.stat("cluster_manager.cds.version_text"), '"1"')
+                # an atomic rename into the watched directory reloads
+                self.put(conf, "cds.yaml", self.cds("one", "three", version="2"))
+                self.assertTrue(s.wait(lambda: cluster_names(s.dump("ClustersConfigDump")) ==
+                                       ["one", "three"]), "not reloaded")
+                # a broken file is rejected; the last good configuration stays
+                self.put(conf, "cds.yaml", "version_info: '3'\nresources: [ {\n")
+                self.assertTrue(s.wait(lambda: s.stat("cluster_manager.cds.update_rejected") == "1"))
+                self.assertEqual(cluster_names(s.dump("ClustersConfigDump")), ["one", "three"])
+                # a file with a bad field names it
+                self.put(conf, "cds.yaml", self.cds("one").replace("type: STATIC", "typo: STATIC"))
+                self.assertTrue(s.wait(lambda: s.stat("cluster_manager.cds.update_rejected") == "2"))
+                log = open(os.path.join(tmp, "skiff.log")).read()
+                self.assertRegex(log, r"cds\.yaml:\d+: .*typo")
+            finally:
+                self.assertEqual(s.stop(), 0)
+
+
 class FileControlPlaneSotw(FileControlPlane, unittest.TestCase):
     delta = False
 
