@@ -39,6 +39,8 @@ struct xds_ads {
     xds_ads_config_t cfg;
     char *target;
     char *method;
+    char *owned[4];
+    char **metadata;
     xds_ads_callbacks_t cb;
     void *userdata;
     ads_type_t **types; /* each allocated once: callbacks may add types while one is in use */
@@ -448,6 +450,17 @@ xds_ads_t *xds_ads_new(uv_loop_t *loop, const xds_ads_config_t *cfg,
     a->userdata = userdata;
     a->target = xstrdup(cfg->target.target);
     a->cfg.target.target = a->target;
+    /* The TLS material and metadata are the caller's: keep copies. */
+    a->owned[0] = cfg->target.root_certs ? xstrdup(cfg->target.root_certs) : NULL;
+    a->owned[1] = cfg->target.cert_chain ? xstrdup(cfg->target.cert_chain) : NULL;
+    a->owned[2] = cfg->target.private_key ? xstrdup(cfg->target.private_key) : NULL;
+    a->owned[3] = cfg->target.access_token ? xstrdup(cfg->target.access_token) : NULL;
+    a->cfg.target.root_certs = a->owned[0];
+    a->cfg.target.cert_chain = a->owned[1];
+    a->cfg.target.private_key = a->owned[2];
+    a->cfg.target.access_token = a->owned[3];
+    a->metadata = dup_strv(cfg->target.metadata, 2 * cfg->target.n_metadata);
+    a->cfg.target.metadata = (const char *const *)a->metadata;
     a->method = cfg->method ? xstrdup(cfg->method) : NULL;
     a->cfg.method = a->method;
     a->node_msg = envoy__config__core__v3__node__unpack(NULL, cfg->node_len, cfg->node);
@@ -524,6 +537,9 @@ static void on_timer_closed(uv_handle_t *h)
     free(a->types);
     free(a->target);
     free(a->method);
+    for (size_t i = 0; i < 4; i++)
+        free(a->owned[i]);
+    free_strv(a->metadata, 2 * a->cfg.target.n_metadata);
     free(a);
 }
 

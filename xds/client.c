@@ -1013,6 +1013,54 @@ static void store_stats(xds_client_t *c, xds_store_t *s, const char *prefix)
 #undef STAT
 }
 
+/* The text of an Envoy DataSource (filename, inline_string or inline_bytes), malloc'd, or
+ * NULL (with *reterr_msg) when a file cannot be read. */
+static char *data_source(const Envoy__Config__Core__V3__DataSource *d, char **reterr_msg)
+{
+    if (d == NULL)
+        return NULL;
+    switch (d->specifier_case) {
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_STRING:
+        return xstrdup(d->inline_string);
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_BYTES: {
+        char *p = malloc(d->inline_bytes.len + 1);
+        if (p == NULL)
+            abort();
+        memcpy(p, d->inline_bytes.data, d->inline_bytes.len);
+        p[d->inline_bytes.len] = '\0';
+        return p;
+    }
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_FILENAME: {
+        FILE *f = fopen(d->filename, "r");
+        if (f == NULL) {
+            if (asprintf(reterr_msg, "cannot read %s: %s", d->filename, strerror(errno)) < 0)
+                abort();
+            return NULL;
+        }
+        char *buf = NULL;
+        size_t cap = 0, n = 0;
+        for (;;) {
+            if (n + 4096 + 1 > cap) {
+                cap = cap ? cap * 2 : 8192;
+                char *nb = realloc(buf, cap);
+                if (nb == NULL)
+                    abort();
+                buf = nb;
+            }
+            size_t r = fread(buf + n, 1, 4096, f);
+            n += r;
+            if (r == 0 || n > (1 << 20))
+                break;
+        }
+        fclose(f);
+        buf[n] = '\0';
+        return buf;
+    }
+    default:
+        return NULL;
+    }
+}
+
 /* The gRPC target of a static cluster: its first endpoint's socket address or pipe. */
 static int cluster_target(const Envoy__Config__Bootstrap__V3__Bootstrap *b, const char *cname,
                           char *buf, size_t len, char **reterr_msg)
@@ -1051,8 +1099,24 @@ static int cluster_target(const Envoy__Config__Bootstrap__V3__Bootstrap *b, cons
     return -EINVAL;
 }
 
+/* TLS material and metadata for the ADS channel, owned here. */
+typedef struct ads_channel {
+    char *root_certs, *cert_chain, *private_key, *access_token;
+    const char **metadata; /* key, value pairs pointing into the bootstrap */
+    size_t n_metadata;
+} ads_channel_t;
+
+static void ads_channel_clear(ads_channel_t *ch)
+{
+    free(ch->root_certs);
+    free(ch->cert_chain);
+    free(ch->private_key);
+    free(ch->access_token);
+    free(ch->metadata);
+}
+
 static int ads_target(const Envoy__Config__Bootstrap__V3__Bootstrap *b, char *buf, size_t len,
-                      char **reterr_msg)
+                      ads_channel_t *ch, char **reterr_msg)
 {
     const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *dr = b->dynamic_resources;
     if (dr == NULL || dr->ads_config == NULL || dr->ads_config->n_grpc_services == 0) {
@@ -1060,9 +1124,44 @@ static int ads_target(const Envoy__Config__Bootstrap__V3__Bootstrap *b, char *bu
         return -EINVAL;
     }
     const Envoy__Config__Core__V3__GrpcService *g = dr->ads_config->grpc_services[0];
+    /* initial_metadata: istiod wants ClusterID; pilot-agent adds XDS_HEADER_* ones. */
+    ch->metadata = calloc(2 * g->n_initial_metadata + 1, sizeof(*ch->metadata));
+    if (ch->metadata == NULL)
+        abort();
+    for (size_t i = 0; i < g->n_initial_metadata; i++) {
+        ch->metadata[2 * i] = g->initial_metadata[i]->key;
+        ch->metadata[2 * i + 1] = g->initial_metadata[i]->value;
+    }
+    ch->n_metadata = g->n_initial_metadata;
     if (g->target_specifier_case ==
         ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__TARGET_SPECIFIER_GOOGLE_GRPC) {
-        snprintf(buf, len, "%s", g->google_grpc->target_uri);
+        const Envoy__Config__Core__V3__GrpcService__GoogleGrpc *gg = g->google_grpc;
+        snprintf(buf, len, "%s", gg->target_uri);
+        const Envoy__Config__Core__V3__GrpcService__GoogleGrpc__ChannelCredentials *cc =
+            gg->channel_credentials;
+        if (cc && cc->credential_specifier_case ==
+                      ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__GOOGLE_GRPC__CHANNEL_CREDENTIALS__CREDENTIAL_SPECIFIER_SSL_CREDENTIALS) {
+            const Envoy__Config__Core__V3__GrpcService__GoogleGrpc__SslCredentials *ssl =
+                cc->ssl_credentials;
+            *reterr_msg = NULL;
+            ch->root_certs = data_source(ssl->root_certs, reterr_msg);
+            if (ch->root_certs == NULL) {
+                if (*reterr_msg == NULL)
+                    *reterr_msg = xstrdup("ssl_credentials.root_certs is required");
+                return -EINVAL;
+            }
+            ch->cert_chain = data_source(ssl->cert_chain, reterr_msg);
+            ch->private_key = data_source(ssl->private_key, reterr_msg);
+            if (*reterr_msg)
+                return -EINVAL;
+        }
+        for (size_t i = 0; i < gg->n_call_credentials; i++) {
+            const Envoy__Config__Core__V3__GrpcService__GoogleGrpc__CallCredentials *k =
+                gg->call_credentials[i];
+            if (k->credential_specifier_case ==
+                ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__GOOGLE_GRPC__CALL_CREDENTIALS__CREDENTIAL_SPECIFIER_ACCESS_TOKEN)
+                ch->access_token = xstrdup(k->access_token);
+        }
         return 0;
     }
     if (g->target_specifier_case !=
@@ -1116,10 +1215,13 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
     bool need_ads = (dr->cds_config && !cds_file) || (dr->lds_config && !lds_file) ||
                     (!dr->cds_config && !dr->lds_config);
     char target[1024] = "";
+    ads_channel_t ch = {0};
     if (need_ads) {
-        int rc = ads_target(bootstrap, target, sizeof(target), reterr_msg);
-        if (rc < 0)
+        int rc = ads_target(bootstrap, target, sizeof(target), &ch, reterr_msg);
+        if (rc < 0) {
+            ads_channel_clear(&ch);
             return rc;
+        }
     }
 
     xds_client_t *c = calloc(1, sizeof(*c));
@@ -1179,7 +1281,13 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
         xds_ads_config_t acfg = {
             .target = {.target = target,
                        .keepalive_time_ms = 300000,
-                       .keepalive_timeout_ms = 20000},
+                       .keepalive_timeout_ms = 20000,
+                       .root_certs = ch.root_certs,
+                       .cert_chain = ch.cert_chain,
+                       .private_key = ch.private_key,
+                       .access_token = ch.access_token,
+                       .metadata = ch.metadata,
+                       .n_metadata = ch.n_metadata},
             .delta =
                 ac->api_type == ENVOY__CONFIG__CORE__V3__API_CONFIG_SOURCE__API_TYPE__DELTA_GRPC,
             .node = nbuf,
@@ -1196,9 +1304,10 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
         if (!cds_file)
             xds_ads_subscribe(c->ads, XDS_TYPE_CLUSTER, true, NULL, 0);
         xds_ads_subscribe(c->ads, XDS_TYPE_ENDPOINT, false, NULL, 0);
-        DP_LOG(DP_LOG_CONFIG, DP_LOG_INFO, "xds: ADS (%s) to %s",
-               acfg.delta ? "delta" : "state of the world", target);
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_INFO, "xds: ADS (%s) to %s%s",
+               acfg.delta ? "delta" : "state of the world", target, ch.root_certs ? " over TLS" : "");
     }
+    ads_channel_clear(&ch);
     *ret_client = c;
     return 0;
 }

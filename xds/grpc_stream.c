@@ -6,6 +6,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/time.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +34,8 @@ struct xds_grpc_stream {
     /* owned by the completion-queue thread */
     grpc_byte_buffer *recv_buf;
     grpc_metadata_array initial_md;
+    grpc_metadata *send_md; /* the call's initial metadata, alive until the call ends */
+    size_t n_send_md;
     grpc_metadata_array trailing_md;
     grpc_status_code status;
     grpc_slice status_details;
@@ -257,7 +260,23 @@ xds_grpc_stream_t *xds_grpc_stream_open(uv_loop_t *loop, const xds_grpc_target_t
                                .key = GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
                                .value.integer = (int)t->keepalive_timeout_ms};
     grpc_channel_args cargs = {.num_args = n, .args = args};
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel_credentials *creds;
+    if (t->root_certs) {
+        grpc_ssl_pem_key_cert_pair pair = {.private_key = t->private_key,
+                                           .cert_chain = t->cert_chain};
+        creds = grpc_ssl_credentials_create(t->root_certs,
+                                            t->cert_chain && t->private_key ? &pair : NULL, NULL,
+                                            NULL);
+        if (t->access_token) {
+            grpc_call_credentials *cc = grpc_access_token_credentials_create(t->access_token, NULL);
+            grpc_channel_credentials *both = grpc_composite_channel_credentials_create(creds, cc, NULL);
+            grpc_call_credentials_release(cc);
+            grpc_channel_credentials_release(creds);
+            creds = both;
+        }
+    } else {
+        creds = grpc_insecure_credentials_create();
+    }
     s->channel = grpc_channel_create(t->target, creds, &cargs);
     grpc_channel_credentials_release(creds);
     s->cq = grpc_completion_queue_create_for_next(NULL);
@@ -271,9 +290,31 @@ xds_grpc_stream_t *xds_grpc_stream_open(uv_loop_t *loop, const xds_grpc_target_t
     uv_async_init(loop, &s->async, on_async);
     s->async.data = s;
 
+    /* Plaintext calls carry the token as metadata themselves (gRPC sends call credentials
+     * only over secure channels). */
+    size_t n_md = t->n_metadata + (t->access_token && !t->root_certs ? 1 : 0);
+    s->send_md = calloc(n_md + 1, sizeof(*s->send_md));
+    if (s->send_md == NULL)
+        abort();
+    for (size_t i = 0; i < t->n_metadata; i++) {
+        s->send_md[i].key = grpc_slice_from_copied_string(t->metadata[2 * i]);
+        s->send_md[i].value = grpc_slice_from_copied_string(t->metadata[2 * i + 1]);
+    }
+    if (n_md > t->n_metadata) {
+        char *bearer = NULL;
+        if (asprintf(&bearer, "Bearer %s", t->access_token) < 0)
+            abort();
+        s->send_md[t->n_metadata].key = grpc_slice_from_static_string("authorization");
+        s->send_md[t->n_metadata].value = grpc_slice_from_copied_string(bearer);
+        free(bearer);
+    }
+    s->n_send_md = n_md;
+
     grpc_op ops[2];
     memset(ops, 0, sizeof(ops));
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = s->n_send_md;
+    ops[0].data.send_initial_metadata.metadata = s->send_md;
     ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
     ops[1].data.recv_initial_metadata.recv_initial_metadata = &s->initial_md;
     atomic_fetch_add(&s->starts, 1);
@@ -362,6 +403,11 @@ void xds_grpc_stream_free(xds_grpc_stream_t *s)
     grpc_metadata_array_destroy(&s->initial_md);
     grpc_metadata_array_destroy(&s->trailing_md);
     grpc_slice_unref(s->status_details);
+    for (size_t i = 0; i < s->n_send_md; i++) {
+        grpc_slice_unref(s->send_md[i].key);
+        grpc_slice_unref(s->send_md[i].value);
+    }
+    free(s->send_md);
     free_list(s->in_head);
     free_list(s->out_head);
     uv_mutex_destroy(&s->mu);

@@ -30,6 +30,13 @@ typedef struct xds_grpc_target {
     unsigned keepalive_time_ms;     /* 0: gRPC's default */
     unsigned keepalive_timeout_ms;  /* 0: gRPC's default */
     size_t max_receive_bytes;       /* 0: no limit (Istio's CDS can be over 4 MiB) */
+    /* TLS (istiod's 15012): PEM texts; root_certs NULL means plaintext (h2c). */
+    const char *root_certs;
+    const char *cert_chain; /* with private_key: mutual TLS */
+    const char *private_key;
+    const char *access_token; /* sent as "authorization: Bearer <token>" */
+    const char *const *metadata; /* key, value, key, value, ...; added to the call */
+    size_t n_metadata;           /* pairs */
 } xds_grpc_target_t;
 
 /* Starts a call of `method` ("/pkg.Service/Method") on a new channel. Returns NULL when gRPC

@@ -582,6 +582,81 @@ class PathConfigSource(unittest.TestCase):
                 self.assertEqual(s.stop(), 0)
 
 
+class DirectIstiod(unittest.TestCase):
+    """ADS straight to an istiod-like server over TLS (google_grpc with ssl_credentials), with
+    a bearer token as call credentials and the ClusterID metadata istiod expects."""
+
+    def test_tls_token_and_metadata(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            key, cert = os.path.join(tmp, "key.pem"), os.path.join(tmp, "cert.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                            "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=istiod",
+                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                           check=True, capture_output=True)
+            ads = Ads("127.0.0.1:0", tls=(open(key, "rb").read(), open(cert, "rb").read()))
+            ads.set(CDS, static_cluster("tls-one", 9001))
+            ads.set(LDS, http_listener("0.0.0.0_9080", "9080"))
+            ads.set(RDS, RouteConfiguration(name="9080"))
+            boot = {
+                "node": {"id": "sidecar~127.0.0.1~t-1.default~default.svc.cluster.local",
+                         "cluster": "t.default"},
+                "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+                "dynamic_resources": {
+                    "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                                   "grpc_services": [{
+                                       "google_grpc": {
+                                           "target_uri": f"127.0.0.1:{ads.port}",
+                                           "stat_prefix": "xds",
+                                           "channel_credentials": {"ssl_credentials": {
+                                               "root_certs": {"filename": cert}}},
+                                           "call_credentials": [{"access_token": "tok-123"}]},
+                                       "initial_metadata": [{"key": "clusterid",
+                                                             "value": "Kubernetes"}]}]},
+                    "cds_config": {"ads": {}, "resource_api_version": "V3"},
+                    "lds_config": {"ads": {}, "resource_api_version": "V3"},
+                },
+            }
+            s = Skiff("", False, tmp, bootstrap=boot)
+            try:
+                self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200), "not LIVE over TLS")
+                self.assertIn("tls-one", cluster_names(s.dump("ClustersConfigDump")))
+                md = ads.metadata[0]
+                self.assertEqual(md.get("authorization"), "Bearer tok-123")
+                self.assertEqual(md.get("clusterid"), "Kubernetes")
+            finally:
+                self.assertEqual(s.stop(), 0)
+                ads.stop()
+
+    def test_untrusted_server_is_refused(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            key, cert = os.path.join(tmp, "key.pem"), os.path.join(tmp, "cert.pem")
+            other_key, other = os.path.join(tmp, "k2.pem"), os.path.join(tmp, "other.pem")
+            for k, c in ((key, cert), (other_key, other)):
+                subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                                "-keyout", k, "-out", c, "-days", "1", "-subj", "/CN=istiod",
+                                "-addext", "subjectAltName=IP:127.0.0.1"],
+                               check=True, capture_output=True)
+            ads = Ads("127.0.0.1:0", tls=(open(key, "rb").read(), open(cert, "rb").read()))
+            ads.set(CDS, static_cluster("x", 9001))
+            boot = {
+                "node": {"id": "n", "cluster": "c"},
+                "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+                "dynamic_resources": {
+                    "ads_config": {"api_type": "GRPC", "grpc_services": [{"google_grpc": {
+                        "target_uri": f"127.0.0.1:{ads.port}", "stat_prefix": "xds",
+                        "channel_credentials": {"ssl_credentials": {"root_certs": {"filename": other}}}}}]},
+                    "cds_config": {"ads": {}}, "lds_config": {"ads": {}}},
+            }
+            s = Skiff("", False, tmp, bootstrap=boot)
+            try:
+                time.sleep(1.5)
+                self.assertEqual(ads.requests, [], "a request reached a server skiff must not trust")
+                self.assertEqual(s.get("/ready")[0], 503)
+            finally:
+                self.assertEqual(s.stop(), 0)
+                ads.stop()
+
+
 class FileControlPlaneSotw(FileControlPlane, unittest.TestCase):
     delta = False
 

@@ -59,7 +59,9 @@ class Ads:
     """A scripted ADS server: holds resources per type, answers subscriptions, records every
     request."""
 
-    def __init__(self, address, on_event=None):
+    def __init__(self, address, on_event=None, tls=None):
+        """address: "host:port" (port 0 picks one) or "unix:/path"; tls: (key PEM, cert PEM)
+        for a TLS server, as istiod serves on 15012."""
         self.lock = threading.Condition()
         self.resources = {CDS: {}, EDS: {}, LDS: {}, RDS: {}, SDS: {}}
         self.version = 1
@@ -83,7 +85,12 @@ class Ads:
                     response_serializer=Resp.SerializeToString),
             })
         self.server.add_generic_rpc_handlers((handler, sds))
-        self.port = self.server.add_insecure_port(address)
+        self.metadata = []  # the invocation metadata of every stream
+        if tls:
+            creds = grpc.ssl_server_credentials([(tls[0], tls[1])])
+            self.port = self.server.add_secure_port(address, creds)
+        else:
+            self.port = self.server.add_insecure_port(address)
         self.server.start()
 
     def stop(self):
@@ -143,7 +150,10 @@ class Ads:
                 self.lock.wait(left)
         return True
 
-    def _stream(self, request_iterator, on_request, respond):
+    def _stream(self, request_iterator, on_request, respond, context=None):
+        if context is not None:
+            with self.lock:
+                self.metadata.append(dict(context.invocation_metadata()))
         queue = []
         with self.lock:
             self.streams.append(queue)
@@ -194,7 +204,7 @@ class Ads:
                 return []
             return self.sotw_response(type_url, st)
 
-        return self._stream(request_iterator, on_request, respond)
+        return self._stream(request_iterator, on_request, respond, context)
 
     def sotw_response(self, type_url, st):
         with self.lock:
@@ -229,7 +239,7 @@ class Ads:
                 return []
             return self.delta_response(type_url, st)
 
-        return self._stream(request_iterator, on_request, respond)
+        return self._stream(request_iterator, on_request, respond, context)
 
     def delta_response(self, type_url, st):
         with self.lock:
