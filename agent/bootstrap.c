@@ -35,25 +35,171 @@ static void check_error(pbjson_diag_t *diag, const char *source, const char *fmt
     pbjson_diag_add(diag, PBJSON_ERROR, "%s: %s", source, msg);
 }
 
-/* Protobuf merge semantics through the wire format: the concatenation of two encodings decodes
- * as the first merged with the second (the MergeFrom Envoy applies to --config-yaml). */
-static int merge_into(agent_bootstrap_t **base, agent_bootstrap_t *over)
+static ProtobufCMessage *copy_message(const ProtobufCMessage *m)
 {
-    size_t n1 = protobuf_c_message_get_packed_size(&(*base)->base);
-    size_t n2 = protobuf_c_message_get_packed_size(&over->base);
-    uint8_t *buf = malloc(n1 + n2 + 1);
+    size_t n = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = malloc(n ? n : 1);
     if (buf == NULL)
-        return -ENOMEM;
-    protobuf_c_message_pack(&(*base)->base, buf);
-    protobuf_c_message_pack(&over->base, buf + n1);
-    agent_bootstrap_t *merged =
-        envoy__config__bootstrap__v3__bootstrap__unpack(NULL, n1 + n2, buf);
+        abort();
+    protobuf_c_message_pack(m, buf);
+    ProtobufCMessage *c = protobuf_c_message_unpack(m->descriptor, NULL, n, buf);
     free(buf);
-    if (merged == NULL)
-        return -ENOMEM;
-    agent_bootstrap_free(*base);
-    *base = merged;
-    return 0;
+    if (c == NULL)
+        abort();
+    return c;
+}
+
+static void free_field(const ProtobufCFieldDescriptor *f, void *at)
+{
+    if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+        ProtobufCMessage **mp = at;
+        if (*mp)
+            protobuf_c_message_free_unpacked(*mp, NULL);
+        *mp = NULL;
+    } else if (f->type == PROTOBUF_C_TYPE_STRING) {
+        char **sp = at;
+        if (*sp && *sp != (char *)f->default_value && *sp != protobuf_c_empty_string)
+            free(*sp);
+        *sp = NULL;
+    } else if (f->type == PROTOBUF_C_TYPE_BYTES) {
+        ProtobufCBinaryData *b = at;
+        const ProtobufCBinaryData *def = f->default_value;
+        if (b->data && (def == NULL || b->data != def->data))
+            free(b->data);
+        b->data = NULL;
+        b->len = 0;
+    }
+}
+
+static size_t field_size(const ProtobufCFieldDescriptor *f)
+{
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64:
+    case PROTOBUF_C_TYPE_DOUBLE:
+        return 8;
+    case PROTOBUF_C_TYPE_STRING:
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return sizeof(void *);
+    case PROTOBUF_C_TYPE_BYTES:
+        return sizeof(ProtobufCBinaryData);
+    case PROTOBUF_C_TYPE_BOOL:
+        return sizeof(protobuf_c_boolean);
+    default:
+        return 4;
+    }
+}
+
+/* Copies one singular value from src to dst (both point at the field), owning the copy. */
+static void copy_value(const ProtobufCFieldDescriptor *f, void *dst, const void *src)
+{
+    free_field(f, dst);
+    if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+        *(ProtobufCMessage **)dst = copy_message(*(ProtobufCMessage *const *)src);
+    } else if (f->type == PROTOBUF_C_TYPE_STRING) {
+        *(char **)dst = strdup(*(char *const *)src);
+        if (*(char **)dst == NULL)
+            abort();
+    } else if (f->type == PROTOBUF_C_TYPE_BYTES) {
+        const ProtobufCBinaryData *b = src;
+        ProtobufCBinaryData *d = dst;
+        d->data = malloc(b->len ? b->len : 1);
+        if (d->data == NULL)
+            abort();
+        memcpy(d->data, b->data, b->len);
+        d->len = b->len;
+    } else {
+        memcpy(dst, src, field_size(f));
+    }
+}
+
+static bool value_is_default(const ProtobufCFieldDescriptor *f, const void *at)
+{
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return *(ProtobufCMessage *const *)at == NULL;
+    case PROTOBUF_C_TYPE_STRING: {
+        const char *str = *(char *const *)at;
+        return str == NULL || str[0] == '\0';
+    }
+    case PROTOBUF_C_TYPE_BYTES:
+        return ((const ProtobufCBinaryData *)at)->len == 0;
+    default: {
+        static const uint8_t zero[8];
+        return memcmp(at, zero, field_size(f)) == 0;
+    }
+    }
+}
+
+/* Protobuf's MergeFrom over protobuf-c messages, as Envoy merges --config-yaml over the file:
+ * set scalars replace, messages merge (a oneof member merges when the same member is set on
+ * both sides, and replaces the other members otherwise), repeated fields append. */
+static void merge_message(ProtobufCMessage *dst, const ProtobufCMessage *src)
+{
+    const ProtobufCMessageDescriptor *d = src->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        char *db = (char *)dst;
+        const char *sb = (const char *)src;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t ns = *(const size_t *)(sb + f->quantifier_offset);
+            if (ns == 0)
+                continue;
+            size_t *nd = (size_t *)(db + f->quantifier_offset);
+            size_t sz = field_size(f);
+            char *arr = realloc(*(char **)(db + f->offset), (*nd + ns) * sz);
+            if (arr == NULL)
+                abort();
+            const char *sarr = *(char *const *)(sb + f->offset);
+            for (size_t k = 0; k < ns; k++) {
+                memset(arr + (*nd + k) * sz, 0, sz);
+                copy_value(f, arr + (*nd + k) * sz, sarr + k * sz);
+            }
+            *(char **)(db + f->offset) = arr;
+            *nd += ns;
+            continue;
+        }
+        void *dat = db + f->offset;
+        const void *sat = sb + f->offset;
+        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+            uint32_t scase = *(const uint32_t *)(sb + f->quantifier_offset);
+            uint32_t *dcase = (uint32_t *)(db + f->quantifier_offset);
+            if (scase != f->id)
+                continue;
+            if (*dcase == f->id && f->type == PROTOBUF_C_TYPE_MESSAGE && *(void **)dat) {
+                merge_message(*(ProtobufCMessage **)dat, *(ProtobufCMessage *const *)sat);
+                continue;
+            }
+            /* another member was set: it goes */
+            for (unsigned j = 0; j < d->n_fields; j++) {
+                const ProtobufCFieldDescriptor *o = &d->fields[j];
+                if (o->quantifier_offset == f->quantifier_offset && o->id == *dcase &&
+                    (o->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
+                    free_field(o, db + o->offset);
+            }
+            memset(dat, 0, field_size(f));
+            copy_value(f, dat, sat);
+            *dcase = f->id;
+            continue;
+        }
+        if (f->label == PROTOBUF_C_LABEL_OPTIONAL && f->quantifier_offset &&
+            f->type != PROTOBUF_C_TYPE_MESSAGE && f->type != PROTOBUF_C_TYPE_STRING) {
+            if (!*(const protobuf_c_boolean *)(sb + f->quantifier_offset))
+                continue;
+            *(protobuf_c_boolean *)(db + f->quantifier_offset) = 1;
+            copy_value(f, dat, sat);
+            continue;
+        }
+        if (value_is_default(f, sat))
+            continue;
+        if (f->type == PROTOBUF_C_TYPE_MESSAGE && *(void **)dat)
+            merge_message(*(ProtobufCMessage **)dat, *(ProtobufCMessage *const *)sat);
+        else
+            copy_value(f, dat, sat);
+    }
 }
 
 static bool address_ok(const Envoy__Config__Core__V3__Address *a, bool need_ip, char *why,
@@ -232,13 +378,8 @@ int agent_bootstrap_load(const agent_options_t *opts, agent_bootstrap_t **ret_bo
         if (b == NULL) {
             b = (agent_bootstrap_t *)m;
         } else {
-            int rc = merge_into(&b, (agent_bootstrap_t *)m);
+            merge_message(&b->base, m);
             agent_bootstrap_free((agent_bootstrap_t *)m);
-            if (rc < 0) {
-                agent_bootstrap_free(b);
-                check_error(diag, src, "out of memory merging --config-yaml");
-                return rc;
-            }
         }
     }
 

@@ -48,6 +48,17 @@ check "golden: SIGTERM exits 0" [ "$SKIFF_RC" = 0 ]
   -c "$SHARED/istio/04-bootstrap/default_golden.json" --config-yaml "$ADMIN_PORT0" 2>"$WORK/fmt.log"
 check "golden: its application_log_config shapes the log lines" grep -Pq '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\tinfo\tenvoy main agent/server\.c:\d+\tadmin address: .*\tthread=\d+$' "$WORK/fmt.log"
 
+# --config-yaml merges over the file as protobuf's MergeFrom does: the admin port changes and
+# its address stays, node.cluster is replaced, and a static cluster is appended.
+start_skiff -c "$SHARED/istio/04-bootstrap/default_golden.json" --allow-unknown-static-fields \
+  --config-yaml '{admin: {address: {socket_address: {port_value: 0}}}, node: {cluster: merged.ns},
+    static_resources: {clusters: [{name: extra, type: STATIC, load_assignment: {cluster_name: extra,
+    endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.2, port_value: 1}}}}]}]}}]}}' || exit 1
+check "merge: the admin address keeps the file's IP" grep -q '^127\.0\.0\.1:[0-9]' "$WORK/admin"
+check "merge: node.cluster is replaced, node.id kept" bash -c "curl -sS '$ADMIN/server_info' | jq -e '.node.cluster == \"merged.ns\" and (.node.id | startswith(\"sidecar~\"))' >/dev/null"
+check "merge: the static cluster is appended to the file's" bash -c "curl -sS '$ADMIN/clusters' | grep -q '^extra::127.0.0.2:1::health_flags' && curl -sS '$ADMIN/clusters' | grep -q '^xds-grpc::'"
+stop_skiff TERM
+
 # --mode init_only: initializes, then exits 0.
 "$SKIFF" --mode init_only -c "$DEMO" --config-yaml "$ADMIN_PORT0" 2>"$WORK/init.log"; rc=$?
 check "--mode init_only exits 0" [ $rc -eq 0 ]
