@@ -977,6 +977,13 @@ static void on_connection(void *ud, bool connected)
 {
     xds_client_t *c = ud;
     dp_gauge_set(c->connected_state, connected ? 1 : 0);
+    if (connected)
+        return;
+    /* Envoy's update_failure: fetches lost to a network error, per subscribed type. */
+    for (int t = 0; t < T_COUNT; t++) {
+        if (t == T_CDS || t == T_LDS ? c->store[t].received : c->store[t].n > 0)
+            dp_counter_inc(c->store[t].failure);
+    }
 }
 
 static void on_init_timeout(uv_timer_t *t)

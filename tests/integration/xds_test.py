@@ -253,6 +253,7 @@ class AdsTest:
         self.assertTrue(s.wait(self.live))
         self.ads.stop()
         self.assertTrue(s.wait(lambda: s.stat("control_plane.connected_state") == "0"))
+        self.assertEqual(s.stat("cluster_manager.cds.update_failure"), "1")
         # the last good config keeps serving
         self.assertEqual(s.get("/ready")[0], 200)
         self.assertEqual(len(cluster_names(s.dump("ClustersConfigDump"))), 2)
@@ -431,6 +432,32 @@ class IstioGolden:
                     cp.kill()
                     cp.wait()
                 cp_log.close()
+
+
+    def test_authz_listeners_acked(self):
+        """Istio's AuthorizationPolicy listener dump (RBAC, ext_authz, metadata exchange,
+        HBONE internal listeners) served whole: every listener ACKed."""
+        dump = os.path.join(SHARED, "istio", "03-istio-testdata-sidecar-listeners-rbac",
+                            "authz-testdata-sidecar-listeners-configdump.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            sock = os.path.join(tmp, "XDS")
+            events = os.path.join(tmp, "events.jsonl")
+            cp = subprocess.Popen(["/usr/bin/python3", "-W", "ignore",
+                                   os.path.join(SRCDIR, "tools", "xds-files"), "--listen",
+                                   "unix:" + sock, "--config", dump, "--events", events],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self.assertEqual(cp.stdout.readline().strip(), "listening on unix:" + sock)
+            s = Skiff("unix:" + sock, self.delta, tmp)
+            try:
+                self.assertTrue(s.wait(lambda: s.stat("listener_manager.lds.update_success") == "1",
+                                       timeout=20), "LDS not applied")
+                evs = [json.loads(l) for l in open(events)]
+                self.assertEqual([e["error"] for e in evs if e["event"] == "nack"], [])
+                self.assertEqual(len(s.dump("ListenersConfigDump")["dynamic_listeners"]), 27)
+            finally:
+                self.assertEqual(s.stop(), 0)
+                cp.send_signal(signal.SIGTERM)
+                cp.wait(10)
 
 
 class IstioGoldenDelta(IstioGolden, unittest.TestCase):

@@ -259,8 +259,10 @@ class Ads:
                 if n not in want:
                     resp.removed_resources.append(n)
                     del sent[n]
-            if not resp.resources and not resp.removed_resources:
+            first = type_url not in st.setdefault("answered", set())
+            if not resp.resources and not resp.removed_resources and not first:
                 return []
+            st["answered"].add(type_url)  # the first answer goes out even when empty, as istiod's
             st["nonce"] += 1
             resp.nonce = str(st["nonce"])
             return [resp]
