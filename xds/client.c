@@ -106,8 +106,15 @@ struct xds_client {
     uint64_t init_timeout_ms;
     sds_source_t *sds_sources;
     size_t n_sds_sources;
-    xds_file_source_t *files[2]; /* CDS and LDS from files (path_config_source) */
+    /* types from files (path_config_source): CDS and LDS from the bootstrap, EDS and RDS from
+     * the clusters and listeners that name a file */
+    struct file_entry {
+        char *path;
+        int type;
+        xds_file_source_t *src;
+    } *files;
     size_t n_files;
+    bool started;
     bool sds_over_ads; /* the ADS stream has been asked for secrets */
 };
 
@@ -572,9 +579,15 @@ static const char *cluster_eds_name(const Envoy__Config__Cluster__V3__Cluster *c
     return c->name;
 }
 
-/* Calls fn for every RDS route_config_name the listener's HTTP connection managers use. */
+static void file_source(xds_client_t *c, int type, const char *path, const char *watch_dir);
+static const char *config_file(const Envoy__Config__Core__V3__ConfigSource *cs,
+                               const char **ret_watch_dir);
+
+/* Calls fn for every RDS route_config_name; when files is given, RDS sources that name a file
+ * get a file source. */
 static void listener_rds_names(const Envoy__Config__Listener__V3__Listener *l,
-                               void (*fn)(void *ud, const char *name), void *ud)
+                               void (*fn)(void *ud, const char *name), void *ud,
+                               xds_client_t *files)
 {
     const ProtobufCMessageDescriptor *hcm_desc =
         &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor;
@@ -599,8 +612,12 @@ static void listener_rds_names(const Envoy__Config__Listener__V3__Listener *l,
                 continue;
             if (hcm->route_specifier_case ==
                     ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS &&
-                hcm->rds->route_config_name[0])
+                hcm->rds->route_config_name[0]) {
                 fn(ud, hcm->rds->route_config_name);
+                const char *wd, *path = config_file(hcm->rds->config_source, &wd);
+                if (path && files)
+                    file_source(files, T_RDS, path, wd);
+            }
             protobuf_c_message_free_unpacked(&hcm->base, NULL);
         }
     }
@@ -792,6 +809,32 @@ static void open_sds_sources(xds_client_t *c)
     }
 }
 
+static void on_file_error(void *ud, const char *type_url, const char *msg);
+
+/* The file source of a type at path, created (and started, once the client runs) on first
+ * use. */
+static void file_source(xds_client_t *c, int type, const char *path, const char *watch_dir)
+{
+    for (size_t i = 0; i < c->n_files; i++) {
+        if (c->files[i].type == type && strcmp(c->files[i].path, path) == 0)
+            return;
+    }
+    static const xds_file_callbacks_t fcb = {.on_update = on_update, .on_error = on_file_error};
+    struct file_entry *v = realloc(c->files, (c->n_files + 1) * sizeof(*v));
+    if (v == NULL)
+        abort();
+    c->files = v;
+    struct file_entry *e = &c->files[c->n_files++];
+    e->path = xstrdup(path);
+    e->type = type;
+    e->src = xds_file_source_new(c->loop, type_urls[type], path, watch_dir, &fcb, c);
+    if (c->started)
+        xds_file_source_start(e->src);
+}
+
+static const char *config_file(const Envoy__Config__Core__V3__ConfigSource *cs,
+                               const char **ret_watch_dir);
+
 /* Recomputes warming and the EDS/RDS subscriptions from the active clusters and listeners. */
 static void refresh_dependencies(xds_client_t *c)
 {
@@ -800,16 +843,22 @@ static void refresh_dependencies(xds_client_t *c)
     refresh_secrets(c);
     for (size_t i = 0; i < c->store[T_CDS].n; i++) {
         xds_res_t *r = &c->store[T_CDS].v[i];
-        const char *en = cluster_eds_name((const void *)r->msg);
+        const Envoy__Config__Cluster__V3__Cluster *cl = (const void *)r->msg;
+        const char *en = cluster_eds_name(cl);
         if (en)
             name_set_add(&eds, en);
+        const char *wd, *path = en && cl->eds_cluster_config
+                                    ? config_file(cl->eds_cluster_config->eds_config, &wd)
+                                    : NULL;
+        if (path)
+            file_source(c, T_EDS, path, wd);
         if (r->warming && (en == NULL || store_find(&c->store[T_EDS], en)) && secrets_ready(c, r))
             r->warming = false;
     }
     for (size_t i = 0; i < c->store[T_LDS].n; i++) {
         xds_res_t *r = &c->store[T_LDS].v[i];
         name_set_t mine = {0};
-        listener_rds_names((const void *)r->msg, name_set_add, &mine);
+        listener_rds_names((const void *)r->msg, name_set_add, &mine, c);
         bool ready = true;
         for (size_t k = 0; k < mine.n; k++) {
             name_set_add(&rds, mine.v[k]);
@@ -1262,13 +1311,10 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
     uv_timer_init(loop, &c->init_timer);
     c->init_timer.data = c;
 
-    static const xds_file_callbacks_t fcb = {.on_update = on_update, .on_error = on_file_error};
     if (cds_file)
-        c->files[c->n_files++] =
-            xds_file_source_new(loop, XDS_TYPE_CLUSTER, cds_file, cds_dir, &fcb, c);
+        file_source(c, T_CDS, cds_file, cds_dir);
     if (lds_file) {
-        c->files[c->n_files++] =
-            xds_file_source_new(loop, XDS_TYPE_LISTENER, lds_file, lds_dir, &fcb, c);
+        file_source(c, T_LDS, lds_file, lds_dir);
         c->lds_subscribed = true; /* read at once, not after CDS */
     }
     if (!dr->cds_config)
@@ -1323,9 +1369,10 @@ void xds_client_start(xds_client_t *c)
 {
     if (c->init_timeout_ms)
         uv_timer_start(&c->init_timer, on_init_timeout, c->init_timeout_ms, 0);
+    c->started = true;
     xds_ads_start(c->ads);
     for (size_t i = 0; i < c->n_files; i++)
-        xds_file_source_start(c->files[i]);
+        xds_file_source_start(c->files[i].src);
 }
 
 size_t xds_client_cluster_count(const xds_client_t *c)
@@ -1521,8 +1568,11 @@ void xds_client_free(xds_client_t *c)
         free(c->sds_sources[i].cluster);
     }
     free(c->sds_sources);
-    for (size_t i = 0; i < c->n_files; i++)
-        xds_file_source_free(c->files[i]);
+    for (size_t i = 0; i < c->n_files; i++) {
+        xds_file_source_free(c->files[i].src);
+        free(c->files[i].path);
+    }
+    free(c->files);
     xds_ads_free(c->ads);
     uv_close((uv_handle_t *)&c->init_timer, on_init_timer_closed);
 }

@@ -605,6 +605,37 @@ class PathConfigSource(unittest.TestCase):
                 self.assertTrue(s.wait(lambda: s.stat("cluster_manager.cds.update_rejected") == "2"))
                 log = open(os.path.join(tmp, "skiff.log")).read()
                 self.assertRegex(log, r"cds\.yaml:\d+: .*typo")
+                # an EDS cluster whose endpoints come from a file, and a listener whose routes do
+                self.put(conf, "eds.yaml", f"""resources:
+- "@type": {EDS}
+  cluster_name: from-eds
+  endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9100}}}}}}}}]}}]
+""")
+                self.put(conf, "rds.yaml", f"""resources:
+- "@type": {RDS}
+  name: local-routes
+  virtual_hosts: [{{name: all, domains: ["*"]}}]
+""")
+                self.put(conf, "cds.yaml", self.cds("one", version="4") + f"""- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: from-eds
+  type: EDS
+  eds_cluster_config: {{eds_config: {{path_config_source: {{path: {conf}/eds.yaml}}}}}}
+""")
+                hcm = {"@type": TYPE + HCM.DESCRIPTOR.full_name, "stat_prefix": "in",
+                       "rds": {"route_config_name": "local-routes",
+                               "config_source": {"path_config_source": {"path": conf + "/rds.yaml"}}}}
+                self.put(conf, "lds.json", json.dumps({"version_info": "8", "resources": [
+                    {"@type": LDS, "name": "l2",
+                     "address": {"socket_address": {"address": "0.0.0.0", "port_value": 9081}},
+                     "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}]}]}))
+                self.assertTrue(s.wait(lambda: "from-eds" in cluster_names(s.dump("ClustersConfigDump"))),
+                                "the EDS cluster did not leave warming")
+                eds = s.dump("EndpointsConfigDump")["dynamic_endpoint_configs"]
+                self.assertEqual(eds[0]["endpoint_config"]["cluster_name"], "from-eds")
+                self.assertTrue(s.wait(lambda: any("active_state" in l for l in
+                                                   s.dump("ListenersConfigDump")["dynamic_listeners"])))
+                rds = s.dump("RoutesConfigDump")["dynamic_route_configs"]
+                self.assertEqual(rds[0]["route_config"]["name"], "local-routes")
             finally:
                 self.assertEqual(s.stop(), 0)
 
