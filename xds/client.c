@@ -225,6 +225,26 @@ static int check_one_any(const ProtobufCMessage *parent, const Google__Protobuf_
     return rc;
 }
 
+/* The sub-messages field f of m holds: *ret_items and the count (0 when the field is unset,
+ * or a oneof member that is not the selected one). `one` is scratch space for a singular field. */
+static size_t field_messages(const ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
+                             const ProtobufCMessage **one, const ProtobufCMessage *const **ret_items)
+{
+    const char *base = (const char *)m;
+    if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+        return 0;
+    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+        *ret_items = *(const ProtobufCMessage *const *const *)(base + f->offset);
+        return *(const size_t *)(base + f->quantifier_offset);
+    }
+    if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+        *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+        return 0;
+    *one = *(const ProtobufCMessage *const *)(base + f->offset);
+    *ret_items = one;
+    return *one ? 1 : 0;
+}
+
 /* Walks every message field of m; path holds the field path so far (pos its length). */
 static int check_anys(const ProtobufCMessage *m, char *path, size_t pathlen, size_t pos,
                       unsigned depth, const char **ret_bad_type)
@@ -232,26 +252,9 @@ static int check_anys(const ProtobufCMessage *m, char *path, size_t pathlen, siz
     const ProtobufCMessageDescriptor *d = m->descriptor;
     for (unsigned i = 0; i < d->n_fields; i++) {
         const ProtobufCFieldDescriptor *f = &d->fields[i];
-        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
-            continue;
-        const char *base = (const char *)m;
-        size_t count = 1;
-        const ProtobufCMessage *const *items;
         const ProtobufCMessage *one;
-        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-            count = *(const size_t *)(base + f->quantifier_offset);
-            items = *(const ProtobufCMessage *const *const *)(base + f->offset);
-        } else {
-            if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
-                uint32_t which = *(const uint32_t *)(base + f->quantifier_offset);
-                if (which != f->id)
-                    continue;
-            }
-            one = *(const ProtobufCMessage *const *)(base + f->offset);
-            if (one == NULL)
-                continue;
-            items = &one;
-        }
+        const ProtobufCMessage *const *items;
+        size_t count = field_messages(m, f, &one, &items);
         for (size_t k = 0; k < count; k++) {
             const ProtobufCMessage *sub = items[k];
             size_t np = pos + (size_t)snprintf(path + pos, pathlen - pos,
@@ -420,24 +423,9 @@ static void collect_sds(const ProtobufCMessage *m, unsigned depth, xds_res_t *r)
     }
     for (unsigned i = 0; i < d->n_fields; i++) {
         const ProtobufCFieldDescriptor *f = &d->fields[i];
-        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
-            continue;
-        const char *base = (const char *)m;
-        size_t count = 1;
-        const ProtobufCMessage *const *items;
         const ProtobufCMessage *one;
-        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-            count = *(const size_t *)(base + f->quantifier_offset);
-            items = *(const ProtobufCMessage *const *const *)(base + f->offset);
-        } else {
-            if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
-                *(const uint32_t *)(base + f->quantifier_offset) != f->id)
-                continue;
-            one = *(const ProtobufCMessage *const *)(base + f->offset);
-            if (one == NULL)
-                continue;
-            items = &one;
-        }
+        const ProtobufCMessage *const *items;
+        size_t count = field_messages(m, f, &one, &items);
         for (size_t k = 0; k < count; k++) {
             if (f->descriptor != &google__protobuf__any__descriptor) {
                 collect_sds(items[k], depth + 1, r);
