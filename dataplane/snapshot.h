@@ -39,9 +39,19 @@ typedef enum dp_health {
     DP_HEALTH_DEGRADED = 5,
 } dp_health_t;
 
+/* An IP address and port, or a unix socket path (kept in the snapshot's arena): compact, as
+ * a snapshot holds every endpoint of every cluster. */
+typedef struct dp_addr {
+    union {
+        struct sockaddr sa; /* sa_family: AF_INET, AF_INET6, or AF_UNIX with unix_path */
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    };
+    const char *unix_path;
+} dp_addr_t;
+
 typedef struct dp_endpoint {
-    struct sockaddr_storage addr; /* AF_INET, AF_INET6 or AF_UNIX */
-    socklen_t addr_len;
+    dp_addr_t addr;
     uint32_t weight; /* load_balancing_weight, 1 when unset */
     uint32_t priority;
     dp_health_t health;
@@ -75,8 +85,7 @@ typedef struct dp_cluster {
 
 typedef struct dp_listener {
     const char *name;
-    struct sockaddr_storage addr;
-    socklen_t addr_len;
+    dp_addr_t addr;
     bool bind_to_port;
     bool use_original_dst;
 } dp_listener_t;

@@ -8,37 +8,30 @@
 
 /* Fills addr from an Envoy address: an IP socket_address or a pipe. Returns false for names
  * that need resolving (STRICT_DNS and LOGICAL_DNS hosts, resolved by the data plane). */
-static bool to_sockaddr(const Envoy__Config__Core__V3__Address *a, struct sockaddr_storage *ss,
-                        socklen_t *len)
+static bool to_addr(dp_arena_t *arena, const Envoy__Config__Core__V3__Address *a, dp_addr_t *out)
 {
-    memset(ss, 0, sizeof(*ss));
+    memset(out, 0, sizeof(*out));
     if (a == NULL)
         return false;
     if (a->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS) {
         const Envoy__Config__Core__V3__SocketAddress *sa = a->socket_address;
-        struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
-        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
-        if (inet_pton(AF_INET, sa->address, &v4->sin_addr) == 1) {
-            v4->sin_family = AF_INET;
-            v4->sin_port = htons((uint16_t)sa->port_value);
-            *len = sizeof(*v4);
+        if (inet_pton(AF_INET, sa->address, &out->in.sin_addr) == 1) {
+            out->in.sin_family = AF_INET;
+            out->in.sin_port = htons((uint16_t)sa->port_value);
             return true;
         }
-        if (inet_pton(AF_INET6, sa->address, &v6->sin6_addr) == 1) {
-            v6->sin6_family = AF_INET6;
-            v6->sin6_port = htons((uint16_t)sa->port_value);
-            *len = sizeof(*v6);
+        if (inet_pton(AF_INET6, sa->address, &out->in6.sin6_addr) == 1) {
+            out->in6.sin6_family = AF_INET6;
+            out->in6.sin6_port = htons((uint16_t)sa->port_value);
             return true;
         }
         return false;
     }
     if (a->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_PIPE) {
-        struct sockaddr_un *un = (struct sockaddr_un *)ss;
-        if (strlen(a->pipe->path) >= sizeof(un->sun_path))
+        if (strlen(a->pipe->path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
             return false;
-        un->sun_family = AF_UNIX;
-        strcpy(un->sun_path, a->pipe->path);
-        *len = sizeof(*un);
+        out->sa.sa_family = AF_UNIX;
+        out->unix_path = dp_arena_strdup(arena, a->pipe->path);
         return true;
     }
     return false;
@@ -106,7 +99,7 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
             const Envoy__Config__Endpoint__V3__LbEndpoint *lb = lle->lb_endpoints[i];
             if (lb->host_identifier_case !=
                     ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT ||
-                !to_sockaddr(lb->endpoint->address, &eps[k].addr, &eps[k].addr_len))
+                !to_addr(s->arena, lb->endpoint->address, &eps[k].addr))
                 continue;
             eps[k].weight = lb->load_balancing_weight ? lb->load_balancing_weight->value : 1;
             eps[k].priority = lle->priority;
@@ -123,7 +116,7 @@ static void add_listener(void *ud, const Envoy__Config__Listener__V3__Listener *
     dp_snapshot_t *s = ud;
     dp_listener_t *dl = dp_snapshot_add_listener(s);
     dl->name = dp_arena_strdup(s->arena, l->name);
-    to_sockaddr(l->address, &dl->addr, &dl->addr_len);
+    to_addr(s->arena, l->address, &dl->addr);
     dl->bind_to_port = l->bind_to_port == NULL || l->bind_to_port->value;
     dl->use_original_dst = l->use_original_dst && l->use_original_dst->value;
 }
