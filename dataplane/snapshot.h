@@ -88,6 +88,7 @@ typedef struct dp_listener {
     dp_addr_t addr;
     bool bind_to_port;
     bool use_original_dst;
+    const char *tcp_cluster; /* the tcp_proxy cluster of its filter chain, or NULL */
 } dp_listener_t;
 
 typedef struct dp_snapshot {

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dataplane/listener.h"
+
 struct dp_worker {
     unsigned index;
     char name[32];
@@ -26,6 +28,7 @@ struct dp_worker {
     /* the snapshot mailbox: mu guards pending */
     dp_snapshot_t *pending;
     dp_snapshot_t *current; /* worker thread only */
+    dp_listeners_t *listeners; /* worker thread only */
     _Atomic uint64_t generation;
 };
 
@@ -47,10 +50,17 @@ static void on_wakeup(uv_async_t *a)
          * last of them ends. */
         dp_snapshot_unref(w->current);
         w->current = next;
+        if (w->listeners == NULL)
+            w->listeners = dp_listeners_new(&w->loop);
+        dp_listeners_apply(w->listeners, next);
         atomic_store(&w->generation, next->generation);
     }
-    if (atomic_load(&w->stop_requested))
+    if (atomic_load(&w->stop_requested)) {
+        /* Listeners and connections free themselves from their close callbacks. */
+        dp_listeners_close(w->listeners);
+        w->listeners = NULL;
         uv_walk(&w->loop, close_walk_cb, NULL);
+    }
 }
 
 static void worker_main(void *arg)
@@ -76,7 +86,7 @@ static void worker_main(void *arg)
         w->init(w, w->userdata);
     /* A stop that arrived before the handshake is honoured here. */
     if (atomic_load(&w->stop_requested))
-        uv_walk(&w->loop, close_walk_cb, NULL);
+        on_wakeup(&w->wakeup);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     atomic_store(&w->running, false);
     /* Every handle is closed by now; run once more for their close callbacks. */

@@ -6,6 +6,9 @@
 #include <string.h>
 #include <sys/un.h>
 
+#include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb-c.h"
+#include "xds/pbwire.h"
+
 /* Fills addr from an Envoy address: an IP socket_address or a pipe. Returns false for names
  * that need resolving (STRICT_DNS and LOGICAL_DNS hosts, resolved by the data plane). */
 static bool to_addr(dp_arena_t *arena, const Envoy__Config__Core__V3__Address *a, dp_addr_t *out)
@@ -111,11 +114,41 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     dc->n_endpoints = k;
 }
 
+/* The cluster of the tcp_proxy ending the listener's first filter chain (or its default
+ * chain), or NULL. */
+static const char *tcp_proxy_cluster(dp_arena_t *arena,
+                                     const Envoy__Config__Listener__V3__Listener *l)
+{
+    const Envoy__Config__Listener__V3__FilterChain *fc =
+        l->n_filter_chains ? l->filter_chains[0] : l->default_filter_chain;
+    if (fc == NULL || fc->n_filters == 0)
+        return NULL;
+    const Envoy__Config__Listener__V3__Filter *f = fc->filters[fc->n_filters - 1];
+    if (f->config_type_case != ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG ||
+        f->typed_config == NULL ||
+        strcmp(f->typed_config->type_url,
+               "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy") != 0)
+        return NULL;
+    const char *why;
+    Envoy__Extensions__Filters__Network__TcpProxy__V3__TcpProxy *tp = (void *)xds_pb_unpack(
+        &envoy__extensions__filters__network__tcp_proxy__v3__tcp_proxy__descriptor,
+        f->typed_config->value.data, f->typed_config->value.len, &why);
+    if (tp == NULL)
+        return NULL;
+    const char *out = NULL;
+    if (tp->cluster_specifier_case ==
+        ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__CLUSTER_SPECIFIER_CLUSTER)
+        out = dp_arena_strdup(arena, tp->cluster);
+    protobuf_c_message_free_unpacked(&tp->base, NULL);
+    return out;
+}
+
 static void add_listener(void *ud, const Envoy__Config__Listener__V3__Listener *l)
 {
     dp_snapshot_t *s = ud;
     dp_listener_t *dl = dp_snapshot_add_listener(s);
     dl->name = dp_arena_strdup(s->arena, l->name);
+    dl->tcp_cluster = tcp_proxy_cluster(s->arena, l);
     to_addr(s->arena, l->address, &dl->addr);
     dl->bind_to_port = l->bind_to_port == NULL || l->bind_to_port->value;
     dl->use_original_dst = l->use_original_dst && l->use_original_dst->value;

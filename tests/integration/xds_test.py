@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.request
@@ -21,7 +22,7 @@ SKIFF = os.environ["SKIFF"]
 SRCDIR = os.environ["SRCDIR"]
 sys.path.insert(0, os.path.join(SRCDIR, "tools"))
 from xdslib import (CDS, EDS, LDS, RDS, SDS, TYPE, Ads, Any, CLA, Cluster, HCM,  # noqa: E402
-                    Listener, RouteConfiguration, Secret, pack)
+                    Listener, M, RouteConfiguration, Secret, pack)
 
 
 def eds_cluster(name):
@@ -713,6 +714,125 @@ class DirectIstiod(unittest.TestCase):
             finally:
                 self.assertEqual(s.stop(), 0)
                 ads.stop()
+
+
+def free_port():
+    import socket
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+class EchoServer:
+    """A loopback backend that answers every chunk with a prefix and the chunk."""
+
+    def __init__(self, prefix):
+        import socket
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.prefix = prefix
+        self.accepted = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self.echo, args=(conn,), daemon=True).start()
+
+    def echo(self, conn):
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                conn.sendall(self.prefix + data)
+
+    def close(self):
+        self.sock.close()
+
+
+class TcpProxyListener(unittest.TestCase):
+    """A listener with tcp_proxy from LDS: bound on every worker, relaying to the cluster's
+    endpoints round robin; a listener LDS drops stops accepting."""
+
+    def tcp_listener(self, name, port, cluster):
+        l = Listener(name=name)
+        l.address.socket_address.address = "127.0.0.1"
+        l.address.socket_address.port_value = port
+        tp = M("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")(stat_prefix=name,
+                                                                          cluster=cluster)
+        f = l.filter_chains.add().filters.add()
+        f.name = "envoy.filters.network.tcp_proxy"
+        f.typed_config.CopyFrom(pack(tp))
+        return l
+
+    def roundtrip(self, port, payload):
+        import socket
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as so:
+            so.sendall(payload)
+            want = len(payload) + 2
+            got = b""
+            while len(got) < want:
+                chunk = so.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            return got
+
+    def test_relay(self):
+        import socket
+        a, b = EchoServer(b"A:"), EchoServer(b"B:")
+        port = free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            ads = Ads("127.0.0.1:0")
+            c = static_cluster("backends", a.port)
+            lb = c.load_assignment.endpoints[0].lb_endpoints.add()
+            lb.endpoint.address.socket_address.address = "127.0.0.1"
+            lb.endpoint.address.socket_address.port_value = b.port
+            ads.set(CDS, c)
+            ads.set(LDS, self.tcp_listener("tcp_in", port, "backends"))
+            s = Skiff(f"127.0.0.1:{ads.port}", False, tmp, extra_args=["--concurrency", "2"])
+            try:
+                self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200))
+                # bound on both workers (SO_REUSEPORT): a few connect attempts until up
+                self.assertTrue(s.wait(lambda: self.try_roundtrip(port)), "listener not up")
+                answers = [self.roundtrip(port, b"hello") for _ in range(8)]
+                self.assertTrue(all(x in (b"A:hello", b"B:hello") for x in answers), answers)
+                self.assertGreater(a.accepted, 0)
+                self.assertGreater(b.accepted, 0)
+                big = os.urandom(1 << 20)
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as so:
+                    so.sendall(big)
+                    so.shutdown(socket.SHUT_WR)
+                    got = b""
+                    while True:
+                        chunk = so.recv(1 << 16)
+                        if not chunk:
+                            break
+                        got += chunk
+                # 1 MiB through the relay, in order, prefixes aside
+                self.assertEqual(got.replace(b"A:", b"").replace(b"B:", b"")[:16], big[:16])
+                self.assertGreaterEqual(len(got), len(big))
+                # LDS drops the listener: new connections are refused
+                ads.set(LDS, remove=["tcp_in"])
+                self.assertTrue(s.wait(lambda: not self.try_roundtrip(port)), "still accepting")
+            finally:
+                self.assertEqual(s.stop(), 0)
+                ads.stop()
+                a.close()
+                b.close()
+
+    def try_roundtrip(self, port):
+        try:
+            return self.roundtrip(port, b"ping") in (b"A:ping", b"B:ping")
+        except OSError:
+            return False
 
 
 class FileControlPlaneSotw(FileControlPlane, unittest.TestCase):
