@@ -271,7 +271,7 @@ static int server_start_workers(agent_server_t *s)
 static void server_publish(agent_server_t *s)
 {
     char *err = NULL;
-    dp_snapshot_t *snap = xds_snapshot_build(s->bootstrap, s->xds, s->generation + 1, &err);
+    dp_snapshot_t *snap = xds_snapshot_build(s->bootstrap, s->xds, s->stats, s->generation + 1, &err);
     if (snap == NULL) {
         DP_LOG(DP_LOG_CONFIG, DP_LOG_ERROR, "keeping snapshot %llu: %s",
                (unsigned long long)s->generation, err ? err : "build failed");

@@ -46,6 +46,9 @@ struct tcp_conn {
     dp_listeners_t *ls;
     tcp_conn_t *prev, *next;
     dp_snapshot_t *snap; /* pinned for the connection's life */
+    const dp_listener_t *listener; /* in snap: its stats */
+    const dp_cluster_t *cluster;   /* in snap */
+    bool upstream_up;
     relay_t d2u, u2d;
     int open_handles;
     bool closing;
@@ -76,6 +79,10 @@ static void conn_on_close(uv_handle_t *h)
     if (--c->open_handles > 0)
         return;
     dp_listeners_t *ls = c->ls;
+    if (c->listener && c->listener->cx_active)
+        dp_gauge_dec(c->listener->cx_active);
+    if (c->upstream_up && c->cluster->cx_active)
+        dp_gauge_dec(c->cluster->cx_active);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -167,9 +174,14 @@ static void on_upstream_connected(uv_connect_t *req, int status)
     if (status < 0) {
         DP_LOG(DP_LOG_UPSTREAM, DP_LOG_DEBUG, "tcp_proxy: upstream connect failed: %s",
                uv_strerror(status));
+        if (c->cluster->cx_connect_fail)
+            dp_counter_inc(c->cluster->cx_connect_fail);
         conn_close(c);
         return;
     }
+    c->upstream_up = true;
+    if (c->cluster->cx_active)
+        dp_gauge_inc(c->cluster->cx_active);
     c->d2u.from = &c->down;
     c->d2u.to = &c->up;
     c->u2d.from = &c->up;
@@ -211,6 +223,11 @@ static void on_accept(uv_stream_t *server, int status)
     }
     c->snap = dp_snapshot_ref(ls->snap);
     const dp_listener_t *l = find_listener(c->snap, ol->name);
+    c->listener = l;
+    if (l && l->cx_total) {
+        dp_counter_inc(l->cx_total);
+        dp_gauge_inc(l->cx_active);
+    }
     const dp_cluster_t *cl =
         l && l->tcp_cluster ? dp_snapshot_find_cluster(c->snap, l->tcp_cluster) : NULL;
     if (cl == NULL || cl->n_endpoints == 0) {
@@ -218,6 +235,9 @@ static void on_accept(uv_stream_t *server, int status)
         conn_close(c);
         return;
     }
+    c->cluster = cl;
+    if (cl->cx_total)
+        dp_counter_inc(cl->cx_total);
     const dp_endpoint_t *ep = &cl->endpoints[ls->rr++ % cl->n_endpoints];
     if (ep->addr.sa.sa_family != AF_INET && ep->addr.sa.sa_family != AF_INET6) {
         conn_close(c);

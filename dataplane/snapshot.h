@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "dataplane/stats.h"
+
 /* A bump allocator: one lifetime, freed whole. Not thread-safe (one builder). */
 typedef struct dp_arena dp_arena_t;
 
@@ -81,6 +83,9 @@ typedef struct dp_cluster {
     uint64_t connect_timeout_ms;
     const dp_endpoint_t *endpoints; /* hosts with a resolved address */
     size_t n_endpoints;
+    /* Envoy's cluster.<name>.upstream_cx_* stats; live in the stats store, not the arena */
+    dp_counter_t *cx_total, *cx_connect_fail;
+    dp_gauge_t *cx_active;
 } dp_cluster_t;
 
 typedef struct dp_listener {
@@ -89,6 +94,9 @@ typedef struct dp_listener {
     bool bind_to_port;
     bool use_original_dst;
     const char *tcp_cluster; /* the tcp_proxy cluster of its filter chain, or NULL */
+    /* Envoy's listener.<address>.downstream_cx_total / _active */
+    dp_counter_t *cx_total;
+    dp_gauge_t *cx_active;
 } dp_listener_t;
 
 typedef struct dp_snapshot {

@@ -77,12 +77,28 @@ static dp_lb_policy_t lb_policy(const Envoy__Config__Cluster__V3__Cluster *c)
     }
 }
 
+typedef struct build_ctx {
+    dp_snapshot_t *snap;
+    dp_stats_t *stats;
+} build_ctx_t;
+
 static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
                         const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
                         bool added_via_api)
 {
-    dp_snapshot_t *s = ud;
+    build_ctx_t *ctx = ud;
+    dp_snapshot_t *s = ctx->snap;
     dp_cluster_t *dc = dp_snapshot_add_cluster(s);
+    if (ctx->stats) {
+        char name[512];
+        const char *obs = c->alt_stat_name[0] ? c->alt_stat_name : c->name;
+        snprintf(name, sizeof(name), "cluster.%s.upstream_cx_total", obs);
+        dc->cx_total = dp_stats_counter(ctx->stats, name);
+        snprintf(name, sizeof(name), "cluster.%s.upstream_cx_connect_fail", obs);
+        dc->cx_connect_fail = dp_stats_counter(ctx->stats, name);
+        snprintf(name, sizeof(name), "cluster.%s.upstream_cx_active", obs);
+        dc->cx_active = dp_stats_gauge(ctx->stats, name);
+    }
     dc->name = dp_arena_strdup(s->arena, c->name);
     dc->type = cluster_type(c);
     dc->lb_policy = lb_policy(c);
@@ -145,28 +161,42 @@ static const char *tcp_proxy_cluster(dp_arena_t *arena,
 
 static void add_listener(void *ud, const Envoy__Config__Listener__V3__Listener *l)
 {
-    dp_snapshot_t *s = ud;
+    build_ctx_t *ctx = ud;
+    dp_snapshot_t *s = ctx->snap;
     dp_listener_t *dl = dp_snapshot_add_listener(s);
     dl->name = dp_arena_strdup(s->arena, l->name);
     dl->tcp_cluster = tcp_proxy_cluster(s->arena, l);
+    if (ctx->stats && l->address &&
+        l->address->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS) {
+        /* Envoy names listener stats by address: listener.0.0.0.0_15001.downstream_cx_total */
+        char name[512];
+        const Envoy__Config__Core__V3__SocketAddress *sa = l->address->socket_address;
+        snprintf(name, sizeof(name), "listener.%s_%u.downstream_cx_total", sa->address,
+                 sa->port_value);
+        dl->cx_total = dp_stats_counter(ctx->stats, name);
+        snprintf(name, sizeof(name), "listener.%s_%u.downstream_cx_active", sa->address,
+                 sa->port_value);
+        dl->cx_active = dp_stats_gauge(ctx->stats, name);
+    }
     to_addr(s->arena, l->address, &dl->addr);
     dl->bind_to_port = l->bind_to_port == NULL || l->bind_to_port->value;
     dl->use_original_dst = l->use_original_dst && l->use_original_dst->value;
 }
 
 dp_snapshot_t *xds_snapshot_build(const Envoy__Config__Bootstrap__V3__Bootstrap *bootstrap,
-                                  const xds_client_t *client, uint64_t generation,
-                                  char **reterr_msg)
+                                  const xds_client_t *client, dp_stats_t *stats,
+                                  uint64_t generation, char **reterr_msg)
 {
     dp_snapshot_t *s = dp_snapshot_new(generation);
+    build_ctx_t ctx = {.snap = s, .stats = stats};
     const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = bootstrap->static_resources;
     for (size_t i = 0; sr && i < sr->n_clusters; i++)
-        add_cluster(s, sr->clusters[i], sr->clusters[i]->load_assignment, false);
+        add_cluster(&ctx, sr->clusters[i], sr->clusters[i]->load_assignment, false);
     for (size_t i = 0; sr && i < sr->n_listeners; i++)
-        add_listener(s, sr->listeners[i]);
+        add_listener(&ctx, sr->listeners[i]);
     if (client) {
-        xds_client_foreach_cluster(client, add_cluster, s);
-        xds_client_foreach_listener(client, add_listener, s);
+        xds_client_foreach_cluster(client, add_cluster, &ctx);
+        xds_client_foreach_listener(client, add_listener, &ctx);
     }
     if (dp_snapshot_seal(s) < 0) {
         /* CDS may not reuse a static cluster's name (Envoy refuses it too). */

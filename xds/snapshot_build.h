@@ -11,8 +11,10 @@
 /* Builds and seals generation `generation`. client may be NULL (static configuration only).
  * Returns the snapshot (one reference), or NULL with a malloc'd reason in *reterr_msg; the
  * caller then keeps the previous snapshot. */
+/* stats (may be NULL) gets the clusters' and listeners' connection stats, created here on the
+ * main thread so that workers only update them. */
 dp_snapshot_t *xds_snapshot_build(const Envoy__Config__Bootstrap__V3__Bootstrap *bootstrap,
-                                  const xds_client_t *client, uint64_t generation,
-                                  char **reterr_msg);
+                                  const xds_client_t *client, dp_stats_t *stats,
+                                  uint64_t generation, char **reterr_msg);
 
 #endif

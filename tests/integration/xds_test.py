@@ -819,6 +819,13 @@ class TcpProxyListener(unittest.TestCase):
                 # 1 MiB through the relay, in order, prefixes aside
                 self.assertEqual(got.replace(b"A:", b"").replace(b"B:", b"")[:16], big[:16])
                 self.assertGreaterEqual(len(got), len(big))
+                # Envoy's connection stats, by listener address and by cluster
+                self.assertTrue(s.wait(lambda: s.stat(f"listener.127.0.0.1_{port}.downstream_cx_active") == "0"))
+                self.assertGreaterEqual(int(s.stat(f"listener.127.0.0.1_{port}.downstream_cx_total")), 9)
+                self.assertGreaterEqual(int(s.stat("cluster.backends.upstream_cx_total")), 9)
+                self.assertTrue(s.wait(lambda: s.stat("cluster.backends.upstream_cx_active") == "0"))
+                _, prom = s.get("/stats/prometheus")
+                self.assertRegex(prom, r'envoy_listener_downstream_cx_total\{envoy_listener_address="127\.0\.0\.1_%d"\} \d+' % port)
                 # LDS drops the listener: new connections are refused
                 ads.set(LDS, remove=["tcp_in"])
                 self.assertTrue(s.wait(lambda: not self.try_roundtrip(port)), "still accepting")
