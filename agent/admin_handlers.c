@@ -615,6 +615,17 @@ static void h_healthcheck_ok(const agent_admin_request_t *req, agent_admin_respo
     fputs("OK\n", resp->body);
 }
 
+/* POST /drain_listeners[?inboundonly][&graceful][&skip_exit], as pilot-agent sends it on
+ * SIGTERM. skiff never exits by itself after a drain, so skip_exit changes nothing. */
+static void h_drain_listeners(const agent_admin_request_t *req, agent_admin_response_t *resp,
+                              void *ud)
+{
+    agent_server_t *s = ud;
+    agent_server_drain_listeners(s, agent_admin_param(req, "inboundonly", NULL),
+                                 agent_admin_param(req, "graceful", NULL));
+    fputs("OK\n", resp->body);
+}
+
 static void h_reopen_logs(const agent_admin_request_t *req, agent_admin_response_t *resp,
                           void *ud)
 {
@@ -672,5 +683,8 @@ void agent_admin_handlers_register(agent_server_t *s)
     agent_admin_add(a, "/healthcheck/ok", "cause the server to pass health checks", true, false,
                     h_healthcheck_ok, s);
     agent_admin_add(a, "/reopen_logs", "reopen access logs", true, false, h_reopen_logs, s);
+    agent_admin_add(a, "/drain_listeners",
+                    "drain listeners; params: inboundonly, graceful, skip_exit", true, false,
+                    h_drain_listeners, s);
     agent_admin_stats_handlers_register(s);
 }

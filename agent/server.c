@@ -134,6 +134,7 @@ static void server_stats_init(agent_server_t *s)
     s->g_days_until_cert = dp_stats_gauge(st, "server.days_until_first_cert_expiring");
     s->g_version = dp_stats_gauge(st, "server.version");
     s->g_workers_started = dp_stats_gauge(st, "listener_manager.workers_started");
+    s->g_listeners_draining = dp_stats_gauge(st, "listener_manager.total_listeners_draining");
     s->h_init_time =
         dp_stats_histogram(st, "server.initialization_time_ms", DP_HIST_UNIT_MILLISECONDS);
 
@@ -279,6 +280,7 @@ static void server_publish(agent_server_t *s)
         return;
     }
     s->generation++;
+    xds_snapshot_mark_drained(snap, (xds_drained_t)s->drained);
     for (uint32_t i = 0; i < s->n_workers; i++)
         dp_worker_publish(s->workers[i], snap);
     dp_snapshot_unref(s->snapshot);
@@ -287,6 +289,33 @@ static void server_publish(agent_server_t *s)
                                         "%zu bytes",
            (unsigned long long)snap->generation, snap->n_clusters, snap->n_listeners,
            dp_arena_bytes(snap->arena));
+}
+
+static void on_drain_done(uv_timer_t *t)
+{
+    agent_server_t *s = t->data;
+    s->drained = s->draining;
+    DP_LOG(DP_LOG_MAIN, DP_LOG_INFO, "drain over: %s listeners stop accepting",
+           s->drained == XDS_DRAINED_ALL ? "all" : "inbound");
+    server_publish(s);
+    dp_gauge_set(s->g_listeners_draining, 0);
+}
+
+void agent_server_drain_listeners(agent_server_t *s, bool inbound_only, bool graceful)
+{
+    int which = inbound_only ? XDS_DRAINED_INBOUND : XDS_DRAINED_ALL;
+    if (which > s->draining)
+        s->draining = which;
+    size_t n = 0;
+    for (size_t i = 0; s->snapshot && i < s->snapshot->n_listeners; i++)
+        n += !inbound_only || s->snapshot->listeners[i].inbound;
+    dp_gauge_set(s->g_listeners_draining, n);
+    set_state(s, AGENT_STATE_DRAINING);
+    agent_server_refresh_stats(s);
+    uint64_t ms = graceful ? (uint64_t)s->opts.drain_time_s * 1000 : 0;
+    DP_LOG(DP_LOG_MAIN, DP_LOG_INFO, "draining %s listeners%s", inbound_only ? "inbound" : "all",
+           graceful ? " gracefully" : "");
+    uv_timer_start(&s->drain_timer, on_drain_done, ms, 0);
 }
 
 static void on_publish_timer(uv_timer_t *t)
@@ -303,7 +332,7 @@ static void on_xds_changed(void *ud)
 
 static void server_go_live(agent_server_t *s)
 {
-    if (s->state == AGENT_STATE_LIVE || s->shutting_down)
+    if (s->state == AGENT_STATE_LIVE || s->state == AGENT_STATE_DRAINING || s->shutting_down)
         return;
     if (server_start_workers(s) < 0) {
         agent_server_shutdown(s, 1);
@@ -376,6 +405,8 @@ int agent_server_run(const agent_options_t *opts, agent_bootstrap_t *bootstrap)
     s->flush_timer.data = s;
     uv_timer_init(&s->loop, &s->publish_timer);
     s->publish_timer.data = s;
+    uv_timer_init(&s->loop, &s->drain_timer);
+    s->drain_timer.data = s;
     uv_timer_start(&s->flush_timer, on_flush_timer, STATS_FLUSH_MS, STATS_FLUSH_MS);
 
     if (server_listen_admin(s) < 0)

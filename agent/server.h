@@ -36,6 +36,10 @@ typedef struct agent_server {
     uv_timer_t publish_timer; /* coalesces snapshot builds within one loop turn */
     dp_snapshot_t *snapshot;  /* the latest published */
     uint64_t generation;
+    int drained;           /* xds_drained_t: what /drain_listeners has drained so far */
+    int draining;          /* xds_drained_t: what the running drain will drain */
+    uv_timer_t drain_timer; /* graceful drains end after --drain-time-s */
+    dp_gauge_t *g_listeners_draining;
     uint64_t start_ms;       /* uv_now at start */
     int64_t start_unix_ms;   /* wall clock at start, for last_updated */
     agent_state_t state;
@@ -60,6 +64,11 @@ int agent_server_run(const agent_options_t *opts, agent_bootstrap_t *bootstrap);
 
 /* Refreshes the gauges that are sampled rather than counted (uptime, memory). Main thread. */
 void agent_server_refresh_stats(agent_server_t *s);
+
+/* POST /drain_listeners: with graceful, listeners keep accepting for --drain-time-s (the
+ * server reports DRAINING meanwhile), then stop; without it they stop now. inbound_only
+ * limits it to INBOUND listeners, as pilot-agent asks on SIGTERM. Main thread. */
+void agent_server_drain_listeners(agent_server_t *s, bool inbound_only, bool graceful);
 
 /* Begins a graceful shutdown: stops workers and admin, and lets the loop end. Main thread. */
 void agent_server_shutdown(agent_server_t *s, int exit_code);

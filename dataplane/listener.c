@@ -302,11 +302,13 @@ void dp_listeners_apply(dp_listeners_t *ls, dp_snapshot_t *snap)
         return;
     dp_snapshot_unref(ls->snap);
     ls->snap = dp_snapshot_ref(snap);
-    for (open_listener_t *ol = ls->open; ol; ol = ol->next)
-        ol->keep = find_listener(snap, ol->name) != NULL;
+    for (open_listener_t *ol = ls->open; ol; ol = ol->next) {
+        const dp_listener_t *l = find_listener(snap, ol->name);
+        ol->keep = l != NULL && !l->drained;
+    }
     for (size_t i = 0; snap && i < snap->n_listeners; i++) {
         const dp_listener_t *l = &snap->listeners[i];
-        if (!l->bind_to_port || l->tcp_cluster == NULL)
+        if (!l->bind_to_port || l->tcp_cluster == NULL || l->drained)
             continue;
         bool have = false;
         for (open_listener_t *ol = ls->open; ol && !have; ol = ol->next)

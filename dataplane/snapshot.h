@@ -94,6 +94,8 @@ typedef struct dp_listener {
     bool bind_to_port;
     bool use_original_dst;
     const char *tcp_cluster; /* the tcp_proxy cluster of its filter chain, or NULL */
+    bool inbound;            /* traffic_direction INBOUND (what /drain_listeners?inboundonly drains) */
+    bool drained;            /* stop accepting: /drain_listeners has run its course */
     /* Envoy's listener.<address>.downstream_cx_total / _active */
     dp_counter_t *cx_total;
     dp_gauge_t *cx_active;

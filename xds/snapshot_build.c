@@ -166,6 +166,7 @@ static void add_listener(void *ud, const Envoy__Config__Listener__V3__Listener *
     dp_listener_t *dl = dp_snapshot_add_listener(s);
     dl->name = dp_arena_strdup(s->arena, l->name);
     dl->tcp_cluster = tcp_proxy_cluster(s->arena, l);
+    dl->inbound = l->traffic_direction == ENVOY__CONFIG__CORE__V3__TRAFFIC_DIRECTION__INBOUND;
     if (ctx->stats && l->address &&
         l->address->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS) {
         /* Envoy names listener stats by address: listener.0.0.0.0_15001.downstream_cx_total */
@@ -205,4 +206,12 @@ dp_snapshot_t *xds_snapshot_build(const Envoy__Config__Bootstrap__V3__Bootstrap 
         return dp_snapshot_unref(s);
     }
     return s;
+}
+
+void xds_snapshot_mark_drained(dp_snapshot_t *s, xds_drained_t which)
+{
+    for (size_t i = 0; i < s->n_listeners; i++) {
+        dp_listener_t *l = &s->listeners[i];
+        l->drained = which == XDS_DRAINED_ALL || (which == XDS_DRAINED_INBOUND && l->inbound);
+    }
 }

@@ -17,4 +17,14 @@ dp_snapshot_t *xds_snapshot_build(const Envoy__Config__Bootstrap__V3__Bootstrap 
                                   const xds_client_t *client, dp_stats_t *stats,
                                   uint64_t generation, char **reterr_msg);
 
+/* Which listeners /drain_listeners has drained: none, the inbound ones, or all. */
+typedef enum xds_drained {
+    XDS_DRAINED_NONE,
+    XDS_DRAINED_INBOUND,
+    XDS_DRAINED_ALL,
+} xds_drained_t;
+
+/* Marks the snapshot's listeners drained (before publishing it). */
+void xds_snapshot_mark_drained(dp_snapshot_t *s, xds_drained_t which);
+
 #endif

@@ -835,6 +835,36 @@ class TcpProxyListener(unittest.TestCase):
                 a.close()
                 b.close()
 
+    def test_drain_listeners(self):
+        """pilot-agent's SIGTERM call: POST /drain_listeners?inboundonly&graceful. Inbound
+        listeners keep accepting for --drain-time-s, then stop; outbound ones go on."""
+        a = EchoServer(b"A:")
+        pin, pout = free_port(), free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            ads = Ads("127.0.0.1:0")
+            ads.set(CDS, static_cluster("backends", a.port))
+            inbound = self.tcp_listener("in", pin, "backends")
+            inbound.traffic_direction = 1  # INBOUND
+            ads.set(LDS, inbound, self.tcp_listener("out", pout, "backends"))
+            s = Skiff(f"127.0.0.1:{ads.port}", False, tmp, extra_args=["--drain-time-s", "1"])
+            try:
+                self.assertTrue(s.wait(lambda: self.try_roundtrip(pin) and self.try_roundtrip(pout)))
+                req = urllib.request.Request(s.admin + "/drain_listeners?inboundonly&graceful",
+                                             method="POST")
+                self.assertEqual(urllib.request.urlopen(req, timeout=5).read(), b"OK\n")
+                self.assertEqual(s.get("/ready"), (503, "DRAINING\n"))
+                self.assertEqual(s.stat("server.state"), "1")
+                self.assertEqual(s.stat("listener_manager.total_listeners_draining"), "1")
+                self.assertTrue(self.try_roundtrip(pin), "graceful: still accepting at first")
+                self.assertTrue(s.wait(lambda: not self.try_roundtrip(pin), timeout=5),
+                                "inbound listener still accepting after the drain time")
+                self.assertTrue(self.try_roundtrip(pout), "the outbound listener was drained")
+                self.assertEqual(s.stat("listener_manager.total_listeners_draining"), "0")
+            finally:
+                self.assertEqual(s.stop(), 0)
+                ads.stop()
+                a.close()
+
     def try_roundtrip(self, port):
         try:
             return self.roundtrip(port, b"ping") in (b"A:ping", b"B:ping")
