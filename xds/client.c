@@ -699,6 +699,19 @@ static int cluster_target(const Envoy__Config__Bootstrap__V3__Bootstrap *b, cons
                           char *buf, size_t len, char **reterr_msg);
 static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg);
 
+/* The bootstrap's node, packed (as xds_ads_config_t carries it); free() it. */
+static uint8_t *pack_node(const Envoy__Config__Bootstrap__V3__Bootstrap *b, size_t *ret_len)
+{
+    const Envoy__Config__Core__V3__Node *node = b->node;
+    *ret_len = node ? protobuf_c_message_get_packed_size(&node->base) : 0;
+    uint8_t *buf = malloc(*ret_len + 1);
+    if (buf == NULL)
+        abort();
+    if (node)
+        protobuf_c_message_pack(&node->base, buf);
+    return buf;
+}
+
 /* The SDS stream to a static cluster, started on first use. NULL when the cluster is unknown. */
 static sds_source_t *sds_source(xds_client_t *c, const char *cluster)
 {
@@ -713,13 +726,8 @@ static sds_source_t *sds_source(xds_client_t *c, const char *cluster)
         free(err);
         return NULL;
     }
-    const Envoy__Config__Core__V3__Node *node = c->bootstrap->node;
-    size_t nlen = node ? protobuf_c_message_get_packed_size(&node->base) : 0;
-    uint8_t *nbuf = malloc(nlen + 1);
-    if (nbuf == NULL)
-        abort();
-    if (node)
-        protobuf_c_message_pack(&node->base, nbuf);
+    size_t nlen;
+    uint8_t *nbuf = pack_node(c->bootstrap, &nlen);
     xds_ads_config_t cfg = {
         .target = {.target = target, .keepalive_time_ms = 300000, .keepalive_timeout_ms = 20000},
         .delta = false,
@@ -1312,13 +1320,8 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
 
     if (need_ads) {
         const Envoy__Config__Core__V3__ApiConfigSource *ac = dr->ads_config;
-        const Envoy__Config__Core__V3__Node *node = bootstrap->node;
-        size_t nlen = node ? protobuf_c_message_get_packed_size(&node->base) : 0;
-        uint8_t *nbuf = malloc(nlen + 1);
-        if (nbuf == NULL)
-            abort();
-        if (node)
-            protobuf_c_message_pack(&node->base, nbuf);
+        size_t nlen;
+        uint8_t *nbuf = pack_node(bootstrap, &nlen);
         xds_ads_config_t acfg = {
             .target = {.target = target,
                        .keepalive_time_ms = 300000,

@@ -39,7 +39,6 @@ struct xds_grpc_stream {
     grpc_metadata_array trailing_md;
     grpc_status_code status;
     grpc_slice status_details;
-    int pending; /* batches started and not completed */
 
     uv_mutex_t mu; /* guards everything below */
     msg_node_t *in_head, *in_tail;    /* received, for the loop */

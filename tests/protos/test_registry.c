@@ -5,6 +5,7 @@
 
 #include "envoy/config/bootstrap/v3/bootstrap.pb-c.h"
 #include "protos/registry.h"
+#include "tests/unit/check_run.h"
 
 START_TEST(test_find)
 {
@@ -71,9 +72,5 @@ int main(void)
     tcase_add_test(tc, test_sorted_and_complete);
     tcase_add_test(tc, test_bootstrap_pack_unpack);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

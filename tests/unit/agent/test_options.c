@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "agent/options.h"
+#include "tests/unit/check_run.h"
 
 static int parse(agent_options_t *o, char *err, size_t errlen, ...)
 {
@@ -159,9 +160,5 @@ int main(void)
     tcase_add_test(tc, test_missing_value);
     tcase_add_test(tc, test_usage_lists_every_flag);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "dataplane/log.h"
+#include "tests/unit/check_run.h"
 
 static char *slurp(const char *path)
 {
@@ -121,9 +122,5 @@ int main(void)
     tcase_add_test(tc, test_configure);
     tcase_add_test(tc, test_lines_and_reopen);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

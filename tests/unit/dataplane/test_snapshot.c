@@ -9,6 +9,7 @@
 
 #include "dataplane/snapshot.h"
 #include "dataplane/worker.h"
+#include "tests/unit/check_run.h"
 
 static dp_snapshot_t *make(uint64_t gen, int n)
 {
@@ -121,9 +122,5 @@ int main(void)
     tcase_add_test(tc, test_arena_large_and_aligned);
     tcase_add_test(tc, test_publish_to_workers);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "dataplane/stats.h"
+#include "tests/unit/check_run.h"
 
 static char *render(dp_stats_t *st, int which, const dp_stats_query_t *q, int *rc)
 {
@@ -233,9 +234,5 @@ int main(void)
     tcase_add_test(tc, test_quantiles);
     tcase_add_test(tc, test_text_readout_and_custom_namespace);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

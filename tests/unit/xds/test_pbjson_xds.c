@@ -9,6 +9,7 @@
 #include "google/protobuf/duration.pb-c.h"
 #include "protos/registry.h"
 #include "xds/pbjson.h"
+#include "tests/unit/check_run.h"
 
 #define MAX_FILL_DEPTH 3
 
@@ -264,9 +265,5 @@ int main(void)
     tcase_add_test(tc, test_every_declared_message_round_trips);
     tcase_add_test(tc, test_istio_bootstrap_goldens);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "xds/client.h"
+#include "tests/unit/check_run.h"
 
 static uint8_t *slurp(const char *path, size_t *len)
 {
@@ -82,9 +83,5 @@ int main(void)
     tcase_add_test(tc, test_real_dump_resources_are_accepted);
     tcase_add_test(tc, test_malformed_resources_are_refused);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }
