@@ -19,7 +19,8 @@ struct dp_listeners {
     dp_snapshot_t *snap; /* the latest applied */
     open_listener_t *open;
     tcp_conn_t *conns;
-    size_t rr; /* round-robin position */
+    size_t rr;  /* round-robin position over endpoints */
+    size_t wrr; /* position over weighted clusters */
     int pending_closes;
     bool closing;
 };
@@ -42,6 +43,8 @@ typedef struct relay {
 
 struct tcp_conn {
     uv_tcp_t down, up;
+    uv_timer_t idle; /* tcp_proxy idle_timeout: reset by traffic either way */
+    uint64_t idle_ms;
     uv_connect_t connect;
     dp_listeners_t *ls;
     tcp_conn_t *prev, *next;
@@ -101,6 +104,7 @@ static void conn_close(tcp_conn_t *c)
     c->closing = true;
     uv_close((uv_handle_t *)&c->down, conn_on_close);
     uv_close((uv_handle_t *)&c->up, conn_on_close);
+    uv_close((uv_handle_t *)&c->idle, conn_on_close);
 }
 
 static void relay_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -158,6 +162,8 @@ static void relay_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
+    if (c->idle_ms)
+        uv_timer_again(&c->idle);
     /* One write in flight per direction: stop reading until it completes (back-pressure). */
     uv_read_stop(s);
     uv_buf_t out = uv_buf_init(buf->base, (unsigned)n);
@@ -190,6 +196,29 @@ static void on_upstream_connected(uv_connect_t *req, int status)
     uv_read_start((uv_stream_t *)&c->up, relay_alloc, relay_read);
 }
 
+static void on_idle(uv_timer_t *t)
+{
+    tcp_conn_t *c = t->data;
+    DP_LOG(DP_LOG_CONNECTION, DP_LOG_DEBUG, "tcp_proxy: idle timeout");
+    conn_close(c);
+}
+
+/* The cluster of a tcp_proxy: the only one, or one of weighted_clusters in proportion to the
+ * weights (spread evenly with a per-worker counter rather than at random). */
+static const dp_cluster_t *pick_cluster(dp_listeners_t *ls, const dp_snapshot_t *snap,
+                                        const dp_listener_t *l)
+{
+    if (l->n_tcp_weighted == 0 || l->tcp_total_weight == 0)
+        return dp_snapshot_find_cluster(snap, l->tcp_cluster);
+    uint32_t x = (uint32_t)(ls->wrr++ % l->tcp_total_weight);
+    for (size_t i = 0; i < l->n_tcp_weighted; i++) {
+        if (x < l->tcp_weighted[i].weight)
+            return dp_snapshot_find_cluster(snap, l->tcp_weighted[i].name);
+        x -= l->tcp_weighted[i].weight;
+    }
+    return NULL;
+}
+
 static const dp_listener_t *find_listener(const dp_snapshot_t *s, const char *name)
 {
     for (size_t i = 0; s && i < s->n_listeners; i++) {
@@ -211,8 +240,9 @@ static void on_accept(uv_stream_t *server, int status)
     c->ls = ls;
     uv_tcp_init(ls->loop, &c->down);
     uv_tcp_init(ls->loop, &c->up);
-    c->down.data = c->up.data = c;
-    c->open_handles = 2;
+    uv_timer_init(ls->loop, &c->idle);
+    c->down.data = c->up.data = c->idle.data = c;
+    c->open_handles = 3;
     c->next = ls->conns;
     if (ls->conns)
         ls->conns->prev = c;
@@ -228,14 +258,16 @@ static void on_accept(uv_stream_t *server, int status)
         dp_counter_inc(l->cx_total);
         dp_gauge_inc(l->cx_active);
     }
-    const dp_cluster_t *cl =
-        l && l->tcp_cluster ? dp_snapshot_find_cluster(c->snap, l->tcp_cluster) : NULL;
+    const dp_cluster_t *cl = l && l->tcp_cluster ? pick_cluster(ls, c->snap, l) : NULL;
     if (cl == NULL || cl->n_endpoints == 0) {
         /* No route to a healthy upstream: close, as tcp_proxy does (UH / NR). */
         conn_close(c);
         return;
     }
     c->cluster = cl;
+    c->idle_ms = l->tcp_idle_timeout_ms;
+    if (c->idle_ms)
+        uv_timer_start(&c->idle, on_idle, c->idle_ms, c->idle_ms);
     if (cl->cx_total)
         dp_counter_inc(cl->cx_total);
     const dp_endpoint_t *ep = &cl->endpoints[ls->rr++ % cl->n_endpoints];

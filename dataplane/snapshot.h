@@ -88,12 +88,22 @@ typedef struct dp_cluster {
     dp_gauge_t *cx_active;
 } dp_cluster_t;
 
+/* A tcp_proxy target: one cluster of a weighted_clusters split (or the only one). */
+typedef struct dp_weighted_cluster {
+    const char *name;
+    uint32_t weight;
+} dp_weighted_cluster_t;
+
 typedef struct dp_listener {
     const char *name;
     dp_addr_t addr;
     bool bind_to_port;
     bool use_original_dst;
     const char *tcp_cluster; /* the tcp_proxy cluster of its filter chain, or NULL */
+    const dp_weighted_cluster_t *tcp_weighted; /* tcp_proxy weighted_clusters, or NULL */
+    size_t n_tcp_weighted;
+    uint32_t tcp_total_weight;
+    uint64_t tcp_idle_timeout_ms; /* 0: none; Envoy's default is 1 h */
     bool inbound;            /* traffic_direction INBOUND (what /drain_listeners?inboundonly drains) */
     bool drained;            /* stop accepting: /drain_listeners has run its course */
     /* Envoy's listener.<address>.downstream_cx_total / _active */

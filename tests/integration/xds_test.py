@@ -835,6 +835,39 @@ class TcpProxyListener(unittest.TestCase):
                 a.close()
                 b.close()
 
+    def test_weighted_clusters_and_idle_timeout(self):
+        """tcp_proxy weighted_clusters split connections by weight; idle_timeout closes a
+        connection that carries nothing."""
+        import socket
+        a, b = EchoServer(b"A:"), EchoServer(b"B:")
+        port = free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            ads = Ads("127.0.0.1:0")
+            ads.set(CDS, static_cluster("ca", a.port), static_cluster("cb", b.port))
+            l = self.tcp_listener("split", port, "ca")
+            tp = M("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")(stat_prefix="split")
+            for name, w in (("ca", 3), ("cb", 1)):
+                tp.weighted_clusters.clusters.add(name=name, weight=w)
+            tp.idle_timeout.nanos = 400_000_000
+            l.filter_chains[0].filters[0].typed_config.CopyFrom(pack(tp))
+            ads.set(LDS, l)
+            s = Skiff(f"127.0.0.1:{ads.port}", False, tmp)  # one worker: an exact split
+            try:
+                self.assertTrue(s.wait(lambda: self.try_roundtrip(port)))
+                got = [self.roundtrip(port, b"x") for _ in range(200)]
+                n_a, n_b = got.count(b"A:x"), got.count(b"B:x")
+                self.assertEqual(n_a + n_b, 200)
+                self.assertTrue(140 <= n_a <= 160, (n_a, n_b))  # 3:1 of 200 is 150:50
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as so:
+                    t0 = time.monotonic()
+                    self.assertEqual(so.recv(16), b"", "not closed when idle")
+                    self.assertLess(time.monotonic() - t0, 3)
+            finally:
+                self.assertEqual(s.stop(), 0)
+                ads.stop()
+                a.close()
+                b.close()
+
     def test_drain_listeners(self):
         """pilot-agent's SIGTERM call: POST /drain_listeners?inboundonly&graceful. Inbound
         listeners keep accepting for --drain-time-s, then stop; outbound ones go on."""
