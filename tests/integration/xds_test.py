@@ -461,6 +461,50 @@ class IstioGolden:
                 cp.wait(10)
 
 
+class IstioLargeDump(unittest.TestCase):
+    """Upstream Istio 1.18's sidecar dump with EDS (143 clusters and their endpoints, 140
+    listeners, 90 route configurations, Lua and Wasm filters) served whole through
+    tools/xds-files over delta: every resource ACKed, LIVE."""
+
+    def test_istio_118_dump(self):
+        dump = os.path.join(SHARED, "istio", "02-upstream-istio-1.18-sidecar-config-dump",
+                            "geo-hr2-sidecar-config_dump_include_eds.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            sock = os.path.join(tmp, "XDS")
+            events = os.path.join(tmp, "events.jsonl")
+            cp = subprocess.Popen(["/usr/bin/python3", "-W", "ignore",
+                                   os.path.join(SRCDIR, "tools", "xds-files"), "--listen",
+                                   "unix:" + sock, "--config", dump, "--events", events],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self.assertEqual(cp.stdout.readline().strip(), "listening on unix:" + sock)
+            boot = {
+                "node": {"id": "sidecar~127.0.0.1~geo.default~default.svc.cluster.local",
+                         "cluster": "geo.default"},
+                "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+                "dynamic_resources": {
+                    "ads_config": {"api_type": "DELTA_GRPC", "grpc_services": [
+                        {"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+                    "cds_config": {"ads": {}, "initial_fetch_timeout": "0s"},
+                    "lds_config": {"ads": {}, "initial_fetch_timeout": "0s"}},
+                "static_resources": {"clusters": [
+                    {"name": n, "type": "STATIC", "load_assignment": {"cluster_name": n, "endpoints": [
+                        {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": sock}}}}]}]}}
+                    for n in ("xds-grpc", "sds-grpc")]},
+            }
+            s = Skiff("", True, tmp, bootstrap=boot)
+            try:
+                self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200, timeout=30),
+                                "not LIVE: " + s.get("/ready")[1])
+                evs = [json.loads(l) for l in open(events)]
+                self.assertEqual([e["error"] for e in evs if e["event"] == "nack"], [])
+                self.assertEqual(s.stat("cluster_manager.active_clusters"), "138")
+                self.assertEqual(s.stat("listener_manager.total_listeners_active"), "140")
+            finally:
+                self.assertEqual(s.stop(), 0)
+                cp.send_signal(signal.SIGTERM)
+                cp.wait(10)
+
+
 class IstioGoldenDelta(IstioGolden, unittest.TestCase):
     delta = True
 
