@@ -35,6 +35,10 @@ static const char *const passthrough_types[] = {
     "type.googleapis.com/istio.telemetry.metadataexchange.v1.MetadataExchange",
 };
 
+/* The largest xDS message accepted: far above gRPC's 4 MiB default (Istio's CDS alone can pass
+ * it), still a bound on what a control plane can make skiff allocate. */
+#define XDS_MAX_MESSAGE_BYTES (128u * 1024 * 1024)
+
 enum { T_CDS, T_EDS, T_LDS, T_RDS, T_SDS, T_COUNT };
 
 static const char *const type_urls[T_COUNT] = {XDS_TYPE_CLUSTER, XDS_TYPE_ENDPOINT,
@@ -729,7 +733,8 @@ static sds_source_t *sds_source(xds_client_t *c, const char *cluster)
     size_t nlen;
     uint8_t *nbuf = pack_node(c->bootstrap, &nlen);
     xds_ads_config_t cfg = {
-        .target = {.target = target, .keepalive_time_ms = 300000, .keepalive_timeout_ms = 20000},
+        .target = {.target = target, .keepalive_time_ms = 300000, .keepalive_timeout_ms = 20000,
+                   .max_receive_bytes = XDS_MAX_MESSAGE_BYTES},
         .delta = false,
         .node = nbuf,
         .node_len = nlen,
@@ -1326,6 +1331,7 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
             .target = {.target = target,
                        .keepalive_time_ms = 300000,
                        .keepalive_timeout_ms = 20000,
+                       .max_receive_bytes = XDS_MAX_MESSAGE_BYTES,
                        .root_certs = ch.root_certs,
                        .cert_chain = ch.cert_chain,
                        .private_key = ch.private_key,
