@@ -120,6 +120,12 @@ struct xds_client {
     size_t n_files;
     bool started;
     bool sds_over_ads; /* the ADS stream has been asked for secrets */
+    /* route configuration -> the stat_prefix of an HTTP connection manager using it, for
+     * Envoy's http.<prefix>.rds.<route>.* stats */
+    struct rds_prefix {
+        char *route, *prefix;
+    } *rds_prefix;
+    size_t n_rds_prefix;
 };
 
 static int64_t now_ms(void)
@@ -575,11 +581,19 @@ static void file_source(xds_client_t *c, int type, const char *path, const char 
 static const char *config_file(const Envoy__Config__Core__V3__ConfigSource *cs,
                                const char **ret_watch_dir);
 
-/* Calls fn for every RDS route_config_name; when files is given, RDS sources that name a file
- * get a file source. */
-static void listener_rds_names(const Envoy__Config__Listener__V3__Listener *l,
-                               void (*fn)(void *ud, const char *name), void *ud,
-                               xds_client_t *files)
+static void listener_rds_names_prefix(const Envoy__Config__Listener__V3__Listener *l,
+                                      void (*fn)(void *ud, const char *name),
+                                      void (*prefix_fn)(xds_client_t *c, const char *name,
+                                                        const char *prefix),
+                                      void *ud, xds_client_t *files);
+
+/* Calls fn for every RDS route_config_name; with a client, prefix_fn learns the connection
+ * manager's stat_prefix, and RDS sources that name a file get a file source. */
+static void listener_rds_names_prefix(const Envoy__Config__Listener__V3__Listener *l,
+                                      void (*fn)(void *ud, const char *name),
+                                      void (*prefix_fn)(xds_client_t *c, const char *name,
+                                                        const char *prefix),
+                                      void *ud, xds_client_t *files)
 {
     const ProtobufCMessageDescriptor *hcm_desc =
         &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor;
@@ -606,6 +620,8 @@ static void listener_rds_names(const Envoy__Config__Listener__V3__Listener *l,
                     ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS &&
                 hcm->rds->route_config_name[0]) {
                 fn(ud, hcm->rds->route_config_name);
+                if (prefix_fn && files)
+                    prefix_fn(files, hcm->rds->route_config_name, hcm->stat_prefix);
                 const char *wd, *path = config_file(hcm->rds->config_source, &wd);
                 if (path && files)
                     file_source(files, T_RDS, path, wd);
@@ -836,6 +852,58 @@ static void file_source(xds_client_t *c, int type, const char *path, const char 
 static const char *config_file(const Envoy__Config__Core__V3__ConfigSource *cs,
                                const char **ret_watch_dir);
 
+static void rds_prefix_note(xds_client_t *c, const char *route, const char *prefix)
+{
+    for (size_t i = 0; i < c->n_rds_prefix; i++) {
+        if (strcmp(c->rds_prefix[i].route, route) == 0)
+            return;
+    }
+    struct rds_prefix *v = realloc(c->rds_prefix, (c->n_rds_prefix + 1) * sizeof(*v));
+    if (v == NULL)
+        abort();
+    c->rds_prefix = v;
+    c->rds_prefix[c->n_rds_prefix++] = (struct rds_prefix){xstrdup(route), xstrdup(prefix)};
+}
+
+/* Envoy keeps EDS, RDS and SDS stats per resource: cluster.<name>.*, http.<stat_prefix>.rds.
+ * <route>.* and sds.<secret>.*. */
+static void resource_stats(xds_client_t *c, int t, const char *name, bool ok,
+                           const char *version)
+{
+    char prefix[512];
+    if (t == T_EDS) {
+        snprintf(prefix, sizeof(prefix), "cluster.%s.", name);
+    } else if (t == T_SDS) {
+        snprintf(prefix, sizeof(prefix), "sds.%s.", name);
+    } else if (t == T_RDS) {
+        const char *hp = NULL;
+        for (size_t i = 0; i < c->n_rds_prefix && !hp; i++) {
+            if (strcmp(c->rds_prefix[i].route, name) == 0)
+                hp = c->rds_prefix[i].prefix;
+        }
+        if (hp == NULL)
+            return;
+        snprintf(prefix, sizeof(prefix), "http.%s.rds.%s.", hp, name);
+    } else {
+        return;
+    }
+    char stat[600];
+    snprintf(stat, sizeof(stat), "%supdate_attempt", prefix);
+    dp_counter_inc(dp_stats_counter(c->stats, stat));
+    snprintf(stat, sizeof(stat), "%s%s", prefix, ok ? "update_success" : "update_rejected");
+    dp_counter_inc(dp_stats_counter(c->stats, stat));
+    if (ok) {
+        snprintf(stat, sizeof(stat), "%sversion_text", prefix);
+        dp_textreadout_set(dp_stats_textreadout(c->stats, stat), version);
+    }
+}
+
+static void cinc(dp_counter_t *k)
+{
+    if (k)
+        dp_counter_inc(k);
+}
+
 /* Recomputes warming and the EDS/RDS subscriptions from the active clusters and listeners. */
 static void refresh_dependencies(xds_client_t *c)
 {
@@ -859,7 +927,7 @@ static void refresh_dependencies(xds_client_t *c)
     for (size_t i = 0; i < c->store[T_LDS].n; i++) {
         xds_res_t *r = &c->store[T_LDS].v[i];
         name_set_t mine = {0};
-        listener_rds_names((const void *)r->msg, name_set_add, &mine, c);
+        listener_rds_names_prefix((const void *)r->msg, name_set_add, rds_prefix_note, &mine, c);
         bool ready = true;
         for (size_t k = 0; k < mine.n; k++) {
             name_set_add(&rds, mine.v[k]);
@@ -928,12 +996,13 @@ static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg)
         return -EINVAL;
     }
     xds_store_t *s = &c->store[t];
-    dp_counter_inc(s->attempt);
+    cinc(s->attempt);
     uint64_t t0 = uv_hrtime();
     errbuf_t err = {0};
     name_set_t seen = {0};
     char **names = calloc(u->n_resources + 1, sizeof(*names));
-    if (names == NULL)
+    bool *ok = calloc(u->n_resources + 1, sizeof(*ok));
+    if (names == NULL || ok == NULL)
         abort();
 
     for (size_t i = 0; i < u->n_resources; i++) {
@@ -953,6 +1022,7 @@ static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg)
             continue;
         }
         names[i] = name;
+        ok[i] = true;
         name_set_add(&seen, names[i]);
         xds_res_t *e = store_find(s, name);
         bool same = e && e->len == r->len && memcmp(e->bytes, r->data, r->len) == 0;
@@ -984,9 +1054,13 @@ static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg)
     }
     for (size_t i = 0; i < u->n_removed; i++)
         store_remove(s, u->removed[i]);
-    for (size_t i = 0; i < u->n_resources; i++)
+    for (size_t i = 0; i < u->n_resources; i++) {
+        if (names[i])
+            resource_stats(c, t, names[i], ok[i], u->version_info);
         free(names[i]);
+    }
     free(names);
+    free(ok);
     name_set_clear(&seen);
 
     /* Dependent resources: a cluster is active once its endpoints are here, a listener once
@@ -1004,22 +1078,25 @@ static int on_update(void *ud, const xds_ads_update_t *u, char **reterr_msg)
 
     if (c->cb.on_changed)
         c->cb.on_changed(c->userdata);
-    dp_gauge_set(s->update_time, (uv_hrtime() - t0) / 1000000);
+    if (s->update_time)
+        dp_gauge_set(s->update_time, (uv_hrtime() - t0) / 1000000);
     if (u->n_resources == 0 && u->n_removed == 0)
-        dp_counter_inc(s->empty);
+        cinc(s->empty);
     if (err.count) {
-        dp_counter_inc(s->rejected);
+        cinc(s->rejected);
         DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "xds: rejecting part of %s version %s: %s",
                u->type_url, u->version_info, err.text);
         *reterr_msg = err.text;
         return -EINVAL;
     }
-    dp_counter_inc(s->success);
+    cinc(s->success);
     free(s->version);
     s->version = xstrdup(u->version_info);
     s->last_updated_ms = now_ms();
-    dp_gauge_set(s->version_hash, version_hash(u->version_info));
-    dp_textreadout_set(s->version_text, u->version_info);
+    if (s->version_hash) {
+        dp_gauge_set(s->version_hash, version_hash(u->version_info));
+        dp_textreadout_set(s->version_text, u->version_info);
+    }
     return 0;
 }
 
@@ -1032,7 +1109,7 @@ static void on_connection(void *ud, bool connected)
     /* Envoy's update_failure: fetches lost to a network error, per subscribed type. */
     for (int t = 0; t < T_COUNT; t++) {
         if (t == T_CDS || t == T_LDS ? c->store[t].received : c->store[t].n > 0)
-            dp_counter_inc(c->store[t].failure);
+            cinc(c->store[t].failure);
     }
 }
 
@@ -1253,8 +1330,8 @@ static void on_file_error(void *ud, const char *type_url, const char *msg)
     xds_client_t *c = ud;
     for (int t = 0; t < T_COUNT; t++) {
         if (strcmp(type_urls[t], type_url) == 0) {
-            dp_counter_inc(c->store[t].attempt);
-            dp_counter_inc(c->store[t].rejected);
+            cinc(c->store[t].attempt);
+            cinc(c->store[t].rejected);
         }
     }
     DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "%s (the last good configuration keeps serving)", msg);
@@ -1291,10 +1368,7 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
         c->cb = *cb;
     c->userdata = userdata;
     store_stats(c, &c->store[T_CDS], "cluster_manager.cds");
-    store_stats(c, &c->store[T_EDS], "cluster_manager.eds");
     store_stats(c, &c->store[T_LDS], "listener_manager.lds");
-    store_stats(c, &c->store[T_RDS], "rds");
-    store_stats(c, &c->store[T_SDS], "sds");
     c->connected_state = dp_stats_gauge(stats, "control_plane.connected_state");
     c->active_clusters = dp_stats_gauge(stats, "cluster_manager.active_clusters");
     c->warming_clusters = dp_stats_gauge(stats, "cluster_manager.warming_clusters");
@@ -1565,6 +1639,11 @@ void xds_client_free(xds_client_t *c)
         free(c->sds_sources[i].cluster);
     }
     free(c->sds_sources);
+    for (size_t i = 0; i < c->n_rds_prefix; i++) {
+        free(c->rds_prefix[i].route);
+        free(c->rds_prefix[i].prefix);
+    }
+    free(c->rds_prefix);
     for (size_t i = 0; i < c->n_files; i++) {
         xds_file_source_free(c->files[i].src);
         free(c->files[i].path);

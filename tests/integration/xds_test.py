@@ -209,6 +209,9 @@ class AdsTest:
                          ["typed_config"]["rds"]["route_config_name"], "9080")
         rds = s.dump("RoutesConfigDump")["dynamic_route_configs"]
         self.assertEqual(rds[0]["route_config"]["name"], "9080")
+        self.assertEqual(s.stat("http.0.0.0.0_9080.rds.9080.update_success"), "1")
+        self.assertEqual(
+            s.stat("cluster.outbound|9080||reviews.default.svc.cluster.local.update_success"), "1")
         # node only on the first request of the stream
         first = self.ads.requests[0]
         self.assertTrue(first[6].startswith("sidecar~"))
@@ -363,6 +366,9 @@ class IstioGolden:
                 self.assertEqual(dflt["secret"]["tls_certificate"]["private_key"],
                                  {"inline_bytes": "W3JlZGFjdGVkXQ=="})
                 self.assertEqual(s.stat("cluster_manager.warming_clusters"), "0")
+                # Envoy's per-resource stats: sds.<secret>.*, cluster.<name>.* for EDS
+                self.assertEqual(s.stat("sds.default.update_success"), "1")
+                self.assertEqual(s.stat("sds.ROOTCA.update_success"), "1")
                 nacks = [r for r in ads.requests if r[5]]
                 self.assertEqual(nacks, [], "every resource of the dump is ACKed")
                 self.assertEqual(s.stat("cluster_manager.cds.update_success"), "1")
