@@ -38,6 +38,7 @@ typedef struct agent_options {
     const char *service_cluster;     /* --service-cluster */
     const char *service_zone;        /* --service-zone */
     const char *admin_address_path;  /* --admin-address-path */
+    const char *xds_token_file;      /* --xds-token-file: bearer token for ADS, re-read */
     uint32_t concurrency;            /* --concurrency (default: the number of CPUs) */
     uint32_t drain_time_s;           /* --drain-time-s (default 600) */
     uint32_t parent_shutdown_time_s; /* --parent-shutdown-time-s (default 900) */

@@ -422,6 +422,8 @@ int agent_server_run(const agent_options_t *opts, agent_bootstrap_t *bootstrap)
             free(err);
             goto out;
         }
+        if (s->opts.xds_token_file[0])
+            xds_client_set_token_file(s->xds, s->opts.xds_token_file);
         xds_client_start(s->xds);
     } else {
         server_go_live(s);

@@ -39,6 +39,7 @@ struct xds_ads {
     xds_ads_config_t cfg;
     char *target;
     char *method;
+    char *token_file;
     char *owned[4];
     char **metadata;
     xds_ads_callbacks_t cb;
@@ -416,8 +417,29 @@ static void on_stream_closed(void *ud, int status, const char *details)
         uv_timer_start(&a->retry, on_retry, delay, 0);
 }
 
+/* Reads the bearer token file into owned[3] (the access token), trimming the newline. */
+static void ads_read_token(xds_ads_t *a)
+{
+    FILE *f = fopen(a->cfg.token_file, "r");
+    if (f == NULL) {
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "ads: cannot read token file %s", a->cfg.token_file);
+        return;
+    }
+    char buf[16384];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    free(a->owned[3]);
+    a->owned[3] = xstrdup(buf);
+    a->cfg.target.access_token = a->owned[3];
+}
+
 static void ads_connect(xds_ads_t *a)
 {
+    if (a->cfg.token_file)
+        ads_read_token(a);
     static const xds_grpc_stream_callbacks_t cb = {
         .on_message = on_stream_message,
         .on_closed = on_stream_closed,
@@ -463,6 +485,8 @@ xds_ads_t *xds_ads_new(uv_loop_t *loop, const xds_ads_config_t *cfg,
     a->cfg.target.metadata = (const char *const *)a->metadata;
     a->method = cfg->method ? xstrdup(cfg->method) : NULL;
     a->cfg.method = a->method;
+    a->token_file = cfg->token_file ? xstrdup(cfg->token_file) : NULL;
+    a->cfg.token_file = a->token_file;
     a->node_msg = envoy__config__core__v3__node__unpack(NULL, cfg->node_len, cfg->node);
     if (a->node_msg == NULL) {
         free(a->target);
@@ -504,6 +528,15 @@ void xds_ads_subscribe(xds_ads_t *a, const char *type_url, bool wildcard, const 
         send_subscription(a, t);
 }
 
+void xds_ads_set_token_file(xds_ads_t *a, const char *path)
+{
+    if (a == NULL)
+        return;
+    free(a->token_file);
+    a->token_file = path ? xstrdup(path) : NULL;
+    a->cfg.token_file = a->token_file;
+}
+
 void xds_ads_start(xds_ads_t *a)
 {
     if (a == NULL)
@@ -537,6 +570,7 @@ static void on_timer_closed(uv_handle_t *h)
     free(a->types);
     free(a->target);
     free(a->method);
+    free(a->token_file);
     for (size_t i = 0; i < 4; i++)
         free(a->owned[i]);
     free_strv(a->metadata, 2 * a->cfg.target.n_metadata);

@@ -62,6 +62,9 @@ typedef struct xds_ads_config {
     /* The gRPC method; NULL: the ADS method of the protocol. Istio's SDS server speaks
      * "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets" (state of the world). */
     const char *method;
+    /* A file holding a bearer token (Istio's projected istio-token), read again at every
+     * (re)connect since the token rotates; it replaces target.access_token. NULL: none. */
+    const char *token_file;
 } xds_ads_config_t;
 
 xds_ads_t *xds_ads_new(uv_loop_t *loop, const xds_ads_config_t *cfg,
@@ -73,6 +76,9 @@ xds_ads_t *xds_ads_new(uv_loop_t *loop, const xds_ads_config_t *cfg,
  * nothing happens. */
 void xds_ads_subscribe(xds_ads_t *a, const char *type_url, bool wildcard, const char *const *names,
                        size_t n_names);
+
+/* Sets (or replaces) the bearer token file after creation. Accepts a NULL a. */
+void xds_ads_set_token_file(xds_ads_t *a, const char *path);
 
 /* Connects (and keeps reconnecting until freed). Accepts NULL. */
 void xds_ads_start(xds_ads_t *a);

@@ -1436,6 +1436,11 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
     return 0;
 }
 
+void xds_client_set_token_file(xds_client_t *c, const char *path)
+{
+    xds_ads_set_token_file(c->ads, path);
+}
+
 void xds_client_start(xds_client_t *c)
 {
     if (c->init_timeout_ms)

@@ -48,6 +48,10 @@ int xds_client_new(uv_loop_t *loop, const Envoy__Config__Bootstrap__V3__Bootstra
                    dp_stats_t *stats, const xds_client_callbacks_t *cb, void *userdata,
                    xds_client_t **ret_client, char **reterr_msg);
 
+/* A bearer token file for the ADS stream (skiff's --xds-token-file), read at every connect.
+ * Call before xds_client_start. */
+void xds_client_set_token_file(xds_client_t *c, const char *path);
+
 void xds_client_start(xds_client_t *c);
 
 /* Adds the dynamic parts of /config_dump, in Envoy's admin.v3 shapes, to the section objects

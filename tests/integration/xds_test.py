@@ -736,6 +736,46 @@ class DirectIstiod(unittest.TestCase):
                 self.assertEqual(s.stop(), 0)
                 ads.stop()
 
+    def test_token_file_reread_on_reconnect(self):
+        """--xds-token-file: the bearer token comes from a file (Istio's projected
+        istio-token) and is read again when the stream reconnects, so a rotated token is used."""
+        with tempfile.TemporaryDirectory() as tmp:
+            key, cert = os.path.join(tmp, "key.pem"), os.path.join(tmp, "cert.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                            "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=istiod",
+                            "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                           capture_output=True)
+            tls = (open(key, "rb").read(), open(cert, "rb").read())
+            token = os.path.join(tmp, "istio-token")
+            with open(token, "w") as f:
+                f.write("first-token\n")
+            ads = Ads("127.0.0.1:0", tls=tls)
+            port = ads.port
+            ads.set(CDS, static_cluster("x", 9001))
+            boot = {
+                "node": {"id": "n", "cluster": "c"},
+                "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+                "dynamic_resources": {
+                    "ads_config": {"api_type": "GRPC", "grpc_services": [{"google_grpc": {
+                        "target_uri": f"127.0.0.1:{port}", "stat_prefix": "xds",
+                        "channel_credentials": {"ssl_credentials": {"root_certs": {"filename": cert}}}}}]},
+                    "cds_config": {"ads": {}}, "lds_config": {"ads": {}}},
+            }
+            s = Skiff("", False, tmp, bootstrap=boot, extra_args=["--xds-token-file", token])
+            try:
+                self.assertTrue(ads.wait_for(lambda rs: len(rs) > 0), "no request")
+                self.assertEqual(ads.metadata[0].get("authorization"), "Bearer first-token")
+                with open(token, "w") as f:
+                    f.write("rotated-token\n")
+                ads.stop()
+                ads = Ads(f"127.0.0.1:{port}", tls=tls)
+                ads.set(CDS, static_cluster("x", 9001))
+                self.assertTrue(ads.wait_for(lambda rs: len(rs) > 0, timeout=15), "no reconnect")
+                self.assertEqual(ads.metadata[0].get("authorization"), "Bearer rotated-token")
+            finally:
+                self.assertEqual(s.stop(), 0)
+                ads.stop()
+
     def test_untrusted_server_is_refused(self):
         with tempfile.TemporaryDirectory() as tmp:
             key, cert = os.path.join(tmp, "key.pem"), os.path.join(tmp, "cert.pem")
