@@ -26,6 +26,9 @@ void agent_bootstrap_free(agent_bootstrap_t *b)
 }
 
 static void check_error(pbjson_diag_t *diag, const char *source, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void check_error(pbjson_diag_t *diag, const char *source, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;

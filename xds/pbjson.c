@@ -682,6 +682,53 @@ static char *rewrite_surrogates(const char *text, size_t len, size_t *ret_len, b
     return out;
 }
 
+/* Escapes the characters JSON allows raw in strings but YAML does not: DEL, the C1 controls
+ * (U+0080..U+009F, including NEL, which YAML would fold as a line break) and U+FFFE/U+FFFF,
+ * as \uXXXX, which libyaml decodes back to the same character. Returns a new buffer when
+ * something was escaped, else NULL (also on out of memory, with *ret_oom set). */
+static char *escape_yaml_forbidden(const char *text, size_t len, size_t *ret_len, bool *ret_oom)
+{
+    size_t extra = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)text[i];
+        if (ch == 0x7F)
+            extra += 5;
+        else if (ch == 0xC2 && i + 1 < len && (unsigned char)text[i + 1] >= 0x80 &&
+                 (unsigned char)text[i + 1] <= 0x9F)
+            extra += 4;
+        else if (ch == 0xEF && i + 2 < len && (unsigned char)text[i + 1] == 0xBF &&
+                 ((unsigned char)text[i + 2] == 0xBE || (unsigned char)text[i + 2] == 0xBF))
+            extra += 3;
+    }
+    if (extra == 0)
+        return NULL;
+    char *out = malloc(len + extra + 1);
+    if (!out) {
+        *ret_oom = true;
+        return NULL;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)text[i];
+        if (ch == 0x7F) {
+            o += (size_t)snprintf(out + o, 7, "\\u007F");
+        } else if (ch == 0xC2 && i + 1 < len && (unsigned char)text[i + 1] >= 0x80 &&
+                   (unsigned char)text[i + 1] <= 0x9F) {
+            o += (size_t)snprintf(out + o, 7, "\\u00%02X", (unsigned char)text[i + 1]);
+            i++;
+        } else if (ch == 0xEF && i + 2 < len && (unsigned char)text[i + 1] == 0xBF &&
+                   ((unsigned char)text[i + 2] == 0xBE || (unsigned char)text[i + 2] == 0xBF)) {
+            o += (size_t)snprintf(out + o, 7, "\\uFF%02X", (unsigned char)text[i + 2] - 0x80 + 0xC0);
+            i += 2;
+        } else {
+            out[o++] = (char)ch;
+        }
+    }
+    out[o] = '\0';
+    *ret_len = o;
+    return out;
+}
+
 static bool tag_is_str(const yaml_char_t *tag)
 {
     return tag &&
@@ -2104,6 +2151,18 @@ int pbjson_parse(const char *text, size_t len, const char *source_name,
     char *rewritten = rewrite_surrogates(text, len, &rlen, &oom);
     if (oom)
         return -ENOMEM;
+    size_t elen = 0;
+    char *escaped = escape_yaml_forbidden(rewritten ? rewritten : text, rewritten ? rlen : len,
+                                          &elen, &oom);
+    if (oom) {
+        free(rewritten);
+        return -ENOMEM;
+    }
+    if (escaped) {
+        free(rewritten);
+        rewritten = escaped;
+        rlen = elen;
+    }
 
     doc_t doc = {0};
     ProtobufCMessage *m = NULL;

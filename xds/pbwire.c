@@ -72,6 +72,8 @@ static int check(const ProtobufCMessageDescriptor *desc, const uint8_t *p, const
 int xds_pb_depth_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
                        unsigned max_depth)
 {
+    if (len == 0)
+        return 0; /* an empty message (data may be NULL: no pointer arithmetic on it) */
     return check(desc, data, data + len, max_depth);
 }
 
