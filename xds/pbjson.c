@@ -1652,6 +1652,10 @@ static void parse_field(ctx_t *c, const node_t *val, ProtobufCMessage *m,
     } else if (!parse_scalar(c, val, f, &v)) {
         return;
     }
+    /* NullValue has the one value NULL_VALUE, printed as null whatever number it holds: keep
+     * it at 0 so that what is printed reads back the same. */
+    if (is_null_value_enum(f))
+        v.i32 = 0;
     scalar_store(f->type, field_member(m, f), &v);
     field_mark_present(m, f);
 }
