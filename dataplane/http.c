@@ -1,0 +1,216 @@
+#include "dataplane/http.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- pool ---- */
+
+#define POOL_CHUNK 4096
+
+typedef struct pool_chunk {
+    struct pool_chunk *next;
+    size_t used, size;
+    _Alignas(16) unsigned char data[];
+} pool_chunk_t;
+
+struct dp_pool {
+    pool_chunk_t *head; /* the chunk being filled; older ones follow */
+};
+
+static pool_chunk_t *chunk_new(size_t size)
+{
+    pool_chunk_t *c = malloc(sizeof(*c) + size);
+    if (c == NULL)
+        abort();
+    c->next = NULL;
+    c->used = 0;
+    c->size = size;
+    return c;
+}
+
+dp_pool_t *dp_pool_new(void)
+{
+    /* The pool header lives in its first chunk: one allocation for a small stream. */
+    pool_chunk_t *c = chunk_new(POOL_CHUNK);
+    dp_pool_t *p = (dp_pool_t *)c->data;
+    c->used = (sizeof(*p) + 15) & ~(size_t)15;
+    p->head = c;
+    return p;
+}
+
+void *dp_pool_alloc(dp_pool_t *p, size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    pool_chunk_t *c = p->head;
+    if (c->size - c->used < n) {
+        if (n > POOL_CHUNK / 4) {
+            /* A large block gets a chunk of its own behind the current one. */
+            pool_chunk_t *big = chunk_new(n);
+            big->used = n;
+            big->next = c->next;
+            c->next = big;
+            return big->data;
+        }
+        c = chunk_new(POOL_CHUNK);
+        c->next = p->head;
+        p->head = c;
+    }
+    void *r = c->data + c->used;
+    c->used += n;
+    return r;
+}
+
+void *dp_pool_calloc(dp_pool_t *p, size_t n)
+{
+    void *r = dp_pool_alloc(p, n);
+    memset(r, 0, n);
+    return r;
+}
+
+char *dp_pool_strndup(dp_pool_t *p, const char *s, size_t n)
+{
+    char *r = dp_pool_alloc(p, n + 1);
+    if (n)
+        memcpy(r, s, n);
+    r[n] = '\0';
+    return r;
+}
+
+void dp_pool_free(dp_pool_t *p)
+{
+    if (p == NULL)
+        return;
+    /* The chunk holding the header is the last in the list. */
+    pool_chunk_t *c = p->head;
+    while (c) {
+        pool_chunk_t *next = c->next;
+        free(c);
+        c = next;
+    }
+}
+
+/* ---- strings and headers ---- */
+
+bool dp_str_ieq(dp_str_t a, const char *b, size_t n)
+{
+    if (a.n != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = (unsigned char)a.p[i], y = (unsigned char)b[i];
+        if (x >= 'A' && x <= 'Z')
+            x += 32;
+        if (y >= 'A' && y <= 'Z')
+            y += 32;
+        if (x != y)
+            return false;
+    }
+    return true;
+}
+
+static dp_header_t *headers_slot(dp_headers_t *h, dp_pool_t *p)
+{
+    if (h->n == h->cap) {
+        uint32_t cap = h->cap ? h->cap * 2 : 16;
+        dp_header_t *v = dp_pool_alloc(p, cap * sizeof(*v));
+        if (h->n)
+            memcpy(v, h->v, h->n * sizeof(*v));
+        h->v = v;
+        h->cap = cap;
+    }
+    return &h->v[h->n++];
+}
+
+void dp_headers_add(dp_headers_t *h, dp_pool_t *p, const char *name, size_t nlen,
+                    const char *value, size_t vlen)
+{
+    dp_header_t *e = headers_slot(h, p);
+    e->name = (dp_str_t){dp_pool_strndup(p, name, nlen), nlen};
+    e->value = (dp_str_t){dp_pool_strndup(p, value, vlen), vlen};
+}
+
+void dp_headers_add_ref(dp_headers_t *h, dp_pool_t *p, dp_str_t name, dp_str_t value)
+{
+    dp_header_t *e = headers_slot(h, p);
+    e->name = name;
+    e->value = value;
+}
+
+const dp_header_t *dp_headers_get(const dp_headers_t *h, const char *name, size_t nlen)
+{
+    for (uint32_t i = 0; i < h->n; i++) {
+        if (h->v[i].name.n == nlen && memcmp(h->v[i].name.p, name, nlen) == 0)
+            return &h->v[i];
+    }
+    return NULL;
+}
+
+size_t dp_headers_remove(dp_headers_t *h, const char *name, size_t nlen)
+{
+    uint32_t k = 0;
+    size_t removed = 0;
+    for (uint32_t i = 0; i < h->n; i++) {
+        if (h->v[i].name.n == nlen && memcmp(h->v[i].name.p, name, nlen) == 0) {
+            removed++;
+            continue;
+        }
+        h->v[k++] = h->v[i];
+    }
+    h->n = k;
+    return removed;
+}
+
+void dp_headers_set(dp_headers_t *h, dp_pool_t *p, const char *name, size_t nlen,
+                    const char *value, size_t vlen)
+{
+    for (uint32_t i = 0; i < h->n; i++) {
+        if (h->v[i].name.n == nlen && memcmp(h->v[i].name.p, name, nlen) == 0) {
+            h->v[i].value = (dp_str_t){dp_pool_strndup(p, value, vlen), vlen};
+            /* Drop any later duplicates. */
+            uint32_t k = i + 1;
+            for (uint32_t j = i + 1; j < h->n; j++) {
+                if (!(h->v[j].name.n == nlen && memcmp(h->v[j].name.p, name, nlen) == 0))
+                    h->v[k++] = h->v[j];
+            }
+            h->n = k;
+            return;
+        }
+    }
+    dp_headers_add(h, p, name, nlen, value, vlen);
+}
+
+const char *dp_reset_reason_str(dp_reset_reason_t r)
+{
+    switch (r) {
+    case DP_RESET_NONE:
+        return "none";
+    case DP_RESET_LOCAL:
+        return "local reset";
+    case DP_RESET_REMOTE:
+        return "remote reset";
+    case DP_RESET_CONNECT_FAIL:
+        return "connection failure";
+    case DP_RESET_CONNECT_TIMEOUT:
+        return "connection timeout";
+    case DP_RESET_CONN_TERMINATED:
+        return "connection termination";
+    case DP_RESET_PROTOCOL:
+        return "protocol error";
+    case DP_RESET_REFUSED:
+        return "refused stream";
+    case DP_RESET_OVERFLOW:
+        return "overflow";
+    }
+    return "unknown";
+}
+
+dp_http_limits_t dp_http_limits_default(void)
+{
+    return (dp_http_limits_t){
+        .max_header_bytes = 60 * 1024,
+        .max_headers = 100,
+        .buffer_limit = 1024 * 1024,
+        .h2_max_concurrent_streams = 100,
+        .h2_initial_stream_window = 256 * 1024,
+        .h2_initial_connection_window = 1024 * 1024,
+    };
+}
