@@ -28,6 +28,10 @@ typedef struct dp_wctx {
     dp_conn_link_t *conns;
     uint64_t rng;               /* xorshift state for random choices */
     uint64_t rr;                /* a counter for even spreading (weighted clusters) */
+    /* Where an accepted connection goes, by the network filter ending its chain. Set by the
+     * worker; a NULL one closes such connections. */
+    void (*hcm_start)(struct dp_wctx *w, struct dp_accepted *a);
+    void (*tcp_proxy_start)(struct dp_wctx *w, struct dp_accepted *a);
     bool closing;
 } dp_wctx_t;
 

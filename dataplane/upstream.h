@@ -19,7 +19,13 @@
 typedef struct dp_upstreams dp_upstreams_t;
 typedef struct dp_upstream_wait dp_upstream_wait_t;
 
-dp_upstreams_t *dp_upstreams_new(uv_loop_t *loop);
+/* The codec constructors the pools use (dp_h1_conn_new and dp_h2_conn_new in the data plane;
+ * tests may pass their own). */
+typedef dp_codec_conn_t *(*dp_codec_new_fn)(uv_loop_t *loop, int fd, bool server,
+                                            const dp_http_limits_t *limits,
+                                            const dp_codec_cb_t *cb, void *ud);
+
+dp_upstreams_t *dp_upstreams_new(uv_loop_t *loop, dp_codec_new_fn h1_new, dp_codec_new_fn h2_new);
 
 /* A new snapshot is current: pools of hosts and clusters it no longer has are drained (their
  * connections finish their streams, then close); DNS clusters it adds start resolving. */
