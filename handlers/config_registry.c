@@ -1,0 +1,26 @@
+#include "handlers/config.h"
+
+#include <errno.h>
+#include <string.h>
+
+typedef struct config_entry {
+    const char *type_url;
+    handlers_config_new_fn fn;
+} config_entry_t;
+
+/* One line per config type a filter of skiff's reads. The router's config has nothing skiff
+ * uses yet, so it is not here: its filter needs no conf. */
+static const config_entry_t configs[] = {
+    {NULL, NULL},
+};
+
+int handlers_config_new(const handlers_config_ctx_t *ctx, const char *type_url,
+                        const uint8_t *buf, size_t len, const void **ret_conf,
+                        char **reterr_msg)
+{
+    for (size_t i = 0; type_url && i < sizeof(configs) / sizeof(configs[0]); i++) {
+        if (configs[i].type_url && strcmp(configs[i].type_url, type_url) == 0)
+            return configs[i].fn(ctx, buf, len, ret_conf, reterr_msg);
+    }
+    return -ENOENT;
+}
