@@ -89,6 +89,39 @@ void dp_pool_free(dp_pool_t *p)
     }
 }
 
+/* ---- byte queue ---- */
+
+void dp_bufq_push(dp_bufq_t *q, const uint8_t *p, size_t n)
+{
+    if (n == 0)
+        return;
+    dp_bufq_chunk_t *c = malloc(sizeof(*c) + n);
+    if (c == NULL)
+        abort();
+    c->next = NULL;
+    c->len = n;
+    c->off = 0;
+    memcpy(c->data, p, n);
+    if (q->tail)
+        q->tail->next = c;
+    else
+        q->head = c;
+    q->tail = c;
+    q->bytes += n;
+}
+
+void dp_bufq_clear(dp_bufq_t *q)
+{
+    dp_bufq_chunk_t *c = q->head;
+    while (c) {
+        dp_bufq_chunk_t *next = c->next;
+        free(c);
+        c = next;
+    }
+    q->head = q->tail = NULL;
+    q->bytes = 0;
+}
+
 /* ---- strings and headers ---- */
 
 bool dp_str_ieq(dp_str_t a, const char *b, size_t n)

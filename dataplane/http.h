@@ -45,6 +45,22 @@ void *dp_pool_calloc(dp_pool_t *p, size_t n);              /* zeroed */
 char *dp_pool_strndup(dp_pool_t *p, const char *s, size_t n); /* NUL-terminated copy */
 void dp_pool_free(dp_pool_t *p);                           /* accepts NULL */
 
+/* A FIFO of copied byte chunks: a body held while its next hop is not ready (the upstream
+ * stream not open yet, a paused filter chain). */
+typedef struct dp_bufq_chunk {
+    struct dp_bufq_chunk *next;
+    size_t len, off;
+    uint8_t data[];
+} dp_bufq_chunk_t;
+
+typedef struct dp_bufq {
+    dp_bufq_chunk_t *head, *tail;
+    size_t bytes;
+} dp_bufq_t;
+
+void dp_bufq_push(dp_bufq_t *q, const uint8_t *p, size_t n); /* copies; aborts on OOM */
+void dp_bufq_clear(dp_bufq_t *q);
+
 /* ---- strings and headers ---- */
 
 /* A string with its length; p need not be NUL-terminated (but is when it comes from a pool

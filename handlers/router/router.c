@@ -69,6 +69,8 @@ static void upstream_abort(router_t *r)
     if (r->up) {
         dp_enc_t *e = r->up;
         r->up = NULL;
+        if (r->cluster->stats.rq_active)
+            dp_gauge_dec(r->cluster->stats.rq_active);
         e->ops->reset(e, DP_RESET_LOCAL);
     }
 }
@@ -81,8 +83,8 @@ static void on_timeout(uv_timer_t *t)
         return;
     timer_stop(r);
     const dp_cluster_t *c = r->cluster;
-    if (c && c->http.rq_timeout)
-        dp_counter_inc(c->http.rq_timeout);
+    if (c && c->stats.rq_timeout)
+        dp_counter_inc(c->stats.rq_timeout);
     upstream_abort(r);
     /* Before the response started: 504 UT; after, the stream is reset (in local_reply). */
     dp_stream_local_reply(r->s, 504, "upstream request timeout", DP_RF(UT));
@@ -159,10 +161,11 @@ static void up_on_headers(void *ud, dp_http_head_t *h, bool end_stream)
     int n = snprintf(ms, sizeof(ms), "%llu",
                      (unsigned long long)(dp_stream_now_ms(s) - r->up_start_ms));
     dp_headers_add(&h->headers, s->pool, "x-envoy-upstream-service-time", 29, ms, (size_t)n);
-    const dp_cluster_t *c = r->cluster;
+    const dp_cluster_stats_t *cs = &r->cluster->stats;
+    dp_counter_t *xx[] = {NULL, NULL, cs->rq_2xx, cs->rq_3xx, cs->rq_4xx, cs->rq_5xx};
     int k = h->status / 100;
-    if (k >= 1 && k <= 5 && c->http.rq_xx[k - 1])
-        dp_counter_inc(c->http.rq_xx[k - 1]);
+    if (k >= 2 && k <= 5 && xx[k])
+        dp_counter_inc(xx[k]);
     if (end_stream)
         timer_stop(r);
     dp_stream_encode_headers(s, h, end_stream);
@@ -202,11 +205,12 @@ static void up_on_done(void *ud, dp_reset_reason_t why)
     router_t *r = ud;
     r->up = NULL;
     const dp_cluster_t *c = r->cluster;
-    if (why == DP_RESET_NONE) {
-        if (c->http.rq_completed)
-            dp_counter_inc(c->http.rq_completed);
+    if (c->stats.rq_active)
+        dp_gauge_dec(c->stats.rq_active);
+    if (c->stats.rq_completed)
+        dp_counter_inc(c->stats.rq_completed);
+    if (why == DP_RESET_NONE)
         return;
-    }
     DP_LOG(DP_LOG_ROUTER, DP_LOG_DEBUG, "upstream stream to %s reset: %s", c->name,
            dp_reset_reason_str(why));
     if (!r->resp_headers)
@@ -245,8 +249,11 @@ static void pool_on_ready(void *ud, dp_codec_conn_t *conn, const dp_addr_t *host
         fail_before_headers(r, DP_RESET_CONN_TERMINATED);
         return;
     }
-    if (r->cluster->http.rq_total)
-        dp_counter_inc(r->cluster->http.rq_total);
+    const dp_cluster_stats_t *cs = &r->cluster->stats;
+    if (cs->rq_total)
+        dp_counter_inc(cs->rq_total);
+    if (cs->rq_active)
+        dp_gauge_inc(cs->rq_active);
     r->up_start_ms = dp_stream_now_ms(s);
     bool end = s->request_ended && r->body.bytes == 0 && r->trailers == NULL && r->body_end;
     if (s->request_ended && r->body.head == NULL && r->trailers == NULL)
@@ -281,13 +288,6 @@ static void pool_on_failure(void *ud, dp_reset_reason_t why, const dp_addr_t *ho
 {
     router_t *r = ud;
     r->wait = NULL;
-    if (why == DP_RESET_OVERFLOW && r->cluster->n_endpoints == 0) {
-        if (r->cluster->http.cx_none_healthy)
-            dp_counter_inc(r->cluster->http.cx_none_healthy);
-        timer_stop(r);
-        dp_stream_local_reply(r->s, 503, "no healthy upstream", DP_RF(UH));
-        return;
-    }
     if (why == DP_RESET_OVERFLOW) {
         timer_stop(r);
         dp_stream_local_reply(r->s, 503, "no healthy upstream", DP_RF(UH));
