@@ -26,17 +26,17 @@
 #include "dataplane/log.h"
 
 /* Output and held-back input are kept in chunks of this size, recycled per connection. */
-#define H2_CHUNK_SIZE 16384
-#define H2_CHUNK_CACHE 8
+#define H2_CHUNK_SIZE   16384
+#define H2_CHUNK_CACHE  8
 #define H2_STREAM_CACHE 8
-#define H2_READ_SIZE 65536
+#define H2_READ_SIZE    32768
 /* A write buffer stops taking frames once it holds this many bytes; it has room beyond that
  * for one complete DATA frame (NO_COPY frames cannot be split). While one buffer is on the
  * socket the other fills, so at most about 2 * H2_WBUF_CAP is in flight per connection:
  * beyond that nghttp2 keeps frames queued, its flood limits apply, and the streams' own
  * queues grow until their owners see buffered() over the limit. */
 #define H2_WBUF_HIGH 32768
-#define H2_WBUF_CAP (H2_WBUF_HIGH + 16384 + 9 + 256 + 1)
+#define H2_WBUF_CAP  (H2_WBUF_HIGH + 16384 + 9 + 256 + 1)
 /* Outgoing SETTINGS ACK / PING ACK / RST_STREAM frames nghttp2 may hold for a peer that does
  * not read (Envoy's max_outbound_control_frames is 1000). */
 #define H2_MAX_OUTBOUND_ACK 1000
@@ -47,7 +47,7 @@
 /* RST_STREAM from a client: a token bucket of 1000, refilled at 33 per second (nghttp2's
  * defaults; the "rapid reset" CVE-2023-44487 mitigation). */
 #define H2_RST_BURST 1000
-#define H2_RST_RATE 33
+#define H2_RST_RATE  33
 /* The HPACK dynamic table we use for what we send (the peer may ask for less). */
 #define H2_DEFLATE_TABLE 4096
 
@@ -91,26 +91,26 @@ typedef struct h2_stream {
     dp_reset_reason_t done_reason;
 
     bool on_due;
-    bool in_trailers;   /* the HEADERS being collected are trailers */
-    bool final_head;    /* a final head arrived (client: status >= 200; server: the request) */
-    bool overflow;      /* over max_header_bytes / max_headers: reset */
-    bool in_end;        /* END_STREAM arrived but is held behind data in `in` */
+    bool in_trailers; /* the HEADERS being collected are trailers */
+    bool final_head;  /* a final head arrived (client: status >= 200; server: the request) */
+    bool overflow;    /* over max_header_bytes / max_headers: reset */
+    bool in_end;      /* END_STREAM arrived but is held behind data in `in` */
     bool in_trailers_held;
-    bool remote_end;    /* END_STREAM seen from the peer (nghttp2's view) */
-    bool rst_recv;      /* the peer sent RST_STREAM */
-    bool send_failed;   /* nghttp2 could not send our HEADERS/DATA */
-    bool head_sent;     /* final head submitted */
-    bool has_provider;  /* a data provider is attached */
-    bool out_eof;       /* the owner ended the body (data end_stream or trailers) */
-    bool deferred;      /* the data provider returned NGHTTP2_ERR_DEFERRED */
-    bool local_end;     /* END_STREAM submitted */
-    bool drain_armed;   /* buffered() reached buffer_limit: on_drained below half */
+    bool remote_end;   /* END_STREAM seen from the peer (nghttp2's view) */
+    bool rst_recv;     /* the peer sent RST_STREAM */
+    bool send_failed;  /* nghttp2 could not send our HEADERS/DATA */
+    bool head_sent;    /* final head submitted */
+    bool has_provider; /* a data provider is attached */
+    bool out_eof;      /* the owner ended the body (data end_stream or trailers) */
+    bool deferred;     /* the data provider returned NGHTTP2_ERR_DEFERRED */
+    bool local_end;    /* END_STREAM submitted */
+    bool drain_armed;  /* buffered() reached buffer_limit: on_drained below half */
     bool drain_due;
-    bool resume_due;    /* read enabled again: deliver what is held */
-    bool done_due;      /* on_done(done_reason) to be called */
-    bool h2_closed;     /* nghttp2 has closed the stream (on_stream_close) */
-    bool done;          /* on_done was called */
-    bool detached;      /* the owner reset it: no more sink callbacks */
+    bool resume_due; /* read enabled again: deliver what is held */
+    bool done_due;   /* on_done(done_reason) to be called */
+    bool h2_closed;  /* nghttp2 has closed the stream (on_stream_close) */
+    bool done;       /* on_done was called */
+    bool detached;   /* the owner reset it: no more sink callbacks */
 } h2_stream_t;
 
 typedef struct h2_wbuf {
@@ -257,8 +257,7 @@ static void queue_clear(h2_conn_t *c, h2_queue_t *q)
 
 /* ---- streams ---- */
 
-static h2_stream_t *stream_new(h2_conn_t *c, const dp_sink_ops_t *sink, void *ud,
-                               dp_pool_t *pool)
+static h2_stream_t *stream_new(h2_conn_t *c, const dp_sink_ops_t *sink, void *ud, dp_pool_t *pool)
 {
     h2_stream_t *s = c->free_streams;
     if (s) {
@@ -421,12 +420,24 @@ static void conn_flush(h2_conn_t *c)
     }
 }
 
+/* The write buffers exist only while there is something to write. */
+static void conn_wbufs(h2_conn_t *c)
+{
+    if (c->wfill.p != NULL)
+        return;
+    c->wfill.p = malloc(H2_WBUF_CAP);
+    c->wsend.p = malloc(H2_WBUF_CAP);
+    if (c->wfill.p == NULL || c->wsend.p == NULL)
+        abort();
+}
+
 static ssize_t send_cb(nghttp2_session *session, const uint8_t *data, size_t length, int flags,
                        void *user_data)
 {
     (void)session;
     (void)flags;
     h2_conn_t *c = user_data;
+    conn_wbufs(c);
     if (c->wfill.len >= H2_WBUF_HIGH)
         return NGHTTP2_ERR_WOULDBLOCK;
     size_t room = H2_WBUF_CAP - c->wfill.len;
@@ -444,6 +455,7 @@ static int send_data_cb(nghttp2_session *session, nghttp2_frame *frame, const ui
     h2_stream_t *s = source->ptr;
     size_t pad = frame->data.padlen;
     size_t need = 9 + length + pad;
+    conn_wbufs(c);
     if (c->wfill.len >= H2_WBUF_HIGH || H2_WBUF_CAP - c->wfill.len < need)
         return NGHTTP2_ERR_WOULDBLOCK;
     uint8_t *w = c->wfill.p + c->wfill.len;
@@ -492,8 +504,7 @@ static ssize_t data_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         if (s->out_trailers) {
             *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            int rv = nghttp2_submit_trailer(session, stream_id, s->out_trailers,
-                                            s->n_out_trailers);
+            int rv = nghttp2_submit_trailer(session, stream_id, s->out_trailers, s->n_out_trailers);
             if (rv != 0)
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
             s->out_trailers = NULL;
@@ -580,9 +591,9 @@ static dp_str_t pool_str(dp_pool_t *p, const uint8_t *v, size_t n)
     return (dp_str_t){dp_pool_strndup(p, (const char *)v, n), n};
 }
 
-static int on_header_cb(nghttp2_session *session, const nghttp2_frame *frame,
-                        const uint8_t *name, size_t namelen, const uint8_t *value,
-                        size_t valuelen, uint8_t flags, void *user_data)
+static int on_header_cb(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
+                        size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                        void *user_data)
 {
     (void)flags;
     h2_conn_t *c = user_data;
@@ -669,8 +680,7 @@ static void stream_headers_done(h2_conn_t *c, h2_stream_t *s, bool end)
     s->sink->on_headers(s->ud, h, end);
 }
 
-static int on_frame_recv_cb(nghttp2_session *session, const nghttp2_frame *frame,
-                            void *user_data)
+static int on_frame_recv_cb(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
 {
     h2_conn_t *c = user_data;
     int32_t id = frame->hd.stream_id;
@@ -776,8 +786,7 @@ static int on_stream_close_cb(nghttp2_session *session, int32_t stream_id, uint3
     return 0;
 }
 
-static int on_frame_send_cb(nghttp2_session *session, const nghttp2_frame *frame,
-                            void *user_data)
+static int on_frame_send_cb(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
 {
     (void)session;
     h2_conn_t *c = user_data;
@@ -851,8 +860,7 @@ static void nv_set(nghttp2_nv *nv, dp_str_t name, dp_str_t value)
 /* Pseudo-headers first (RFC 9113 §8.3), then the regular headers. nghttp2 copies names and
  * values when it submits, so the array may point at the caller's strings. */
 static nghttp2_nv *build_nv(dp_pool_t *pool, const dp_headers_t *hs, const dp_str_t *pseudo_n,
-                            const dp_str_t *pseudo_v, size_t n_pseudo, bool request,
-                            size_t *ret_n)
+                            const dp_str_t *pseudo_v, size_t n_pseudo, bool request, size_t *ret_n)
 {
     nghttp2_nv *nv = dp_pool_alloc(pool, (n_pseudo + (hs ? hs->n : 0) + 1) * sizeof(*nv));
     size_t k = 0;
@@ -963,7 +971,8 @@ static int h2_enc_headers(dp_enc_t *e, const dp_http_head_t *h, bool end_stream)
     if (!stream_can_send(s))
         return -EPIPE;
     c->depth++;
-    int rv = c->server ? enc_headers_server(s, h, end_stream) : enc_headers_client(s, h, end_stream);
+    int rv =
+        c->server ? enc_headers_server(s, h, end_stream) : enc_headers_client(s, h, end_stream);
     c->depth--;
     conn_after(c);
     return rv;
@@ -1014,11 +1023,10 @@ static int h2_enc_trailers(dp_enc_t *e, const dp_headers_t *t)
     for (uint32_t i = 0; t && i < t->n; i++) {
         if (hop_by_hop(&t->v[i], false))
             continue;
-        dp_str_t name = {dp_pool_strndup(s->pool, t->v[i].name.p, t->v[i].name.n),
-                         t->v[i].name.n};
-        dp_str_t value = {dp_pool_strndup(s->pool, t->v[i].value.p ? t->v[i].value.p : "",
-                                          t->v[i].value.n),
-                          t->v[i].value.n};
+        dp_str_t name = {dp_pool_strndup(s->pool, t->v[i].name.p, t->v[i].name.n), t->v[i].name.n};
+        dp_str_t value = {
+            dp_pool_strndup(s->pool, t->v[i].value.p ? t->v[i].value.p : "", t->v[i].value.n),
+            t->v[i].value.n};
         nv_set(&nv[n++], name, value);
     }
     s->out_eof = true;
@@ -1226,8 +1234,16 @@ static void conn_after(h2_conn_t *c)
     /* nghttp2 is done with the session (GOAWAY exchanged and no stream left, or it ended
      * the session on an error): close once the last bytes are on the socket. */
     if (!nghttp2_session_want_read(c->session) && !nghttp2_session_want_write(c->session) &&
-        !c->writing && c->wfill.len == 0 && c->active == 0)
+        !c->writing && c->wfill.len == 0) {
         conn_close_now(c, c->term_why);
+        return;
+    }
+    /* Idle: the write buffers go back to malloc rather than sit in every quiet connection. */
+    if (!c->writing && c->wfill.len == 0 && c->wfill.p != NULL) {
+        free(c->wfill.p);
+        free(c->wsend.p);
+        c->wfill.p = c->wsend.p = NULL;
+    }
 }
 
 static void alloc_cb(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
@@ -1244,8 +1260,8 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     c->depth++;
     if (nread > 0) {
-        ssize_t rv = nghttp2_session_mem_recv(c->session, (const uint8_t *)buf->base,
-                                              (size_t)nread);
+        ssize_t rv =
+            nghttp2_session_mem_recv(c->session, (const uint8_t *)buf->base, (size_t)nread);
         if (rv < 0) {
             DP_LOG(DP_LOG_HTTP2, DP_LOG_DEBUG, "h2 recv: %s", nghttp2_strerror((int)rv));
             conn_write_goaway(c, rv == NGHTTP2_ERR_FLOODED ? NGHTTP2_ENHANCE_YOUR_CALM
@@ -1381,8 +1397,7 @@ static nghttp2_session *session_new(h2_conn_t *c)
 }
 
 dp_codec_conn_t *dp_h2_conn_new(uv_loop_t *loop, int fd, bool server,
-                                const dp_http_limits_t *limits, const dp_codec_cb_t *cb,
-                                void *ud)
+                                const dp_http_limits_t *limits, const dp_codec_cb_t *cb, void *ud)
 {
     h2_conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL)
@@ -1419,9 +1434,7 @@ dp_codec_conn_t *dp_h2_conn_new(uv_loop_t *loop, int fd, bool server,
         uv_tcp_nodelay(&c->io.tcp, 1);
     c->wreq.data = c;
     c->rbuf = malloc(H2_READ_SIZE);
-    c->wfill.p = malloc(H2_WBUF_CAP);
-    c->wsend.p = malloc(H2_WBUF_CAP);
-    if (c->rbuf == NULL || c->wfill.p == NULL || c->wsend.p == NULL)
+    if (c->rbuf == NULL)
         abort();
 
     c->session = session_new(c);
@@ -1432,8 +1445,8 @@ dp_codec_conn_t *dp_h2_conn_new(uv_loop_t *loop, int fd, bool server,
     iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE,
                                        limits->h2_initial_stream_window};
     /* Advisory for the peer; what we receive is enforced in on_header_cb. */
-    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE,
-                                       limits->max_header_bytes};
+    iv[n++] =
+        (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, limits->max_header_bytes};
     if (!server)
         iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_PUSH, 0};
     nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, iv, n);

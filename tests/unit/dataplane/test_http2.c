@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "dataplane/http.h"
+#include "dataplane/log.h"
 #include "tests/unit/check_run.h"
 
 /* ---- recording sinks ---- */
@@ -751,8 +752,7 @@ START_TEST(test_header_limits)
     /* 150 headers: over max_headers (100). */
     rec_t *r = g_r = rec_new(false);
     r->enc = T.cli->ops->new_stream(T.cli, &sink, r, r->pool);
-    dp_http_head_t h = {.method = DP_STR("GET"), .path = DP_STR("/"),
-                        .authority = DP_STR("a")};
+    dp_http_head_t h = {.method = DP_STR("GET"), .path = DP_STR("/"), .authority = DP_STR("a")};
     for (int i = 0; i < 150; i++) {
         char n[16];
         int k = snprintf(n, sizeof(n), "x-h-%d", i);
@@ -770,8 +770,7 @@ START_TEST(test_header_limits)
     /* 80 KB of header bytes: over max_header_bytes (60 KiB). */
     rec_t *r2 = g_r = rec_new(false);
     r2->enc = T.cli->ops->new_stream(T.cli, &sink, r2, r2->pool);
-    dp_http_head_t h2 = {.method = DP_STR("GET"), .path = DP_STR("/"),
-                         .authority = DP_STR("a")};
+    dp_http_head_t h2 = {.method = DP_STR("GET"), .path = DP_STR("/"), .authority = DP_STR("a")};
     char *big = malloc(2000);
     memset(big, 'z', 2000);
     for (int i = 0; i < 40; i++) {
@@ -808,8 +807,7 @@ typedef struct raw {
     size_t body_len;
 } raw_t;
 
-static ssize_t raw_send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags,
-                           void *ud)
+static ssize_t raw_send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *ud)
 {
     (void)s;
     (void)flags;
@@ -838,8 +836,8 @@ static int raw_close_cb(nghttp2_session *s, int32_t id, uint32_t code, void *ud)
     return 0;
 }
 
-static int raw_header_cb(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name,
-                         size_t nl, const uint8_t *value, size_t vl, uint8_t flags, void *ud)
+static int raw_header_cb(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nl,
+                         const uint8_t *value, size_t vl, uint8_t flags, void *ud)
 {
     (void)s;
     (void)f;
@@ -850,8 +848,8 @@ static int raw_header_cb(nghttp2_session *s, const nghttp2_frame *f, const uint8
     return 0;
 }
 
-static int raw_data_cb(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *d,
-                       size_t len, void *ud)
+static int raw_data_cb(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *d, size_t len,
+                       void *ud)
 {
     (void)s;
     (void)flags;
@@ -882,7 +880,6 @@ static void raw_init(raw_t *r)
     nghttp2_session_callbacks_del(cbs);
     nghttp2_submit_settings(r->ses, NGHTTP2_FLAG_NONE, NULL, 0);
 }
-
 
 /* One turn of the raw client: send, run the loop, read. */
 static void raw_turn(raw_t *r)
@@ -1113,8 +1110,7 @@ static int64_t run_tool(char **argv, const char *out)
         {.flags = UV_INHERIT_FD, .data.fd = ofd},
     };
     uv_process_options_t o = {
-        .exit_cb = child_exit_cb, .file = argv[0], .args = argv, .stdio_count = 3,
-        .stdio = stdio};
+        .exit_cb = child_exit_cb, .file = argv[0], .args = argv, .stdio_count = 3, .stdio = stdio};
     c.proc.data = &c;
     c.kill.data = &c;
     uv_timer_init(&T.loop, &c.kill);
@@ -1219,5 +1215,7 @@ static Suite *suite(void)
 
 int main(void)
 {
+    if (getenv("H2_TEST_VERBOSE"))
+        dp_log_set_all(DP_LOG_DEBUG);
     return check_run(suite());
 }
