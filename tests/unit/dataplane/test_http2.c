@@ -323,6 +323,11 @@ static void teardown(void)
     }
 }
 
+static bool srv_closed(void)
+{
+    return T.srv_closed;
+}
+
 static rec_t *cli_request(const char *method, const char *path, bool end)
 {
     rec_t *r = rec_new(false);
@@ -794,6 +799,136 @@ START_TEST(test_header_limits)
 }
 END_TEST
 
+
+START_TEST(test_informational_head)
+{
+    setup();
+    pair();
+    T.mode = MODE_MANUAL;
+    rec_t *r = g_r = cli_request("POST", "/continue", false);
+    ck_assert(run_until(srv_has_one, 5000));
+    rec_t *s = T.srv_recs[0];
+    dp_http_head_t h100 = {.status = 100};
+    ck_assert_int_eq(s->enc->ops->headers(s->enc, &h100, false), 0);
+    run_until(NULL, 30);
+    ck_assert_int_eq(r->n_heads, 1);
+    ck_assert_int_eq(r->head->status, 100);
+    ck_assert(!r->head_end);
+    ck_assert_int_eq(r->enc->ops->data(r->enc, (const uint8_t *)"body", 4, true), 0);
+    run_until(NULL, 30);
+    ck_assert(s->data_end);
+    respond(s, 201, "made", 4, false);
+    ck_assert(run_until(g_done, 5000));
+    ck_assert_int_eq(r->why, DP_RESET_NONE);
+    ck_assert_int_eq(r->n_heads, 2);
+    ck_assert_int_eq(r->head->status, 201);
+    ck_assert_uint_eq(r->body_len, 4);
+    teardown();
+}
+END_TEST
+
+static int ready_seen;
+static bool ready_again(void)
+{
+    return T.ready > ready_seen;
+}
+
+START_TEST(test_peer_stream_limit)
+{
+    setup();
+    dp_http_limits_t sl = dp_http_limits_default(), cl = dp_http_limits_default();
+    sl.h2_max_concurrent_streams = 2;
+    pair_with(&sl, &cl);
+    run_until(NULL, 50); /* the server's SETTINGS reached the client */
+    T.mode = MODE_MANUAL;
+    rec_t *a = cli_request("GET", "/1", true);
+    cli_request("GET", "/2", true);
+    ck_assert(!T.cli->ops->can_take_stream(T.cli));
+    ck_assert_ptr_null(T.cli->ops->new_stream(T.cli, &sink, a, a->pool));
+    run_until(NULL, 30);
+    ck_assert_int_eq(T.n_srv, 2);
+    ready_seen = T.ready;
+    respond(T.srv_recs[0], 200, NULL, 0, false);
+    ck_assert(run_until(ready_again, 5000));
+    ck_assert(a->done);
+    ck_assert(T.cli->ops->can_take_stream(T.cli));
+    ck_assert_uint_eq(T.cli->ops->active_streams(T.cli), 1);
+    teardown();
+}
+END_TEST
+
+static bool srv_trailers_seen(void)
+{
+    return T.n_srv >= 1 && T.srv_recs[0]->trailers != NULL;
+}
+
+START_TEST(test_read_disable_holds_trailers)
+{
+    setup();
+    pair();
+    T.mode = MODE_HOLD;
+    rec_t *r = cli_request("POST", "/t", false);
+    ck_assert_int_eq(r->enc->ops->data(r->enc, (const uint8_t *)"0123456789", 10, false), 0);
+    dp_headers_t t = {0};
+    dp_headers_add(&t, r->pool, "grpc-status", 11, "0", 1);
+    ck_assert_int_eq(r->enc->ops->trailers(r->enc, &t), 0);
+    run_until(NULL, 50);
+    rec_t *s = T.srv_recs[0];
+    ck_assert_int_eq(s->n_data, 0);
+    ck_assert_ptr_null(s->trailers);
+    /* The response ends the stream at the server while its input is still held: on_done
+     * waits until that input has been delivered. */
+    respond(s, 200, NULL, 0, false);
+    g_r = r;
+    ck_assert(run_until(g_done, 5000));
+    run_until(NULL, 30);
+    ck_assert(!s->done);
+    s->enc->ops->read_disable(s->enc, false);
+    ck_assert(run_until(srv_trailers_seen, 5000));
+    ck_assert_uint_eq(s->body_len, 10);
+    ck_assert(hdr_is(s->trailers, "grpc-status", "0"));
+    run_until(NULL, 20);
+    ck_assert(s->done);
+    ck_assert_int_eq(s->why, DP_RESET_NONE);
+    teardown();
+}
+END_TEST
+
+START_TEST(test_connection_protocol_error)
+{
+    setup();
+    int sv[2];
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    dp_http_limits_t l = dp_http_limits_default();
+    T.srv = dp_h2_conn_new(&T.loop, sv[0], true, &l, &codec_cb, (void *)1);
+    /* Preface, SETTINGS, then WINDOW_UPDATE with a zero increment on stream 0 (RFC 9113
+     * §6.9: a connection error of type PROTOCOL_ERROR). */
+    uint8_t b[DP_H2_PREFACE_LEN + 9 + 13] = {0};
+    memcpy(b, DP_H2_PREFACE, DP_H2_PREFACE_LEN);
+    b[DP_H2_PREFACE_LEN + 3] = NGHTTP2_SETTINGS;
+    uint8_t *w = b + DP_H2_PREFACE_LEN + 9;
+    w[2] = 4;
+    w[3] = NGHTTP2_WINDOW_UPDATE;
+    ck_assert_int_eq(write(sv[1], b, sizeof(b)), (ssize_t)sizeof(b));
+    ck_assert(run_until(srv_closed, 5000));
+    ck_assert_int_eq(T.srv_why, DP_RESET_PROTOCOL);
+    /* What the server wrote ends with GOAWAY PROTOCOL_ERROR. */
+    uint8_t in[4096];
+    ssize_t n = read(sv[1], in, sizeof(in));
+    ck_assert_int_ge(n, 17);
+    ssize_t off = 0, last = -1;
+    for (int i = 0; i < 64 && off + 9 <= n; i++) {
+        last = off;
+        off += 9 + ((size_t)in[off] << 16 | (size_t)in[off + 1] << 8 | in[off + 2]);
+    }
+    ck_assert_int_eq(off, n);
+    ck_assert_int_eq(in[last + 3], NGHTTP2_GOAWAY);
+    ck_assert_int_eq(in[last + 9 + 7], NGHTTP2_PROTOCOL_ERROR);
+    close(sv[1]);
+    teardown();
+}
+END_TEST
+
 /* ---- the server against a raw nghttp2 client ---- */
 
 typedef struct raw {
@@ -968,11 +1103,6 @@ START_TEST(test_raw_host_and_refuse)
     teardown();
 }
 END_TEST
-
-static bool srv_closed(void)
-{
-    return T.srv_closed;
-}
 
 /* Writes as much of p as the socket takes, running the loop meanwhile. */
 static void raw_write_all(int fd, const uint8_t *p, size_t n, int ms)
@@ -1205,7 +1335,11 @@ static Suite *suite(void)
     tcase_add_test(tc, test_close_terminates_streams);
     tcase_add_test(tc, test_read_disable_window);
     tcase_add_test(tc, test_header_limits);
+    tcase_add_test(tc, test_informational_head);
+    tcase_add_test(tc, test_peer_stream_limit);
+    tcase_add_test(tc, test_read_disable_holds_trailers);
     tcase_add_test(tc, test_raw_host_and_refuse);
+    tcase_add_test(tc, test_connection_protocol_error);
     tcase_add_test(tc, test_ping_flood);
     tcase_add_test(tc, test_settings_flood_and_garbage);
     tcase_add_test(tc, test_external_clients);
