@@ -1181,7 +1181,7 @@ static void conn_after(h2_conn_t *c)
     if (c->depth > 0 || c->closing)
         return;
     c->depth++;
-    for (unsigned round = 0; round < 1024; round++) {
+    for (unsigned round = 0; round < 1u << 20; round++) {
         if (c->close_req)
             break;
         if (c->due != NULL) {
@@ -1238,11 +1238,18 @@ static void conn_after(h2_conn_t *c)
         conn_close_now(c, c->term_why);
         return;
     }
-    /* Idle: the write buffers go back to malloc rather than sit in every quiet connection. */
+    /* Idle: the write buffers and the spare chunks go back to malloc rather than sit in every
+     * quiet connection. */
     if (!c->writing && c->wfill.len == 0 && c->wfill.p != NULL) {
         free(c->wfill.p);
         free(c->wsend.p);
         c->wfill.p = c->wsend.p = NULL;
+        h2_chunk_t *k;
+        while ((k = c->free_chunks) != NULL) {
+            c->free_chunks = k->next;
+            free(k);
+        }
+        c->n_free_chunks = 0;
     }
 }
 
