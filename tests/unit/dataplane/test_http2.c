@@ -799,7 +799,6 @@ START_TEST(test_header_limits)
 }
 END_TEST
 
-
 START_TEST(test_informational_head)
 {
     setup();
@@ -929,6 +928,59 @@ START_TEST(test_connection_protocol_error)
 }
 END_TEST
 
+START_TEST(test_tcp_loopback_and_edges)
+{
+    setup();
+    /* Both codecs on a TCP connection over 127.0.0.1 (uv_tcp_open rather than a pipe). */
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert_int_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(listen(l, 1), 0);
+    socklen_t al = sizeof(a);
+    getsockname(l, (struct sockaddr *)&a, &al);
+    int cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_eq(connect(cfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    int sfd = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    ck_assert_int_ge(sfd, 0);
+    close(l);
+    fcntl(cfd, F_SETFL, fcntl(cfd, F_GETFL) | O_NONBLOCK);
+    dp_http_limits_t lim = dp_http_limits_default();
+    T.srv = dp_h2_conn_new(&T.loop, sfd, true, &lim, &codec_cb, (void *)1);
+    T.cli = dp_h2_conn_new(&T.loop, cfd, false, &lim, &codec_cb, (void *)2);
+    T.mode = MODE_ECHO;
+
+    /* The server side has no new_stream. */
+    ck_assert_ptr_null(T.srv->ops->new_stream(T.srv, &sink, NULL, NULL));
+    ck_assert(!T.srv->ops->can_take_stream(T.srv));
+
+    /* A client stream reset before its head was sent: nothing reaches the server. */
+    rec_t *z = rec_new(false);
+    z->enc = T.cli->ops->new_stream(T.cli, &sink, z, z->pool);
+    ck_assert_uint_eq(T.cli->ops->active_streams(T.cli), 1);
+    z->enc->ops->reset(z->enc, DP_RESET_LOCAL);
+    ck_assert_uint_eq(T.cli->ops->active_streams(T.cli), 0);
+
+    /* A request head without an authority is refused by the encoder. */
+    rec_t *bad = rec_new(false);
+    bad->enc = T.cli->ops->new_stream(T.cli, &sink, bad, bad->pool);
+    dp_http_head_t bh = {.method = DP_STR("GET"), .path = DP_STR("/")};
+    ck_assert_int_eq(bad->enc->ops->headers(bad->enc, &bh, true), -EINVAL);
+    ck_assert_int_eq(bad->enc->ops->data(bad->enc, (const uint8_t *)"x", 1, true), -EINVAL);
+    bad->enc->ops->reset(bad->enc, DP_RESET_LOCAL);
+
+    rec_t *r = g_r = cli_request("PUT", "/tcp", false);
+    ck_assert_int_eq(r->enc->ops->data(r->enc, (const uint8_t *)"over tcp", 8, true), 0);
+    ck_assert_int_eq(r->enc->ops->data(r->enc, (const uint8_t *)"late", 4, false), -EINVAL);
+    ck_assert(run_until(g_done, 5000));
+    ck_assert_int_eq(r->why, DP_RESET_NONE);
+    ck_assert_uint_eq(r->body_len, 8);
+    ck_assert(memcmp(r->body, "over tcp", 8) == 0);
+    ck_assert_int_eq(T.n_srv, 1);
+    ck_assert(!z->done && !bad->done);
+    teardown();
+}
+END_TEST
+
 /* ---- the server against a raw nghttp2 client ---- */
 
 typedef struct raw {
@@ -1045,6 +1097,43 @@ static void raw_free(raw_t *r)
     nghttp2_session_del(r->ses);
     close(r->fd);
 }
+
+START_TEST(test_rapid_reset)
+{
+    setup();
+    raw_t r;
+    raw_init(&r);
+    T.mode = MODE_MANUAL;
+    nghttp2_nv nv[] = {
+        {(uint8_t *)":method", (uint8_t *)"GET", 7, 3, 0},
+        {(uint8_t *)":scheme", (uint8_t *)"http", 7, 4, 0},
+        {(uint8_t *)":path", (uint8_t *)"/", 5, 1, 0},
+        {(uint8_t *)":authority", (uint8_t *)"a", 10, 1, 0},
+    };
+    /* HEADERS then RST_STREAM, over and over (CVE-2023-44487): past the reset budget the
+     * server ends the connection. */
+    for (int i = 0; i < 3000 && !T.srv_closed; i++) {
+        int32_t id = nghttp2_submit_request(r.ses, NULL, nv, 4, NULL, NULL);
+        ck_assert_int_gt(id, 0);
+        nghttp2_session_send(r.ses); /* a RST_STREAM before its HEADERS left would cancel it */
+        nghttp2_submit_rst_stream(r.ses, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
+        nghttp2_session_send(r.ses);
+        if (i % 50 == 0)
+            raw_turn(&r);
+    }
+    for (int i = 0; i < 2000 && !T.srv_closed; i++) {
+        raw_turn(&r);
+        usleep(1000);
+    }
+    ck_assert(T.srv_closed);
+    ck_assert_int_eq(T.srv_why, DP_RESET_PROTOCOL);
+    ck_assert_int_gt(T.n_srv, 100);
+    for (int i = 0; i < T.n_srv; i++)
+        ck_assert(T.srv_recs[i]->done);
+    raw_free(&r);
+    teardown();
+}
+END_TEST
 
 START_TEST(test_raw_host_and_refuse)
 {
@@ -1338,7 +1427,9 @@ static Suite *suite(void)
     tcase_add_test(tc, test_informational_head);
     tcase_add_test(tc, test_peer_stream_limit);
     tcase_add_test(tc, test_read_disable_holds_trailers);
+    tcase_add_test(tc, test_tcp_loopback_and_edges);
     tcase_add_test(tc, test_raw_host_and_refuse);
+    tcase_add_test(tc, test_rapid_reset);
     tcase_add_test(tc, test_connection_protocol_error);
     tcase_add_test(tc, test_ping_flood);
     tcase_add_test(tc, test_settings_flood_and_garbage);
