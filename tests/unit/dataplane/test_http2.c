@@ -37,6 +37,7 @@ struct rec {
     dp_reset_reason_t why;
     int drained;
     bool server;
+    bool echo; /* the server echoes this stream's data */
     void (*on_data_hook)(rec_t *r);
     rec_t *next_all;
 };
@@ -50,6 +51,7 @@ typedef enum mode {
     MODE_RESET,         /* reset at once */
     MODE_MANUAL,        /* the test answers */
     MODE_FIXED,         /* 200 "ok\n" when the request ends; frees the record on done */
+    MODE_GRPC_SERVER,   /* /pkg.Svc/Missing: trailers-only; anything else: stream echo */
 } srv_mode_t;
 
 static struct {
@@ -113,7 +115,10 @@ static void srv_request_ended(rec_t *r)
     case MODE_FIXED:
         respond(r, 200, "ok\n", 3, false);
         break;
-    case MODE_STREAM_ECHO: {
+    case MODE_STREAM_ECHO:
+    case MODE_GRPC_SERVER: {
+        if (!r->echo)
+            break;
         dp_headers_t t = {0};
         dp_headers_add(&t, r->pool, "grpc-status", 11, "0", 1);
         ck_assert_int_eq(r->enc->ops->trailers(r->enc, &t), 0);
@@ -132,7 +137,10 @@ static void s_on_headers(void *ud, dp_http_head_t *h, bool end)
     r->head_end = end;
     if (!r->server)
         return;
-    switch (T.mode) {
+    srv_mode_t m = T.mode;
+    if (m == MODE_GRPC_SERVER)
+        m = DP_STR_EQ(h->path, "/pkg.Svc/Missing") ? MODE_TRAILERS_ONLY : MODE_STREAM_ECHO;
+    switch (m) {
     case MODE_TRAILERS_ONLY: {
         dp_http_head_t rh = {.status = 200};
         dp_headers_add(&rh.headers, r->pool, "content-type", 12, "application/grpc", 16);
@@ -145,6 +153,7 @@ static void s_on_headers(void *ud, dp_http_head_t *h, bool end)
         dp_http_head_t rh = {.status = 200};
         dp_headers_add(&rh.headers, r->pool, "content-type", 12, "application/grpc", 16);
         ck_assert_int_eq(r->enc->ops->headers(r->enc, &rh, false), 0);
+        r->echo = true;
         break;
     }
     case MODE_HOLD:
@@ -167,7 +176,7 @@ static void s_on_data(void *ud, const uint8_t *p, size_t n, bool end)
     body_add(r, p, n);
     r->n_data++;
     r->data_end = end;
-    if (r->server && T.mode == MODE_STREAM_ECHO && n > 0)
+    if (r->server && r->echo && n > 0)
         ck_assert_int_eq(r->enc->ops->data(r->enc, p, n, false), 0);
     if (r->on_data_hook)
         r->on_data_hook(r);
@@ -1290,6 +1299,20 @@ static void accept_cb(uv_poll_t *p, int status, int events)
     }
 }
 
+/* A listener on 127.0.0.1 whose connections get the server codec; its port in port. */
+static void listen_loopback(char *port, size_t n)
+{
+    lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(listen(lfd, 128), 0);
+    socklen_t al = sizeof(a);
+    getsockname(lfd, (struct sockaddr *)&a, &al);
+    snprintf(port, n, "%d", ntohs(a.sin_port));
+    uv_poll_init(&T.loop, &lpoll, lfd);
+    uv_poll_start(&lpoll, UV_READABLE, accept_cb);
+}
+
 typedef struct child {
     uv_process_t proc;
     uv_timer_t kill;
@@ -1366,16 +1389,9 @@ START_TEST(test_external_clients)
 {
     setup();
     T.mode = MODE_FIXED;
-    lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-    ck_assert_int_eq(listen(lfd, 128), 0);
-    socklen_t al = sizeof(a);
-    getsockname(lfd, (struct sockaddr *)&a, &al);
-    char url[64];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", ntohs(a.sin_port));
-    uv_poll_init(&T.loop, &lpoll, lfd);
-    uv_poll_start(&lpoll, UV_READABLE, accept_cb);
+    char port[16], url[64];
+    listen_loopback(port, sizeof(port));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%s/", port);
 
     char out[] = "/tmp/skiff-h2-XXXXXX";
     int tfd = mkstemp(out);
@@ -1407,6 +1423,54 @@ START_TEST(test_external_clients)
 }
 END_TEST
 
+/* A real gRPC client (grpcio): unary, a 1 MiB message, bidirectional streaming and a
+ * trailers-only status, against the server codec echoing messages back. */
+static const char grpc_client_py[] =
+    "import grpc, sys\n"
+    "ch = grpc.insecure_channel('127.0.0.1:' + sys.argv[1])\n"
+    "echo = ch.unary_unary('/pkg.Svc/Echo')\n"
+    "assert echo(b'hello', timeout=10) == b'hello'\n"
+    "big = bytes(range(256)) * 4096\n"
+    "assert echo(big, timeout=10) == big\n"
+    "chat = ch.stream_stream('/pkg.Svc/Chat')\n"
+    "msgs = [b'm%d' % i * 100 for i in range(50)]\n"
+    "out = list(chat(iter(msgs), timeout=10))\n"
+    "assert out == msgs, out[:3]\n"
+    "try:\n"
+    "    ch.unary_unary('/pkg.Svc/Missing')(b'x', timeout=10)\n"
+    "    raise SystemExit('no error')\n"
+    "except grpc.RpcError as e:\n"
+    "    assert e.code() == grpc.StatusCode.UNIMPLEMENTED, e.code()\n"
+    "    assert e.details() == 'unimplemented', e.details()\n"
+    "print('grpc ok')\n";
+
+START_TEST(test_grpc_client)
+{
+    setup();
+    T.mode = MODE_GRPC_SERVER;
+    char port[16];
+    listen_loopback(port, sizeof(port));
+    char out[] = "/tmp/skiff-h2-XXXXXX";
+    int tfd = mkstemp(out);
+    close(tfd);
+    char *argv[] = {"/usr/bin/python3", "-c", (char *)grpc_client_py, port, NULL};
+    int64_t st = run_tool(argv, out);
+    char *text = slurp(out);
+    ck_assert_msg(st == 0 && strstr(text, "grpc ok") != NULL, "python exit %lld: %s", (long long)st,
+                  text);
+    free(text);
+    unlink(out);
+    ck_assert_int_ge(T.n_srv, 4);
+    for (int i = 0; i < T.n_srv; i++)
+        ck_assert_msg(T.srv_recs[i]->done && T.srv_recs[i]->why == DP_RESET_NONE,
+                      "stream %d: done %d why %d", i, T.srv_recs[i]->done, T.srv_recs[i]->why);
+    uv_close((uv_handle_t *)&lpoll, NULL);
+    close(lfd);
+    T.conns_closed = 0;
+    teardown();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("http2");
@@ -1434,6 +1498,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_ping_flood);
     tcase_add_test(tc, test_settings_flood_and_garbage);
     tcase_add_test(tc, test_external_clients);
+    tcase_add_test(tc, test_grpc_client);
     suite_add_tcase(s, tc);
     return s;
 }
