@@ -16,7 +16,6 @@
 #include "dataplane/http.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <nghttp2/nghttp2.h>
 #include <stdlib.h>
 #include <string.h>
