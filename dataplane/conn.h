@@ -12,6 +12,7 @@
 #include "dataplane/snapshot.h"
 
 struct dp_upstreams; /* dataplane/upstream.h */
+struct dp_accepted;  /* below */
 
 /* Every live downstream connection of a worker is linked here, so that the worker can close
  * them all when it stops. */
