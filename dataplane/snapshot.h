@@ -132,6 +132,9 @@ typedef struct dp_snapshot {
     size_t n_clusters, cap_clusters;
     dp_listener_t *listeners;
     size_t n_listeners, cap_listeners;
+    struct dp_route_config **routes; /* RDS route configs (dataplane/route.h), sorted once sealed */
+    size_t n_routes, cap_routes;
+    struct dp_snapshot_cleanup *cleanups; /* run when the snapshot is freed */
 } dp_snapshot_t;
 
 /* ---- building (one thread) ---- */
@@ -143,12 +146,23 @@ dp_snapshot_t *dp_snapshot_new(uint64_t generation); /* one reference; aborts on
 dp_cluster_t *dp_snapshot_add_cluster(dp_snapshot_t *s);
 dp_listener_t *dp_snapshot_add_listener(dp_snapshot_t *s);
 
+/* Adds an RDS route configuration built in s's arena (xds/route_build.c). Not after sealing. */
+void dp_snapshot_add_route(dp_snapshot_t *s, struct dp_route_config *rc);
+
+/* Registers fn(p) to run when the snapshot is freed (before its arena goes), for what the arena
+ * cannot own, such as compiled regexes. Builder thread; the record lives in the arena. */
+void dp_snapshot_add_cleanup(dp_snapshot_t *s, void (*fn)(void *p), void *p);
+
 /* Sorts and freezes. Returns -EEXIST (and keeps it unsealed) when two clusters share a name. */
 int dp_snapshot_seal(dp_snapshot_t *s);
 
 /* ---- reading (any thread, on a sealed snapshot) ---- */
 
 const dp_cluster_t *dp_snapshot_find_cluster(const dp_snapshot_t *s, const char *name);
+
+/* The RDS route configuration of that name, or NULL. Also works while building (before
+ * sealing, by a linear search), as connection managers are translated before the seal. */
+const struct dp_route_config *dp_snapshot_find_route(const dp_snapshot_t *s, const char *name);
 
 /* ---- lifetime (any thread) ---- */
 

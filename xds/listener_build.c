@@ -13,9 +13,7 @@
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb-c.h"
 #include "xds/pbwire.h"
-#ifdef SKIFF_HAVE_HCM_BUILD
 #include "xds/hcm_build.h"
-#endif
 
 #define TYPE_PREFIX "type.googleapis.com/"
 #define TCP_PROXY_TYPE TYPE_PREFIX "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -164,7 +162,6 @@ static const dp_hcm_config_t *build_hcm(dp_snapshot_t *s, dp_stats_t *stats,
                                         const Google__Protobuf__Any *tc, bool inbound,
                                         const char *listener)
 {
-#ifdef SKIFF_HAVE_HCM_BUILD
     const char *why;
     Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager *hcm =
         (void *)xds_pb_unpack(
@@ -183,12 +180,6 @@ static const dp_hcm_config_t *build_hcm(dp_snapshot_t *s, dp_stats_t *stats,
     free(err);
     protobuf_c_message_free_unpacked(&hcm->base, NULL);
     return c;
-#else
-    (void)s, (void)stats, (void)tc, (void)inbound;
-    DP_LOG(DP_LOG_CONFIG, DP_LOG_DEBUG, "listener %s: http_connection_manager not built",
-           listener);
-    return NULL;
-#endif
 }
 
 static bool is_tls_socket(const Envoy__Config__Core__V3__TransportSocket *ts)

@@ -6,7 +6,9 @@
 #include <string.h>
 #include <sys/un.h>
 
+#include "dataplane/log.h"
 #include "xds/listener_build.h"
+#include "xds/route_build.h"
 
 /* Fills addr from an Envoy address: an IP socket_address or a pipe. Returns false for names
  * that need resolving (STRICT_DNS and LOGICAL_DNS hosts, resolved by the data plane). */
@@ -129,6 +131,22 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     dc->n_endpoints = k;
 }
 
+/* An RDS route configuration; one Envoy would refuse is left out (the listeners naming it then
+ * answer 404 until a good version arrives). */
+static void add_route(void *ud, const Envoy__Config__Route__V3__RouteConfiguration *rc)
+{
+    build_ctx_t *ctx = ud;
+    char *err = NULL;
+    dp_route_config_t *r = xds_route_build(ctx->snap, rc, &err);
+    if (r == NULL) {
+        DP_LOG(DP_LOG_RDS, DP_LOG_WARN, "route config '%s' left out: %s", rc->name,
+               err ? err : "out of memory");
+        free(err);
+        return;
+    }
+    dp_snapshot_add_route(ctx->snap, r);
+}
+
 static void add_listener(void *ud, const Envoy__Config__Listener__V3__Listener *l)
 {
     build_ctx_t *ctx = ud;
@@ -144,6 +162,9 @@ dp_snapshot_t *xds_snapshot_build(const Envoy__Config__Bootstrap__V3__Bootstrap 
     const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = bootstrap->static_resources;
     for (size_t i = 0; sr && i < sr->n_clusters; i++)
         add_cluster(&ctx, sr->clusters[i], sr->clusters[i]->load_assignment, false);
+    /* Route configurations first: connection managers look theirs up by name. */
+    if (client)
+        xds_client_foreach_route(client, add_route, &ctx);
     for (size_t i = 0; sr && i < sr->n_listeners; i++)
         add_listener(&ctx, sr->listeners[i]);
     if (client) {

@@ -125,6 +125,7 @@ START_TEST(test_virtual_inbound)
     ck_assert_uint_eq(fc->match.n_application_protocols, 2);
     ck_assert(!fc->tls);
     ck_assert_ptr_null(fc->tcp);
+    ck_assert_ptr_nonnull(fc->hcm); /* built by xds_hcm_build */
     /* mTLS from a sidecar offering istio-http/1.1: the same port's TLS variant */
     fc = sel(l, pod, 8080, client, 40000, "tls", "outbound_.8080_._.hello", ih11, 1);
     ck_assert_str_eq(fc->name, "0.0.0.0_8080");
