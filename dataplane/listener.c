@@ -136,16 +136,17 @@ static bool addr_eq(const dp_addr_t *a, const dp_addr_t *b)
     return false;
 }
 
-/* The listener a use_original_dst connection to dst belongs to: the exact ip:port, else the
- * any-address one of that port and family, else NULL. */
-static const dp_listener_t *find_by_dst(const dp_snapshot_t *s, const struct sockaddr_storage *dst)
+/* The listener a use_original_dst connection to dst belongs to, other than the accepting one
+ * (self): the exact ip:port, else the any-address one of that port and family, else NULL. */
+static const dp_listener_t *find_by_dst(const dp_snapshot_t *s, const struct sockaddr_storage *dst,
+                                        const dp_listener_t *self)
 {
     uint32_t port = sa_port(dst);
     const dp_listener_t *any = NULL;
     for (size_t i = 0; port && i < s->n_listeners; i++) {
         const dp_listener_t *l = &s->listeners[i];
         int f = l->addr.sa.sa_family;
-        if (f != dst->ss_family || (f != AF_INET && f != AF_INET6))
+        if (l == self || f != dst->ss_family || (f != AF_INET && f != AF_INET6))
             continue;
         uint32_t lp = ntohs(f == AF_INET ? l->addr.in.sin_port : l->addr.in6.sin6_port);
         if (lp != port)
@@ -478,7 +479,7 @@ static void on_conn(dp_listeners_t *ls, const dp_listener_t *l, int fd,
     a.listener = l;
     if (l->use_original_dst) {
         original_dst(fd, &a.local);
-        const dp_listener_t *to = find_by_dst(a.snap, &a.local);
+        const dp_listener_t *to = find_by_dst(a.snap, &a.local, l);
         if (to)
             a.listener = to;
     }

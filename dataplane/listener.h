@@ -6,8 +6,9 @@
  *
  * use_original_dst: the connection's original destination (SO_ORIGINAL_DST from an iptables
  * REDIRECT, else getsockname) picks the listener that serves it: the one bound exactly to
- * that ip:port (bind_to_port false ones included), else the 0.0.0.0:port / [::]:port one,
- * else the accepting listener itself (Istio's virtualOutbound → PassthroughCluster).
+ * that ip:port (bind_to_port false ones included; not the accepting one itself), else the
+ * 0.0.0.0:port / [::]:port one, else the accepting listener itself (Istio's virtualOutbound
+ * → PassthroughCluster).
  *
  * Listener filters of the serving listener then run in order: original_dst (the local address
  * becomes the original destination), tls_inspector and http_inspector (they peek at the first
