@@ -339,6 +339,12 @@ static void build_filters(dp_arena_t *arena, const Envoy__Config__Listener__V3__
 dp_listener_t *xds_listener_build(dp_snapshot_t *s, dp_stats_t *stats,
                                   const Envoy__Config__Listener__V3__Listener *l)
 {
+    char *err = NULL;
+    if (xds_listener_check(l, &err) < 0) {
+        /* Resource validation should have refused it; the first of the duplicates wins. */
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "listener %s: %s", l->name, err ? err : "invalid");
+        free(err);
+    }
     dp_listener_t *dl = dp_snapshot_add_listener(s);
     dl->name = dp_arena_strdup(s->arena, l->name);
     dl->inbound = l->traffic_direction == ENVOY__CONFIG__CORE__V3__TRAFFIC_DIRECTION__INBOUND;

@@ -13,8 +13,9 @@
 /* Appends l to s (into its arena). stats may be NULL. What skiff cannot run is passed over
  * and logged at debug (unknown listener filters, network filters before the last one, a
  * last filter it does not know: the chain then closes its connections). Route configurations
- * named by RDS must have been added to s before. Never fails: a listener Envoy would refuse
- * is refused earlier, by xds_listener_check during resource validation. */
+ * named by RDS must have been added to s before. Never fails: what xds_listener_check finds
+ * (a listener Envoy refuses, which resource validation should refuse before) is logged as a
+ * warning, and the first of two chains with the same matching rules wins. */
 dp_listener_t *xds_listener_build(dp_snapshot_t *s, dp_stats_t *stats,
                                   const Envoy__Config__Listener__V3__Listener *l);
 

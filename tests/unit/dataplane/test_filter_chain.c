@@ -168,6 +168,64 @@ START_TEST(test_virtual_inbound)
 }
 END_TEST
 
+/* Every listener of the three Istio dumps passes xds_listener_check (no false duplicates) and
+ * builds with all its chains. */
+START_TEST(test_every_dump_listener)
+{
+    static const char *const files[] = {
+        "01-ossm-sidecar-config-dump/hello-openshift-sidecar-config_dump.json",
+        "01-ossm-sidecar-config-dump/ingressgateway-config_dump.json",
+        "02-upstream-istio-1.18-sidecar-config-dump/geo-hr2-sidecar-config_dump_include_eds.json",
+        "03-istio-testdata-sidecar-listeners-rbac/authz-testdata-sidecar-listeners-configdump.json",
+    };
+    const char *shared = getenv("SHARED");
+    pbjson_opts_t opts = {.allow_unknown = true, .resolve = pb_registry_find_type_url};
+    size_t n = 0;
+    for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/istio/%s", shared ? shared : "../shared", files[f]);
+        json_error_t jerr;
+        json_t *root = json_load_file(path, 0, &jerr);
+        ck_assert_msg(root != NULL, "%s: %s", path, jerr.text);
+        json_t *c, *e;
+        size_t i, j;
+        json_array_foreach(json_object_get(root, "configs"), i, c) {
+            json_t *all[2] = {json_object_get(c, "dynamic_listeners"),
+                              json_object_get(c, "static_listeners")};
+            for (int k = 0; k < 2; k++) {
+                json_array_foreach(all[k], j, e) {
+                    json_t *l = json_object_get(json_object_get(e, "active_state"), "listener");
+                    if (l == NULL)
+                        l = json_object_get(e, "listener");
+                    if (l == NULL)
+                        continue;
+                    json_object_del(l, "@type");
+                    ProtobufCMessage *m = NULL;
+                    pbjson_diag_t *diag = pbjson_diag_new();
+                    int rc = pbjson_parse_json(l, files[f],
+                                               &envoy__config__listener__v3__listener__descriptor,
+                                               &opts, &m, diag);
+                    ck_assert_msg(rc == 0, "%s", pbjson_diag_size(diag) ? pbjson_diag_at(diag, 0, NULL) : "?");
+                    pbjson_diag_free(diag);
+                    Envoy__Config__Listener__V3__Listener *pl = (void *)m;
+                    char *err = NULL;
+                    ck_assert_msg(xds_listener_check(pl, &err) == 0, "%s %s: %s", files[f],
+                                  pl->name, err);
+                    dp_snapshot_t *s = dp_snapshot_new(1);
+                    const dp_listener_t *dl = xds_listener_build(s, NULL, pl);
+                    ck_assert_uint_eq(dl->n_chains, pl->n_filter_chains);
+                    dp_snapshot_unref(s);
+                    protobuf_c_message_free_unpacked(m, NULL);
+                    n++;
+                }
+            }
+        }
+        json_decref(root);
+    }
+    ck_assert_uint_gt(n, 50);
+}
+END_TEST
+
 START_TEST(test_dump_listeners_have_no_duplicate_chains)
 {
     static const char *const names[] = {"virtualOutbound", "0.0.0.0_8188", "172.30.32.106_8080",
@@ -403,6 +461,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_virtual_inbound);
     tcase_add_test(tc, test_dump_listeners_have_no_duplicate_chains);
+    tcase_add_test(tc, test_every_dump_listener);
     tcase_add_test(tc, test_port_beats_ip);
     tcase_add_test(tc, test_longest_prefix);
     tcase_add_test(tc, test_server_names);
