@@ -65,7 +65,7 @@ bool dp_cidr_parse(const char *address, uint32_t len, dp_cidr_t *out)
         return false;
     out->len = (uint8_t)len;
     for (unsigned bit = len; bit < max; bit++)
-        out->addr[bit / 8] &= (uint8_t)~(0x80 >> (bit % 8));
+        out->addr[bit / 8] &= (uint8_t) ~(0x80 >> (bit % 8));
     return true;
 }
 
@@ -221,7 +221,7 @@ static int score_src_port(const dp_fc_match_t *m, const dp_fc_input_t *in)
 const dp_filter_chain_t *dp_filter_chain_select(const dp_listener_t *l, const dp_fc_input_t *in)
 {
     static const score_fn steps[] = {
-        score_dst_port,      score_dst_ip,     score_server_name, score_transport, score_alpn,
+        score_dst_port,      score_dst_ip,      score_server_name, score_transport, score_alpn,
         score_direct_src_ip, score_source_type, score_src_ip,      score_src_port,
     };
     const dp_filter_chain_t *cand[MAX_CANDIDATES];
@@ -280,16 +280,15 @@ bool dp_fc_match_overlaps(const dp_fc_match_t *a, const dp_fc_match_t *b)
     const char *ta = a->transport_protocol ? a->transport_protocol : "";
     const char *tb = b->transport_protocol ? b->transport_protocol : "";
     return a->destination_port == b->destination_port &&
-           cidrs_meet(a->prefix_ranges, a->n_prefix_ranges, b->prefix_ranges,
-                      b->n_prefix_ranges) &&
+           cidrs_meet(a->prefix_ranges, a->n_prefix_ranges, b->prefix_ranges, b->n_prefix_ranges) &&
            strs_meet(a->server_names, a->n_server_names, b->server_names, b->n_server_names) &&
            strcmp(ta, tb) == 0 &&
-           strs_meet(a->application_protocols, a->n_application_protocols,
-                     b->application_protocols, b->n_application_protocols) &&
+           strs_meet(a->application_protocols, a->n_application_protocols, b->application_protocols,
+                     b->n_application_protocols) &&
            cidrs_meet(a->direct_source_prefix_ranges, a->n_direct_source_prefix_ranges,
                       b->direct_source_prefix_ranges, b->n_direct_source_prefix_ranges) &&
            a->source_type == b->source_type &&
-           cidrs_meet(a->source_prefix_ranges, a->n_source_prefix_ranges,
-                      b->source_prefix_ranges, b->n_source_prefix_ranges) &&
+           cidrs_meet(a->source_prefix_ranges, a->n_source_prefix_ranges, b->source_prefix_ranges,
+                      b->n_source_prefix_ranges) &&
            ports_meet(a->source_ports, a->n_source_ports, b->source_ports, b->n_source_ports);
 }

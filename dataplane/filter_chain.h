@@ -59,7 +59,7 @@ typedef struct dp_fc_match {
 /* tcp_proxy (envoy.filters.network.tcp_proxy): one cluster or a weighted split. */
 typedef struct dp_tcp_proxy {
     const char *stat_prefix;
-    const char *cluster;                  /* the cluster, or the first weighted one */
+    const char *cluster;                   /* the cluster, or the first weighted one */
     const dp_weighted_cluster_t *weighted; /* weighted_clusters, or NULL */
     size_t n_weighted;
     uint32_t total_weight;

@@ -5,11 +5,11 @@
 
 /* ---- TLS ClientHello ---- */
 
-#define TLS_RECORD_HANDSHAKE 0x16
+#define TLS_RECORD_HANDSHAKE       0x16
 #define TLS_HANDSHAKE_CLIENT_HELLO 0x01
-#define TLS_RECORD_MAX (16384 + 2048) /* TLSCiphertext's limit; a plaintext one is smaller */
-#define EXT_SERVER_NAME 0
-#define EXT_ALPN 16
+#define TLS_RECORD_MAX             (16384 + 2048) /* TLSCiphertext's limit; a plaintext one is smaller */
+#define EXT_SERVER_NAME            0
+#define EXT_ALPN                   16
 
 typedef struct rd {
     const uint8_t *p;
@@ -87,8 +87,8 @@ static dp_inspect_result_t parse_client_hello(const uint8_t *body, size_t n, dp_
 {
     memset(out, 0, sizeof(*out));
     rd_t r = {.p = body, .n = n};
-    rd_u(&r, 2);                   /* legacy_version */
-    rd_sub(&r, 32);                /* random */
+    rd_u(&r, 2);    /* legacy_version */
+    rd_sub(&r, 32); /* random */
     rd_t sid = rd_sub(&r, rd_u(&r, 1));
     if (sid.n > 32)
         return DP_INSPECT_ERROR;

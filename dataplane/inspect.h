@@ -21,8 +21,8 @@ typedef enum dp_inspect_result {
 #define DP_TLS_MAX_ALPN 16
 
 typedef struct dp_tls_hello {
-    char sni[256];  /* the host_name of server_name, lower case; "" when none */
-    size_t n_alpn;  /* protocols of application_layer_protocol_negotiation, in order */
+    char sni[256]; /* the host_name of server_name, lower case; "" when none */
+    size_t n_alpn; /* protocols of application_layer_protocol_negotiation, in order */
     char alpn[DP_TLS_MAX_ALPN][64]; /* longer names and those past DP_TLS_MAX_ALPN are dropped */
 } dp_tls_hello_t;
 

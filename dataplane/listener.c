@@ -2,8 +2,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <stdio.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -25,9 +25,9 @@
 #define IP_TRANSPARENT 19
 #endif
 
-#define ACCEPT_BATCH 64   /* accept4() calls per wakeup of a listening socket */
+#define ACCEPT_BATCH   64 /* accept4() calls per wakeup of a listening socket */
 #define LISTEN_BACKLOG 1024
-#define PENDING_POOL 256  /* idle pending-connection structs kept for reuse */
+#define PENDING_POOL   256 /* idle pending-connection structs kept for reuse */
 
 typedef struct open_listener open_listener_t;
 typedef struct pending pending_t;
@@ -36,10 +36,10 @@ struct dp_listeners {
     dp_wctx_t *w;
     dp_snapshot_t *snap; /* the latest applied */
     open_listener_t *open;
-    pending_t *pending;   /* connections in their listener filters */
-    pending_t *pool;      /* free structs */
+    pending_t *pending; /* connections in their listener filters */
+    pending_t *pool;    /* free structs */
     size_t n_pool;
-    int closing_handles;  /* listener sockets and pending connections being closed */
+    int closing_handles; /* listener sockets and pending connections being closed */
     bool closing;
     uint8_t peek[DP_TLS_INSPECT_MAX]; /* what the inspectors look at (MSG_PEEK) */
 };
@@ -64,8 +64,8 @@ struct pending {
     uv_timer_t timer;
     int handles; /* open uv handles */
     dp_accepted_t a;
-    size_t filter;   /* the listener filter running */
-    int lowat;       /* SO_RCVLOWAT set while waiting; 0 when untouched */
+    size_t filter; /* the listener filter running */
+    int lowat;     /* SO_RCVLOWAT set while waiting; 0 when untouched */
     bool polling, timing, eof, closing;
     const char *transport; /* "tls" once tls_inspector found a ClientHello */
     dp_tls_hello_t hello;
@@ -175,11 +175,17 @@ static void original_dst(int fd, struct sockaddr_storage *local)
     struct sockaddr_storage od;
     socklen_t len = sizeof(od);
     int rc = -1;
-    if (local->ss_family == AF_INET)
+    if (local->ss_family == AF_INET) {
         rc = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &od, &len);
-    else if (local->ss_family == AF_INET6)
+    } else if (local->ss_family == AF_INET6) {
         rc = getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &od, &len);
-    if (rc == 0 && od.ss_family == local->ss_family)
+        /* An IPv4 client on a dual-stack socket: its conntrack entry is IPv4. */
+        if (rc < 0 && IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)local)->sin6_addr)) {
+            len = sizeof(od);
+            rc = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &od, &len);
+        }
+    }
+    if (rc == 0 && (od.ss_family == AF_INET || od.ss_family == AF_INET6))
         *local = od;
 }
 
@@ -224,8 +230,9 @@ static void dispatch(dp_listeners_t *ls, dp_accepted_t *a, const char *transport
         return;
     }
     dp_wctx_t *w = ls->w;
-    void (*start)(dp_wctx_t *, dp_accepted_t *) =
-        fc->tcp ? w->tcp_proxy_start : fc->hcm ? w->hcm_start : NULL;
+    void (*start)(dp_wctx_t *, dp_accepted_t *) = fc->tcp   ? w->tcp_proxy_start
+                                                  : fc->hcm ? w->hcm_start
+                                                            : NULL;
     if (start == NULL) {
         DP_LOG(DP_LOG_CONN_HANDLER, DP_LOG_DEBUG,
                "listener %s: chain '%s' has no network filter skiff runs: closing", l->name,
@@ -360,8 +367,7 @@ static void on_pending_timeout(uv_timer_t *t)
 static void pending_wait(pending_t *p, size_t have)
 {
     int want = (int)have + 1;
-    if (want != p->lowat &&
-        setsockopt(p->a.fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0)
+    if (want != p->lowat && setsockopt(p->a.fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0)
         p->lowat = want;
     if (!p->polling) {
         p->polling = true;
@@ -418,8 +424,8 @@ static void pending_run(pending_t *p)
                 p->http_proto = proto;
         }
         if (r == DP_INSPECT_ERROR) {
-            DP_LOG(DP_LOG_FILTER, DP_LOG_DEBUG, "listener %s: %s: malformed or too large",
-                   l->name, f->kind == DP_LF_TLS_INSPECTOR ? "tls_inspector" : "http_inspector");
+            DP_LOG(DP_LOG_FILTER, DP_LOG_DEBUG, "listener %s: %s: malformed or too large", l->name,
+                   f->kind == DP_LF_TLS_INSPECTOR ? "tls_inspector" : "http_inspector");
             pending_close(p);
             return;
         }
@@ -519,8 +525,7 @@ static void on_listen_readable(uv_poll_t *h, int status, int events)
         socklen_t len = sizeof(remote);
         int fd = accept4(ol->fd, (struct sockaddr *)&remote, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                errno != ECONNABORTED)
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
                 DP_LOG(DP_LOG_CONN_HANDLER, DP_LOG_WARN, "listener %s: accept: %s", ol->name,
                        strerror(errno));
             if (errno == ECONNABORTED || errno == EINTR)
@@ -562,9 +567,8 @@ static int open_listener(dp_listeners_t *ls, const dp_listener_t *l)
     if (fd < 0)
         return -errno;
     int one = 1;
-    if (l->transparent &&
-        setsockopt(fd, family == AF_INET ? SOL_IP : SOL_IPV6, IP_TRANSPARENT, &one,
-                   sizeof(one)) < 0)
+    if (l->transparent && setsockopt(fd, family == AF_INET ? SOL_IP : SOL_IPV6, IP_TRANSPARENT,
+                                     &one, sizeof(one)) < 0)
         DP_LOG(DP_LOG_CONN_HANDLER, DP_LOG_WARN, "listener %s: transparent: %s", l->name,
                strerror(errno));
     /* One socket per worker on the same address: the kernel balances accepts across them. */

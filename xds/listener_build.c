@@ -12,13 +12,14 @@
 #include "dataplane/log.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb-c.h"
-#include "xds/pbwire.h"
 #include "xds/hcm_build.h"
+#include "xds/pbwire.h"
 
-#define TYPE_PREFIX "type.googleapis.com/"
+#define TYPE_PREFIX    "type.googleapis.com/"
 #define TCP_PROXY_TYPE TYPE_PREFIX "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-#define HCM_TYPE                                                                                   \
-    TYPE_PREFIX "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+#define HCM_TYPE                                                               \
+    TYPE_PREFIX "envoy.extensions.filters.network.http_connection_manager.v3." \
+                "HttpConnectionManager"
 #define PRED_MAX_DEPTH 16
 
 static uint64_t duration_ms(const Google__Protobuf__Duration *d)
@@ -90,10 +91,12 @@ static void build_match(dp_arena_t *arena, const Envoy__Config__Listener__V3__Fi
     if (fm == NULL)
         return;
     m->destination_port = fm->destination_port ? fm->destination_port->value : 0;
-    m->prefix_ranges = cidrs(arena, fm->prefix_ranges, fm->n_prefix_ranges, &m->n_prefix_ranges, bad);
+    m->prefix_ranges =
+        cidrs(arena, fm->prefix_ranges, fm->n_prefix_ranges, &m->n_prefix_ranges, bad);
     m->server_names = strs(arena, fm->server_names, fm->n_server_names, true);
     m->n_server_names = fm->n_server_names;
-    m->transport_protocol = dp_arena_strdup(arena, fm->transport_protocol ? fm->transport_protocol : "");
+    m->transport_protocol =
+        dp_arena_strdup(arena, fm->transport_protocol ? fm->transport_protocol : "");
     m->application_protocols =
         strs(arena, fm->application_protocols, fm->n_application_protocols, false);
     m->n_application_protocols = fm->n_application_protocols;
@@ -135,9 +138,10 @@ static const dp_tcp_proxy_t *build_tcp_proxy(dp_arena_t *arena, const Google__Pr
     if (tp->cluster_specifier_case ==
         ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__CLUSTER_SPECIFIER_CLUSTER) {
         t->cluster = dp_arena_strdup(arena, tp->cluster);
-    } else if (tp->cluster_specifier_case ==
-                   ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__CLUSTER_SPECIFIER_WEIGHTED_CLUSTERS &&
-               tp->weighted_clusters->n_clusters) {
+    } else if (
+        tp->cluster_specifier_case ==
+            ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__CLUSTER_SPECIFIER_WEIGHTED_CLUSTERS &&
+        tp->weighted_clusters->n_clusters) {
         const Envoy__Extensions__Filters__Network__TcpProxy__V3__TcpProxy__WeightedCluster *wc =
             tp->weighted_clusters;
         dp_weighted_cluster_t *v = dp_arena_alloc(arena, wc->n_clusters * sizeof(*v));
@@ -186,7 +190,8 @@ static bool is_tls_socket(const Envoy__Config__Core__V3__TransportSocket *ts)
 {
     if (ts == NULL)
         return false;
-    if (ts->config_type_case == ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG &&
+    if (ts->config_type_case ==
+            ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG &&
         ts->typed_config && ts->typed_config->type_url)
         return strstr(ts->typed_config->type_url, "RawBuffer") == NULL;
     return ts->name == NULL || strcmp(ts->name, "envoy.transport_sockets.raw_buffer") != 0;
@@ -214,10 +219,9 @@ static void build_chain(dp_snapshot_t *s, dp_stats_t *stats,
     if (strcmp(url, TCP_PROXY_TYPE) == 0)
         out->tcp = build_tcp_proxy(arena, f->typed_config);
     else if (strcmp(url, HCM_TYPE) == 0)
-        out->hcm = build_hcm(s, stats, f->typed_config,
-                             l->traffic_direction ==
-                                 ENVOY__CONFIG__CORE__V3__TRAFFIC_DIRECTION__INBOUND,
-                             l->name);
+        out->hcm = build_hcm(
+            s, stats, f->typed_config,
+            l->traffic_direction == ENVOY__CONFIG__CORE__V3__TRAFFIC_DIRECTION__INBOUND, l->name);
     else
         DP_LOG(DP_LOG_CONFIG, DP_LOG_DEBUG, "listener %s: chain '%s': %s is not run", l->name,
                out->name, f->name);
@@ -225,7 +229,8 @@ static void build_chain(dp_snapshot_t *s, dp_stats_t *stats,
 
 /* ---- listener filters ---- */
 
-static bool build_pred(dp_arena_t *arena, const Envoy__Config__Listener__V3__ListenerFilterChainMatchPredicate *p,
+static bool build_pred(dp_arena_t *arena,
+                       const Envoy__Config__Listener__V3__ListenerFilterChainMatchPredicate *p,
                        dp_lf_pred_t *out, unsigned depth)
 {
     memset(out, 0, sizeof(*out));
@@ -238,8 +243,10 @@ static bool build_pred(dp_arena_t *arena, const Envoy__Config__Listener__V3__Lis
         return true;
     case ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER_CHAIN_MATCH_PREDICATE__RULE_DESTINATION_PORT_RANGE:
         out->kind = DP_LF_PRED_DST_PORT_RANGE;
-        out->port_start = p->destination_port_range->start < 0 ? 0 : (uint32_t)p->destination_port_range->start;
-        out->port_end = p->destination_port_range->end < 0 ? 0 : (uint32_t)p->destination_port_range->end;
+        out->port_start =
+            p->destination_port_range->start < 0 ? 0 : (uint32_t)p->destination_port_range->start;
+        out->port_end =
+            p->destination_port_range->end < 0 ? 0 : (uint32_t)p->destination_port_range->end;
         return true;
     case ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER_CHAIN_MATCH_PREDICATE__RULE_NOT_MATCH: {
         out->kind = DP_LF_PRED_NOT;
@@ -288,11 +295,12 @@ static bool filter_kind(const Envoy__Config__Listener__V3__ListenerFilter *f,
          TYPE_PREFIX "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
          DP_LF_HTTP_INSPECTOR},
     };
-    const char *type = f->config_type_case ==
-                                   ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER__CONFIG_TYPE_TYPED_CONFIG &&
-                               f->typed_config
-                           ? f->typed_config->type_url
-                           : NULL;
+    const char *type =
+        f->config_type_case ==
+                    ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER__CONFIG_TYPE_TYPED_CONFIG &&
+                f->typed_config
+            ? f->typed_config->type_url
+            : NULL;
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
         if ((type && strcmp(type, known[i].type) == 0) ||
             (type == NULL && f->name && strcmp(f->name, known[i].name) == 0)) {
@@ -374,7 +382,7 @@ dp_listener_t *xds_listener_build(dp_snapshot_t *s, dp_stats_t *stats,
         /* Envoy names listener stats by address: listener.0.0.0.0_15001.downstream_cx_total */
         const Envoy__Config__Core__V3__SocketAddress *sa = l->address->socket_address;
         char name[512];
-#define LISTENER_STAT(suffix)                                                                      \
+#define LISTENER_STAT(suffix) \
     (snprintf(name, sizeof(name), "listener.%s_%u." suffix, sa->address, sa->port_value), name)
         dl->cx_total = dp_stats_counter(stats, LISTENER_STAT("downstream_cx_total"));
         dl->cx_active = dp_stats_gauge(stats, LISTENER_STAT("downstream_cx_active"));
@@ -398,8 +406,10 @@ int xds_listener_check(const Envoy__Config__Listener__V3__Listener *l, char **re
         build_match(arena, l->filter_chains[i]->filter_chain_match, &m[i], &bad);
         if (bad) {
             rc = -EINVAL;
-            if (asprintf(reterr_msg, "filter_chains[%zu].filter_chain_match: a prefix range is "
-                                     "not an IP prefix", i) < 0)
+            if (asprintf(reterr_msg,
+                         "filter_chains[%zu].filter_chain_match: a prefix range is "
+                         "not an IP prefix",
+                         i) < 0)
                 *reterr_msg = NULL;
         }
         for (size_t j = 0; j < i && rc == 0; j++) {
@@ -408,7 +418,8 @@ int xds_listener_check(const Envoy__Config__Listener__V3__Listener *l, char **re
             rc = -EINVAL;
             if (asprintf(reterr_msg,
                          "filter_chains[%zu] and filter_chains[%zu]: multiple filter chains "
-                         "with the same matching rules are defined", j, i) < 0)
+                         "with the same matching rules are defined",
+                         j, i) < 0)
                 *reterr_msg = NULL;
         }
     }

@@ -57,17 +57,20 @@ static Envoy__Config__Listener__V3__Listener *dump_listener(const char *name)
 {
     char path[1024];
     const char *shared = getenv("SHARED");
-    snprintf(path, sizeof(path), "%s/istio/01-ossm-sidecar-config-dump/"
-                                 "hello-openshift-sidecar-config_dump.json",
+    snprintf(path, sizeof(path),
+             "%s/istio/01-ossm-sidecar-config-dump/"
+             "hello-openshift-sidecar-config_dump.json",
              shared ? shared : "../shared");
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr);
     ck_assert_msg(root != NULL, "%s: %s", path, jerr.text);
     json_t *configs = json_object_get(root, "configs"), *c, *found = NULL;
     size_t i, j;
-    json_array_foreach(configs, i, c) {
+    json_array_foreach(configs, i, c)
+    {
         json_t *dl = json_object_get(c, "dynamic_listeners"), *e;
-        json_array_foreach(dl, j, e) {
+        json_array_foreach(dl, j, e)
+        {
             json_t *l = json_object_get(json_object_get(e, "active_state"), "listener");
             if (l && strcmp(json_string_value(json_object_get(l, "name")), name) == 0)
                 found = l;
@@ -189,11 +192,13 @@ START_TEST(test_every_dump_listener)
         ck_assert_msg(root != NULL, "%s: %s", path, jerr.text);
         json_t *c, *e;
         size_t i, j;
-        json_array_foreach(json_object_get(root, "configs"), i, c) {
+        json_array_foreach(json_object_get(root, "configs"), i, c)
+        {
             json_t *all[2] = {json_object_get(c, "dynamic_listeners"),
                               json_object_get(c, "static_listeners")};
             for (int k = 0; k < 2; k++) {
-                json_array_foreach(all[k], j, e) {
+                json_array_foreach(all[k], j, e)
+                {
                     json_t *l = json_object_get(json_object_get(e, "active_state"), "listener");
                     if (l == NULL)
                         l = json_object_get(e, "listener");
@@ -205,7 +210,8 @@ START_TEST(test_every_dump_listener)
                     int rc = pbjson_parse_json(l, files[f],
                                                &envoy__config__listener__v3__listener__descriptor,
                                                &opts, &m, diag);
-                    ck_assert_msg(rc == 0, "%s", pbjson_diag_size(diag) ? pbjson_diag_at(diag, 0, NULL) : "?");
+                    ck_assert_msg(rc == 0, "%s",
+                                  pbjson_diag_size(diag) ? pbjson_diag_at(diag, 0, NULL) : "?");
                     pbjson_diag_free(diag);
                     Envoy__Config__Listener__V3__Listener *pl = (void *)m;
                     char *err = NULL;
@@ -240,7 +246,8 @@ START_TEST(test_dump_listeners_have_no_duplicate_chains)
         if (strcmp(names[i], "virtualOutbound") == 0) {
             ck_assert(l->use_original_dst);
             ck_assert(l->bind_to_port);
-            const dp_filter_chain_t *fc = sel(l, "10.0.0.1", 5432, "10.0.0.2", 1, NULL, "", NULL, 0);
+            const dp_filter_chain_t *fc =
+                sel(l, "10.0.0.1", 5432, "10.0.0.2", 1, NULL, "", NULL, 0);
             ck_assert_str_eq(fc->tcp->cluster, "PassthroughCluster");
             fc = sel(l, "10.0.0.1", 15001, "10.0.0.2", 1, NULL, "", NULL, 0);
             ck_assert_str_eq(fc->tcp->cluster, "BlackHoleCluster");
@@ -355,11 +362,16 @@ START_TEST(test_server_names)
     chains[2].match.n_server_names = 1;
     NAMED(3, "none");
     const char *t = "tls";
-    ck_assert_str_eq(sel(&lis, "1.1.1.1", 443, "2.2.2.2", 9, t, "www.example.com", NULL, 0)->name, "exact");
-    ck_assert_str_eq(sel(&lis, "1.1.1.1", 443, "2.2.2.2", 9, t, "WWW.Example.COM", NULL, 0)->name, "exact");
-    ck_assert_str_eq(sel(&lis, "1.1.1.1", 443, "2.2.2.2", 9, t, "api.example.com", NULL, 0)->name, "wild");
-    ck_assert_str_eq(sel(&lis, "1.1.1.1", 443, "2.2.2.2", 9, t, "a.b.example.com", NULL, 0)->name, "wild");
-    ck_assert_str_eq(sel(&lis, "1.1.1.1", 443, "2.2.2.2", 9, t, "example.com", NULL, 0)->name, "tld");
+    ck_assert_str_eq(sel(&lis, "1.1.1.1", 443, "2.2.2.2", 9, t, "www.example.com", NULL, 0)->name,
+                     "exact");
+    ck_assert_str_eq(sel(&lis, "1.1.1.1", 443, "2.2.2.2", 9, t, "WWW.Example.COM", NULL, 0)->name,
+                     "exact");
+    ck_assert_str_eq(sel(&lis, "1.1.1.1", 443, "2.2.2.2", 9, t, "api.example.com", NULL, 0)->name,
+                     "wild");
+    ck_assert_str_eq(sel(&lis, "1.1.1.1", 443, "2.2.2.2", 9, t, "a.b.example.com", NULL, 0)->name,
+                     "wild");
+    ck_assert_str_eq(sel(&lis, "1.1.1.1", 443, "2.2.2.2", 9, t, "example.com", NULL, 0)->name,
+                     "tld");
     ck_assert_str_eq(sel(&lis, "1.1.1.1", 443, "2.2.2.2", 9, t, "foo.org", NULL, 0)->name, "none");
     ck_assert_str_eq(sel(&lis, "1.1.1.1", 443, "2.2.2.2", 9, t, "", NULL, 0)->name, "none");
 }
@@ -382,9 +394,11 @@ START_TEST(test_transport_and_alpn)
     NAMED(3, "any");
     static const char *const offer[] = {"http/1.1", "h2"}, *const other[] = {"spdy/3"};
     ck_assert_str_eq(sel(&lis, "1.1.1.1", 1, "2.2.2.2", 2, "tls", "", offer, 2)->name, "tls-h11");
-    ck_assert_str_eq(sel(&lis, "1.1.1.1", 1, "2.2.2.2", 2, "tls", "", offer + 1, 1)->name, "tls-h2");
+    ck_assert_str_eq(sel(&lis, "1.1.1.1", 1, "2.2.2.2", 2, "tls", "", offer + 1, 1)->name,
+                     "tls-h2");
     ck_assert_str_eq(sel(&lis, "1.1.1.1", 1, "2.2.2.2", 2, "tls", "", other, 1)->name, "tls");
-    ck_assert_str_eq(sel(&lis, "1.1.1.1", 1, "2.2.2.2", 2, "raw_buffer", "", offer, 2)->name, "any");
+    ck_assert_str_eq(sel(&lis, "1.1.1.1", 1, "2.2.2.2", 2, "raw_buffer", "", offer, 2)->name,
+                     "any");
     ck_assert_str_eq(sel(&lis, "1.1.1.1", 1, "2.2.2.2", 2, NULL, "", NULL, 0)->name, "any");
 }
 END_TEST
@@ -404,7 +418,8 @@ START_TEST(test_source_type_and_ports)
     ck_assert_str_eq(sel(&lis, "10.0.0.1", 1, "127.0.0.1", 1234, NULL, "", NULL, 0)->name, "local");
     ck_assert_str_eq(sel(&lis, "10.0.0.1", 1, "10.0.0.1", 1234, NULL, "", NULL, 0)->name, "local");
     ck_assert_str_eq(sel(&lis, "::1", 1, "::1", 9, NULL, "", NULL, 0)->name, "local");
-    ck_assert_str_eq(sel(&lis, "10.0.0.1", 1, "10.0.0.2", 1234, NULL, "", NULL, 0)->name, "external");
+    ck_assert_str_eq(sel(&lis, "10.0.0.1", 1, "10.0.0.2", 1234, NULL, "", NULL, 0)->name,
+                     "external");
     ck_assert_str_eq(sel(&lis, "10.0.0.1", 1, "10.0.0.2", 999, NULL, "", NULL, 0)->name,
                      "external-any-port");
 }
@@ -417,10 +432,12 @@ START_TEST(test_listener_filter_predicates)
     dp_lf_pred_t both[] = {r1, r2};
     dp_lf_pred_t or = {.kind = DP_LF_PRED_OR, .rules = both, .n_rules = 2};
     dp_lf_pred_t and = {.kind = DP_LF_PRED_AND, .rules = both, .n_rules = 2};
-    dp_lf_pred_t not = {.kind = DP_LF_PRED_NOT, .rules = &or, .n_rules = 1};
+    dp_lf_pred_t not = {.kind = DP_LF_PRED_NOT, .rules = & or, .n_rules = 1};
     dp_lf_pred_t any = {.kind = DP_LF_PRED_ANY};
-    ck_assert(dp_lf_pred_match(&r1, 100) && dp_lf_pred_match(&r1, 199) && !dp_lf_pred_match(&r1, 200));
-    ck_assert(dp_lf_pred_match(&or, 150) && dp_lf_pred_match(&or, 300) && !dp_lf_pred_match(&or, 250));
+    ck_assert(dp_lf_pred_match(&r1, 100) && dp_lf_pred_match(&r1, 199) &&
+              !dp_lf_pred_match(&r1, 200));
+    ck_assert(dp_lf_pred_match(& or, 150) && dp_lf_pred_match(& or, 300) &&
+              !dp_lf_pred_match(& or, 250));
     ck_assert(!dp_lf_pred_match(&and, 150) && !dp_lf_pred_match(&and, 300));
     ck_assert(!dp_lf_pred_match(&not, 150) && dp_lf_pred_match(&not, 250));
     ck_assert(dp_lf_pred_match(&any, 1));
@@ -430,7 +447,8 @@ END_TEST
 START_TEST(test_duplicate_chains_refused)
 {
     const char *text =
-        "{\"name\":\"dup\",\"address\":{\"socket_address\":{\"address\":\"0.0.0.0\",\"port_value\":1}},"
+        "{\"name\":\"dup\",\"address\":{\"socket_address\":{\"address\":\"0.0.0.0\",\"port_value\":"
+        "1}},"
         "\"filter_chains\":["
         "{\"filter_chain_match\":{\"destination_port\":80,\"server_names\":[\"a.com\",\"b.com\"]}},"
         "{\"filter_chain_match\":{\"destination_port\":80,\"server_names\":[\"c.com\"]}},"

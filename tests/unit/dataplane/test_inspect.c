@@ -26,12 +26,12 @@ static size_t build_hello(uint8_t *out, const uint8_t *ext, size_t ext_len)
 {
     uint8_t body[4096];
     size_t n = 0;
-    body[n++] = 3, body[n++] = 3;           /* legacy_version */
-    memset(body + n, 0xab, 32), n += 32;    /* random */
-    body[n++] = 0;                          /* session id */
-    body[n++] = 0, body[n++] = 2;           /* cipher suites */
+    body[n++] = 3, body[n++] = 3;        /* legacy_version */
+    memset(body + n, 0xab, 32), n += 32; /* random */
+    body[n++] = 0;                       /* session id */
+    body[n++] = 0, body[n++] = 2;        /* cipher suites */
     body[n++] = 0x13, body[n++] = 0x01;
-    body[n++] = 1, body[n++] = 0;           /* compression: null */
+    body[n++] = 1, body[n++] = 0; /* compression: null */
     body[n++] = (uint8_t)(ext_len >> 8), body[n++] = (uint8_t)ext_len;
     memcpy(body + n, ext, ext_len), n += ext_len;
     size_t k = 0;
@@ -45,10 +45,10 @@ static size_t build_hello(uint8_t *out, const uint8_t *ext, size_t ext_len)
 static size_t ext_sni(uint8_t *p, const char *name)
 {
     size_t l = strlen(name), k = 0;
-    p[k++] = 0, p[k++] = 0;                                           /* server_name */
-    p[k++] = (uint8_t)((l + 5) >> 8), p[k++] = (uint8_t)(l + 5);      /* ext length */
-    p[k++] = (uint8_t)((l + 3) >> 8), p[k++] = (uint8_t)(l + 3);      /* list length */
-    p[k++] = 0, p[k++] = (uint8_t)(l >> 8), p[k++] = (uint8_t)l;      /* host_name */
+    p[k++] = 0, p[k++] = 0;                                      /* server_name */
+    p[k++] = (uint8_t)((l + 5) >> 8), p[k++] = (uint8_t)(l + 5); /* ext length */
+    p[k++] = (uint8_t)((l + 3) >> 8), p[k++] = (uint8_t)(l + 3); /* list length */
+    p[k++] = 0, p[k++] = (uint8_t)(l >> 8), p[k++] = (uint8_t)l; /* host_name */
     memcpy(p + k, name, l);
     return k + l;
 }
