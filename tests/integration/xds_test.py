@@ -1133,12 +1133,27 @@ class OriginalDstAndListenerFilters(unittest.TestCase):
             add_tcp_chain(l.default_filter_chain, "R")
             nm = tcp_proxy_listener("nomatch", "127.0.0.1", nomatch, "R")
             nm.filter_chains[0].filter_chain_match.destination_port.value = 1
-            ads.set(LDS, l, nm)
+            # the same listener with http_inspector disabled on its port
+            blind_port = free_port()
+            blind = Listener()
+            blind.CopyFrom(l)
+            blind.name = "blind"
+            blind.address.socket_address.port_value = blind_port
+            rng = blind.listener_filters[1].filter_disabled.or_match.rules.add()
+            rng.destination_port_range.start = blind_port
+            rng.destination_port_range.end = blind_port + 1
+            blind.listener_filters[1].filter_disabled.or_match.rules.add().destination_port_range.start = 1
+            ads.set(LDS, l, nm, blind)
             s = Skiff(f"127.0.0.1:{ads.port}", False, tmp)
             try:
                 get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
                 self.assertTrue(s.wait(self.up(port, b"R:")), "listener not up")
                 self.assertEqual(exchange(port, get), b"H:" + get)
+                preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                self.assertEqual(exchange(port, preface), b"H:" + preface)  # h2c
+                # filter_disabled matches the port: no application protocol, the default chain
+                self.assertTrue(s.wait(self.up(blind_port, b"R:")), "blind listener not up")
+                self.assertEqual(exchange(blind_port, get), b"R:" + get)
                 h = client_hello("www.example.com", ["h2"])
                 self.assertEqual(exchange(port, h), b"S:" + h)
                 # the ClientHello in pieces: tls_inspector waits for the rest
