@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dataplane/route.h"
+
 #define ARENA_CHUNK (64 * 1024)
 
 typedef struct arena_chunk {
@@ -111,6 +113,34 @@ dp_listener_t *dp_snapshot_add_listener(dp_snapshot_t *s)
     return &s->listeners[s->n_listeners++];
 }
 
+void dp_snapshot_add_route(dp_snapshot_t *s, struct dp_route_config *rc)
+{
+    s->routes = grow(s->routes, &s->cap_routes, s->n_routes, sizeof(*s->routes));
+    s->routes[s->n_routes++] = rc;
+}
+
+struct dp_snapshot_cleanup {
+    struct dp_snapshot_cleanup *next;
+    void (*fn)(void *p);
+    void *p;
+};
+
+void dp_snapshot_add_cleanup(dp_snapshot_t *s, void (*fn)(void *p), void *p)
+{
+    struct dp_snapshot_cleanup *c = dp_arena_alloc(s->arena, sizeof(*c));
+    c->fn = fn;
+    c->p = p;
+    c->next = s->cleanups;
+    s->cleanups = c;
+}
+
+static int route_cmp(const void *a, const void *b)
+{
+    const dp_route_config_t *x = *(dp_route_config_t *const *)a;
+    const dp_route_config_t *y = *(dp_route_config_t *const *)b;
+    return strcmp(x->name, y->name);
+}
+
 static int cluster_cmp(const void *a, const void *b)
 {
     return strcmp(((const dp_cluster_t *)a)->name, ((const dp_cluster_t *)b)->name);
@@ -123,6 +153,7 @@ int dp_snapshot_seal(dp_snapshot_t *s)
         if (strcmp(s->clusters[i - 1].name, s->clusters[i].name) == 0)
             return -EEXIST;
     }
+    qsort(s->routes, s->n_routes, sizeof(*s->routes), route_cmp);
     s->sealed = true;
     return 0;
 }
@@ -143,6 +174,29 @@ const dp_cluster_t *dp_snapshot_find_cluster(const dp_snapshot_t *s, const char 
     return NULL;
 }
 
+const struct dp_route_config *dp_snapshot_find_route(const dp_snapshot_t *s, const char *name)
+{
+    if (!s->sealed) {
+        for (size_t i = 0; i < s->n_routes; i++) {
+            if (strcmp(s->routes[i]->name, name) == 0)
+                return s->routes[i];
+        }
+        return NULL;
+    }
+    size_t lo = 0, hi = s->n_routes;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(name, s->routes[mid]->name);
+        if (c == 0)
+            return s->routes[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}
+
 dp_snapshot_t *dp_snapshot_ref(dp_snapshot_t *s)
 {
     if (s)
@@ -153,8 +207,11 @@ dp_snapshot_t *dp_snapshot_ref(dp_snapshot_t *s)
 dp_snapshot_t *dp_snapshot_unref(dp_snapshot_t *s)
 {
     if (s && atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
+        for (struct dp_snapshot_cleanup *c = s->cleanups; c; c = c->next)
+            c->fn(c->p);
         free(s->clusters);
         free(s->listeners);
+        free(s->routes);
         dp_arena_free(s->arena);
         free(s);
         atomic_fetch_add(&freed_count, 1);

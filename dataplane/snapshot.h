@@ -94,21 +94,33 @@ typedef struct dp_weighted_cluster {
     uint32_t weight;
 } dp_weighted_cluster_t;
 
+struct dp_filter_chain;    /* dataplane/filter_chain.h */
+struct dp_listener_filter; /* dataplane/listener.h */
+
 typedef struct dp_listener {
     const char *name;
     dp_addr_t addr;
-    bool bind_to_port;
-    bool use_original_dst;
-    const char *tcp_cluster; /* the tcp_proxy cluster of its filter chain, or NULL */
-    const dp_weighted_cluster_t *tcp_weighted; /* tcp_proxy weighted_clusters, or NULL */
-    size_t n_tcp_weighted;
-    uint32_t tcp_total_weight;
-    uint64_t tcp_idle_timeout_ms; /* 0: none; Envoy's default is 1 h */
+    bool bind_to_port;     /* false: only reached by a use_original_dst hand-off */
+    bool use_original_dst; /* hand connections to the listener of their original destination */
+    bool transparent;
+    /* filter_chains in configuration order, and default_filter_chain (NULL when none) */
+    const struct dp_filter_chain *chains;
+    size_t n_chains;
+    const struct dp_filter_chain *default_chain;
+    /* listener_filters in order (only the kinds skiff runs) */
+    const struct dp_listener_filter *filters;
+    size_t n_filters;
+    uint64_t filters_timeout_ms;      /* listener_filters_timeout; 0: none (Envoy's default 15 s) */
+    bool continue_on_filters_timeout; /* on the timeout: match with what was found, not close */
     bool inbound;            /* traffic_direction INBOUND (what /drain_listeners?inboundonly drains) */
     bool drained;            /* stop accepting: /drain_listeners has run its course */
-    /* Envoy's listener.<address>.downstream_cx_total / _active */
+    /* Envoy's listener.<address>_<port>.downstream_cx_total / _active / no_filter_chain_match;
+     * NULL without stats. downstream_cx_tls_unserved counts connections closed because their
+     * chain terminates TLS, which skiff does not serve yet. */
     dp_counter_t *cx_total;
     dp_gauge_t *cx_active;
+    dp_counter_t *no_filter_chain_match;
+    dp_counter_t *cx_tls_unserved;
 } dp_listener_t;
 
 typedef struct dp_snapshot {
@@ -120,6 +132,9 @@ typedef struct dp_snapshot {
     size_t n_clusters, cap_clusters;
     dp_listener_t *listeners;
     size_t n_listeners, cap_listeners;
+    struct dp_route_config **routes; /* RDS route configs (dataplane/route.h), sorted once sealed */
+    size_t n_routes, cap_routes;
+    struct dp_snapshot_cleanup *cleanups; /* run when the snapshot is freed */
 } dp_snapshot_t;
 
 /* ---- building (one thread) ---- */
@@ -131,12 +146,23 @@ dp_snapshot_t *dp_snapshot_new(uint64_t generation); /* one reference; aborts on
 dp_cluster_t *dp_snapshot_add_cluster(dp_snapshot_t *s);
 dp_listener_t *dp_snapshot_add_listener(dp_snapshot_t *s);
 
+/* Adds an RDS route configuration built in s's arena (xds/route_build.c). Not after sealing. */
+void dp_snapshot_add_route(dp_snapshot_t *s, struct dp_route_config *rc);
+
+/* Registers fn(p) to run when the snapshot is freed (before its arena goes), for what the arena
+ * cannot own, such as compiled regexes. Builder thread; the record lives in the arena. */
+void dp_snapshot_add_cleanup(dp_snapshot_t *s, void (*fn)(void *p), void *p);
+
 /* Sorts and freezes. Returns -EEXIST (and keeps it unsealed) when two clusters share a name. */
 int dp_snapshot_seal(dp_snapshot_t *s);
 
 /* ---- reading (any thread, on a sealed snapshot) ---- */
 
 const dp_cluster_t *dp_snapshot_find_cluster(const dp_snapshot_t *s, const char *name);
+
+/* The RDS route configuration of that name, or NULL. Also works while building (before
+ * sealing, by a linear search), as connection managers are translated before the seal. */
+const struct dp_route_config *dp_snapshot_find_route(const dp_snapshot_t *s, const char *name);
 
 /* ---- lifetime (any thread) ---- */
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dataplane/conn.h"
 #include "dataplane/listener.h"
 
 struct dp_worker {
@@ -28,6 +29,7 @@ struct dp_worker {
     /* the snapshot mailbox: mu guards pending */
     dp_snapshot_t *pending;
     dp_snapshot_t *current; /* worker thread only */
+    dp_wctx_t ctx;             /* worker thread only: the data plane's view of this worker */
     dp_listeners_t *listeners; /* worker thread only */
     _Atomic uint64_t generation;
 };
@@ -50,15 +52,18 @@ static void on_wakeup(uv_async_t *a)
          * last of them ends. */
         dp_snapshot_unref(w->current);
         w->current = next;
-        if (w->listeners == NULL)
-            w->listeners = dp_listeners_new(&w->loop);
-        dp_listeners_apply(w->listeners, next);
+        w->ctx.snap = next;
+        if (w->listeners == NULL && !w->ctx.closing)
+            w->listeners = dp_listeners_new(&w->ctx);
+        if (w->listeners)
+            dp_listeners_apply(w->listeners, next);
         atomic_store(&w->generation, next->generation);
     }
     if (atomic_load(&w->stop_requested)) {
         /* Listeners and connections free themselves from their close callbacks. */
         dp_listeners_close(w->listeners);
         w->listeners = NULL;
+        dp_wctx_close_all(&w->ctx);
         uv_walk(&w->loop, close_walk_cb, NULL);
     }
 }
@@ -73,6 +78,10 @@ static void worker_main(void *arg)
             uv_loop_close(&w->loop);
     }
     w->wakeup.data = w;
+    w->ctx.loop = &w->loop;
+    w->ctx.index = w->index;
+    w->ctx.tcp_proxy_start = dp_tcp_proxy_start;
+    w->ctx.hcm_start = NULL; /* until the HTTP connection manager runs (dp_hcm_start) */
     uv_mutex_lock(&w->mu);
     w->start_err = rc;
     w->ready = true;

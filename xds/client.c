@@ -1480,6 +1480,13 @@ void xds_client_foreach_listener(const xds_client_t *c, xds_listener_fn fn, void
     }
 }
 
+void xds_client_foreach_route(const xds_client_t *c, xds_route_fn fn, void *userdata)
+{
+    const xds_store_t *s = &c->store[T_RDS];
+    for (size_t i = 0; i < s->n; i++)
+        fn(userdata, (const void *)s->v[i].msg);
+}
+
 const char *xds_client_version(const xds_client_t *c, const char *type_url)
 {
     int t = type_index(type_url);

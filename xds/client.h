@@ -23,6 +23,7 @@
 #include "envoy/config/cluster/v3/cluster.pb-c.h"
 #include "envoy/config/endpoint/v3/endpoint.pb-c.h"
 #include "envoy/config/listener/v3/listener.pb-c.h"
+#include "envoy/config/route/v3/route.pb-c.h"
 
 #define XDS_TYPE_CLUSTER  "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 #define XDS_TYPE_ENDPOINT "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -73,6 +74,10 @@ void xds_client_foreach_cluster(const xds_client_t *c, xds_cluster_fn fn, void *
 /* The active listeners from LDS, for /listeners. */
 typedef void (*xds_listener_fn)(void *userdata, const Envoy__Config__Listener__V3__Listener *l);
 void xds_client_foreach_listener(const xds_client_t *c, xds_listener_fn fn, void *userdata);
+
+/* The accepted RDS route configurations. */
+typedef void (*xds_route_fn)(void *userdata, const Envoy__Config__Route__V3__RouteConfiguration *rc);
+void xds_client_foreach_route(const xds_client_t *c, xds_route_fn fn, void *userdata);
 
 /* The last accepted version_info of a type ("" before the first). */
 const char *xds_client_version(const xds_client_t *c, const char *type_url);

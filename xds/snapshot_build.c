@@ -6,8 +6,9 @@
 #include <string.h>
 #include <sys/un.h>
 
-#include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb-c.h"
-#include "xds/pbwire.h"
+#include "dataplane/log.h"
+#include "xds/listener_build.h"
+#include "xds/route_build.h"
 
 /* Fills addr from an Envoy address: an IP socket_address or a pipe. Returns false for names
  * that need resolving (STRICT_DNS and LOGICAL_DNS hosts, resolved by the data plane). */
@@ -130,76 +131,26 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     dc->n_endpoints = k;
 }
 
-/* The tcp_proxy ending the listener's first filter chain (or its default chain): its cluster
- * or weighted clusters, and its idle timeout. Leaves dl untouched when there is none. */
-static void tcp_proxy_target(dp_arena_t *arena, const Envoy__Config__Listener__V3__Listener *l,
-                             dp_listener_t *dl)
+/* An RDS route configuration; one Envoy would refuse is left out (the listeners naming it then
+ * answer 404 until a good version arrives). */
+static void add_route(void *ud, const Envoy__Config__Route__V3__RouteConfiguration *rc)
 {
-    const Envoy__Config__Listener__V3__FilterChain *fc =
-        l->n_filter_chains ? l->filter_chains[0] : l->default_filter_chain;
-    if (fc == NULL || fc->n_filters == 0)
+    build_ctx_t *ctx = ud;
+    char *err = NULL;
+    dp_route_config_t *r = xds_route_build(ctx->snap, rc, &err);
+    if (r == NULL) {
+        DP_LOG(DP_LOG_RDS, DP_LOG_WARN, "route config '%s' left out: %s", rc->name,
+               err ? err : "out of memory");
+        free(err);
         return;
-    const Envoy__Config__Listener__V3__Filter *f = fc->filters[fc->n_filters - 1];
-    if (f->config_type_case != ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG ||
-        f->typed_config == NULL ||
-        strcmp(f->typed_config->type_url,
-               "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy") != 0)
-        return;
-    const char *why;
-    Envoy__Extensions__Filters__Network__TcpProxy__V3__TcpProxy *tp = (void *)xds_pb_unpack(
-        &envoy__extensions__filters__network__tcp_proxy__v3__tcp_proxy__descriptor,
-        f->typed_config->value.data, f->typed_config->value.len, &why);
-    if (tp == NULL)
-        return;
-    if (tp->cluster_specifier_case ==
-        ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__CLUSTER_SPECIFIER_CLUSTER) {
-        dl->tcp_cluster = dp_arena_strdup(arena, tp->cluster);
-    } else if (tp->cluster_specifier_case ==
-               ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__CLUSTER_SPECIFIER_WEIGHTED_CLUSTERS &&
-               tp->weighted_clusters->n_clusters) {
-        const Envoy__Extensions__Filters__Network__TcpProxy__V3__TcpProxy__WeightedCluster *wc =
-            tp->weighted_clusters;
-        dp_weighted_cluster_t *v = dp_arena_alloc(arena, wc->n_clusters * sizeof(*v));
-        for (size_t i = 0; i < wc->n_clusters; i++) {
-            v[i].name = dp_arena_strdup(arena, wc->clusters[i]->name);
-            v[i].weight = wc->clusters[i]->weight;
-            dl->tcp_total_weight += v[i].weight;
-        }
-        dl->tcp_weighted = v;
-        dl->n_tcp_weighted = wc->n_clusters;
-        dl->tcp_cluster = v[0].name; /* marks the listener as tcp_proxy */
     }
-    /* Envoy's tcp_proxy idle_timeout defaults to 1 h; 0s disables it. */
-    dl->tcp_idle_timeout_ms = 3600 * 1000;
-    if (tp->idle_timeout)
-        dl->tcp_idle_timeout_ms = (uint64_t)tp->idle_timeout->seconds * 1000 +
-                                  (uint64_t)tp->idle_timeout->nanos / 1000000;
-    protobuf_c_message_free_unpacked(&tp->base, NULL);
+    dp_snapshot_add_route(ctx->snap, r);
 }
 
 static void add_listener(void *ud, const Envoy__Config__Listener__V3__Listener *l)
 {
     build_ctx_t *ctx = ud;
-    dp_snapshot_t *s = ctx->snap;
-    dp_listener_t *dl = dp_snapshot_add_listener(s);
-    dl->name = dp_arena_strdup(s->arena, l->name);
-    tcp_proxy_target(s->arena, l, dl);
-    dl->inbound = l->traffic_direction == ENVOY__CONFIG__CORE__V3__TRAFFIC_DIRECTION__INBOUND;
-    if (ctx->stats && l->address &&
-        l->address->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS) {
-        /* Envoy names listener stats by address: listener.0.0.0.0_15001.downstream_cx_total */
-        char name[512];
-        const Envoy__Config__Core__V3__SocketAddress *sa = l->address->socket_address;
-        snprintf(name, sizeof(name), "listener.%s_%u.downstream_cx_total", sa->address,
-                 sa->port_value);
-        dl->cx_total = dp_stats_counter(ctx->stats, name);
-        snprintf(name, sizeof(name), "listener.%s_%u.downstream_cx_active", sa->address,
-                 sa->port_value);
-        dl->cx_active = dp_stats_gauge(ctx->stats, name);
-    }
-    to_addr(s->arena, l->address, &dl->addr);
-    dl->bind_to_port = l->bind_to_port == NULL || l->bind_to_port->value;
-    dl->use_original_dst = l->use_original_dst && l->use_original_dst->value;
+    xds_listener_build(ctx->snap, ctx->stats, l);
 }
 
 dp_snapshot_t *xds_snapshot_build(const Envoy__Config__Bootstrap__V3__Bootstrap *bootstrap,
@@ -211,6 +162,9 @@ dp_snapshot_t *xds_snapshot_build(const Envoy__Config__Bootstrap__V3__Bootstrap 
     const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = bootstrap->static_resources;
     for (size_t i = 0; sr && i < sr->n_clusters; i++)
         add_cluster(&ctx, sr->clusters[i], sr->clusters[i]->load_assignment, false);
+    /* Route configurations first: connection managers look theirs up by name. */
+    if (client)
+        xds_client_foreach_route(client, add_route, &ctx);
     for (size_t i = 0; sr && i < sr->n_listeners; i++)
         add_listener(&ctx, sr->listeners[i]);
     if (client) {

@@ -995,6 +995,319 @@ class TcpProxyListener(unittest.TestCase):
             return False
 
 
+def tcp_proxy_listener(name, address, port, cluster, bind_to_port=True, use_original_dst=False):
+    """A listener whose one filter chain is [istio.stats-like filters elided] tcp_proxy."""
+    l = Listener(name=name)
+    l.address.socket_address.address = address
+    l.address.socket_address.port_value = port
+    if not bind_to_port:
+        l.bind_to_port.value = False
+    if use_original_dst:
+        l.use_original_dst.value = True
+    add_tcp_chain(l.filter_chains.add(), cluster)
+    return l
+
+
+def add_tcp_chain(fc, cluster):
+    tp = M("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")(stat_prefix=cluster,
+                                                                      cluster=cluster)
+    f = fc.filters.add()
+    f.name = "envoy.filters.network.tcp_proxy"
+    f.typed_config.CopyFrom(pack(tp))
+    return fc
+
+
+def client_hello(sni=None, alpn=()):
+    """A TLS 1.2-style ClientHello record with the given server name and ALPN list."""
+    def vec(n, b):
+        return len(b).to_bytes(n, "big") + b
+    ext = b""
+    if sni:
+        ext += b"\x00\x00" + vec(2, vec(2, b"\x00" + vec(2, sni.encode())))
+    if alpn:
+        ext += b"\x00\x10" + vec(2, vec(2, b"".join(vec(1, p.encode()) for p in alpn)))
+    body = b"\x03\x03" + os.urandom(32) + b"\x00" + vec(2, b"\x13\x01\xc0\x2f") + b"\x01\x00"
+    body += vec(2, ext)
+    hs = b"\x01" + vec(3, body)
+    return b"\x16\x03\x01" + vec(2, hs)
+
+
+def exchange(port, payload, host="127.0.0.1", pause=None, timeout=5):
+    """Sends payload (a list of pieces sent `pause` seconds apart) and returns what comes back
+    until the peer has answered all of it or closes."""
+    import socket
+    pieces = payload if isinstance(payload, list) else [payload]
+    with socket.create_connection((host, port), timeout=timeout) as so:
+        for i, p in enumerate(pieces):
+            if i and pause:
+                time.sleep(pause)
+            so.sendall(p)
+        want = sum(len(p) for p in pieces) + 2
+        got = b""
+        try:
+            while len(got) < want:
+                chunk = so.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except ConnectionResetError:
+            pass
+        return got
+
+
+class OriginalDstAndListenerFilters(unittest.TestCase):
+    """use_original_dst hands a connection to the listener of its original destination
+    (without an iptables redirect that is the address it reached: getsockname); listener
+    filters (tls_inspector, http_inspector, the timeout) feed filter-chain matching."""
+
+    def up(self, port, want):
+        def ok():
+            try:
+                return exchange(port, b"ping").startswith(want)
+            except OSError:
+                return False
+        return ok
+
+    def test_handoff_without_redirect(self):
+        exact, wild, own = EchoServer(b"E:"), EchoServer(b"W:"), EchoServer(b"P:")
+        p1, p2, p3 = free_port(), free_port(), free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            ads = Ads("127.0.0.1:0")
+            ads.set(CDS, static_cluster("exact", exact.port), static_cluster("wild", wild.port),
+                    static_cluster("own", own.port))
+            ads.set(LDS,
+                    tcp_proxy_listener("virt1", "127.0.0.1", p1, "own", use_original_dst=True),
+                    tcp_proxy_listener("exact1", "127.0.0.1", p1, "exact", bind_to_port=False),
+                    tcp_proxy_listener("virt2", "127.0.0.1", p2, "own", use_original_dst=True),
+                    tcp_proxy_listener("any2", "0.0.0.0", p2, "wild", bind_to_port=False),
+                    tcp_proxy_listener("virt3", "127.0.0.1", p3, "own", use_original_dst=True))
+            s = Skiff(f"127.0.0.1:{ads.port}", False, tmp)
+            try:
+                self.assertTrue(s.wait(self.up(p3, b"P:")), "listener not up")
+                # the exact ip:port listener (bind_to_port false) relays it
+                self.assertEqual(exchange(p1, b"ping"), b"E:ping")
+                # else the 0.0.0.0 one of that port
+                self.assertEqual(exchange(p2, b"ping"), b"W:ping")
+                # else the accepting listener's own chains
+                self.assertEqual(exchange(p3, b"ping"), b"P:ping")
+                self.assertGreaterEqual(int(s.stat(f"listener.0.0.0.0_{p2}.downstream_cx_total")), 1)
+                self.assertTrue(s.wait(lambda: s.stat(f"listener.0.0.0.0_{p2}.downstream_cx_active") == "0"))
+            finally:
+                self.assertEqual(s.stop(), 0)
+                ads.stop()
+                for e in (exact, wild, own):
+                    e.close()
+
+    def test_listener_filters_and_chain_match(self):
+        backends = {k: EchoServer(k.encode() + b":") for k in ("H", "S", "T", "R", "X")}
+        port, nomatch = free_port(), free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            ads = Ads("127.0.0.1:0")
+            ads.set(CDS, *[static_cluster(k, e.port) for k, e in backends.items()])
+            l = Listener(name="sniffed")
+            l.address.socket_address.address = "127.0.0.1"
+            l.address.socket_address.port_value = port
+            for name, typ in (("tls_inspector", "TlsInspector"), ("http_inspector", "HttpInspector")):
+                lf = l.listener_filters.add(name="envoy.filters.listener." + name)
+                lf.typed_config.CopyFrom(pack(M(
+                    f"envoy.extensions.filters.listener.{name}.v3.{typ}")()))
+            # never disabled here: the range is another port
+            l.listener_filters[1].filter_disabled.destination_port_range.start = 1
+            l.listener_filters[1].filter_disabled.destination_port_range.end = 2
+            l.listener_filters_timeout.nanos = 500_000_000
+            l.continue_on_listener_filters_timeout = True
+            fc = add_tcp_chain(l.filter_chains.add(name="http"), "H")
+            fc.filter_chain_match.transport_protocol = "raw_buffer"
+            fc.filter_chain_match.application_protocols.extend(["http/1.1", "h2c"])
+            fc = add_tcp_chain(l.filter_chains.add(name="sni"), "S")
+            fc.filter_chain_match.server_names.append("*.example.com")
+            fc.filter_chain_match.transport_protocol = "tls"
+            fc = add_tcp_chain(l.filter_chains.add(name="tls"), "T")
+            fc.filter_chain_match.transport_protocol = "tls"
+            fc = add_tcp_chain(l.filter_chains.add(name="mtls"), "X")
+            fc.filter_chain_match.transport_protocol = "tls"
+            fc.filter_chain_match.application_protocols.append("istio-peer-exchange")
+            fc.transport_socket.name = "envoy.transport_sockets.tls"
+            fc.transport_socket.typed_config.CopyFrom(pack(M(
+                "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext")()))
+            add_tcp_chain(l.default_filter_chain, "R")
+            nm = tcp_proxy_listener("nomatch", "127.0.0.1", nomatch, "R")
+            nm.filter_chains[0].filter_chain_match.destination_port.value = 1
+            # the same listener with http_inspector disabled on its port
+            blind_port = free_port()
+            blind = Listener()
+            blind.CopyFrom(l)
+            blind.name = "blind"
+            blind.address.socket_address.port_value = blind_port
+            rng = blind.listener_filters[1].filter_disabled.or_match.rules.add()
+            rng.destination_port_range.start = blind_port
+            rng.destination_port_range.end = blind_port + 1
+            blind.listener_filters[1].filter_disabled.or_match.rules.add().destination_port_range.start = 1
+            ads.set(LDS, l, nm, blind)
+            s = Skiff(f"127.0.0.1:{ads.port}", False, tmp)
+            try:
+                get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+                self.assertTrue(s.wait(self.up(port, b"R:")), "listener not up")
+                self.assertEqual(exchange(port, get), b"H:" + get)
+                preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                self.assertEqual(exchange(port, preface), b"H:" + preface)  # h2c
+                # filter_disabled matches the port: no application protocol, the default chain
+                self.assertTrue(s.wait(self.up(blind_port, b"R:")), "blind listener not up")
+                self.assertEqual(exchange(blind_port, get), b"R:" + get)
+                h = client_hello("www.example.com", ["h2"])
+                self.assertEqual(exchange(port, h), b"S:" + h)
+                # the ClientHello in pieces: tls_inspector waits for the rest
+                got = exchange(port, [h[:3], h[3:40], h[40:]], pause=0.2)
+                self.assertTrue(got.startswith(b"S:"), got[:10])
+                h = client_hello(None, ["h2", "http/1.1"])
+                self.assertEqual(exchange(port, h), b"T:" + h)
+                # a chain that terminates TLS cannot be served yet: closed, counted
+                self.assertEqual(exchange(port, client_hello(None, ["istio-peer-exchange"])), b"")
+                self.assertEqual(s.stat(f"listener.127.0.0.1_{port}.downstream_cx_tls_unserved"), "1")
+                # not HTTP, decided at once: the default chain
+                self.assertEqual(exchange(port, b"hello world\r\n"), b"R:hello world\r\n")
+                # undecided bytes: listener_filters_timeout, then continue
+                t0 = time.monotonic()
+                self.assertEqual(exchange(port, b"hi"), b"R:hi")
+                self.assertGreater(time.monotonic() - t0, 0.4)
+                # no chain matches and there is no default: closed, counted
+                self.assertEqual(exchange(nomatch, b"ping"), b"")
+                self.assertEqual(s.stat(f"listener.127.0.0.1_{nomatch}.no_filter_chain_match"), "1")
+                self.assertEqual(backends["X"].accepted, 0)
+            finally:
+                self.assertEqual(s.stop(), 0)
+                ads.stop()
+                for e in backends.values():
+                    e.close()
+
+    ECHO = """
+import socket, sys, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[2])))
+s.listen(16)
+def echo(c):
+    with c:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                return
+            c.sendall(sys.argv[1].encode() + d)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=echo, args=(c,), daemon=True).start()
+"""
+    CLIENT = """
+import socket, sys, time
+for _ in range(100):
+    try:
+        with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as so:
+            so.sendall(b"ping")
+            got = b""
+            while len(got) < 6:
+                c = so.recv(100)
+                if not c:
+                    break
+                got += c
+            if got:
+                print(got.decode())
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.1)
+print("nothing")
+"""
+
+    def test_iptables_redirect_in_netns(self):
+        """Istio's capture: iptables REDIRECTs outbound TCP to virtualOutbound (15001);
+        SO_ORIGINAL_DST gives the address the client dialled, whose listener relays it."""
+        ns = f"skiff-lt-{os.getpid()}"
+        if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+            self.skipTest("ip netns add refused (needs root / CAP_SYS_ADMIN)")
+        nsx = ["ip", "netns", "exec", ns]
+        procs = []
+        try:
+            for cmd in (["ip", "link", "set", "lo", "up"],
+                        ["ip", "addr", "add", "10.9.9.9/32", "dev", "lo"]):
+                subprocess.run(nsx + cmd, check=True, capture_output=True)
+            r = subprocess.run(nsx + ["iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp",
+                                      "-d", "10.9.9.0/24", "-j", "REDIRECT", "--to-ports", "15001"],
+                               capture_output=True)
+            if r.returncode != 0:
+                self.skipTest("iptables refused: " + r.stderr.decode().strip())
+            # inbound capture, as Istio's PREROUTING rule would (here OUTPUT, the traffic being
+            # local): port 8080 goes to virtualInbound (15006)
+            subprocess.run(nsx + ["iptables", "-t", "nat", "-I", "OUTPUT", "1", "-p", "tcp",
+                                  "-d", "10.9.9.9", "--dport", "8080", "-j", "REDIRECT",
+                                  "--to-ports", "15006"], check=True, capture_output=True)
+            for prefix, port in (("E:", 9001), ("P:", 9002)):
+                procs.append(subprocess.Popen(nsx + [sys.executable, "-c", self.ECHO, prefix,
+                                                     str(port)]))
+
+            def cluster(name, port):
+                return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+                        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                            {"endpoint": {"address": {"socket_address": {
+                                "address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+            def tcp(cluster_name):
+                return {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                    "@type": TYPE + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": cluster_name, "cluster": cluster_name}}
+
+            boot = {
+                "node": {"id": "sidecar~10.9.9.1~t-1.default~default.svc.cluster.local",
+                         "cluster": "t.default"},
+                "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+                "static_resources": {
+                    "clusters": [cluster("exact", 9001), cluster("PassthroughCluster", 9002)],
+                    "listeners": [
+                        {"name": "virtualOutbound", "use_original_dst": True,
+                         "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15001}},
+                         "filter_chains": [{"filters": [tcp("PassthroughCluster")]}]},
+                        {"name": "virtualInbound",
+                         "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}},
+                         "listener_filters": [{"name": "envoy.filters.listener.original_dst",
+                                               "typed_config": {"@type": TYPE + "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}}],
+                         "filter_chains": [
+                             {"name": "inbound_8080", "filter_chain_match": {"destination_port": 8080},
+                              "filters": [tcp("exact")]},
+                             {"name": "virtualInbound", "filters": [tcp("PassthroughCluster")]}]},
+                        {"name": "10.9.9.9_80", "bind_to_port": False,
+                         "address": {"socket_address": {"address": "10.9.9.9", "port_value": 80}},
+                         "filter_chains": [{"filters": [tcp("exact")]}]},
+                    ]},
+            }
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "bootstrap.json")
+                with open(path, "w") as f:
+                    json.dump(boot, f)
+                log = open(os.path.join(tmp, "skiff.log"), "w")
+                sk = subprocess.Popen(nsx + [SKIFF, "-c", path, "--concurrency", "1", "-l", "debug"],
+                                      stdout=log, stderr=log)
+                procs.append(sk)
+
+                def client(host, port):
+                    r = subprocess.run(nsx + [sys.executable, "-c", self.CLIENT, host, str(port)],
+                                       capture_output=True, timeout=60)
+                    return r.stdout.decode().strip()
+                # dialled 10.9.9.9:80, redirected to 15001: the 10.9.9.9_80 listener's chain
+                self.assertEqual(client("10.9.9.9", 80), "E:ping")
+                # no listener for 10.9.9.9:81 (nor 0.0.0.0:81): virtualOutbound's own chain
+                self.assertEqual(client("10.9.9.9", 81), "P:ping")
+                # virtualInbound's original_dst listener filter: the chain of port 8080
+                self.assertEqual(client("10.9.9.9", 8080), "E:ping")
+                sk.send_signal(signal.SIGTERM)
+                self.assertEqual(sk.wait(10), 0)
+                log.close()
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 class FileControlPlaneSotw(FileControlPlane, unittest.TestCase):
     delta = False
 

@@ -1,0 +1,44 @@
+#include "dataplane/conn.h"
+
+void dp_wctx_link(dp_wctx_t *w, dp_conn_link_t *l)
+{
+    l->prev = NULL;
+    l->next = w->conns;
+    if (w->conns)
+        w->conns->prev = l;
+    w->conns = l;
+}
+
+void dp_wctx_unlink(dp_wctx_t *w, dp_conn_link_t *l)
+{
+    if (l->prev)
+        l->prev->next = l->next;
+    else if (w->conns == l)
+        w->conns = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    l->prev = l->next = NULL;
+}
+
+void dp_wctx_close_all(dp_wctx_t *w)
+{
+    w->closing = true;
+    /* close() may unlink at once or later (from a uv close callback): walk with the next
+     * pointer taken first. */
+    for (dp_conn_link_t *l = w->conns, *next; l; l = next) {
+        next = l->next;
+        l->close(l);
+    }
+}
+
+uint64_t dp_wctx_random(dp_wctx_t *w)
+{
+    if (w->rng == 0)
+        w->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)w->index + 1) * 0xbf58476d1ce4e5b9ull;
+    uint64_t x = w->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w->rng = x;
+    return x * 0x2545f4914f6cdd1dull;
+}
