@@ -1,5 +1,6 @@
 #include "xds/hcm_build.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,8 @@
 #include <strings.h>
 
 #include "dataplane/route.h"
+#include "handlers/config.h"
+#include "handlers/registry.h"
 #include "xds/route_build.h"
 
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager hcm_t;
@@ -144,6 +147,29 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
             f[i].disabled = hf->disabled;
             f[i].type = NULL;
             f[i].conf = NULL;
+            /* A filter skiff implements gets its type and config; any other the xDS client
+             * accepted passes requests through. */
+            const char *type_url =
+                hf->config_type_case ==
+                            ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG &&
+                        hf->typed_config
+                    ? hf->typed_config->type_url
+                    : NULL;
+            f[i].type = handlers_http_filter_find(type_url);
+            if (type_url) {
+                handlers_config_ctx_t cctx = {.arena = a, .stats = stats, .stat_prefix = sp,
+                                              .filter_name = f[i].name};
+                char *err = NULL;
+                int rc = handlers_config_new(&cctx, type_url, hf->typed_config->value.data,
+                                             hf->typed_config->value.len, &f[i].conf, &err);
+                if (rc == -EINVAL) {
+                    const dp_hcm_config_t *r = fail(reterr_msg,
+                        "http_connection_manager %s: http_filters[%zu] (%s): %s", sp, i,
+                        f[i].name, err ? err : "invalid config");
+                    free(err);
+                    return r;
+                }
+            }
         }
         c->filters = f;
         c->n_filters = hcm->n_http_filters;
