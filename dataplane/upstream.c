@@ -1449,11 +1449,15 @@ void dp_upstreams_close(dp_upstreams_t *u)
     for (size_t i = 0; i < u->ccap; i++) {
         for (cstate_t *cs = u->ctab[i], *next; cs; cs = next) {
             next = cs->hnext;
+            /* The last pool freed frees cs too. */
+            if (cs->pools == NULL) {
+                cs_maybe_free(cs);
+                continue;
+            }
             for (pool_t *p = cs->pools, *pn; p; p = pn) {
                 pn = p->next;
                 pool_maybe_free(p);
             }
-            cs_maybe_free(cs);
         }
     }
     u->handles--;
