@@ -1056,6 +1056,36 @@ START_TEST(test_close_with_pending)
 }
 END_TEST
 
+START_TEST(test_max_connections)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    srv[0].hold = true;
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    add_cluster(s, "c", 1, &srv[0].port, NULL, NULL, NULL)->circuit_breakers.max_connections = 1;
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "c");
+    /* the second request may not open a second connection: it waits for the first */
+    req_t r[2] = {{0}};
+    for (int i = 0; i < 2; i++)
+        r[i].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[i]);
+    ck_assert_uint_ge(dp_counter_value(c->stats.cx_overflow), 1);
+    RUN_UNTIL(srv[0].lines == 1, 2000);
+    ck_assert_int_eq(r[0].ready, 1);
+    ck_assert_int_eq(r[1].ready, 0);
+    srv_release(&srv[0]);
+    srv[0].hold = false;
+    RUN_UNTIL(r[0].done && r[1].done, 2000);
+    ck_assert_int_eq(r[1].done, 1);
+    ck_assert_int_eq(srv[0].accepts, 1);
+    for (int i = 0; i < 2; i++)
+        rq_clear(&r[i]);
+    teardown_with(srv, 1);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("upstream");
@@ -1073,6 +1103,7 @@ int main(void)
     tcase_add_test(tc, test_snapshot_change_drains);
     tcase_add_test(tc, test_h2_multiplexing_and_max_requests);
     tcase_add_test(tc, test_close_with_pending);
+    tcase_add_test(tc, test_max_connections);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
