@@ -1067,6 +1067,16 @@ static void dns_rebuild(dns_t *d)
                 break;
         }
     }
+    bool same = k == d->n_eps;
+    for (size_t i = 0; same && i < k; i++) {
+        same = addr_eq(&eps[i].addr, &d->eps[i].addr) && eps[i].weight == d->eps[i].weight &&
+               eps[i].priority == d->eps[i].priority;
+    }
+    if (same) {
+        /* The same answer: keep the array, and with it the round-robin position. */
+        free(eps);
+        return;
+    }
     cstate_t *cs = d->cs;
     if (!d->logical) {
         for (pool_t *p = cs->pools, *next; p; p = next) {

@@ -4,6 +4,8 @@
  * ORIGINAL_DST, and the per-cluster HTTP stats with alt_stat_name. */
 #include <arpa/inet.h>
 #include <check.h>
+#include <dirent.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +14,7 @@
 #include "protos/registry.h"
 #include "tests/unit/check_run.h"
 #include "xds/pbjson.h"
+#include "xds/pbwire.h"
 #include "xds/snapshot_build.h"
 
 static dp_snapshot_t *build(const char *json, dp_stats_t *st)
@@ -167,12 +170,87 @@ START_TEST(test_dns_and_original_dst)
 }
 END_TEST
 
+/* The clusters of a real Istio sidecar dump (the xds fuzz corpus' cluster seeds). */
+START_TEST(test_real_istio_clusters)
+{
+    const char *dir = getenv("CORPUS");
+    ck_assert_ptr_nonnull(dir);
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    Envoy__Config__Cluster__V3__Cluster *cl[128];
+    size_t n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL && n < 128;) {
+        if (e->d_name[0] != '0' || e->d_name[1] != '-')
+            continue;
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        FILE *f = fopen(path, "rb");
+        ck_assert_ptr_nonnull(f);
+        static uint8_t buf[1 << 20];
+        size_t len = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+        if (len < 1 || buf[0] % 4 != 0)
+            continue;
+        const char *why;
+        cl[n] = (void *)xds_pb_unpack(&envoy__config__cluster__v3__cluster__descriptor, buf + 1,
+                                      len - 1, &why);
+        ck_assert_msg(cl[n] != NULL, "%s: %s", e->d_name, why);
+        n++;
+    }
+    closedir(d);
+    ck_assert_uint_ge(n, 15);
+    Envoy__Config__Bootstrap__V3__Bootstrap b = ENVOY__CONFIG__BOOTSTRAP__V3__BOOTSTRAP__INIT;
+    Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources sr =
+        ENVOY__CONFIG__BOOTSTRAP__V3__BOOTSTRAP__STATIC_RESOURCES__INIT;
+    b.static_resources = &sr;
+    sr.clusters = cl;
+    sr.n_clusters = n;
+    char *err = NULL;
+    dp_snapshot_t *s = xds_snapshot_build(&b, NULL, NULL, 1, &err);
+    ck_assert_msg(s != NULL, "%s", err ? err : "?");
+    size_t h2 = 0, bound = 0;
+    for (size_t i = 0; i < s->n_clusters; i++) {
+        const dp_cluster_t *c = &s->clusters[i];
+        if (getenv("VERBOSE"))
+            printf("%s type=%d proto=%d idle=%llu src=%d maxconn=%u\n", c->name, c->type,
+                   c->proto, (unsigned long long)c->idle_timeout_ms, c->has_source_addr,
+                   c->circuit_breakers.max_connections);
+        h2 += c->proto == DP_CLUSTER_PROTO_HTTP2;
+        bound += c->has_source_addr;
+    }
+    /* Istio binds its inbound cluster to 127.0.0.6 */
+    const dp_cluster_t *in = dp_snapshot_find_cluster(s, "inbound|8080||");
+    ck_assert_ptr_nonnull(in);
+    ck_assert(in->has_source_addr);
+    ck_assert_uint_eq(ntohl(in->source_addr.in.sin_addr.s_addr), 0x7f000006);
+    ck_assert_int_eq(in->type, DP_CLUSTER_ORIGINAL_DST);
+    ck_assert_uint_ge(h2, 3);
+    ck_assert_uint_ge(bound, 2);
+    /* gRPC ports speak HTTP/2, HTTP ports the downstream's protocol */
+    ck_assert_int_eq(dp_snapshot_find_cluster(s, "xds-grpc")->proto, DP_CLUSTER_PROTO_HTTP2);
+    ck_assert_uint_eq(dp_snapshot_find_cluster(s, "xds-grpc")->circuit_breakers.max_connections,
+                      100000);
+    const dp_cluster_t *hp =
+        dp_snapshot_find_cluster(s, "outbound|8080||curl-test.vanilla-playground.svc.cluster.local");
+    ck_assert_ptr_nonnull(hp);
+    ck_assert_int_eq(hp->proto, DP_CLUSTER_PROTO_DOWNSTREAM);
+    ck_assert_uint_eq(hp->circuit_breakers.max_connections, 4294967295u);
+    const dp_cluster_t *ip = dp_snapshot_find_cluster(s, "InboundPassthroughClusterIpv4");
+    ck_assert(ip->has_source_addr);
+    ck_assert_uint_eq(ip->idle_timeout_ms, 300000);
+    dp_snapshot_unref(s);
+    for (size_t i = 0; i < n; i++)
+        protobuf_c_message_free_unpacked(&cl[i]->base, NULL);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("cluster-build");
     TCase *tc = tcase_create("clusters");
     tcase_add_test(tc, test_http_protocol_options_and_bind);
     tcase_add_test(tc, test_dns_and_original_dst);
+    tcase_add_test(tc, test_real_istio_clusters);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
