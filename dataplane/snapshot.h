@@ -133,7 +133,9 @@ typedef struct dp_cluster {
     dp_cluster_type_t type;
     dp_lb_policy_t lb_policy;
     uint64_t connect_timeout_ms;
-    const dp_endpoint_t *endpoints; /* hosts with a resolved address */
+    /* Hosts with an address (of a DNS cluster: the hosts given as IP literals, which the
+     * upstream pools resolve like the others) */
+    const dp_endpoint_t *endpoints;
     size_t n_endpoints;
     /* STRICT_DNS / LOGICAL_DNS: the hosts to resolve (hostname and port set), resolved by
      * each worker's pools every dns_refresh_ms (Envoy's default 5 s). respect_dns_ttl is kept

@@ -319,10 +319,10 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
                 ? dp_arena_strdup(s->arena, od->http_header_name)
                 : "x-envoy-original-dst-host";
     }
-    if (dc->type == DP_CLUSTER_STRICT_DNS || dc->type == DP_CLUSTER_LOGICAL_DNS) {
+    /* DNS clusters also keep the hosts given as IP literals in endpoints (what tcp_proxy
+     * uses); their pools use what each worker resolves. */
+    if (dc->type == DP_CLUSTER_STRICT_DNS || dc->type == DP_CLUSTER_LOGICAL_DNS)
         dns_hosts(s->arena, c, cla, dc);
-        return;
-    }
     size_t n = 0;
     for (size_t e = 0; cla && e < cla->n_endpoints; e++)
         n += cla->endpoints[e]->n_lb_endpoints;
