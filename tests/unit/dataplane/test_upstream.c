@@ -836,42 +836,86 @@ START_TEST(test_source_address)
 }
 END_TEST
 
-START_TEST(test_strict_dns)
+static const dp_cluster_t *dns_cluster(dp_snapshot_t *s, dp_cluster_type_t type, uint16_t port)
 {
-    setup();
-    srv_t srv[1];
-    srv_start(&srv[0]);
-    dp_snapshot_t *s = dp_snapshot_new(1);
     dp_cluster_t *cw = add_cluster(s, "dns", 0, NULL, NULL, NULL, NULL);
-    cw->type = DP_CLUSTER_STRICT_DNS;
+    cw->type = type;
     cw->dns_family = DP_DNS_V4_ONLY;
     cw->dns_refresh_ms = 5000;
     dp_endpoint_t *h = dp_arena_alloc(s->arena, sizeof(*h));
     h->hostname = "localhost";
-    h->port = srv[0].port;
+    h->port = port;
     h->weight = 1;
     cw->dns_hosts = h;
     cw->n_dns_hosts = 1;
     seal(s);
-    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "dns");
+    return dp_snapshot_find_cluster(s, "dns");
+}
+
+/* Requests until one gets through (the name resolves on the loop meanwhile). */
+static void request_until_resolved(const dp_cluster_t *c, req_t *r)
+{
+    for (int i = 0; i < 200; i++) {
+        RUN_UNTIL(false, 10);
+        rq_clear(r);
+        r->w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, r);
+        if (r->failed)
+            continue;
+        RUN_UNTIL(r->done || r->failed, 3000);
+        if (r->done)
+            return;
+    }
+}
+
+START_TEST(test_strict_dns)
+{
+    setup();
+    srv_t srv[2];
+    srv_start(&srv[0]);
+    srv_start(&srv[1]);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    const dp_cluster_t *c = dns_cluster(s, DP_CLUSTER_STRICT_DNS, srv[0].port);
     dp_upstreams_apply(ups, s);
     /* not resolved yet: no host */
     req_t r = {0};
     ck_assert_ptr_null(dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r));
     ck_assert_int_eq(r.why, DP_RESET_OVERFLOW);
-    for (int i = 0; i < 200 && !r.done; i++) {
-        RUN_UNTIL(false, 10);
-        rq_clear(&r);
-        r.w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r);
-        if (r.failed)
-            continue;
-        RUN_UNTIL(r.done || r.failed, 3000);
-    }
+    request_until_resolved(c, &r);
     ck_assert_int_eq(r.done, 1);
     ck_assert_int_eq(r.host->sa.sa_family, AF_INET);
     ck_assert_uint_eq(ntohl(r.host->in.sin_addr.s_addr), 0x7f000001);
     ck_assert_int_eq(r.port, srv[0].port);
     ck_assert_int_eq(srv[0].accepts, 1);
+
+    /* the host's port changes: resolution starts over, the old host's pool drains */
+    dp_snapshot_t *s2 = dp_snapshot_new(2);
+    const dp_cluster_t *c2 = dns_cluster(s2, DP_CLUSTER_STRICT_DNS, srv[1].port);
+    dp_upstreams_apply(ups, s2);
+    RUN_UNTIL(srv[0].closes == 1, 2000);
+    ck_assert_int_eq(srv[0].closes, 1);
+    request_until_resolved(c2, &r);
+    ck_assert_int_eq(r.done, 1);
+    ck_assert_int_eq(r.port, srv[1].port);
+    rq_clear(&r);
+    teardown_with(srv, 2);
+    dp_snapshot_unref(s);
+    dp_snapshot_unref(s2);
+}
+END_TEST
+
+START_TEST(test_logical_dns)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    const dp_cluster_t *c = dns_cluster(s, DP_CLUSTER_LOGICAL_DNS, srv[0].port);
+    /* a request before any apply starts the resolution too */
+    req_t r = {0};
+    ck_assert_ptr_null(dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r));
+    request_until_resolved(c, &r);
+    ck_assert_int_eq(r.done, 1);
+    ck_assert_int_eq(r.port, srv[0].port);
     rq_clear(&r);
     teardown_with(srv, 1);
     dp_snapshot_unref(s);
@@ -1098,6 +1142,7 @@ int main(void)
     tcase_add_test(tc, test_connect_timeout);
     tcase_add_test(tc, test_source_address);
     tcase_add_test(tc, test_strict_dns);
+    tcase_add_test(tc, test_logical_dns);
     tcase_add_test(tc, test_original_dst);
     tcase_add_test(tc, test_idle_timeout);
     tcase_add_test(tc, test_snapshot_change_drains);
