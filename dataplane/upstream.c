@@ -762,6 +762,12 @@ static void on_poll_closed(uv_handle_t *h)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
     dp_codec_new_fn mk = p->proto == DP_UPSTREAM_HTTP2 ? p->u->h2_new : p->u->h1_new;
+    if (mk == NULL) {
+        /* No codec for that protocol in this build. */
+        close(fd);
+        conn_fail(pc, DP_RESET_CONNECT_FAIL);
+        return;
+    }
     pc->codec = mk(p->u->loop, fd, false, &f->limits, &codec_cb, pc);
     if (pc->codec == NULL) {
         conn_fail(pc, DP_RESET_CONNECT_FAIL);
