@@ -40,7 +40,10 @@ typedef struct tc_stream {
 
 struct tc_conn {
     dp_codec_conn_t base;
-    uv_tcp_t tcp;
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    };
     const dp_codec_cb_t *cb;
     void *ud;
     uint32_t max_streams, active, next_id;
@@ -231,9 +234,15 @@ static dp_codec_conn_t *tc_new(uv_loop_t *l, int fd, const dp_codec_cb_t *cb, vo
     c->cb = cb;
     c->ud = ud;
     c->max_streams = max;
-    uv_tcp_init(l, &c->tcp);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    bool unix_sock = getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX;
+    if (unix_sock)
+        uv_pipe_init(l, &c->pipe, 0);
+    else
+        uv_tcp_init(l, &c->tcp);
     c->tcp.data = c;
-    if (uv_tcp_open(&c->tcp, fd) < 0) {
+    if ((unix_sock ? uv_pipe_open(&c->pipe, fd) : uv_tcp_open(&c->tcp, fd)) < 0) {
         close(fd);
         uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
         return NULL;
@@ -260,7 +269,10 @@ static dp_codec_conn_t *tc_h2_new(uv_loop_t *l, int fd, bool server, const dp_ht
 typedef struct srv srv_t;
 
 typedef struct srv_conn {
-    uv_tcp_t tcp;
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    };
     srv_t *s;
     char buf[512];
     size_t len;
@@ -269,7 +281,11 @@ typedef struct srv_conn {
 } srv_conn_t;
 
 struct srv {
-    uv_tcp_t tcp;
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    };
+    bool unix_sock;
     uint16_t port;
     int accepts, closes, lines;
     bool hold;
@@ -359,7 +375,10 @@ static void srv_on_conn(uv_stream_t *server, int status)
     srv_t *s = server->data;
     srv_conn_t *sc = calloc(1, sizeof(*sc));
     sc->s = s;
-    uv_tcp_init(&loop, &sc->tcp);
+    if (s->unix_sock)
+        uv_pipe_init(&loop, &sc->pipe, 0);
+    else
+        uv_tcp_init(&loop, &sc->tcp);
     sc->tcp.data = sc;
     sc->next = s->conns;
     s->conns = sc;
@@ -369,10 +388,12 @@ static void srv_on_conn(uv_stream_t *server, int status)
     }
     sc->open = true;
     s->accepts++;
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    uv_tcp_getpeername(&sc->tcp, (struct sockaddr *)&ss, &len);
-    uv_ip4_name((struct sockaddr_in *)&ss, s->peer, sizeof(s->peer));
+    if (!s->unix_sock) {
+        struct sockaddr_storage ss;
+        int len = sizeof(ss);
+        uv_tcp_getpeername(&sc->tcp, (struct sockaddr *)&ss, &len);
+        uv_ip4_name((struct sockaddr_in *)&ss, s->peer, sizeof(s->peer));
+    }
     uv_read_start((uv_stream_t *)&sc->tcp, srv_alloc, srv_read);
 }
 
@@ -388,6 +409,17 @@ static void srv_start(srv_t *s)
     int len = sizeof(a);
     uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&a, &len);
     s->port = ntohs(a.sin_port);
+}
+
+static void srv_start_unix(srv_t *s, const char *path)
+{
+    memset(s, 0, sizeof(*s));
+    s->unix_sock = true;
+    unlink(path);
+    uv_pipe_init(&loop, &s->pipe, 0);
+    s->pipe.data = s;
+    ck_assert_int_eq(uv_pipe_bind(&s->pipe, path), 0);
+    ck_assert_int_eq(uv_listen((uv_stream_t *)&s->pipe, 128, srv_on_conn), 0);
 }
 
 static void srv_stop(srv_t *s)
@@ -1130,6 +1162,40 @@ START_TEST(test_max_connections)
 }
 END_TEST
 
+START_TEST(test_unix_socket_endpoint)
+{
+    setup();
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/skiff-test-upstream-%d.sock", (int)getpid());
+    srv_t srv[1];
+    srv_start_unix(&srv[0], path);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *c = dp_snapshot_add_cluster(s);
+    c->name = "uds";
+    c->type = DP_CLUSTER_STATIC;
+    c->connect_timeout_ms = 1000;
+    dp_endpoint_t *e = dp_arena_alloc(s->arena, sizeof(*e));
+    e->addr.sa.sa_family = AF_UNIX;
+    e->addr.unix_path = dp_arena_strdup(s->arena, path);
+    e->weight = 1;
+    c->endpoints = e;
+    c->n_endpoints = 1;
+    seal(s);
+    req_t r = {0};
+    for (int i = 0; i < 3; i++) {
+        one_request(dp_snapshot_find_cluster(s, "uds"), NULL, &r);
+        ck_assert_int_eq(r.done, 1);
+        ck_assert_int_eq(r.host->sa.sa_family, AF_UNIX);
+        ck_assert_str_eq(r.host->unix_path, path);
+    }
+    ck_assert_int_eq(srv[0].accepts, 1);
+    rq_clear(&r);
+    teardown_with(srv, 1);
+    unlink(path);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("upstream");
@@ -1149,6 +1215,7 @@ int main(void)
     tcase_add_test(tc, test_h2_multiplexing_and_max_requests);
     tcase_add_test(tc, test_close_with_pending);
     tcase_add_test(tc, test_max_connections);
+    tcase_add_test(tc, test_unix_socket_endpoint);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
