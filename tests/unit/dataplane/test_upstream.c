@@ -286,6 +286,7 @@ struct srv {
         uv_pipe_t pipe;
     };
     bool unix_sock;
+    bool http; /* answer HTTP/1.1 heads (requests without a body) instead of lines */
     uint16_t port;
     int accepts, closes, lines;
     bool hold;
@@ -349,6 +350,17 @@ static void srv_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
         return;
     }
     sc->len += (size_t)n;
+    if (s->http) {
+        char *end;
+        while ((end = memmem(sc->buf, sc->len, "\r\n\r\n", 4)) != NULL) {
+            s->lines++;
+            srv_send(sc, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            size_t used = (size_t)(end + 4 - sc->buf);
+            memmove(sc->buf, end + 4, sc->len - used);
+            sc->len -= used;
+        }
+        return;
+    }
     char *nl;
     while ((nl = memchr(sc->buf, '\n', sc->len)) != NULL) {
         *nl = '\0';
@@ -422,7 +434,8 @@ static void srv_start_unix(srv_t *s, const char *path)
     ck_assert_int_eq(uv_listen((uv_stream_t *)&s->pipe, 128, srv_on_conn), 0);
 }
 
-static void srv_stop(srv_t *s)
+/* Closes the server's side of every accepted connection. */
+static void srv_drop_conns(srv_t *s)
 {
     for (srv_conn_t *sc = s->conns; sc; sc = sc->next) {
         if (sc->open) {
@@ -430,6 +443,11 @@ static void srv_stop(srv_t *s)
             uv_close((uv_handle_t *)&sc->tcp, srv_conn_closed);
         }
     }
+}
+
+static void srv_stop(srv_t *s)
+{
+    srv_drop_conns(s);
     uv_close((uv_handle_t *)&s->tcp, NULL);
 }
 
@@ -446,6 +464,7 @@ static void srv_free(srv_t *s)
 
 typedef struct req {
     dp_upstream_wait_t *w;
+    size_t body;
     int ready, failed, done, status;
     dp_reset_reason_t why, done_why;
     const dp_addr_t *host;
@@ -461,6 +480,7 @@ static void rq_on_headers(void *ud, dp_http_head_t *h, bool end)
 
 static void rq_on_data(void *ud, const uint8_t *p, size_t n, bool end)
 {
+    ((req_t *)ud)->body += n;
 }
 
 static void rq_on_trailers(void *ud, dp_headers_t *t)
