@@ -1,6 +1,7 @@
 #include "dataplane/upstream.h"
 
 #include <errno.h>
+#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -353,10 +354,45 @@ static uint64_t u_random(dp_upstreams_t *u)
     return x * 2685821657736338717ull;
 }
 
+static uint64_t mix64(uint64_t x)
+{
+    /* splitmix64's finalizer */
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* RING_HASH / MAGLEV with a request hash: weighted rendezvous hashing. Each host scores
+ * weight / -ln(u), u uniform in (0, 1) from (hash, host); the best score wins. A key keeps
+ * its host while the host set stays, and only the keys of a host that goes move. (Envoy's
+ * ring and Maglev table place keys differently; what they promise is the same.) */
+static const dp_endpoint_t *lb_hash_pick(const dp_endpoint_t *eps, size_t n, uint32_t prio,
+                                         uint64_t hash)
+{
+    const dp_endpoint_t *best = NULL;
+    double best_score = -1;
+    for (size_t i = 0; i < n; i++) {
+        if (!usable(&eps[i]) || eps[i].priority != prio)
+            continue;
+        uint64_t h = mix64(hash ^ mix64(addr_hash(FNV_INIT, &eps[i].addr)));
+        double u01 = ((double)(h >> 11) + 1.0) / 9007199254740993.0; /* (0, 1) */
+        double score = (eps[i].weight ? eps[i].weight : 1) / -log(u01);
+        if (score > best_score) {
+            best_score = score;
+            best = &eps[i];
+        }
+    }
+    return best;
+}
+
 /* The usable endpoint of the lowest priority that has one: smooth weighted round robin (each
  * pick adds every candidate's weight to its current value, takes the largest and lowers it by
- * the total), or a weighted random pick for RANDOM. Other policies use round robin for now. */
-static const dp_endpoint_t *lb_pick(cstate_t *cs, const dp_endpoint_t *eps, size_t n)
+ * the total), a weighted random pick for RANDOM, rendezvous hashing for RING_HASH and MAGLEV
+ * when the route gave a hash. LEAST_REQUEST uses round robin for now. */
+static const dp_endpoint_t *lb_pick(cstate_t *cs, const dp_endpoint_t *eps, size_t n,
+                                    const dp_lb_ctx_t *lb)
 {
     uint32_t prio = UINT32_MAX;
     for (size_t i = 0; i < n; i++) {
@@ -365,6 +401,9 @@ static const dp_endpoint_t *lb_pick(cstate_t *cs, const dp_endpoint_t *eps, size
     }
     if (prio == UINT32_MAX)
         return NULL;
+    if ((cs->cfg.lb_policy == DP_LB_RING_HASH || cs->cfg.lb_policy == DP_LB_MAGLEV) && lb &&
+        lb->has_hash)
+        return lb_hash_pick(eps, n, prio, lb->hash);
     if (cs->cfg.lb_policy == DP_LB_RANDOM) {
         uint64_t total = 0;
         for (size_t i = 0; i < n; i++) {
@@ -1372,10 +1411,10 @@ dp_upstream_wait_t *dp_upstream_request(dp_upstreams_t *u, const dp_cluster_t *c
     } else if (is_dns(c->type)) {
         if (cs->dns == NULL)
             dns_start(cs, c);
-        const dp_endpoint_t *e = lb_pick(cs, cs->dns->eps, cs->dns->n_eps);
+        const dp_endpoint_t *e = lb_pick(cs, cs->dns->eps, cs->dns->n_eps, lb);
         host = e ? &e->addr : NULL;
     } else {
-        const dp_endpoint_t *e = lb_pick(cs, c->endpoints, c->n_endpoints);
+        const dp_endpoint_t *e = lb_pick(cs, c->endpoints, c->n_endpoints, lb);
         host = e ? &e->addr : NULL;
     }
     if (host == NULL) {

@@ -1216,6 +1216,53 @@ START_TEST(test_unix_socket_endpoint)
 }
 END_TEST
 
+START_TEST(test_hash_and_random_policies)
+{
+    setup();
+    srv_t srv[3];
+    uint16_t ports[3];
+    for (int i = 0; i < 3; i++) {
+        srv_start(&srv[i]);
+        ports[i] = srv[i].port;
+    }
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    add_cluster(s, "ring", 3, ports, NULL, NULL, NULL)->lb_policy = DP_LB_RING_HASH;
+    const uint32_t w[3] = {1, 0, 3}; /* weight 0 counts as 1 */
+    add_cluster(s, "random", 3, ports, w, NULL, NULL)->lb_policy = DP_LB_RANDOM;
+    seal(s);
+    const dp_cluster_t *ring = dp_snapshot_find_cluster(s, "ring");
+    const dp_cluster_t *rnd = dp_snapshot_find_cluster(s, "random");
+    req_t r = {0};
+    /* one key, one host; many keys spread over all three */
+    int seen[3] = {0};
+    for (uint64_t key = 1; key <= 60; key++) {
+        dp_lb_ctx_t lb = {.hash = key * 0x9e3779b97f4a7c15ull, .has_hash = true};
+        one_request(ring, &lb, &r);
+        ck_assert_int_eq(r.done, 1);
+        uint16_t first = r.port;
+        one_request(ring, &lb, &r);
+        ck_assert_int_eq(r.port, first);
+        for (int k = 0; k < 3; k++)
+            seen[k] += first == ports[k];
+    }
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_gt(seen[k], 0);
+    /* RANDOM reaches every host */
+    int per[3] = {0};
+    for (int i = 0; i < 60; i++) {
+        one_request(rnd, NULL, &r);
+        ck_assert_int_eq(r.done, 1);
+        for (int k = 0; k < 3; k++)
+            per[k] += r.port == ports[k];
+    }
+    ck_assert_int_gt(per[2], per[0]);
+    ck_assert_int_gt(per[0] + per[1], 0);
+    rq_clear(&r);
+    teardown_with(srv, 3);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("upstream");
@@ -1236,6 +1283,7 @@ int main(void)
     tcase_add_test(tc, test_close_with_pending);
     tcase_add_test(tc, test_max_connections);
     tcase_add_test(tc, test_unix_socket_endpoint);
+    tcase_add_test(tc, test_hash_and_random_policies);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
