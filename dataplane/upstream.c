@@ -103,6 +103,7 @@ struct pool {
     bool draining;
     int busy; /* inside a loop of callbacks: not freed until it ends */
     pconn_t *lists[PC_NLISTS];
+    uint32_t n_in[PC_NLISTS]; /* connections per list */
     uint32_t n_conns, n_connecting;
     dp_upstream_wait_t *wq, *wq_tail;
     uint32_t n_waits;
@@ -197,6 +198,7 @@ static void pool_grow(pool_t *p);
 static void pool_maybe_free(pool_t *p);
 static void conn_place(pconn_t *pc);
 static void dns_stop(cstate_t *cs);
+static uint64_t host_load(cstate_t *cs, const dp_addr_t *a, dp_upstream_proto_t proto);
 
 /* ---- addresses ---- */
 
@@ -387,12 +389,60 @@ static const dp_endpoint_t *lb_hash_pick(const dp_endpoint_t *eps, size_t n, uin
     return best;
 }
 
+/* A weighted random usable endpoint of priority prio (total: the sum of their weights). */
+static const dp_endpoint_t *lb_random(dp_upstreams_t *u, const dp_endpoint_t *eps, size_t n,
+                                      uint32_t prio, uint64_t total, bool weighted)
+{
+    uint64_t x = u_random(u) % total;
+    for (size_t i = 0; i < n; i++) {
+        if (!usable(&eps[i]) || eps[i].priority != prio)
+            continue;
+        uint64_t w = weighted && eps[i].weight ? eps[i].weight : 1;
+        if (x < w)
+            return &eps[i];
+        x -= w;
+    }
+    return NULL;
+}
+
+/* LEAST_REQUEST: the less loaded (requests in flight and waiting, per unit of weight) of two
+ * distinct random hosts, Envoy's power of two choices (choice_count 2). */
+static const dp_endpoint_t *lb_least(cstate_t *cs, const dp_endpoint_t *eps, size_t n,
+                                     uint32_t prio, dp_upstream_proto_t proto)
+{
+    uint64_t count = 0, total = 0;
+    bool equal = true;
+    uint32_t w0 = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!usable(&eps[i]) || eps[i].priority != prio)
+            continue;
+        uint32_t w = eps[i].weight ? eps[i].weight : 1;
+        if (count == 0)
+            w0 = w;
+        equal = equal && w == w0;
+        count++;
+        total += w;
+    }
+    const dp_endpoint_t *a = lb_random(cs->u, eps, n, prio, equal ? count : total, !equal);
+    if (count < 2)
+        return a;
+    const dp_endpoint_t *b = a;
+    for (int tries = 0; b == a && tries < 8; tries++)
+        b = lb_random(cs->u, eps, n, prio, equal ? count : total, !equal);
+    if (b == a)
+        return a;
+    /* load / weight compared as load_a * w_b against load_b * w_a */
+    uint64_t la = host_load(cs, &a->addr, proto) + 1, lb = host_load(cs, &b->addr, proto) + 1;
+    uint64_t wa = a->weight ? a->weight : 1, wb = b->weight ? b->weight : 1;
+    return la * wb <= lb * wa ? a : b;
+}
+
 /* The usable endpoint of the lowest priority that has one: smooth weighted round robin (each
  * pick adds every candidate's weight to its current value, takes the largest and lowers it by
- * the total), a weighted random pick for RANDOM, rendezvous hashing for RING_HASH and MAGLEV
- * when the route gave a hash. LEAST_REQUEST uses round robin for now. */
+ * the total), a weighted random pick for RANDOM, two random choices for LEAST_REQUEST, and
+ * rendezvous hashing for RING_HASH and MAGLEV when the route gave a hash. */
 static const dp_endpoint_t *lb_pick(cstate_t *cs, const dp_endpoint_t *eps, size_t n,
-                                    const dp_lb_ctx_t *lb)
+                                    const dp_lb_ctx_t *lb, dp_upstream_proto_t proto)
 {
     uint32_t prio = UINT32_MAX;
     for (size_t i = 0; i < n; i++) {
@@ -404,22 +454,15 @@ static const dp_endpoint_t *lb_pick(cstate_t *cs, const dp_endpoint_t *eps, size
     if ((cs->cfg.lb_policy == DP_LB_RING_HASH || cs->cfg.lb_policy == DP_LB_MAGLEV) && lb &&
         lb->has_hash)
         return lb_hash_pick(eps, n, prio, lb->hash);
+    if (cs->cfg.lb_policy == DP_LB_LEAST_REQUEST)
+        return lb_least(cs, eps, n, prio, proto);
     if (cs->cfg.lb_policy == DP_LB_RANDOM) {
         uint64_t total = 0;
         for (size_t i = 0; i < n; i++) {
             if (usable(&eps[i]) && eps[i].priority == prio)
                 total += eps[i].weight ? eps[i].weight : 1;
         }
-        uint64_t x = u_random(cs->u) % total;
-        for (size_t i = 0; i < n; i++) {
-            if (!usable(&eps[i]) || eps[i].priority != prio)
-                continue;
-            uint64_t w = eps[i].weight ? eps[i].weight : 1;
-            if (x < w)
-                return &eps[i];
-            x -= w;
-        }
-        return NULL;
+        return lb_random(cs->u, eps, n, prio, total, true);
     }
     if (cs->rr_eps != eps || cs->rr_n != n) {
         free(cs->rr_cur);
@@ -482,16 +525,26 @@ static void ptab_remove(pool_t *p)
     u->n_pools--;
 }
 
+static pool_t *pool_find(cstate_t *cs, const dp_addr_t *a, dp_upstream_proto_t proto,
+                         uint64_t h)
+{
+    dp_upstreams_t *u = cs->u;
+    if (u->pcap == 0)
+        return NULL;
+    for (pool_t *p = u->ptab[h & (u->pcap - 1)]; p; p = p->hnext) {
+        if (p->hash == h && p->cs == cs && p->proto == proto && addr_eq(&p->addr, a))
+            return p;
+    }
+    return NULL;
+}
+
 static pool_t *pool_get(cstate_t *cs, const dp_addr_t *a, dp_upstream_proto_t proto)
 {
     dp_upstreams_t *u = cs->u;
     uint64_t h = pool_key(cs, a, proto);
-    if (u->pcap) {
-        for (pool_t *p = u->ptab[h & (u->pcap - 1)]; p; p = p->hnext) {
-            if (p->hash == h && p->cs == cs && p->proto == proto && addr_eq(&p->addr, a))
-                return p;
-        }
-    }
+    pool_t *found = pool_find(cs, a, proto, h);
+    if (found)
+        return found;
     if (u->n_pools + 1 > u->pcap)
         ptab_grow(u);
     pool_t *p = xcalloc(1, sizeof(*p));
@@ -580,9 +633,26 @@ void dp_upstream_cancel(dp_upstream_wait_t *w)
 
 /* ---- connections ---- */
 
+/* Requests on a host's pool: waiting, and in flight (HTTP/1: its busy connections). */
+static uint64_t host_load(cstate_t *cs, const dp_addr_t *a, dp_upstream_proto_t proto)
+{
+    pool_t *p = pool_find(cs, a, proto, pool_key(cs, a, proto));
+    if (p == NULL)
+        return 0;
+    uint64_t n = p->n_waits;
+    if (proto == DP_UPSTREAM_HTTP1)
+        return n + p->n_in[PC_BUSY];
+    for (int l = PC_READY; l <= PC_BUSY; l++) {
+        for (const pconn_t *pc = p->lists[l]; pc; pc = pc->next)
+            n += pc->codec ? pc->codec->ops->active_streams(pc->codec) : 0;
+    }
+    return n;
+}
+
 static void list_add(pconn_t *pc, int state)
 {
     pool_t *p = pc->pool;
+    p->n_in[state]++;
     pc->state = state;
     pc->prev = NULL;
     pc->next = p->lists[state];
@@ -594,6 +664,7 @@ static void list_add(pconn_t *pc, int state)
 static void list_del(pconn_t *pc)
 {
     pool_t *p = pc->pool;
+    p->n_in[pc->state]--;
     if (pc->prev)
         pc->prev->next = pc->next;
     else
@@ -1411,10 +1482,10 @@ dp_upstream_wait_t *dp_upstream_request(dp_upstreams_t *u, const dp_cluster_t *c
     } else if (is_dns(c->type)) {
         if (cs->dns == NULL)
             dns_start(cs, c);
-        const dp_endpoint_t *e = lb_pick(cs, cs->dns->eps, cs->dns->n_eps, lb);
+        const dp_endpoint_t *e = lb_pick(cs, cs->dns->eps, cs->dns->n_eps, lb, proto);
         host = e ? &e->addr : NULL;
     } else {
-        const dp_endpoint_t *e = lb_pick(cs, c->endpoints, c->n_endpoints, lb);
+        const dp_endpoint_t *e = lb_pick(cs, c->endpoints, c->n_endpoints, lb, proto);
         host = e ? &e->addr : NULL;
     }
     if (host == NULL) {

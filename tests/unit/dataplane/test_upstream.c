@@ -1263,6 +1263,45 @@ START_TEST(test_hash_and_random_policies)
 }
 END_TEST
 
+START_TEST(test_least_request)
+{
+    setup();
+    srv_t srv[2];
+    uint16_t ports[2];
+    for (int i = 0; i < 2; i++) {
+        srv_start(&srv[i]);
+        srv[i].hold = true;
+        ports[i] = srv[i].port;
+    }
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    add_cluster(s, "lr", 2, ports, NULL, NULL, NULL)->lb_policy = DP_LB_LEAST_REQUEST;
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "lr");
+    /* ten requests held by both servers: five each */
+    req_t r[14] = {{0}};
+    for (int i = 0; i < 10; i++)
+        r[i].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[i]);
+    RUN_UNTIL(srv[0].lines + srv[1].lines == 10, 3000);
+    ck_assert_int_eq(srv[0].lines, 5);
+    ck_assert_int_eq(srv[1].lines, 5);
+    /* the first host finishes its five: the next four go to it */
+    srv_release(&srv[0]);
+    RUN_UNTIL(r[0].done + r[1].done + r[2].done + r[3].done + r[4].done + r[5].done + r[6].done +
+                      r[7].done + r[8].done + r[9].done == 5,
+              3000);
+    for (int i = 10; i < 14; i++) {
+        one_request(c, NULL, &r[i]);
+        ck_assert_int_eq(r[i].done, 1);
+        ck_assert_int_eq(r[i].port, ports[0]);
+    }
+    /* the second host's five are still held: closing terminates them */
+    teardown_with(srv, 2);
+    for (int i = 0; i < 14; i++)
+        rq_clear(&r[i]);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("upstream");
@@ -1284,6 +1323,7 @@ int main(void)
     tcase_add_test(tc, test_max_connections);
     tcase_add_test(tc, test_unix_socket_endpoint);
     tcase_add_test(tc, test_hash_and_random_policies);
+    tcase_add_test(tc, test_least_request);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
