@@ -23,20 +23,20 @@
 /* Freed wait handles kept for reuse. */
 #define WAIT_FREE_MAX 256
 
-#define CINC(c)                                                                                    \
-    do {                                                                                           \
-        if (c)                                                                                     \
-            dp_counter_inc(c);                                                                     \
+#define CINC(c)                \
+    do {                       \
+        if (c)                 \
+            dp_counter_inc(c); \
     } while (0)
-#define GINC(g)                                                                                    \
-    do {                                                                                           \
-        if (g)                                                                                     \
-            dp_gauge_inc(g);                                                                       \
+#define GINC(g)              \
+    do {                     \
+        if (g)               \
+            dp_gauge_inc(g); \
     } while (0)
-#define GDEC(g)                                                                                    \
-    do {                                                                                           \
-        if (g)                                                                                     \
-            dp_gauge_dec(g);                                                                       \
+#define GDEC(g)              \
+    do {                     \
+        if (g)               \
+            dp_gauge_dec(g); \
     } while (0)
 
 typedef struct cstate cstate_t;
@@ -72,7 +72,7 @@ struct cstate {
     const dp_endpoint_t *rr_eps;
     size_t rr_n;
     int64_t *rr_cur;
-    pool_t *pools; /* every pool of the cluster, draining ones too */
+    pool_t *pools;      /* every pool of the cluster, draining ones too */
     uint32_t n_conns;   /* connections of all its pools (the max_connections breaker) */
     uint32_t n_pending; /* waits of all its pools (the max_pending_requests breaker) */
     bool overflowed;    /* a pool wanted a connection the breaker refused */
@@ -119,7 +119,7 @@ struct pconn {
     uv_poll_t poll;
     uv_timer_t timer; /* connect timeout, then idle timeout */
     uv_timer_t life;  /* max_connection_duration */
-    int handles; /* its libuv handles, and the codec until its on_close */
+    int handles;      /* its libuv handles, and the codec until its on_close */
     dp_codec_conn_t *codec;
     uint32_t streams;
     dp_reset_reason_t fail;
@@ -208,8 +208,7 @@ static bool addr_eq(const dp_addr_t *a, const dp_addr_t *b)
         return false;
     switch (a->sa.sa_family) {
     case AF_INET:
-        return a->in.sin_port == b->in.sin_port &&
-               a->in.sin_addr.s_addr == b->in.sin_addr.s_addr;
+        return a->in.sin_port == b->in.sin_port && a->in.sin_addr.s_addr == b->in.sin_addr.s_addr;
     case AF_INET6:
         return a->in6.sin6_port == b->in6.sin6_port &&
                a->in6.sin6_scope_id == b->in6.sin6_scope_id &&
@@ -525,8 +524,7 @@ static void ptab_remove(pool_t *p)
     u->n_pools--;
 }
 
-static pool_t *pool_find(cstate_t *cs, const dp_addr_t *a, dp_upstream_proto_t proto,
-                         uint64_t h)
+static pool_t *pool_find(cstate_t *cs, const dp_addr_t *a, dp_upstream_proto_t proto, uint64_t h)
 {
     dp_upstreams_t *u = cs->u;
     if (u->pcap == 0)
@@ -742,8 +740,8 @@ static void pool_fail_excess(pool_t *p, dp_reset_reason_t why)
     uint32_t guard = p->n_waits;
     p->busy++;
     while (p->wq && guard-- > 0) {
-        bool covered = p->proto == DP_UPSTREAM_HTTP1 ? p->n_waits <= p->n_connecting
-                                                     : p->n_connecting > 0;
+        bool covered =
+            p->proto == DP_UPSTREAM_HTTP1 ? p->n_waits <= p->n_connecting : p->n_connecting > 0;
         if (covered)
             break;
         wait_fail_head(p, why);
@@ -1085,8 +1083,8 @@ static void pool_grow(pool_t *p)
     if (p->u->closing)
         return;
     for (;;) {
-        uint32_t need = p->proto == DP_UPSTREAM_HTTP1 ? p->n_waits
-                                                      : (p->n_waits && p->n_connecting == 0);
+        uint32_t need =
+            p->proto == DP_UPSTREAM_HTTP1 ? p->n_waits : (p->n_waits && p->n_connecting == 0);
         if (p->n_connecting >= need)
             return;
         if (cs->n_conns >= cs->cfg.cb.max_connections && p->n_conns > 0) {
@@ -1100,8 +1098,8 @@ static void pool_grow(pool_t *p)
 
 static void pool_maybe_free(pool_t *p)
 {
-    bool disposable = p->draining || p->cs->dead || p->u->closing ||
-                      p->cs->cfg.type == DP_CLUSTER_ORIGINAL_DST;
+    bool disposable =
+        p->draining || p->cs->dead || p->u->closing || p->cs->cfg.type == DP_CLUSTER_ORIGINAL_DST;
     if (!disposable || p->n_conns || p->wq || p->busy)
         return;
     cstate_t *cs = p->cs;
@@ -1246,8 +1244,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
             continue;
         dp_addr_t a;
         memset(&a, 0, sizeof(a));
-        memcpy(&a.sa, ai->ai_addr,
-               ai->ai_family == AF_INET ? sizeof(a.in) : sizeof(a.in6));
+        memcpy(&a.sa, ai->ai_addr, ai->ai_family == AF_INET ? sizeof(a.in) : sizeof(a.in6));
         bool dup = false;
         for (size_t i = 0; i < n && !dup; i++)
             dup = addr_eq(&addrs[i], &a);
@@ -1475,8 +1472,7 @@ dp_upstream_wait_t *dp_upstream_request(dp_upstreams_t *u, const dp_cluster_t *c
         const struct sockaddr *sa = lb ? lb->original_dst : NULL;
         if (sa && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)) {
             memset(&odst, 0, sizeof(odst));
-            memcpy(&odst.sa, sa,
-                   sa->sa_family == AF_INET ? sizeof(odst.in) : sizeof(odst.in6));
+            memcpy(&odst.sa, sa, sa->sa_family == AF_INET ? sizeof(odst.in) : sizeof(odst.in6));
             host = &odst;
         }
     } else if (is_dns(c->type)) {

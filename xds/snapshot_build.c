@@ -94,9 +94,10 @@ static uint64_t duration_ms(const Google__Protobuf__Duration *d)
 static void cluster_stats(dp_stats_t *st, const char *obs, dp_cluster_t *dc)
 {
     char name[512];
-#define CSTAT_C(field, suffix)                                                                     \
-    (snprintf(name, sizeof(name), "cluster.%s." suffix, obs), dc->field = dp_stats_counter(st, name))
-#define CSTAT_G(field, suffix)                                                                     \
+#define CSTAT_C(field, suffix)                                \
+    (snprintf(name, sizeof(name), "cluster.%s." suffix, obs), \
+     dc->field = dp_stats_counter(st, name))
+#define CSTAT_G(field, suffix) \
     (snprintf(name, sizeof(name), "cluster.%s." suffix, obs), dc->field = dp_stats_gauge(st, name))
     CSTAT_C(cx_total, "upstream_cx_total");
     CSTAT_C(cx_connect_fail, "upstream_cx_connect_fail");
@@ -258,8 +259,8 @@ static void dns_hosts(dp_arena_t *arena, const Envoy__Config__Cluster__V3__Clust
     if (dc->dns_refresh_ms == 0)
         dc->dns_refresh_ms = 5000;
     dc->respect_dns_ttl = c->respect_dns_ttl;
-    dc->dns_family = c->dns_lookup_family <= 4 ? (dp_dns_family_t)c->dns_lookup_family
-                                               : DP_DNS_AUTO;
+    dc->dns_family =
+        c->dns_lookup_family <= 4 ? (dp_dns_family_t)c->dns_lookup_family : DP_DNS_AUTO;
     size_t n = 0;
     for (size_t e = 0; cla && e < cla->n_endpoints; e++)
         n += cla->endpoints[e]->n_lb_endpoints;
@@ -275,7 +276,8 @@ static void dns_hosts(dp_arena_t *arena, const Envoy__Config__Cluster__V3__Clust
                 lb->endpoint->address->address_case !=
                     ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS)
                 continue;
-            const Envoy__Config__Core__V3__SocketAddress *sa = lb->endpoint->address->socket_address;
+            const Envoy__Config__Core__V3__SocketAddress *sa =
+                lb->endpoint->address->socket_address;
             if (sa->address == NULL || sa->address[0] == '\0')
                 continue;
             hosts[k].hostname = dp_arena_strdup(arena, sa->address);
@@ -310,14 +312,14 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     if (dc->type == DP_CLUSTER_ORIGINAL_DST) {
         dc->lb_policy = DP_LB_CLUSTER_PROVIDED;
         const Envoy__Config__Cluster__V3__Cluster__OriginalDstLbConfig *od =
-            c->lb_config_case == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_ORIGINAL_DST_LB_CONFIG
+            c->lb_config_case ==
+                    ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_ORIGINAL_DST_LB_CONFIG
                 ? c->original_dst_lb_config
                 : NULL;
         dc->original_dst_use_header = od && od->use_http_header;
-        dc->original_dst_header =
-            od && od->http_header_name && od->http_header_name[0]
-                ? dp_arena_strdup(s->arena, od->http_header_name)
-                : "x-envoy-original-dst-host";
+        dc->original_dst_header = od && od->http_header_name && od->http_header_name[0]
+                                      ? dp_arena_strdup(s->arena, od->http_header_name)
+                                      : "x-envoy-original-dst-host";
     }
     /* DNS clusters also keep the hosts given as IP literals in endpoints (what tcp_proxy
      * uses); their pools use what each worker resolves. */

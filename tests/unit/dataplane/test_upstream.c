@@ -127,7 +127,7 @@ static size_t tc_buffered(const dp_enc_t *e)
     return 0;
 }
 
-static const dp_enc_ops_t tc_enc_ops = {tc_headers, tc_data,          tc_trailers,
+static const dp_enc_ops_t tc_enc_ops = {tc_headers, tc_data,         tc_trailers,
                                         tc_reset,   tc_read_disable, tc_buffered};
 
 static bool tc_can_take(const dp_codec_conn_t *cc)
@@ -146,8 +146,13 @@ static dp_enc_t *tc_new_stream(dp_codec_conn_t *cc, const dp_sink_ops_t *ops, vo
         tc_stream_t *s = &c->streams[i];
         if (s->used)
             continue;
-        *s = (tc_stream_t){.enc.ops = &tc_enc_ops, .c = c, .ops = ops, .ud = ud, .pool = pool,
-                           .id = ++c->next_id, .used = true};
+        *s = (tc_stream_t){.enc.ops = &tc_enc_ops,
+                           .c = c,
+                           .ops = ops,
+                           .ud = ud,
+                           .pool = pool,
+                           .id = ++c->next_id,
+                           .used = true};
         c->active++;
         return &s->enc;
     }
@@ -172,8 +177,8 @@ static void tc_close(dp_codec_conn_t *cc)
     tc_close_why((tc_conn_t *)cc, DP_RESET_NONE);
 }
 
-static const dp_codec_conn_ops_t tc_conn_ops = {tc_new_stream, tc_can_take, tc_active,
-                                                tc_go_away, tc_close};
+static const dp_codec_conn_ops_t tc_conn_ops = {tc_new_stream, tc_can_take, tc_active, tc_go_away,
+                                                tc_close};
 
 static void tc_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
 {
@@ -513,8 +518,7 @@ static void rq_on_ready(void *ud, dp_codec_conn_t *conn, const dp_addr_t *host)
         r->pool = dp_pool_new();
     r->enc = conn->ops->new_stream(conn, &rq_sink, r, r->pool);
     ck_assert_ptr_nonnull(r->enc);
-    dp_http_head_t h = {.method = DP_STR("GET"), .path = DP_STR("/"),
-                        .authority = DP_STR("x")};
+    dp_http_head_t h = {.method = DP_STR("GET"), .path = DP_STR("/"), .authority = DP_STR("x")};
     ck_assert_int_eq(r->enc->ops->headers(r->enc, &h, true), 0);
 }
 
@@ -540,16 +544,16 @@ static void tick(uv_timer_t *t)
 }
 
 /* Runs the loop until cond holds or ms pass. */
-#define RUN_UNTIL(cond, ms)                                                                        \
-    do {                                                                                           \
-        uv_timer_t tk_;                                                                            \
-        uv_timer_init(&loop, &tk_);                                                                \
-        uv_timer_start(&tk_, tick, 2, 2);                                                          \
-        uint64_t end_ = uv_now(&loop) + (ms);                                                      \
-        while (!(cond) && uv_now(&loop) < end_)                                                    \
-            uv_run(&loop, UV_RUN_ONCE);                                                            \
-        uv_close((uv_handle_t *)&tk_, NULL);                                                       \
-        uv_run(&loop, UV_RUN_NOWAIT);                                                              \
+#define RUN_UNTIL(cond, ms)                     \
+    do {                                        \
+        uv_timer_t tk_;                         \
+        uv_timer_init(&loop, &tk_);             \
+        uv_timer_start(&tk_, tick, 2, 2);       \
+        uint64_t end_ = uv_now(&loop) + (ms);   \
+        while (!(cond) && uv_now(&loop) < end_) \
+            uv_run(&loop, UV_RUN_ONCE);         \
+        uv_close((uv_handle_t *)&tk_, NULL);    \
+        uv_run(&loop, UV_RUN_NOWAIT);           \
     } while (0)
 
 static dp_stats_t *stats;
@@ -575,9 +579,9 @@ static dp_cluster_t *add_cluster(dp_snapshot_t *s, const char *name, size_t n,
     c->endpoints = eps;
     c->n_endpoints = n;
     char sn[256];
-#define TSTAT_C(field, suffix)                                                                     \
+#define TSTAT_C(field, suffix) \
     (snprintf(sn, sizeof(sn), "cluster.%s." suffix, name), c->field = dp_stats_counter(stats, sn))
-#define TSTAT_G(field, suffix)                                                                     \
+#define TSTAT_G(field, suffix) \
     (snprintf(sn, sizeof(sn), "cluster.%s." suffix, name), c->field = dp_stats_gauge(stats, sn))
     TSTAT_C(cx_total, "upstream_cx_total");
     TSTAT_C(cx_connect_fail, "upstream_cx_connect_fail");
@@ -672,7 +676,10 @@ START_TEST(test_weighted_round_robin_and_reuse)
         for (int k = 0; k < 3; k++)
             per[k] += r.port == ports[k];
         /* the host given is the snapshot's endpoint */
-        ck_assert_ptr_eq(r.host, &c->endpoints[r.port == ports[0] ? 0 : r.port == ports[1] ? 1 : 2].addr);
+        ck_assert_ptr_eq(r.host, &c->endpoints[r.port == ports[0]   ? 0
+                                               : r.port == ports[1] ? 1
+                                                                    : 2]
+                                      .addr);
     }
     ck_assert_int_eq(per[0], 10);
     ck_assert_int_eq(per[1], 20);
@@ -1287,7 +1294,8 @@ START_TEST(test_least_request)
     /* the first host finishes its five: the next four go to it */
     srv_release(&srv[0]);
     RUN_UNTIL(r[0].done + r[1].done + r[2].done + r[3].done + r[4].done + r[5].done + r[6].done +
-                      r[7].done + r[8].done + r[9].done == 5,
+                      r[7].done + r[8].done + r[9].done ==
+                  5,
               3000);
     for (int i = 10; i < 14; i++) {
         one_request(c, NULL, &r[i]);

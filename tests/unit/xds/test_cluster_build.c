@@ -36,12 +36,15 @@ static dp_snapshot_t *build(const char *json, dp_stats_t *st)
 static const char *const bootstrap =
     "{\"static_resources\": {\"clusters\": ["
     /* Istio's inbound cluster: bound to 127.0.0.6, HTTP/1.1 explicitly, common options */
-    "{\"name\": \"inbound|8080||\", \"type\": \"ORIGINAL_DST\", \"lb_policy\": \"CLUSTER_PROVIDED\","
+    "{\"name\": \"inbound|8080||\", \"type\": \"ORIGINAL_DST\", \"lb_policy\": "
+    "\"CLUSTER_PROVIDED\","
     " \"connect_timeout\": \"10s\","
-    " \"upstream_bind_config\": {\"source_address\": {\"address\": \"127.0.0.6\", \"port_value\": 0}},"
+    " \"upstream_bind_config\": {\"source_address\": {\"address\": \"127.0.0.6\", \"port_value\": "
+    "0}},"
     " \"circuit_breakers\": {\"thresholds\": [{\"max_connections\": 4294967295,"
     "   \"max_pending_requests\": 7, \"max_requests\": 8, \"max_retries\": 9}]},"
-    " \"typed_extension_protocol_options\": {\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\":"
+    " \"typed_extension_protocol_options\": "
+    "{\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\":"
     "   {\"@type\": \"type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\","
     "    \"common_http_protocol_options\": {\"idle_timeout\": \"300s\","
     "      \"max_requests_per_connection\": 100, \"max_connection_duration\": \"60s\"},"
@@ -49,29 +52,38 @@ static const char *const bootstrap =
     /* HTTP/2 with a stream limit; alt_stat_name names its stats */
     "{\"name\": \"outbound|9090||grpc.svc\", \"alt_stat_name\": \"grpc_alt\", \"type\": \"EDS\","
     " \"eds_cluster_config\": {\"service_name\": \"x\"},"
-    " \"typed_extension_protocol_options\": {\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\":"
+    " \"typed_extension_protocol_options\": "
+    "{\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\":"
     "   {\"@type\": \"type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\","
-    "    \"explicit_http_config\": {\"http2_protocol_options\": {\"max_concurrent_streams\": 33}}}}},"
+    "    \"explicit_http_config\": {\"http2_protocol_options\": {\"max_concurrent_streams\": "
+    "33}}}}},"
     "{\"name\": \"downstream\", \"type\": \"STATIC\","
-    " \"typed_extension_protocol_options\": {\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\":"
+    " \"typed_extension_protocol_options\": "
+    "{\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\":"
     "   {\"@type\": \"type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\","
     "    \"use_downstream_protocol_config\": {}}}},"
     "{\"name\": \"auto\", \"type\": \"STATIC\","
-    " \"typed_extension_protocol_options\": {\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\":"
+    " \"typed_extension_protocol_options\": "
+    "{\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\":"
     "   {\"@type\": \"type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\","
     "    \"auto_config\": {}}}},"
     "{\"name\": \"legacy_h2\", \"type\": \"STATIC\", \"http2_protocol_options\": {},"
     " \"load_assignment\": {\"cluster_name\": \"legacy_h2\", \"endpoints\": [{\"lb_endpoints\": ["
-    "   {\"endpoint\": {\"address\": {\"socket_address\": {\"address\": \"127.0.0.1\", \"port_value\": 81}}},"
+    "   {\"endpoint\": {\"address\": {\"socket_address\": {\"address\": \"127.0.0.1\", "
+    "\"port_value\": 81}}},"
     "    \"load_balancing_weight\": 3, \"health_status\": \"DRAINING\"}]}]}},"
     "{\"name\": \"dns\", \"type\": \"STRICT_DNS\", \"dns_lookup_family\": \"V4_ONLY\","
     " \"dns_refresh_rate\": \"2s\", \"respect_dns_ttl\": true,"
-    " \"load_assignment\": {\"cluster_name\": \"dns\", \"endpoints\": [{\"priority\": 1, \"lb_endpoints\": ["
-    "   {\"endpoint\": {\"address\": {\"socket_address\": {\"address\": \"example.svc\", \"port_value\": 443}}}},"
-    "   {\"endpoint\": {\"address\": {\"socket_address\": {\"address\": \"other.svc\", \"port_value\": 80}}}}]}]}},"
+    " \"load_assignment\": {\"cluster_name\": \"dns\", \"endpoints\": [{\"priority\": 1, "
+    "\"lb_endpoints\": ["
+    "   {\"endpoint\": {\"address\": {\"socket_address\": {\"address\": \"example.svc\", "
+    "\"port_value\": 443}}}},"
+    "   {\"endpoint\": {\"address\": {\"socket_address\": {\"address\": \"other.svc\", "
+    "\"port_value\": 80}}}}]}]}},"
     "{\"name\": \"logical\", \"type\": \"LOGICAL_DNS\","
     " \"load_assignment\": {\"cluster_name\": \"logical\", \"endpoints\": [{\"lb_endpoints\": ["
-    "   {\"endpoint\": {\"address\": {\"socket_address\": {\"address\": \"one.svc\", \"port_value\": 8443}}}}]}]}},"
+    "   {\"endpoint\": {\"address\": {\"socket_address\": {\"address\": \"one.svc\", "
+    "\"port_value\": 8443}}}}]}]}},"
     "{\"name\": \"odst_header\", \"type\": \"ORIGINAL_DST\","
     " \"original_dst_lb_config\": {\"use_http_header\": true}}"
     "]}}";
@@ -212,8 +224,8 @@ START_TEST(test_real_istio_clusters)
     for (size_t i = 0; i < s->n_clusters; i++) {
         const dp_cluster_t *c = &s->clusters[i];
         if (getenv("VERBOSE"))
-            printf("%s type=%d proto=%d idle=%llu src=%d maxconn=%u\n", c->name, c->type,
-                   c->proto, (unsigned long long)c->idle_timeout_ms, c->has_source_addr,
+            printf("%s type=%d proto=%d idle=%llu src=%d maxconn=%u\n", c->name, c->type, c->proto,
+                   (unsigned long long)c->idle_timeout_ms, c->has_source_addr,
                    c->circuit_breakers.max_connections);
         h2 += c->proto == DP_CLUSTER_PROTO_HTTP2;
         bound += c->has_source_addr;
@@ -230,8 +242,8 @@ START_TEST(test_real_istio_clusters)
     ck_assert_int_eq(dp_snapshot_find_cluster(s, "xds-grpc")->proto, DP_CLUSTER_PROTO_HTTP2);
     ck_assert_uint_eq(dp_snapshot_find_cluster(s, "xds-grpc")->circuit_breakers.max_connections,
                       100000);
-    const dp_cluster_t *hp =
-        dp_snapshot_find_cluster(s, "outbound|8080||curl-test.vanilla-playground.svc.cluster.local");
+    const dp_cluster_t *hp = dp_snapshot_find_cluster(
+        s, "outbound|8080||curl-test.vanilla-playground.svc.cluster.local");
     ck_assert_ptr_nonnull(hp);
     ck_assert_int_eq(hp->proto, DP_CLUSTER_PROTO_DOWNSTREAM);
     ck_assert_uint_eq(hp->circuit_breakers.max_connections, 4294967295u);
