@@ -1,3 +1,23 @@
+/* Upstream pools (dataplane/upstream.h).
+ *
+ * Per worker, one cstate per cluster name (a hash table: the snapshot is immutable, so the
+ * round-robin position, DNS answers and pools live here), and one pool per (cluster, host
+ * address, protocol) in a second hash table. A pool's connections sit in one of four lists:
+ * connecting, ready (HTTP/1: idle, most recently used first; HTTP/2: can open a stream),
+ * busy, draining. Requests that find no ready connection wait in the pool's FIFO queue, at
+ * most max_pending_requests per cluster, while connections are made for them (HTTP/1: one per
+ * waiting request; HTTP/2: one at a time), at most max_connections per cluster.
+ *
+ * Failures are reported from the loop, never from inside dp_upstream_request (except the
+ * immediate OVERFLOW cases), so a caller never sees its callback before the call returns a
+ * handle. A failed connect fails the waits the remaining connecting connections cannot take.
+ * dp_upstreams_close fails every waiting request with DP_RESET_CONNECT_FAIL and closes every
+ * connection (streams get the codec's on_done(DP_RESET_CONN_TERMINATED)).
+ *
+ * Counted here: upstream_cx_total, _active, _connect_fail, _connect_timeout, _destroy,
+ * _idle_timeout, _none_healthy, _overflow, _http1_total, _http2_total and
+ * upstream_rq_pending_total, _active, _overflow. The router counts the other upstream_rq_*
+ * stats and the bytes. */
 #include "dataplane/upstream.h"
 
 #include <errno.h>
