@@ -57,6 +57,10 @@ typedef struct dp_endpoint {
     uint32_t weight; /* load_balancing_weight, 1 when unset */
     uint32_t priority;
     dp_health_t health;
+    /* A STRICT_DNS / LOGICAL_DNS host: the name to resolve and the port (addr is then unset,
+     * AF_UNSPEC, unless the name is an IP literal). NULL for other clusters. */
+    const char *hostname;
+    uint16_t port;
 } dp_endpoint_t;
 
 typedef enum dp_cluster_type {
@@ -76,16 +80,92 @@ typedef enum dp_lb_policy {
     DP_LB_CLUSTER_PROVIDED,
 } dp_lb_policy_t;
 
+/* dns_lookup_family (Envoy's numbering). */
+typedef enum dp_dns_family {
+    DP_DNS_AUTO = 0,         /* IPv6 addresses when there are any, else IPv4 */
+    DP_DNS_V4_ONLY = 1,
+    DP_DNS_V6_ONLY = 2,
+    DP_DNS_V4_PREFERRED = 3, /* IPv4 addresses when there are any, else IPv6 */
+    DP_DNS_ALL = 4,
+} dp_dns_family_t;
+
+/* The protocol a cluster's upstream connections speak (typed_extension_protocol_options
+ * "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", or the legacy cluster fields). */
+typedef enum dp_cluster_proto {
+    DP_CLUSTER_PROTO_HTTP1,      /* explicit http_protocol_options, auto_config, or nothing */
+    DP_CLUSTER_PROTO_HTTP2,      /* explicit http2_protocol_options (or the legacy field) */
+    DP_CLUSTER_PROTO_DOWNSTREAM, /* use_downstream_protocol_config */
+} dp_cluster_proto_t;
+
+/* circuit_breakers.thresholds of the DEFAULT priority; Envoy's defaults are 1024 each. */
+typedef struct dp_circuit_breakers {
+    uint32_t max_connections;
+    uint32_t max_pending_requests;
+    uint32_t max_requests;
+    uint32_t max_retries;
+} dp_circuit_breakers_t;
+
+/* Envoy's cluster.<name>.* HTTP stats, created on the main thread (they live in the stats
+ * store, not the arena). Every pointer is NULL when the snapshot was built without a stats
+ * store. The connection pools (dataplane/upstream.c) count the upstream_cx_* ones and
+ * upstream_rq_pending_*; the router counts the other upstream_rq_* ones and the byte counts. */
+typedef struct dp_cluster_stats {
+    dp_counter_t *rq_total;
+    dp_gauge_t *rq_active;
+    dp_counter_t *rq_pending_total;
+    dp_gauge_t *rq_pending_active;
+    dp_counter_t *rq_pending_overflow;
+    dp_counter_t *rq_completed;
+    dp_counter_t *rq_2xx, *rq_3xx, *rq_4xx, *rq_5xx;
+    dp_counter_t *rq_timeout;
+    dp_counter_t *rq_retry;
+    dp_counter_t *cx_http1_total, *cx_http2_total;
+    dp_counter_t *cx_connect_timeout;
+    dp_counter_t *cx_destroy;
+    dp_counter_t *cx_idle_timeout;
+    dp_counter_t *cx_none_healthy;
+    dp_counter_t *cx_overflow;
+    dp_counter_t *cx_rx_bytes_total, *cx_tx_bytes_total;
+} dp_cluster_stats_t;
+
 typedef struct dp_cluster {
     const char *name;
     dp_cluster_type_t type;
     dp_lb_policy_t lb_policy;
     uint64_t connect_timeout_ms;
-    const dp_endpoint_t *endpoints; /* hosts with a resolved address */
+    /* Hosts with an address (of a DNS cluster: the hosts given as IP literals, which the
+     * upstream pools resolve like the others) */
+    const dp_endpoint_t *endpoints;
     size_t n_endpoints;
+    /* STRICT_DNS / LOGICAL_DNS: the hosts to resolve (hostname and port set), resolved by
+     * each worker's pools every dns_refresh_ms (Envoy's default 5 s). respect_dns_ttl is kept
+     * but the resolver (getaddrinfo) reports no TTL, so the refresh rate applies. */
+    const dp_endpoint_t *dns_hosts;
+    size_t n_dns_hosts;
+    uint64_t dns_refresh_ms;
+    bool respect_dns_ttl;
+    dp_dns_family_t dns_family;
+    /* ORIGINAL_DST: original_dst_lb_config.use_http_header; the host then comes from the
+     * header named original_dst_header (x-envoy-original-dst-host unless http_header_name). */
+    bool original_dst_use_header;
+    const char *original_dst_header;
+    /* upstream_bind_config.source_address (Istio binds inbound clusters to 127.0.0.6); the
+     * port is 0 unless configured. */
+    bool has_source_addr;
+    dp_addr_t source_addr;
+    /* HTTP protocol options. idle_timeout_ms 0 means none (Envoy's default is 1 h);
+     * max_requests_per_connection and max_connection_duration_ms 0 mean unlimited;
+     * h2_max_concurrent_streams 0 means the codec's default. */
+    dp_cluster_proto_t proto;
+    uint64_t idle_timeout_ms;
+    uint32_t max_requests_per_connection;
+    uint64_t max_connection_duration_ms;
+    uint32_t h2_max_concurrent_streams;
+    dp_circuit_breakers_t circuit_breakers;
     /* Envoy's cluster.<name>.upstream_cx_* stats; live in the stats store, not the arena */
     dp_counter_t *cx_total, *cx_connect_fail;
     dp_gauge_t *cx_active;
+    dp_cluster_stats_t stats;
 } dp_cluster_t;
 
 /* A tcp_proxy target: one cluster of a weighted_clusters split (or the only one). */

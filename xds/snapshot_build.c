@@ -9,6 +9,8 @@
 #include "dataplane/log.h"
 #include "xds/listener_build.h"
 #include "xds/route_build.h"
+#include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb-c.h"
+#include "xds/pbwire.h"
 
 /* Fills addr from an Envoy address: an IP socket_address or a pipe. Returns false for names
  * that need resolving (STRICT_DNS and LOGICAL_DNS hosts, resolved by the data plane). */
@@ -83,6 +85,215 @@ typedef struct build_ctx {
     dp_stats_t *stats;
 } build_ctx_t;
 
+static uint64_t duration_ms(const Google__Protobuf__Duration *d)
+{
+    if (d == NULL || d->seconds < 0)
+        return 0;
+    return (uint64_t)d->seconds * 1000 + (uint64_t)(d->nanos > 0 ? d->nanos : 0) / 1000000;
+}
+
+/* Envoy's cluster.<name>.* stats for HTTP traffic (the pools' and the router's). */
+static void cluster_stats(dp_stats_t *st, const char *obs, dp_cluster_t *dc)
+{
+    char name[512];
+#define CSTAT_C(field, suffix)                                \
+    (snprintf(name, sizeof(name), "cluster.%s." suffix, obs), \
+     dc->field = dp_stats_counter(st, name))
+#define CSTAT_G(field, suffix) \
+    (snprintf(name, sizeof(name), "cluster.%s." suffix, obs), dc->field = dp_stats_gauge(st, name))
+    CSTAT_C(cx_total, "upstream_cx_total");
+    CSTAT_C(cx_connect_fail, "upstream_cx_connect_fail");
+    CSTAT_G(cx_active, "upstream_cx_active");
+    CSTAT_C(stats.rq_total, "upstream_rq_total");
+    CSTAT_G(stats.rq_active, "upstream_rq_active");
+    CSTAT_C(stats.rq_pending_total, "upstream_rq_pending_total");
+    CSTAT_G(stats.rq_pending_active, "upstream_rq_pending_active");
+    CSTAT_C(stats.rq_pending_overflow, "upstream_rq_pending_overflow");
+    CSTAT_C(stats.rq_completed, "upstream_rq_completed");
+    CSTAT_C(stats.rq_2xx, "upstream_rq_2xx");
+    CSTAT_C(stats.rq_3xx, "upstream_rq_3xx");
+    CSTAT_C(stats.rq_4xx, "upstream_rq_4xx");
+    CSTAT_C(stats.rq_5xx, "upstream_rq_5xx");
+    CSTAT_C(stats.rq_timeout, "upstream_rq_timeout");
+    CSTAT_C(stats.rq_retry, "upstream_rq_retry");
+    CSTAT_C(stats.cx_http1_total, "upstream_cx_http1_total");
+    CSTAT_C(stats.cx_http2_total, "upstream_cx_http2_total");
+    CSTAT_C(stats.cx_connect_timeout, "upstream_cx_connect_timeout");
+    CSTAT_C(stats.cx_destroy, "upstream_cx_destroy");
+    CSTAT_C(stats.cx_idle_timeout, "upstream_cx_idle_timeout");
+    CSTAT_C(stats.cx_none_healthy, "upstream_cx_none_healthy");
+    CSTAT_C(stats.cx_overflow, "upstream_cx_overflow");
+    CSTAT_C(stats.cx_rx_bytes_total, "upstream_cx_rx_bytes_total");
+    CSTAT_C(stats.cx_tx_bytes_total, "upstream_cx_tx_bytes_total");
+#undef CSTAT_C
+#undef CSTAT_G
+}
+
+/* circuit_breakers.thresholds for the DEFAULT priority (Envoy's defaults: 1024 each). */
+static void circuit_breakers(const Envoy__Config__Cluster__V3__Cluster *c, dp_cluster_t *dc)
+{
+    dp_circuit_breakers_t *cb = &dc->circuit_breakers;
+    cb->max_connections = cb->max_pending_requests = cb->max_requests = cb->max_retries = 1024;
+    for (size_t i = 0; c->circuit_breakers && i < c->circuit_breakers->n_thresholds; i++) {
+        const Envoy__Config__Cluster__V3__CircuitBreakers__Thresholds *t =
+            c->circuit_breakers->thresholds[i];
+        if (t->priority != ENVOY__CONFIG__CORE__V3__ROUTING_PRIORITY__DEFAULT)
+            continue;
+        if (t->max_connections)
+            cb->max_connections = t->max_connections->value;
+        if (t->max_pending_requests)
+            cb->max_pending_requests = t->max_pending_requests->value;
+        if (t->max_requests)
+            cb->max_requests = t->max_requests->value;
+        if (t->max_retries)
+            cb->max_retries = t->max_retries->value;
+        break;
+    }
+}
+
+static void common_http_options(const Envoy__Config__Core__V3__HttpProtocolOptions *o,
+                                dp_cluster_t *dc)
+{
+    if (o == NULL)
+        return;
+    if (o->idle_timeout)
+        dc->idle_timeout_ms = duration_ms(o->idle_timeout);
+    if (o->max_connection_duration)
+        dc->max_connection_duration_ms = duration_ms(o->max_connection_duration);
+    if (o->max_requests_per_connection)
+        dc->max_requests_per_connection = o->max_requests_per_connection->value;
+}
+
+static void h2_options(const Envoy__Config__Core__V3__Http2ProtocolOptions *o, dp_cluster_t *dc)
+{
+    if (o && o->max_concurrent_streams)
+        dc->h2_max_concurrent_streams = o->max_concurrent_streams->value;
+}
+
+#define HTTP_PROTOCOL_OPTIONS_KEY "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+#define HTTP_PROTOCOL_OPTIONS_URL "type.googleapis.com/" HTTP_PROTOCOL_OPTIONS_KEY
+
+/* The upstream HTTP protocol and its connection options: the legacy cluster fields first, then
+ * typed_extension_protocol_options' HttpProtocolOptions, which Envoy prefers. */
+static void http_protocol(const Envoy__Config__Cluster__V3__Cluster *c, dp_cluster_t *dc)
+{
+    dc->proto = DP_CLUSTER_PROTO_HTTP1;
+    dc->idle_timeout_ms = 3600 * 1000; /* Envoy's default idle_timeout: 1 h */
+    if (c->http2_protocol_options) {
+        dc->proto = DP_CLUSTER_PROTO_HTTP2;
+        h2_options(c->http2_protocol_options, dc);
+    }
+    if (c->protocol_selection ==
+        ENVOY__CONFIG__CLUSTER__V3__CLUSTER__CLUSTER_PROTOCOL_SELECTION__USE_DOWNSTREAM_PROTOCOL)
+        dc->proto = DP_CLUSTER_PROTO_DOWNSTREAM;
+    common_http_options(c->common_http_protocol_options, dc);
+    if (c->max_requests_per_connection)
+        dc->max_requests_per_connection = c->max_requests_per_connection->value;
+    for (size_t i = 0; i < c->n_typed_extension_protocol_options; i++) {
+        const Envoy__Config__Cluster__V3__Cluster__TypedExtensionProtocolOptionsEntry *e =
+            c->typed_extension_protocol_options[i];
+        if (strcmp(e->key, HTTP_PROTOCOL_OPTIONS_KEY) != 0 || e->value == NULL ||
+            strcmp(e->value->type_url, HTTP_PROTOCOL_OPTIONS_URL) != 0)
+            continue;
+        const char *why;
+        Envoy__Extensions__Upstreams__Http__V3__HttpProtocolOptions *o = (void *)xds_pb_unpack(
+            &envoy__extensions__upstreams__http__v3__http_protocol_options__descriptor,
+            e->value->value.data, e->value->value.len, &why);
+        if (o == NULL)
+            continue;
+        common_http_options(o->common_http_protocol_options, dc);
+        switch (o->upstream_protocol_options_case) {
+        case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_EXPLICIT_HTTP_CONFIG:
+            if (o->explicit_http_config->protocol_config_case ==
+                ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__EXPLICIT_HTTP_CONFIG__PROTOCOL_CONFIG_HTTP2_PROTOCOL_OPTIONS) {
+                dc->proto = DP_CLUSTER_PROTO_HTTP2;
+                h2_options(o->explicit_http_config->http2_protocol_options, dc);
+            } else {
+                dc->proto = DP_CLUSTER_PROTO_HTTP1;
+            }
+            break;
+        case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_USE_DOWNSTREAM_PROTOCOL_CONFIG:
+            dc->proto = DP_CLUSTER_PROTO_DOWNSTREAM;
+            h2_options(o->use_downstream_protocol_config->http2_protocol_options, dc);
+            break;
+        case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_AUTO_CONFIG:
+            /* ALPN picks the protocol over TLS; without TLS (all there is for now) Envoy's
+             * auto_config speaks HTTP/1.1. */
+            dc->proto = DP_CLUSTER_PROTO_HTTP1;
+            break;
+        default:
+            break;
+        }
+        protobuf_c_message_free_unpacked(&o->base, NULL);
+    }
+}
+
+/* upstream_bind_config.source_address: an IP address (a name is not resolved). */
+static void bind_config(const Envoy__Config__Cluster__V3__Cluster *c, dp_cluster_t *dc)
+{
+    const Envoy__Config__Core__V3__SocketAddress *sa =
+        c->upstream_bind_config ? c->upstream_bind_config->source_address : NULL;
+    if (sa == NULL || sa->address == NULL)
+        return;
+    dp_addr_t *a = &dc->source_addr;
+    uint16_t port = sa->port_specifier_case ==
+                            ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_PORT_VALUE
+                        ? (uint16_t)sa->port_value
+                        : 0;
+    if (inet_pton(AF_INET, sa->address, &a->in.sin_addr) == 1) {
+        a->in.sin_family = AF_INET;
+        a->in.sin_port = htons(port);
+        dc->has_source_addr = true;
+    } else if (inet_pton(AF_INET6, sa->address, &a->in6.sin6_addr) == 1) {
+        a->in6.sin6_family = AF_INET6;
+        a->in6.sin6_port = htons(port);
+        dc->has_source_addr = true;
+    }
+}
+
+/* STRICT_DNS / LOGICAL_DNS: the hosts of load_assignment by name and port. */
+static void dns_hosts(dp_arena_t *arena, const Envoy__Config__Cluster__V3__Cluster *c,
+                      const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
+                      dp_cluster_t *dc)
+{
+    /* Envoy's default dns_refresh_rate is 5 s. */
+    dc->dns_refresh_ms = c->dns_refresh_rate ? duration_ms(c->dns_refresh_rate) : 5000;
+    if (dc->dns_refresh_ms == 0)
+        dc->dns_refresh_ms = 5000;
+    dc->respect_dns_ttl = c->respect_dns_ttl;
+    dc->dns_family =
+        c->dns_lookup_family <= 4 ? (dp_dns_family_t)c->dns_lookup_family : DP_DNS_AUTO;
+    size_t n = 0;
+    for (size_t e = 0; cla && e < cla->n_endpoints; e++)
+        n += cla->endpoints[e]->n_lb_endpoints;
+    dp_endpoint_t *hosts = n ? dp_arena_alloc(arena, n * sizeof(*hosts)) : NULL;
+    size_t k = 0;
+    for (size_t e = 0; cla && e < cla->n_endpoints; e++) {
+        const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *lle = cla->endpoints[e];
+        for (size_t i = 0; i < lle->n_lb_endpoints; i++) {
+            const Envoy__Config__Endpoint__V3__LbEndpoint *lb = lle->lb_endpoints[i];
+            if (lb->host_identifier_case !=
+                    ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT ||
+                lb->endpoint->address == NULL ||
+                lb->endpoint->address->address_case !=
+                    ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS)
+                continue;
+            const Envoy__Config__Core__V3__SocketAddress *sa =
+                lb->endpoint->address->socket_address;
+            if (sa->address == NULL || sa->address[0] == '\0')
+                continue;
+            hosts[k].hostname = dp_arena_strdup(arena, sa->address);
+            hosts[k].port = (uint16_t)sa->port_value;
+            hosts[k].weight = lb->load_balancing_weight ? lb->load_balancing_weight->value : 1;
+            hosts[k].priority = lle->priority;
+            hosts[k].health = (dp_health_t)lb->health_status;
+            k++;
+        }
+    }
+    dc->dns_hosts = hosts;
+    dc->n_dns_hosts = k;
+}
+
 static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
                         const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
                         bool added_via_api)
@@ -90,24 +301,32 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     build_ctx_t *ctx = ud;
     dp_snapshot_t *s = ctx->snap;
     dp_cluster_t *dc = dp_snapshot_add_cluster(s);
-    if (ctx->stats) {
-        char name[512];
-        const char *obs = c->alt_stat_name[0] ? c->alt_stat_name : c->name;
-        snprintf(name, sizeof(name), "cluster.%s.upstream_cx_total", obs);
-        dc->cx_total = dp_stats_counter(ctx->stats, name);
-        snprintf(name, sizeof(name), "cluster.%s.upstream_cx_connect_fail", obs);
-        dc->cx_connect_fail = dp_stats_counter(ctx->stats, name);
-        snprintf(name, sizeof(name), "cluster.%s.upstream_cx_active", obs);
-        dc->cx_active = dp_stats_gauge(ctx->stats, name);
-    }
+    if (ctx->stats)
+        cluster_stats(ctx->stats, c->alt_stat_name[0] ? c->alt_stat_name : c->name, dc);
     dc->name = dp_arena_strdup(s->arena, c->name);
     dc->type = cluster_type(c);
     dc->lb_policy = lb_policy(c);
     /* Envoy's default connect_timeout is 5 s. */
-    dc->connect_timeout_ms =
-        c->connect_timeout ? (uint64_t)c->connect_timeout->seconds * 1000 +
-                                 (uint64_t)c->connect_timeout->nanos / 1000000
-                           : 5000;
+    dc->connect_timeout_ms = c->connect_timeout ? duration_ms(c->connect_timeout) : 5000;
+    circuit_breakers(c, dc);
+    http_protocol(c, dc);
+    bind_config(c, dc);
+    if (dc->type == DP_CLUSTER_ORIGINAL_DST) {
+        dc->lb_policy = DP_LB_CLUSTER_PROVIDED;
+        const Envoy__Config__Cluster__V3__Cluster__OriginalDstLbConfig *od =
+            c->lb_config_case ==
+                    ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_ORIGINAL_DST_LB_CONFIG
+                ? c->original_dst_lb_config
+                : NULL;
+        dc->original_dst_use_header = od && od->use_http_header;
+        dc->original_dst_header = od && od->http_header_name && od->http_header_name[0]
+                                      ? dp_arena_strdup(s->arena, od->http_header_name)
+                                      : "x-envoy-original-dst-host";
+    }
+    /* DNS clusters also keep the hosts given as IP literals in endpoints (what tcp_proxy
+     * uses); their pools use what each worker resolves. */
+    if (dc->type == DP_CLUSTER_STRICT_DNS || dc->type == DP_CLUSTER_LOGICAL_DNS)
+        dns_hosts(s->arena, c, cla, dc);
     size_t n = 0;
     for (size_t e = 0; cla && e < cla->n_endpoints; e++)
         n += cla->endpoints[e]->n_lb_endpoints;

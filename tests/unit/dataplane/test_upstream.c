@@ -1,0 +1,1337 @@
+/* Upstream pools (dataplane/upstream.h) against real sockets on 127.0.0.1: host choice
+ * (weighted round robin, health, priority failover), connection reuse, the pending queue and
+ * its overflow, connect failure and timeout, the source address, STRICT_DNS, ORIGINAL_DST, the
+ * idle timeout, draining on a snapshot change, HTTP/2-style multiplexing and
+ * max_requests_per_connection.
+ *
+ * The pools take their codecs as constructors; these tests give them a small line codec: a
+ * request stream writes "Q <id>\n", the server answers "R <id>\n", and that completes the
+ * stream. tc_h1_new allows one stream at a time, tc_h2_new two. */
+#include <arpa/inet.h>
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "dataplane/upstream.h"
+#include "tests/unit/check_run.h"
+
+static uv_loop_t loop;
+
+/* ---- the test codec ---- */
+
+#define TC_MAX_STREAMS 4
+
+typedef struct tc_conn tc_conn_t;
+
+typedef struct tc_stream {
+    dp_enc_t enc;
+    tc_conn_t *c;
+    const dp_sink_ops_t *ops;
+    void *ud;
+    dp_pool_t *pool;
+    uint32_t id;
+    bool used;
+} tc_stream_t;
+
+struct tc_conn {
+    dp_codec_conn_t base;
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    };
+    const dp_codec_cb_t *cb;
+    void *ud;
+    uint32_t max_streams, active, next_id;
+    tc_stream_t streams[TC_MAX_STREAMS];
+    bool goaway, closing;
+    char rbuf[512];
+    size_t rlen;
+    dp_reset_reason_t why;
+};
+
+static void tc_closed(uv_handle_t *h)
+{
+    tc_conn_t *c = h->data;
+    c->cb->on_close(c->ud, &c->base, c->why);
+    free(c);
+}
+
+static void tc_close_why(tc_conn_t *c, dp_reset_reason_t why)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    c->why = why;
+    for (uint32_t i = 0; i < TC_MAX_STREAMS; i++) {
+        tc_stream_t *s = &c->streams[i];
+        if (s->used) {
+            s->used = false;
+            c->active--;
+            s->ops->on_done(s->ud, DP_RESET_CONN_TERMINATED);
+        }
+    }
+    uv_close((uv_handle_t *)&c->tcp, tc_closed);
+}
+
+static void tc_written(uv_write_t *w, int status)
+{
+    free(w->data);
+    free(w);
+}
+
+static int tc_headers(dp_enc_t *e, const dp_http_head_t *h, bool end_stream)
+{
+    tc_stream_t *s = (tc_stream_t *)e;
+    char *line = malloc(32);
+    int n = snprintf(line, 32, "Q %u\n", s->id);
+    uv_write_t *w = malloc(sizeof(*w));
+    w->data = line;
+    uv_buf_t b = uv_buf_init(line, (unsigned)n);
+    if (uv_write(w, (uv_stream_t *)&s->c->tcp, &b, 1, tc_written) < 0) {
+        free(line);
+        free(w);
+        return -EPIPE;
+    }
+    return 0;
+}
+
+static int tc_data(dp_enc_t *e, const uint8_t *p, size_t n, bool end_stream)
+{
+    return 0;
+}
+
+static int tc_trailers(dp_enc_t *e, const dp_headers_t *t)
+{
+    return 0;
+}
+
+static void tc_reset(dp_enc_t *e, dp_reset_reason_t why)
+{
+    tc_stream_t *s = (tc_stream_t *)e;
+    s->used = false;
+    s->c->active--;
+    tc_close_why(s->c, DP_RESET_LOCAL);
+}
+
+static void tc_read_disable(dp_enc_t *e, bool disable)
+{
+}
+
+static size_t tc_buffered(const dp_enc_t *e)
+{
+    return 0;
+}
+
+static const dp_enc_ops_t tc_enc_ops = {tc_headers, tc_data,         tc_trailers,
+                                        tc_reset,   tc_read_disable, tc_buffered};
+
+static bool tc_can_take(const dp_codec_conn_t *cc)
+{
+    const tc_conn_t *c = (const tc_conn_t *)cc;
+    return !c->goaway && !c->closing && c->active < c->max_streams;
+}
+
+static dp_enc_t *tc_new_stream(dp_codec_conn_t *cc, const dp_sink_ops_t *ops, void *ud,
+                               dp_pool_t *pool)
+{
+    tc_conn_t *c = (tc_conn_t *)cc;
+    if (!tc_can_take(cc))
+        return NULL;
+    for (uint32_t i = 0; i < TC_MAX_STREAMS; i++) {
+        tc_stream_t *s = &c->streams[i];
+        if (s->used)
+            continue;
+        *s = (tc_stream_t){.enc.ops = &tc_enc_ops,
+                           .c = c,
+                           .ops = ops,
+                           .ud = ud,
+                           .pool = pool,
+                           .id = ++c->next_id,
+                           .used = true};
+        c->active++;
+        return &s->enc;
+    }
+    return NULL;
+}
+
+static uint32_t tc_active(const dp_codec_conn_t *cc)
+{
+    return ((const tc_conn_t *)cc)->active;
+}
+
+static void tc_go_away(dp_codec_conn_t *cc)
+{
+    tc_conn_t *c = (tc_conn_t *)cc;
+    c->goaway = true;
+    if (c->active == 0)
+        tc_close_why(c, DP_RESET_NONE);
+}
+
+static void tc_close(dp_codec_conn_t *cc)
+{
+    tc_close_why((tc_conn_t *)cc, DP_RESET_NONE);
+}
+
+static const dp_codec_conn_ops_t tc_conn_ops = {tc_new_stream, tc_can_take, tc_active, tc_go_away,
+                                                tc_close};
+
+static void tc_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
+{
+    tc_conn_t *c = h->data;
+    b->base = c->rbuf + c->rlen;
+    b->len = sizeof(c->rbuf) - c->rlen;
+}
+
+static void tc_line(tc_conn_t *c, const char *line)
+{
+    unsigned id;
+    if (sscanf(line, "R %u", &id) != 1)
+        return;
+    for (uint32_t i = 0; i < TC_MAX_STREAMS; i++) {
+        tc_stream_t *s = &c->streams[i];
+        if (!s->used || s->id != id)
+            continue;
+        dp_http_head_t *h = dp_pool_calloc(s->pool, sizeof(*h));
+        h->status = 200;
+        h->version = DP_HTTP_11;
+        s->ops->on_headers(s->ud, h, true);
+        s->used = false;
+        c->active--;
+        s->ops->on_done(s->ud, DP_RESET_NONE);
+        if (c->goaway && c->active == 0)
+            tc_close_why(c, DP_RESET_NONE);
+        else if (!c->closing && c->cb->on_ready)
+            c->cb->on_ready(c->ud, &c->base);
+        return;
+    }
+}
+
+static void tc_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
+{
+    tc_conn_t *c = st->data;
+    if (n < 0) {
+        tc_close_why(c, c->active ? DP_RESET_REMOTE : DP_RESET_NONE);
+        return;
+    }
+    c->rlen += (size_t)n;
+    char *nl;
+    while (!c->closing && (nl = memchr(c->rbuf, '\n', c->rlen)) != NULL) {
+        *nl = '\0';
+        tc_line(c, c->rbuf);
+        size_t used = (size_t)(nl + 1 - c->rbuf);
+        memmove(c->rbuf, nl + 1, c->rlen - used);
+        c->rlen -= used;
+    }
+}
+
+static int codecs_made;
+
+static dp_codec_conn_t *tc_new(uv_loop_t *l, int fd, const dp_codec_cb_t *cb, void *ud,
+                               uint32_t max)
+{
+    tc_conn_t *c = calloc(1, sizeof(*c));
+    c->base.ops = &tc_conn_ops;
+    c->cb = cb;
+    c->ud = ud;
+    c->max_streams = max;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    bool unix_sock = getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX;
+    if (unix_sock)
+        uv_pipe_init(l, &c->pipe, 0);
+    else
+        uv_tcp_init(l, &c->tcp);
+    c->tcp.data = c;
+    if ((unix_sock ? uv_pipe_open(&c->pipe, fd) : uv_tcp_open(&c->tcp, fd)) < 0) {
+        close(fd);
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return NULL;
+    }
+    uv_read_start((uv_stream_t *)&c->tcp, tc_alloc, tc_read);
+    codecs_made++;
+    return &c->base;
+}
+
+static dp_codec_conn_t *tc_h1_new(uv_loop_t *l, int fd, bool server, const dp_http_limits_t *lim,
+                                  const dp_codec_cb_t *cb, void *ud)
+{
+    return tc_new(l, fd, cb, ud, 1);
+}
+
+static dp_codec_conn_t *tc_h2_new(uv_loop_t *l, int fd, bool server, const dp_http_limits_t *lim,
+                                  const dp_codec_cb_t *cb, void *ud)
+{
+    return tc_new(l, fd, cb, ud, 2);
+}
+
+/* ---- the test server: answers each "Q <id>" line with "R <id>" (or holds them) ---- */
+
+typedef struct srv srv_t;
+
+typedef struct srv_conn {
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    };
+    srv_t *s;
+    char buf[512];
+    size_t len;
+    struct srv_conn *next;
+    bool open;
+} srv_conn_t;
+
+struct srv {
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    };
+    bool unix_sock;
+    bool http; /* answer HTTP/1.1 heads (requests without a body) instead of lines */
+    uint16_t port;
+    int accepts, closes, lines;
+    bool hold;
+    char held[64][16]; /* "R <id>\n" per held request */
+    srv_conn_t *held_conn[64];
+    int n_held;
+    srv_conn_t *conns;
+    char peer[64];
+};
+
+static void srv_written(uv_write_t *w, int status)
+{
+    free(w->data);
+    free(w);
+}
+
+static void srv_send(srv_conn_t *sc, const char *text)
+{
+    if (!sc->open)
+        return;
+    size_t n = strlen(text);
+    char *copy = malloc(n);
+    memcpy(copy, text, n);
+    uv_write_t *w = malloc(sizeof(*w));
+    w->data = copy;
+    uv_buf_t b = uv_buf_init(copy, (unsigned)n);
+    if (uv_write(w, (uv_stream_t *)&sc->tcp, &b, 1, srv_written) < 0) {
+        free(copy);
+        free(w);
+    }
+}
+
+static void srv_release(srv_t *s)
+{
+    s->hold = false;
+    for (int i = 0; i < s->n_held; i++)
+        srv_send(s->held_conn[i], s->held[i]);
+    s->n_held = 0;
+}
+
+static void srv_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
+{
+    srv_conn_t *sc = h->data;
+    b->base = sc->buf + sc->len;
+    b->len = sizeof(sc->buf) - sc->len;
+}
+
+static void srv_conn_closed(uv_handle_t *h)
+{
+    srv_conn_t *sc = h->data;
+    sc->s->closes++;
+}
+
+static void srv_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
+{
+    srv_conn_t *sc = st->data;
+    srv_t *s = sc->s;
+    if (n < 0) {
+        sc->open = false;
+        uv_close((uv_handle_t *)&sc->tcp, srv_conn_closed);
+        return;
+    }
+    sc->len += (size_t)n;
+    if (s->http) {
+        char *end;
+        while ((end = memmem(sc->buf, sc->len, "\r\n\r\n", 4)) != NULL) {
+            s->lines++;
+            srv_send(sc, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            size_t used = (size_t)(end + 4 - sc->buf);
+            memmove(sc->buf, end + 4, sc->len - used);
+            sc->len -= used;
+        }
+        return;
+    }
+    char *nl;
+    while ((nl = memchr(sc->buf, '\n', sc->len)) != NULL) {
+        *nl = '\0';
+        unsigned id;
+        if (sscanf(sc->buf, "Q %u", &id) == 1) {
+            s->lines++;
+            char reply[16];
+            snprintf(reply, sizeof(reply), "R %u\n", id);
+            if (s->hold && s->n_held < 64) {
+                memcpy(s->held[s->n_held], reply, sizeof(reply));
+                s->held_conn[s->n_held++] = sc;
+            } else {
+                srv_send(sc, reply);
+            }
+        }
+        size_t used = (size_t)(nl + 1 - sc->buf);
+        memmove(sc->buf, nl + 1, sc->len - used);
+        sc->len -= used;
+    }
+}
+
+static void srv_on_conn(uv_stream_t *server, int status)
+{
+    srv_t *s = server->data;
+    srv_conn_t *sc = calloc(1, sizeof(*sc));
+    sc->s = s;
+    if (s->unix_sock)
+        uv_pipe_init(&loop, &sc->pipe, 0);
+    else
+        uv_tcp_init(&loop, &sc->tcp);
+    sc->tcp.data = sc;
+    sc->next = s->conns;
+    s->conns = sc;
+    if (uv_accept(server, (uv_stream_t *)&sc->tcp) < 0) {
+        uv_close((uv_handle_t *)&sc->tcp, srv_conn_closed);
+        return;
+    }
+    sc->open = true;
+    s->accepts++;
+    if (!s->unix_sock) {
+        struct sockaddr_storage ss;
+        int len = sizeof(ss);
+        uv_tcp_getpeername(&sc->tcp, (struct sockaddr *)&ss, &len);
+        uv_ip4_name((struct sockaddr_in *)&ss, s->peer, sizeof(s->peer));
+    }
+    uv_read_start((uv_stream_t *)&sc->tcp, srv_alloc, srv_read);
+}
+
+static void srv_start(srv_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    uv_tcp_init(&loop, &s->tcp);
+    s->tcp.data = s;
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    ck_assert_int_eq(uv_tcp_bind(&s->tcp, (struct sockaddr *)&a, 0), 0);
+    ck_assert_int_eq(uv_listen((uv_stream_t *)&s->tcp, 128, srv_on_conn), 0);
+    int len = sizeof(a);
+    uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&a, &len);
+    s->port = ntohs(a.sin_port);
+}
+
+static void srv_start_unix(srv_t *s, const char *path)
+{
+    memset(s, 0, sizeof(*s));
+    s->unix_sock = true;
+    unlink(path);
+    uv_pipe_init(&loop, &s->pipe, 0);
+    s->pipe.data = s;
+    ck_assert_int_eq(uv_pipe_bind(&s->pipe, path), 0);
+    ck_assert_int_eq(uv_listen((uv_stream_t *)&s->pipe, 128, srv_on_conn), 0);
+}
+
+/* Closes the server's side of every accepted connection. */
+static void srv_drop_conns(srv_t *s)
+{
+    for (srv_conn_t *sc = s->conns; sc; sc = sc->next) {
+        if (sc->open) {
+            sc->open = false;
+            uv_close((uv_handle_t *)&sc->tcp, srv_conn_closed);
+        }
+    }
+}
+
+static void srv_stop(srv_t *s)
+{
+    srv_drop_conns(s);
+    uv_close((uv_handle_t *)&s->tcp, NULL);
+}
+
+static void srv_free(srv_t *s)
+{
+    for (srv_conn_t *sc = s->conns, *next; sc; sc = next) {
+        next = sc->next;
+        free(sc);
+    }
+    s->conns = NULL;
+}
+
+/* ---- requests ---- */
+
+typedef struct req {
+    dp_upstream_wait_t *w;
+    size_t body;
+    int ready, failed, done, status;
+    dp_reset_reason_t why, done_why;
+    const dp_addr_t *host;
+    uint16_t port; /* of host */
+    dp_pool_t *pool;
+    dp_enc_t *enc;
+} req_t;
+
+static void rq_on_headers(void *ud, dp_http_head_t *h, bool end)
+{
+    ((req_t *)ud)->status = h->status;
+}
+
+static void rq_on_data(void *ud, const uint8_t *p, size_t n, bool end)
+{
+    ((req_t *)ud)->body += n;
+}
+
+static void rq_on_trailers(void *ud, dp_headers_t *t)
+{
+}
+
+static void rq_on_drained(void *ud)
+{
+}
+
+static void rq_on_done(void *ud, dp_reset_reason_t why)
+{
+    req_t *r = ud;
+    r->done++;
+    r->done_why = why;
+    r->enc = NULL;
+}
+
+static const dp_sink_ops_t rq_sink = {rq_on_headers, rq_on_data, rq_on_trailers, rq_on_drained,
+                                      rq_on_done};
+
+static void rq_on_ready(void *ud, dp_codec_conn_t *conn, const dp_addr_t *host)
+{
+    req_t *r = ud;
+    r->ready++;
+    r->w = NULL;
+    r->host = host;
+    r->port = ntohs(host->in.sin_port);
+    if (r->pool == NULL)
+        r->pool = dp_pool_new();
+    r->enc = conn->ops->new_stream(conn, &rq_sink, r, r->pool);
+    ck_assert_ptr_nonnull(r->enc);
+    dp_http_head_t h = {.method = DP_STR("GET"), .path = DP_STR("/"), .authority = DP_STR("x")};
+    ck_assert_int_eq(r->enc->ops->headers(r->enc, &h, true), 0);
+}
+
+static void rq_on_failure(void *ud, dp_reset_reason_t why, const dp_addr_t *host)
+{
+    req_t *r = ud;
+    r->failed++;
+    r->w = NULL;
+    r->why = why;
+    r->host = host;
+}
+
+static const dp_upstream_cb_t rq_cb = {rq_on_ready, rq_on_failure};
+
+static void rq_clear(req_t *r)
+{
+    dp_pool_free(r->pool);
+    memset(r, 0, sizeof(*r));
+}
+
+static void tick(uv_timer_t *t)
+{
+}
+
+/* Runs the loop until cond holds or ms pass. */
+#define RUN_UNTIL(cond, ms)                     \
+    do {                                        \
+        uv_timer_t tk_;                         \
+        uv_timer_init(&loop, &tk_);             \
+        uv_timer_start(&tk_, tick, 2, 2);       \
+        uint64_t end_ = uv_now(&loop) + (ms);   \
+        while (!(cond) && uv_now(&loop) < end_) \
+            uv_run(&loop, UV_RUN_ONCE);         \
+        uv_close((uv_handle_t *)&tk_, NULL);    \
+        uv_run(&loop, UV_RUN_NOWAIT);           \
+    } while (0)
+
+static dp_stats_t *stats;
+
+/* A cluster in snapshot s with the given endpoints (ports on 127.0.0.1). */
+static dp_cluster_t *add_cluster(dp_snapshot_t *s, const char *name, size_t n,
+                                 const uint16_t *ports, const uint32_t *weights,
+                                 const uint32_t *prios, const dp_health_t *health)
+{
+    dp_cluster_t *c = dp_snapshot_add_cluster(s);
+    c->name = dp_arena_strdup(s->arena, name);
+    c->type = DP_CLUSTER_EDS;
+    c->connect_timeout_ms = 1000;
+    c->idle_timeout_ms = 3600 * 1000;
+    c->circuit_breakers = (dp_circuit_breakers_t){1024, 1024, 1024, 3};
+    dp_endpoint_t *eps = n ? dp_arena_alloc(s->arena, n * sizeof(*eps)) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        uv_ip4_addr("127.0.0.1", ports[i], &eps[i].addr.in);
+        eps[i].weight = weights ? weights[i] : 1;
+        eps[i].priority = prios ? prios[i] : 0;
+        eps[i].health = health ? health[i] : DP_HEALTH_HEALTHY;
+    }
+    c->endpoints = eps;
+    c->n_endpoints = n;
+    char sn[256];
+#define TSTAT_C(field, suffix) \
+    (snprintf(sn, sizeof(sn), "cluster.%s." suffix, name), c->field = dp_stats_counter(stats, sn))
+#define TSTAT_G(field, suffix) \
+    (snprintf(sn, sizeof(sn), "cluster.%s." suffix, name), c->field = dp_stats_gauge(stats, sn))
+    TSTAT_C(cx_total, "upstream_cx_total");
+    TSTAT_C(cx_connect_fail, "upstream_cx_connect_fail");
+    TSTAT_G(cx_active, "upstream_cx_active");
+    TSTAT_C(stats.cx_connect_timeout, "upstream_cx_connect_timeout");
+    TSTAT_C(stats.cx_destroy, "upstream_cx_destroy");
+    TSTAT_C(stats.cx_idle_timeout, "upstream_cx_idle_timeout");
+    TSTAT_C(stats.cx_none_healthy, "upstream_cx_none_healthy");
+    TSTAT_C(stats.cx_http1_total, "upstream_cx_http1_total");
+    TSTAT_C(stats.cx_http2_total, "upstream_cx_http2_total");
+    TSTAT_C(stats.rq_pending_total, "upstream_rq_pending_total");
+    TSTAT_G(stats.rq_pending_active, "upstream_rq_pending_active");
+    TSTAT_C(stats.rq_pending_overflow, "upstream_rq_pending_overflow");
+    TSTAT_C(stats.cx_overflow, "upstream_cx_overflow");
+    return c;
+}
+
+static dp_snapshot_t *seal(dp_snapshot_t *s)
+{
+    ck_assert_int_eq(dp_snapshot_seal(s), 0);
+    return s;
+}
+
+static dp_upstreams_t *ups;
+
+static void setup(void)
+{
+    ck_assert_int_eq(uv_loop_init(&loop), 0);
+    stats = dp_stats_new();
+    ups = dp_upstreams_new(&loop, tc_h1_new, tc_h2_new);
+    codecs_made = 0;
+}
+
+static int walk_count;
+
+static void count_open(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h))
+        walk_count++;
+}
+
+/* Closes the pools and the servers; every handle must have gone. */
+static void teardown_with(srv_t *srvs, size_t n)
+{
+    dp_upstreams_close(ups);
+    ups = NULL;
+    for (size_t i = 0; i < n; i++)
+        srv_stop(&srvs[i]);
+    for (int i = 0; i < 100 && uv_loop_alive(&loop); i++)
+        uv_run(&loop, UV_RUN_ONCE);
+    walk_count = 0;
+    uv_walk(&loop, count_open, NULL);
+    ck_assert_int_eq(walk_count, 0);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+    for (size_t i = 0; i < n; i++)
+        srv_free(&srvs[i]);
+    dp_stats_free(stats);
+}
+
+/* One request through the pool, run to completion. */
+static void one_request(const dp_cluster_t *c, const dp_lb_ctx_t *lb, req_t *r)
+{
+    rq_clear(r);
+    r->w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, lb, &rq_cb, r);
+    RUN_UNTIL(r->done || r->failed, 3000);
+}
+
+/* ---- tests ---- */
+
+START_TEST(test_weighted_round_robin_and_reuse)
+{
+    setup();
+    srv_t srv[3];
+    uint16_t ports[3];
+    for (int i = 0; i < 3; i++) {
+        srv_start(&srv[i]);
+        ports[i] = srv[i].port;
+    }
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    const uint32_t weights[3] = {1, 2, 3};
+    add_cluster(s, "c", 3, ports, weights, NULL, NULL);
+    seal(s);
+    dp_upstreams_apply(ups, s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "c");
+    int per[3] = {0};
+    req_t r = {0};
+    for (int i = 0; i < 60; i++) {
+        one_request(c, NULL, &r);
+        ck_assert_int_eq(r.done, 1);
+        ck_assert_int_eq(r.status, 200);
+        ck_assert_int_eq(r.done_why, DP_RESET_NONE);
+        for (int k = 0; k < 3; k++)
+            per[k] += r.port == ports[k];
+        /* the host given is the snapshot's endpoint */
+        ck_assert_ptr_eq(r.host, &c->endpoints[r.port == ports[0]   ? 0
+                                               : r.port == ports[1] ? 1
+                                                                    : 2]
+                                      .addr);
+    }
+    ck_assert_int_eq(per[0], 10);
+    ck_assert_int_eq(per[1], 20);
+    ck_assert_int_eq(per[2], 30);
+    /* sequential requests reuse each host's one connection */
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_eq(srv[k].accepts, 1);
+    ck_assert_uint_eq(dp_counter_value(c->cx_total), 3);
+    ck_assert_uint_eq(dp_counter_value(c->stats.cx_http1_total), 3);
+    ck_assert_uint_eq(dp_gauge_value(c->cx_active), 3);
+    rq_clear(&r);
+    teardown_with(srv, 3);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+START_TEST(test_health_and_priority_failover)
+{
+    setup();
+    srv_t srv[4];
+    uint16_t ports[4];
+    for (int i = 0; i < 4; i++) {
+        srv_start(&srv[i]);
+        ports[i] = srv[i].port;
+    }
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    /* priority 0 has nothing usable: 1 and 2 (DEGRADED and UNKNOWN count) take it all */
+    const uint32_t prios[4] = {0, 0, 1, 1};
+    const dp_health_t h1[4] = {DP_HEALTH_UNHEALTHY, DP_HEALTH_DRAINING, DP_HEALTH_DEGRADED,
+                               DP_HEALTH_UNKNOWN};
+    add_cluster(s, "failover", 4, ports, NULL, prios, h1);
+    /* priority 0 has a healthy host: only it is used */
+    const dp_health_t h2[4] = {DP_HEALTH_TIMEOUT, DP_HEALTH_HEALTHY, DP_HEALTH_HEALTHY,
+                               DP_HEALTH_HEALTHY};
+    add_cluster(s, "primary", 4, ports, NULL, prios, h2);
+    const dp_health_t h3[2] = {DP_HEALTH_UNHEALTHY, DP_HEALTH_TIMEOUT};
+    add_cluster(s, "none", 2, ports, NULL, NULL, h3);
+    seal(s);
+    const dp_cluster_t *f = dp_snapshot_find_cluster(s, "failover");
+    const dp_cluster_t *p = dp_snapshot_find_cluster(s, "primary");
+    const dp_cluster_t *none = dp_snapshot_find_cluster(s, "none");
+    int per[4] = {0};
+    req_t r = {0};
+    for (int i = 0; i < 8; i++) {
+        one_request(f, NULL, &r);
+        ck_assert_int_eq(r.done, 1);
+        for (int k = 0; k < 4; k++)
+            per[k] += r.port == ports[k];
+    }
+    ck_assert_int_eq(per[0], 0);
+    ck_assert_int_eq(per[1], 0);
+    ck_assert_int_eq(per[2], 4);
+    ck_assert_int_eq(per[3], 4);
+    for (int i = 0; i < 4; i++) {
+        one_request(p, NULL, &r);
+        ck_assert_int_eq(r.done, 1);
+        ck_assert_int_eq(r.port, ports[1]);
+    }
+    /* no usable host: OVERFLOW at once, counted as none_healthy */
+    rq_clear(&r);
+    ck_assert_ptr_null(dp_upstream_request(ups, none, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r));
+    ck_assert_int_eq(r.failed, 1);
+    ck_assert_int_eq(r.why, DP_RESET_OVERFLOW);
+    ck_assert_ptr_null(r.host);
+    ck_assert_uint_eq(dp_counter_value(none->stats.cx_none_healthy), 1);
+    rq_clear(&r);
+    teardown_with(srv, 4);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+START_TEST(test_pending_queue_and_overflow)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    srv[0].hold = true;
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "c", 1, &srv[0].port, NULL, NULL, NULL);
+    cw->circuit_breakers.max_pending_requests = 2;
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "c");
+    req_t r[3] = {{0}};
+    r[0].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[0]);
+    r[1].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[1]);
+    ck_assert_ptr_nonnull(r[0].w);
+    ck_assert_ptr_nonnull(r[1].w);
+    ck_assert_uint_eq(dp_gauge_value(c->stats.rq_pending_active), 2);
+    /* the third finds the queue full */
+    ck_assert_ptr_null(dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[2]));
+    ck_assert_int_eq(r[2].failed, 1);
+    ck_assert_int_eq(r[2].why, DP_RESET_OVERFLOW);
+    ck_assert_uint_eq(dp_counter_value(c->stats.rq_pending_overflow), 1);
+    /* each waiting HTTP/1 request got its own connection */
+    RUN_UNTIL(r[0].ready && r[1].ready && srv[0].lines == 2, 3000);
+    ck_assert_int_eq(srv[0].accepts, 2);
+    ck_assert_uint_eq(dp_gauge_value(c->stats.rq_pending_active), 0);
+    ck_assert_uint_eq(dp_counter_value(c->stats.rq_pending_total), 2);
+    /* a third request while both connections are busy waits, and takes whichever frees */
+    rq_clear(&r[2]);
+    r[2].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[2]);
+    ck_assert_ptr_nonnull(r[2].w);
+    /* a cancelled wait is never called */
+    dp_upstream_cancel(r[2].w);
+    ck_assert_uint_eq(dp_gauge_value(c->stats.rq_pending_active), 0);
+    srv_release(&srv[0]);
+    RUN_UNTIL(r[0].done && r[1].done && srv[0].accepts == 3, 3000);
+    ck_assert_int_eq(r[0].done + r[1].done, 2);
+    ck_assert_int_eq(r[2].ready + r[2].failed, 0);
+    for (int i = 0; i < 3; i++)
+        rq_clear(&r[i]);
+    teardown_with(srv, 1);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+static uint16_t closed_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    socklen_t len = sizeof(a);
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+START_TEST(test_connect_failure)
+{
+    setup();
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    uint16_t port = closed_port();
+    add_cluster(s, "c", 1, &port, NULL, NULL, NULL);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "c");
+    req_t r = {0};
+    r.w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r);
+    ck_assert_ptr_nonnull(r.w);
+    ck_assert_int_eq(r.failed, 0); /* reported from the loop */
+    RUN_UNTIL(r.failed, 3000);
+    ck_assert_int_eq(r.failed, 1);
+    ck_assert_int_eq(r.why, DP_RESET_CONNECT_FAIL);
+    ck_assert_ptr_eq(r.host, &c->endpoints[0].addr);
+    ck_assert_uint_eq(dp_counter_value(c->cx_connect_fail), 1);
+    ck_assert_uint_eq(dp_counter_value(c->stats.cx_destroy), 1);
+    ck_assert_uint_eq(dp_gauge_value(c->cx_active), 0);
+    ck_assert_uint_eq(dp_gauge_value(c->stats.rq_pending_active), 0);
+    ck_assert_int_eq(codecs_made, 0);
+    teardown_with(NULL, 0);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+START_TEST(test_connect_timeout)
+{
+    setup();
+    /* A listener whose accept queue is full drops new SYNs: connect() neither succeeds nor
+     * fails, so the connect timeout decides. */
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(listen(lfd, 0), 0);
+    socklen_t len = sizeof(a);
+    getsockname(lfd, (struct sockaddr *)&a, &len);
+    int fill[3];
+    for (int i = 0; i < 3; i++) {
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fill[i], (struct sockaddr *)&a, sizeof(a));
+    }
+    usleep(100 * 1000);
+    uint16_t port = ntohs(a.sin_port);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "c", 1, &port, NULL, NULL, NULL);
+    cw->connect_timeout_ms = 100;
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "c");
+    req_t r = {0};
+    uint64_t t0 = uv_now(&loop);
+    r.w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r);
+    RUN_UNTIL(r.failed, 3000);
+    ck_assert_int_eq(r.failed, 1);
+    ck_assert_int_eq(r.why, DP_RESET_CONNECT_TIMEOUT);
+    ck_assert_uint_ge(uv_now(&loop) - t0, 90);
+    ck_assert_uint_eq(dp_counter_value(c->stats.cx_connect_timeout), 1);
+    ck_assert_uint_eq(dp_counter_value(c->cx_connect_fail), 1);
+    for (int i = 0; i < 3; i++)
+        close(fill[i]);
+    close(lfd);
+    teardown_with(NULL, 0);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+START_TEST(test_source_address)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "inbound|8080||", 1, &srv[0].port, NULL, NULL, NULL);
+    cw->has_source_addr = true;
+    uv_ip4_addr("127.0.0.6", 0, &cw->source_addr.in);
+    seal(s);
+    req_t r = {0};
+    one_request(dp_snapshot_find_cluster(s, "inbound|8080||"), NULL, &r);
+    ck_assert_int_eq(r.done, 1);
+    ck_assert_str_eq(srv[0].peer, "127.0.0.6");
+    rq_clear(&r);
+    teardown_with(srv, 1);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+static const dp_cluster_t *dns_cluster(dp_snapshot_t *s, dp_cluster_type_t type, uint16_t port)
+{
+    dp_cluster_t *cw = add_cluster(s, "dns", 0, NULL, NULL, NULL, NULL);
+    cw->type = type;
+    cw->dns_family = DP_DNS_V4_ONLY;
+    cw->dns_refresh_ms = 5000;
+    dp_endpoint_t *h = dp_arena_alloc(s->arena, sizeof(*h));
+    h->hostname = "localhost";
+    h->port = port;
+    h->weight = 1;
+    cw->dns_hosts = h;
+    cw->n_dns_hosts = 1;
+    seal(s);
+    return dp_snapshot_find_cluster(s, "dns");
+}
+
+/* Requests until one gets through (the name resolves on the loop meanwhile). */
+static void request_until_resolved(const dp_cluster_t *c, req_t *r)
+{
+    for (int i = 0; i < 200; i++) {
+        RUN_UNTIL(false, 10);
+        rq_clear(r);
+        r->w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, r);
+        if (r->failed)
+            continue;
+        RUN_UNTIL(r->done || r->failed, 3000);
+        if (r->done)
+            return;
+    }
+}
+
+START_TEST(test_strict_dns)
+{
+    setup();
+    srv_t srv[2];
+    srv_start(&srv[0]);
+    srv_start(&srv[1]);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    const dp_cluster_t *c = dns_cluster(s, DP_CLUSTER_STRICT_DNS, srv[0].port);
+    dp_upstreams_apply(ups, s);
+    /* not resolved yet: no host */
+    req_t r = {0};
+    ck_assert_ptr_null(dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r));
+    ck_assert_int_eq(r.why, DP_RESET_OVERFLOW);
+    request_until_resolved(c, &r);
+    ck_assert_int_eq(r.done, 1);
+    ck_assert_int_eq(r.host->sa.sa_family, AF_INET);
+    ck_assert_uint_eq(ntohl(r.host->in.sin_addr.s_addr), 0x7f000001);
+    ck_assert_int_eq(r.port, srv[0].port);
+    ck_assert_int_eq(srv[0].accepts, 1);
+
+    /* the host's port changes: resolution starts over, the old host's pool drains */
+    dp_snapshot_t *s2 = dp_snapshot_new(2);
+    const dp_cluster_t *c2 = dns_cluster(s2, DP_CLUSTER_STRICT_DNS, srv[1].port);
+    dp_upstreams_apply(ups, s2);
+    RUN_UNTIL(srv[0].closes == 1, 2000);
+    ck_assert_int_eq(srv[0].closes, 1);
+    request_until_resolved(c2, &r);
+    ck_assert_int_eq(r.done, 1);
+    ck_assert_int_eq(r.port, srv[1].port);
+    rq_clear(&r);
+    teardown_with(srv, 2);
+    dp_snapshot_unref(s);
+    dp_snapshot_unref(s2);
+}
+END_TEST
+
+START_TEST(test_logical_dns)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    const dp_cluster_t *c = dns_cluster(s, DP_CLUSTER_LOGICAL_DNS, srv[0].port);
+    /* a request before any apply starts the resolution too */
+    req_t r = {0};
+    ck_assert_ptr_null(dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r));
+    request_until_resolved(c, &r);
+    ck_assert_int_eq(r.done, 1);
+    ck_assert_int_eq(r.port, srv[0].port);
+    rq_clear(&r);
+    teardown_with(srv, 1);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+START_TEST(test_original_dst)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "PassthroughCluster", 0, NULL, NULL, NULL, NULL);
+    cw->type = DP_CLUSTER_ORIGINAL_DST;
+    cw->lb_policy = DP_LB_CLUSTER_PROVIDED;
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "PassthroughCluster");
+    struct sockaddr_in dst;
+    uv_ip4_addr("127.0.0.1", srv[0].port, &dst);
+    dp_lb_ctx_t lb = {.original_dst = (const struct sockaddr *)&dst};
+    req_t r = {0};
+    for (int i = 0; i < 3; i++) {
+        one_request(c, &lb, &r);
+        ck_assert_int_eq(r.done, 1);
+        ck_assert_int_eq(r.port, srv[0].port);
+    }
+    ck_assert_int_eq(srv[0].accepts, 1);
+    /* no original destination: no host */
+    rq_clear(&r);
+    ck_assert_ptr_null(dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r));
+    ck_assert_int_eq(r.why, DP_RESET_OVERFLOW);
+    rq_clear(&r);
+    teardown_with(srv, 1);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+START_TEST(test_idle_timeout)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "c", 1, &srv[0].port, NULL, NULL, NULL);
+    cw->idle_timeout_ms = 50;
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "c");
+    req_t r = {0};
+    one_request(c, NULL, &r);
+    ck_assert_int_eq(r.done, 1);
+    RUN_UNTIL(srv[0].closes == 1, 2000);
+    ck_assert_int_eq(srv[0].closes, 1);
+    ck_assert_uint_eq(dp_counter_value(c->stats.cx_idle_timeout), 1);
+    ck_assert_uint_eq(dp_counter_value(c->stats.cx_destroy), 1);
+    ck_assert_uint_eq(dp_gauge_value(c->cx_active), 0);
+    one_request(c, NULL, &r);
+    ck_assert_int_eq(r.done, 1);
+    ck_assert_int_eq(srv[0].accepts, 2);
+    rq_clear(&r);
+    teardown_with(srv, 1);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+START_TEST(test_snapshot_change_drains)
+{
+    setup();
+    srv_t srv[2];
+    srv_start(&srv[0]);
+    srv_start(&srv[1]);
+    dp_snapshot_t *s1 = dp_snapshot_new(1);
+    add_cluster(s1, "c", 1, &srv[0].port, NULL, NULL, NULL);
+    add_cluster(s1, "gone", 1, &srv[1].port, NULL, NULL, NULL);
+    seal(s1);
+    dp_upstreams_apply(ups, s1);
+    req_t r = {0};
+    one_request(dp_snapshot_find_cluster(s1, "c"), NULL, &r);
+    ck_assert_int_eq(r.done, 1);
+    one_request(dp_snapshot_find_cluster(s1, "gone"), NULL, &r);
+    ck_assert_int_eq(r.done, 1);
+    /* a request in flight on the host that goes away finishes first */
+    srv[0].hold = true;
+    rq_clear(&r);
+    dp_upstream_request(ups, dp_snapshot_find_cluster(s1, "c"), DP_UPSTREAM_HTTP1, NULL, &rq_cb,
+                        &r);
+    ck_assert_int_eq(r.ready, 1);
+    RUN_UNTIL(srv[0].lines == 3, 2000);
+
+    /* c moves to srv[1]; "gone" is dropped */
+    dp_snapshot_t *s2 = dp_snapshot_new(2);
+    add_cluster(s2, "c", 1, &srv[1].port, NULL, NULL, NULL);
+    seal(s2);
+    dp_upstreams_apply(ups, s2);
+    RUN_UNTIL(srv[1].closes == 1, 2000);
+    ck_assert_int_eq(srv[1].closes, 1); /* "gone"'s idle connection */
+    ck_assert_int_eq(srv[0].closes, 0); /* busy: drains after its response */
+    srv_release(&srv[0]);
+    RUN_UNTIL(r.done && srv[0].closes == 1, 2000);
+    ck_assert_int_eq(r.done, 1);
+    ck_assert_int_eq(r.done_why, DP_RESET_NONE);
+    ck_assert_int_eq(srv[0].closes, 1);
+    one_request(dp_snapshot_find_cluster(s2, "c"), NULL, &r);
+    ck_assert_int_eq(r.done, 1);
+    ck_assert_int_eq(r.port, srv[1].port);
+    rq_clear(&r);
+    teardown_with(srv, 2);
+    dp_snapshot_unref(s1);
+    dp_snapshot_unref(s2);
+}
+END_TEST
+
+START_TEST(test_h2_multiplexing_and_max_requests)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    srv[0].hold = true;
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    add_cluster(s, "h2", 1, &srv[0].port, NULL, NULL, NULL)->proto = DP_CLUSTER_PROTO_HTTP2;
+    add_cluster(s, "h1", 1, &srv[0].port, NULL, NULL, NULL)->max_requests_per_connection = 2;
+    seal(s);
+    const dp_cluster_t *c2 = dp_snapshot_find_cluster(s, "h2");
+    const dp_cluster_t *c1 = dp_snapshot_find_cluster(s, "h1");
+    ck_assert_int_eq(dp_upstream_proto_for(c2, DP_HTTP_11), DP_UPSTREAM_HTTP2);
+    ck_assert_int_eq(dp_upstream_proto_for(c1, DP_HTTP_2), DP_UPSTREAM_HTTP1);
+    /* three concurrent streams, two per connection: two connections */
+    req_t r[3] = {{0}};
+    for (int i = 0; i < 3; i++)
+        r[i].w = dp_upstream_request(ups, c2, DP_UPSTREAM_HTTP2, NULL, &rq_cb, &r[i]);
+    RUN_UNTIL(srv[0].lines == 3, 3000);
+    ck_assert_int_eq(srv[0].accepts, 2);
+    ck_assert_uint_eq(dp_counter_value(c2->stats.cx_http2_total), 2);
+    srv_release(&srv[0]);
+    RUN_UNTIL(r[0].done && r[1].done && r[2].done, 3000);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(r[i].done, 1);
+        rq_clear(&r[i]);
+    }
+    /* max_requests_per_connection 2: four sequential requests need two connections */
+    int before = srv[0].accepts;
+    for (int i = 0; i < 4; i++) {
+        one_request(c1, NULL, &r[0]);
+        ck_assert_int_eq(r[0].done, 1);
+    }
+    ck_assert_int_eq(srv[0].accepts - before, 2);
+    rq_clear(&r[0]);
+    teardown_with(srv, 1);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+START_TEST(test_close_with_pending)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    srv[0].hold = true;
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    add_cluster(s, "c", 1, &srv[0].port, NULL, NULL, NULL);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "c");
+    req_t r[2] = {{0}};
+    r[0].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[0]);
+    RUN_UNTIL(srv[0].lines == 1, 2000);
+    r[1].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[1]);
+    ck_assert_ptr_nonnull(r[1].w);
+    /* closing fails the waiting request and terminates the open stream */
+    dp_upstreams_close(ups);
+    ups = NULL;
+    ck_assert_int_eq(r[1].failed, 1);
+    ck_assert_int_eq(r[0].done, 1);
+    ck_assert_int_eq(r[0].done_why, DP_RESET_CONN_TERMINATED);
+    srv_stop(&srv[0]);
+    for (int i = 0; i < 100 && uv_loop_alive(&loop); i++)
+        uv_run(&loop, UV_RUN_ONCE);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+    srv_free(&srv[0]);
+    dp_stats_free(stats);
+    for (int i = 0; i < 2; i++)
+        rq_clear(&r[i]);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+START_TEST(test_max_connections)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    srv[0].hold = true;
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    add_cluster(s, "c", 1, &srv[0].port, NULL, NULL, NULL)->circuit_breakers.max_connections = 1;
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "c");
+    /* the second request may not open a second connection: it waits for the first */
+    req_t r[2] = {{0}};
+    for (int i = 0; i < 2; i++)
+        r[i].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[i]);
+    ck_assert_uint_ge(dp_counter_value(c->stats.cx_overflow), 1);
+    RUN_UNTIL(srv[0].lines == 1, 2000);
+    ck_assert_int_eq(r[0].ready, 1);
+    ck_assert_int_eq(r[1].ready, 0);
+    srv_release(&srv[0]);
+    srv[0].hold = false;
+    RUN_UNTIL(r[0].done && r[1].done, 2000);
+    ck_assert_int_eq(r[1].done, 1);
+    ck_assert_int_eq(srv[0].accepts, 1);
+    for (int i = 0; i < 2; i++)
+        rq_clear(&r[i]);
+    teardown_with(srv, 1);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+START_TEST(test_unix_socket_endpoint)
+{
+    setup();
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/skiff-test-upstream-%d.sock", (int)getpid());
+    srv_t srv[1];
+    srv_start_unix(&srv[0], path);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *c = dp_snapshot_add_cluster(s);
+    c->name = "uds";
+    c->type = DP_CLUSTER_STATIC;
+    c->connect_timeout_ms = 1000;
+    dp_endpoint_t *e = dp_arena_alloc(s->arena, sizeof(*e));
+    e->addr.sa.sa_family = AF_UNIX;
+    e->addr.unix_path = dp_arena_strdup(s->arena, path);
+    e->weight = 1;
+    c->endpoints = e;
+    c->n_endpoints = 1;
+    seal(s);
+    req_t r = {0};
+    for (int i = 0; i < 3; i++) {
+        one_request(dp_snapshot_find_cluster(s, "uds"), NULL, &r);
+        ck_assert_int_eq(r.done, 1);
+        ck_assert_int_eq(r.host->sa.sa_family, AF_UNIX);
+        ck_assert_str_eq(r.host->unix_path, path);
+    }
+    ck_assert_int_eq(srv[0].accepts, 1);
+    rq_clear(&r);
+    teardown_with(srv, 1);
+    unlink(path);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+START_TEST(test_hash_and_random_policies)
+{
+    setup();
+    srv_t srv[3];
+    uint16_t ports[3];
+    for (int i = 0; i < 3; i++) {
+        srv_start(&srv[i]);
+        ports[i] = srv[i].port;
+    }
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    add_cluster(s, "ring", 3, ports, NULL, NULL, NULL)->lb_policy = DP_LB_RING_HASH;
+    const uint32_t w[3] = {1, 0, 3}; /* weight 0 counts as 1 */
+    add_cluster(s, "random", 3, ports, w, NULL, NULL)->lb_policy = DP_LB_RANDOM;
+    seal(s);
+    const dp_cluster_t *ring = dp_snapshot_find_cluster(s, "ring");
+    const dp_cluster_t *rnd = dp_snapshot_find_cluster(s, "random");
+    req_t r = {0};
+    /* one key, one host; many keys spread over all three */
+    int seen[3] = {0};
+    for (uint64_t key = 1; key <= 60; key++) {
+        dp_lb_ctx_t lb = {.hash = key * 0x9e3779b97f4a7c15ull, .has_hash = true};
+        one_request(ring, &lb, &r);
+        ck_assert_int_eq(r.done, 1);
+        uint16_t first = r.port;
+        one_request(ring, &lb, &r);
+        ck_assert_int_eq(r.port, first);
+        for (int k = 0; k < 3; k++)
+            seen[k] += first == ports[k];
+    }
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_gt(seen[k], 0);
+    /* RANDOM reaches every host */
+    int per[3] = {0};
+    for (int i = 0; i < 60; i++) {
+        one_request(rnd, NULL, &r);
+        ck_assert_int_eq(r.done, 1);
+        for (int k = 0; k < 3; k++)
+            per[k] += r.port == ports[k];
+    }
+    ck_assert_int_gt(per[2], per[0]);
+    ck_assert_int_gt(per[0] + per[1], 0);
+    rq_clear(&r);
+    teardown_with(srv, 3);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+START_TEST(test_least_request)
+{
+    setup();
+    srv_t srv[2];
+    uint16_t ports[2];
+    for (int i = 0; i < 2; i++) {
+        srv_start(&srv[i]);
+        srv[i].hold = true;
+        ports[i] = srv[i].port;
+    }
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    add_cluster(s, "lr", 2, ports, NULL, NULL, NULL)->lb_policy = DP_LB_LEAST_REQUEST;
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "lr");
+    /* ten requests held by both servers: five each */
+    req_t r[14] = {{0}};
+    for (int i = 0; i < 10; i++)
+        r[i].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[i]);
+    RUN_UNTIL(srv[0].lines + srv[1].lines == 10, 3000);
+    ck_assert_int_eq(srv[0].lines, 5);
+    ck_assert_int_eq(srv[1].lines, 5);
+    /* the first host finishes its five: the next four go to it */
+    srv_release(&srv[0]);
+    RUN_UNTIL(r[0].done + r[1].done + r[2].done + r[3].done + r[4].done + r[5].done + r[6].done +
+                      r[7].done + r[8].done + r[9].done ==
+                  5,
+              3000);
+    for (int i = 10; i < 14; i++) {
+        one_request(c, NULL, &r[i]);
+        ck_assert_int_eq(r[i].done, 1);
+        ck_assert_int_eq(r[i].port, ports[0]);
+    }
+    /* the second host's five are still held: closing terminates them */
+    teardown_with(srv, 2);
+    for (int i = 0; i < 14; i++)
+        rq_clear(&r[i]);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("upstream");
+    TCase *tc = tcase_create("pools");
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_weighted_round_robin_and_reuse);
+    tcase_add_test(tc, test_health_and_priority_failover);
+    tcase_add_test(tc, test_pending_queue_and_overflow);
+    tcase_add_test(tc, test_connect_failure);
+    tcase_add_test(tc, test_connect_timeout);
+    tcase_add_test(tc, test_source_address);
+    tcase_add_test(tc, test_strict_dns);
+    tcase_add_test(tc, test_logical_dns);
+    tcase_add_test(tc, test_original_dst);
+    tcase_add_test(tc, test_idle_timeout);
+    tcase_add_test(tc, test_snapshot_change_drains);
+    tcase_add_test(tc, test_h2_multiplexing_and_max_requests);
+    tcase_add_test(tc, test_close_with_pending);
+    tcase_add_test(tc, test_max_connections);
+    tcase_add_test(tc, test_unix_socket_endpoint);
+    tcase_add_test(tc, test_hash_and_random_policies);
+    tcase_add_test(tc, test_least_request);
+    suite_add_tcase(s, tc);
+    return check_run(s);
+}
