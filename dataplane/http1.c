@@ -438,8 +438,7 @@ static size_t client_head(h1_conn_t *c, const char *b)
     bool end = c->body.done;
     if (end)
         s->in_done = s->in_end_sent = true;
-    else
-        c->in = IN_BODY;
+    c->in = end ? IN_WAIT : IN_BODY;
     s->sink->on_headers(s->sink_ud, h, end);
     return c->closing ? 0 : len;
 }
@@ -521,6 +520,7 @@ static void process(h1_conn_t *c)
                 if (k == 0)
                     break;
                 pos += k;
+                check_done(c);
             } else if (c->in == IN_BODY) {
                 if (c->read_disabled || n == 0)
                     break;

@@ -87,6 +87,19 @@ static int check_version(dp_h1_head_parser_t *hp, const char *v, size_t n)
     return -1;
 }
 
+/* The methods http-parser knows (its enum is dense from 0). */
+static bool known_method(const char *m, size_t n)
+{
+    for (int i = 0; i < 64; i++) {
+        const char *s = http_method_str((enum http_method)i);
+        if (s[0] == '<')
+            return false;
+        if (strlen(s) == n && memcmp(s, m, n) == 0)
+            return true;
+    }
+    return false;
+}
+
 static int check_request_line(dp_h1_head_parser_t *hp, const char *l, size_t n)
 {
     size_t i = 0;
@@ -94,6 +107,8 @@ static int check_request_line(dp_h1_head_parser_t *hp, const char *l, size_t n)
         i++;
     if (i == 0 || i == n || l[i] != ' ')
         return fail(&hp->err_status, &hp->err, 400, "invalid method");
+    if (!known_method(l, i))
+        return fail(&hp->err_status, &hp->err, 400, "unknown method");
     if (i == 7 && memcmp(l, "CONNECT", 7) == 0)
         return fail(&hp->err_status, &hp->err, 400, "CONNECT is not supported");
     size_t t = ++i;
