@@ -45,6 +45,7 @@ typedef struct h1_stream {
     bool out_final;     /* the last byte of the outbound message was queued */
     bool out_done;      /* ... and written */
     out_mode_t out_mode;
+    int64_t out_remaining; /* OUT_LENGTH with a length: bytes still to send; else -1 */
     bool req_head;    /* the request is HEAD */
     bool req_upgrade; /* the request asked for an upgrade */
     bool http10;      /* server: the request was HTTP/1.0 */
@@ -285,7 +286,9 @@ static void finish_stream(h1_conn_t *c, bool reuse)
     s->sink->on_done(s->sink_ud, DP_RESET_NONE);
     if (c->closing)
         return;
-    if (!reuse || c->close_after || c->going_away || c->eof) {
+    /* A server whose peer half-closed still answers the requests already buffered; the idle
+     * EOF closes it afterwards. */
+    if (!reuse || c->close_after || c->going_away || (c->eof && !c->server)) {
         c->close_why = DP_RESET_NONE;
         if (s->tunnel)
             conn_close(c, DP_RESET_NONE, DP_RESET_NONE);
@@ -466,11 +469,12 @@ static void handle_eof(h1_conn_t *c)
         }
         return;
     case IN_WAIT:
-        /* Half-closed after a complete request: answer it, then close. */
-        c->eof_handled = true;
-        c->close_after = true;
-        if (!c->active)
+        /* Half-closed after a complete request: answer it; the EOF is acted on once the
+         * connection is back between messages. */
+        if (!c->active) {
+            c->eof_handled = true;
             conn_close(c, DP_RESET_NONE, DP_RESET_NONE);
+        }
         return;
     case IN_TUNNEL:
         if (c->read_disabled)
@@ -703,6 +707,8 @@ static void write_head(wb_t *b, h1_conn_t *c, const dp_http_head_t *h, const cha
             continue;
         if (!c->server && DP_STR_EQ(f->name, "te") && !dp_str_ieq(f->value, "trailers", 8))
             continue;
+        if (!dp_h1_field_ok(f->name, f->value))
+            continue;
         put_header(b, f->name.p, f->name.n, f->value.p, f->value.n);
     }
     if (framing)
@@ -743,7 +749,12 @@ static int enc_headers(dp_enc_t *e, const dp_http_head_t *h, bool end)
         return -EINVAL;
     char framing[64];
     framing[0] = '\0';
+    s->out_remaining = -1;
     if (!c->server) {
+        /* Nothing the owner gives may break the request line. */
+        if (!dp_h1_visible(h->method) || (h->path.n && !dp_h1_visible(h->path)) ||
+            (h->authority.n && !dp_h1_visible(h->authority)))
+            return -EINVAL;
         s->req_head = DP_STR_EQ(h->method, "HEAD");
         c->head.req_was_head = s->req_head;
         s->out_started = true;
@@ -762,6 +773,7 @@ static int enc_headers(dp_enc_t *e, const dp_http_head_t *h, bool end)
                 snprintf(framing, sizeof(framing), "content-length: 0\r\n");
         } else if (cl >= 0) {
             s->out_mode = OUT_LENGTH;
+            s->out_remaining = cl;
             snprintf(framing, sizeof(framing), "content-length: %" PRId64 "\r\n", cl);
         } else {
             s->out_mode = OUT_CHUNKED;
@@ -799,7 +811,7 @@ static int enc_headers(dp_enc_t *e, const dp_http_head_t *h, bool end)
         c->close_after = true;
         schedule(c);
     }
-    bool keep = !c->close_after && !c->going_away && !c->eof &&
+    bool keep = !c->close_after && !c->going_away &&
                 !header_has_token(&h->headers, "connection", "close");
     int64_t cl = head_length(h);
     bool no_body = st == 204 || st == 304 || s->req_head;
@@ -812,6 +824,7 @@ static int enc_headers(dp_enc_t *e, const dp_http_head_t *h, bool end)
         snprintf(framing, sizeof(framing), "content-length: 0\r\n");
     } else if (cl >= 0) {
         s->out_mode = OUT_LENGTH;
+        s->out_remaining = cl;
         snprintf(framing, sizeof(framing), "content-length: %" PRId64 "\r\n", cl);
     } else if (!s->http10) {
         s->out_mode = OUT_CHUNKED;
@@ -842,6 +855,16 @@ static int enc_data(dp_enc_t *e, const uint8_t *p, size_t n, bool end)
     case OUT_NONE:
         break;
     case OUT_LENGTH:
+        if (s->out_remaining >= 0) {
+            /* Bytes past the announced length would be read as the next message. */
+            if ((uint64_t)n > (uint64_t)s->out_remaining) {
+                n = (size_t)s->out_remaining;
+                c->close_after = true;
+            }
+            s->out_remaining -= (int64_t)n;
+            if (end && s->out_remaining > 0)
+                c->close_after = true; /* short body: the peer cannot find the next message */
+        }
         send_bytes(c, (const char *)p, n);
         break;
     case OUT_RAW:
@@ -900,7 +923,8 @@ static int enc_trailers(dp_enc_t *e, const dp_headers_t *t)
         }
         put(x, "0\r\n", 3);
         for (uint32_t i = 0; t && i < t->n; i++) {
-            if (skip_out_header(t->v[i].name, false))
+            if (skip_out_header(t->v[i].name, false) ||
+                !dp_h1_field_ok(t->v[i].name, t->v[i].value))
                 continue;
             put_header(x, t->v[i].name.p, t->v[i].name.n, t->v[i].value.p, t->v[i].value.n);
         }

@@ -692,6 +692,33 @@ int dp_h1_body_eof(dp_h1_body_parser_t *bp)
     return -1;
 }
 
+bool dp_h1_field_ok(dp_str_t name, dp_str_t value)
+{
+    if (name.n == 0)
+        return false;
+    for (size_t i = 0; i < name.n; i++) {
+        if (!is_tchar((unsigned char)name.p[i]))
+            return false;
+    }
+    for (size_t i = 0; i < value.n; i++) {
+        if (!is_value_char((unsigned char)value.p[i]))
+            return false;
+    }
+    return true;
+}
+
+bool dp_h1_visible(dp_str_t s)
+{
+    if (s.n == 0)
+        return false;
+    for (size_t i = 0; i < s.n; i++) {
+        unsigned char c = (unsigned char)s.p[i];
+        if (c <= 0x20 || c >= 0x7f)
+            return false;
+    }
+    return true;
+}
+
 const char *dp_h1_reason(int status)
 {
     if (status == 431)

@@ -119,6 +119,15 @@ long dp_h1_body_feed(dp_h1_body_parser_t *bp, const char *buf, size_t len, dp_h1
 /* The peer closed: 0 when that ends the body cleanly (EOF framing, or already done), else -1. */
 int dp_h1_body_eof(dp_h1_body_parser_t *bp);
 
+/* Whether a field may be serialised: a token name and a value without CR, LF, NUL or other
+ * controls but HT (RFC 9110 §5.5). The encoder drops fields that fail, so no header injection
+ * passes through it. */
+bool dp_h1_field_ok(dp_str_t name, dp_str_t value);
+
+/* Whether s is non-empty visible ASCII (no SP, no controls): for a method, path or authority
+ * put on a request line. */
+bool dp_h1_visible(dp_str_t s);
+
 /* The reason phrase for a status code ("OK", "Bad Request"; "Unknown" when none). */
 const char *dp_h1_reason(int status);
 
