@@ -1000,6 +1000,107 @@ START_TEST(test_client_upgrade)
 }
 END_TEST
 
+
+START_TEST(test_server_half_close_pipelined)
+{
+    srv_t *t = srv_new(NULL);
+    PEER_SEND(t, "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n");
+    shutdown(t->peer, SHUT_WR);
+    spin(t, 300);
+    ck_assert_int_eq(t->streams, 2);
+    ck_assert_str_eq(t->out, "HTTP/1.1 200 OK\r\nx-test: yes\r\ncontent-length: 5\r\n\r\nhello"
+                             "HTTP/1.1 200 OK\r\nx-test: yes\r\ncontent-length: 5\r\n\r\nhello");
+    ck_assert(t->closed);
+    ck_assert_int_eq(t->close_why, DP_RESET_NONE);
+    srv_free(t);
+}
+END_TEST
+
+START_TEST(test_server_go_away_and_encode_checks)
+{
+    srv_t *t = srv_new(NULL);
+    t->resp = RESP_NONE;
+    PEER_SEND(t, "GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+    spin(t, 50);
+    rec_t *r = &t->rec[0];
+    t->conn->ops->go_away(t->conn);
+    ck_assert(!t->closed);
+    dp_http_head_t h = {0};
+    h.status = 200;
+    h.content_length = 3;
+    dp_headers_add(&h.headers, r->pool, "x-evil", 6, "a\r\nset-cookie: x", 16);
+    dp_headers_add(&h.headers, r->pool, "bad name", 8, "v", 1);
+    dp_headers_add(&h.headers, r->pool, "x-fine", 6, "ok", 2);
+    ck_assert_int_eq(r->enc->ops->headers(r->enc, &h, false), 0);
+    /* More than the announced length: cut, and the connection closes after. */
+    ck_assert_int_eq(r->enc->ops->data(r->enc, (const uint8_t *)"abcdef", 6, true), 0);
+    ck_assert_int_eq(r->enc->ops->data(r->enc, (const uint8_t *)"x", 1, true), -EINVAL);
+    spin(t, 200);
+    ck_assert_str_eq(t->out, "HTTP/1.1 200 OK\r\nx-fine: ok\r\ncontent-length: 3\r\n"
+                             "connection: close\r\n\r\nabc");
+    ck_assert_int_eq(r->done, 1);
+    ck_assert(t->closed);
+    ck_assert_int_eq(t->close_why, DP_RESET_NONE);
+    srv_free(t);
+}
+END_TEST
+
+START_TEST(test_server_read_disable)
+{
+    srv_t *t = srv_new(NULL);
+    t->resp = RESP_NONE;
+    PEER_SEND(t, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n");
+    spin(t, 50);
+    rec_t *r = &t->rec[0];
+    r->enc->ops->read_disable(r->enc, true);
+    r->enc->ops->read_disable(r->enc, true);
+    PEER_SEND(t, "0123456789");
+    spin(t, 50);
+    ck_assert_int_eq(r->data_calls, 0);
+    r->enc->ops->read_disable(r->enc, false);
+    spin(t, 50);
+    ck_assert_int_eq(r->data_calls, 0);
+    r->enc->ops->read_disable(r->enc, false);
+    spin(t, 50);
+    ck_assert_str_eq(r->body, "0123456789");
+    ck_assert(r->data_end);
+    ck_assert_uint_eq(r->enc->ops->buffered(r->enc), 0);
+    /* The owner resets: the connection closes, the sink hears nothing more. */
+    r->enc->ops->reset(r->enc, DP_RESET_LOCAL);
+    spin(t, 100);
+    ck_assert_int_eq(r->done, 0);
+    ck_assert(t->closed);
+    srv_free(t);
+}
+END_TEST
+
+START_TEST(test_client_early_response)
+{
+    cli_t *t = cli_new();
+    dp_enc_t *e = cli_stream(t, 0);
+    dp_http_head_t h;
+    req_head(&h, t->rec[0].pool, "POST", 100);
+    ck_assert_int_eq(e->ops->headers(e, &h, false), 0);
+    ck_assert_int_eq(e->ops->data(e, (const uint8_t *)"part", 4, false), 0);
+    const char r[] = "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n";
+    send(t->peer, r, sizeof(r) - 1, 0);
+    cli_spin(t, 200);
+    ck_assert_int_eq(t->rec[0].status[0], 413);
+    ck_assert_int_eq(t->rec[0].done, 1);
+    ck_assert_int_eq(t->rec[0].why, DP_RESET_NONE);
+    ck_assert_int_eq(t->ready, 0);
+    ck_assert(t->closed);
+    /* A request line the owner built badly is refused. */
+    cli_free(t);
+    t = cli_new();
+    e = cli_stream(t, 0);
+    req_head(&h, t->rec[0].pool, "GET", -1);
+    h.path = DP_STR("/a b");
+    ck_assert_int_eq(e->ops->headers(e, &h, true), -EINVAL);
+    cli_free(t);
+}
+END_TEST
+
 /* ---- round trip: client -> [server codec] relay [client codec] -> [server codec] echo ---- */
 
 typedef struct rt {
@@ -1280,6 +1381,9 @@ static Suite *suite(void)
     tcase_add_test(tc, test_server_absolute_form_and_refuse);
     tcase_add_test(tc, test_server_early_response_and_eof);
     tcase_add_test(tc, test_server_upgrade);
+    tcase_add_test(tc, test_server_half_close_pipelined);
+    tcase_add_test(tc, test_server_go_away_and_encode_checks);
+    tcase_add_test(tc, test_server_read_disable);
     tcase_add_loop_test(tc, test_server_bad_requests, 0,
                         (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
     tcase_add_loop_test(tc, test_server_bad_chunks, 0,
@@ -1291,6 +1395,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_client_basic);
     tcase_add_test(tc, test_client_head_eof_and_errors);
     tcase_add_test(tc, test_client_upgrade);
+    tcase_add_test(tc, test_client_early_response);
     tcase_add_test(tc, test_round_trip_1mib);
     suite_add_tcase(s, tc);
     return s;
