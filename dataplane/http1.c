@@ -27,8 +27,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-typedef enum { IN_HEAD, IN_BODY, IN_WAIT, IN_TUNNEL } in_state_t;
-typedef enum { OUT_NONE, OUT_LENGTH, OUT_CHUNKED, OUT_RAW } out_mode_t;
+typedef enum {
+    IN_HEAD,
+    IN_BODY,
+    IN_WAIT,
+    IN_TUNNEL
+} in_state_t;
+typedef enum {
+    OUT_NONE,
+    OUT_LENGTH,
+    OUT_CHUNKED,
+    OUT_RAW
+} out_mode_t;
 
 typedef struct h1_conn h1_conn_t;
 
@@ -38,17 +48,17 @@ typedef struct h1_stream {
     const dp_sink_ops_t *sink;
     void *sink_ud;
     dp_pool_t *pool;
-    bool in_done;       /* the inbound message ended */
-    bool in_end_sent;   /* the sink was told */
+    bool in_done;        /* the inbound message ended */
+    bool in_end_sent;    /* the sink was told */
     bool pending_in_end; /* tell the sink from the timer */
-    bool out_started;   /* the final head was queued */
-    bool out_final;     /* the last byte of the outbound message was queued */
-    bool out_done;      /* ... and written */
+    bool out_started;    /* the final head was queued */
+    bool out_final;      /* the last byte of the outbound message was queued */
+    bool out_done;       /* ... and written */
     out_mode_t out_mode;
     int64_t out_remaining; /* OUT_LENGTH with a length: bytes still to send; else -1 */
-    bool req_head;    /* the request is HEAD */
-    bool req_upgrade; /* the request asked for an upgrade */
-    bool http10;      /* server: the request was HTTP/1.0 */
+    bool req_head;         /* the request is HEAD */
+    bool req_upgrade;      /* the request asked for an upgrade */
+    bool http10;           /* server: the request was HTTP/1.0 */
     bool tunnel;
     bool continue_sent;
 } h1_stream_t;
@@ -608,8 +618,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 
 static void update_reading(h1_conn_t *c)
 {
-    bool want = !c->closing && !c->shutting && !c->eof && c->read_disabled == 0 &&
-                c->rlen < c->rcap;
+    bool want =
+        !c->closing && !c->shutting && !c->eof && c->read_disabled == 0 && c->rlen < c->rcap;
     if (want && !c->reading) {
         if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
             c->reading = true;
@@ -721,8 +731,8 @@ static void write_head(wb_t *b, h1_conn_t *c, const dp_http_head_t *h, const cha
     put(b, "\r\n", 2);
 }
 
-static void send_head(h1_conn_t *c, const dp_http_head_t *h, const char *framing,
-                      bool keep_upgrade, const char *conn_value)
+static void send_head(h1_conn_t *c, const dp_http_head_t *h, const char *framing, bool keep_upgrade,
+                      const char *conn_value)
 {
     wb_t cnt = {NULL, 0};
     write_head(&cnt, c, h, framing, keep_upgrade, conn_value);
@@ -811,8 +821,8 @@ static int enc_headers(dp_enc_t *e, const dp_http_head_t *h, bool end)
         c->close_after = true;
         schedule(c);
     }
-    bool keep = !c->close_after && !c->going_away &&
-                !header_has_token(&h->headers, "connection", "close");
+    bool keep =
+        !c->close_after && !c->going_away && !header_has_token(&h->headers, "connection", "close");
     int64_t cl = head_length(h);
     bool no_body = st == 204 || st == 304 || s->req_head;
     if (no_body) {
@@ -1047,8 +1057,7 @@ static void free_failed(uv_handle_t *h)
 }
 
 dp_codec_conn_t *dp_h1_conn_new(uv_loop_t *loop, int fd, bool server,
-                                const dp_http_limits_t *limits, const dp_codec_cb_t *cb,
-                                void *ud)
+                                const dp_http_limits_t *limits, const dp_codec_cb_t *cb, void *ud)
 {
     h1_conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL)

@@ -252,7 +252,11 @@ int dp_h1_head_scan(dp_h1_head_parser_t *hp, const char *buf, size_t len)
 
 /* ---- head building through http-parser ---- */
 
-enum { CB_NONE, CB_FIELD, CB_VALUE };
+enum {
+    CB_NONE,
+    CB_FIELD,
+    CB_VALUE
+};
 
 static void append(dp_pool_t *pool, dp_str_t *s, const char *at, size_t n)
 {
@@ -407,8 +411,8 @@ dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_po
     hp->keep_alive = hp->http10 ? (conn_keep && !conn_close) : !conn_close;
 
     if (hp->request) {
-        h->method = (dp_str_t){http_method_str(hp->hp.method),
-                               strlen(http_method_str(hp->hp.method))};
+        h->method =
+            (dp_str_t){http_method_str(hp->hp.method), strlen(http_method_str(hp->hp.method))};
         h->scheme = DP_STR("http");
         h->path = hp->url;
         if (hp->url.n > 0 && hp->url.p[0] != '/' && !DP_STR_EQ(hp->url, "*")) {
@@ -418,8 +422,8 @@ dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_po
             if (http_parser_parse_url(hp->url.p, hp->url.n, 0, &u) != 0 ||
                 !(u.field_set & (1 << UF_SCHEMA)) || !(u.field_set & (1 << UF_HOST)))
                 return build_fail(hp, "invalid absolute-form request target");
-            h->scheme = (dp_str_t){hp->url.p + u.field_data[UF_SCHEMA].off,
-                                   u.field_data[UF_SCHEMA].len};
+            h->scheme =
+                (dp_str_t){hp->url.p + u.field_data[UF_SCHEMA].off, u.field_data[UF_SCHEMA].len};
             size_t as = u.field_data[UF_HOST].off;
             size_t ae = as + u.field_data[UF_HOST].len;
             if (u.field_set & (1 << UF_PORT))
@@ -504,7 +508,12 @@ dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_po
 
 /* ---- body ---- */
 
-enum { CS_SIZE, CS_DATA, CS_DATA_CRLF, CS_TRAILER };
+enum {
+    CS_SIZE,
+    CS_DATA,
+    CS_DATA_CRLF,
+    CS_TRAILER
+};
 
 #define CHUNK_LINE_MAX 4096
 
@@ -578,9 +587,9 @@ static long trailer_line(dp_h1_body_parser_t *bp, const char *l, size_t n)
     if (split_field(l, n, &name, &value, &err) < 0)
         return body_fail(bp, 400, err);
     /* RFC 9110 §6.5.1: framing, routing and connection fields are not allowed in trailers. */
-    static const char *const forbidden[] = {"content-length", "transfer-encoding", "host",
-                                            "connection", "te", "trailer", "upgrade",
-                                            "keep-alive", "proxy-connection"};
+    static const char *const forbidden[] = {
+        "content-length", "transfer-encoding", "host",       "connection",      "te",
+        "trailer",        "upgrade",           "keep-alive", "proxy-connection"};
     for (size_t i = 0; i < sizeof(forbidden) / sizeof(forbidden[0]); i++) {
         if (ieq(name.p, name.n, forbidden[i]))
             return 0;

@@ -58,14 +58,14 @@ typedef struct dp_h1_head_parser {
     int64_t content_length;
     int status_code; /* response */
     /* Result. */
-    size_t head_len;   /* bytes of the head, leading empty lines and the final CRLF included */
-    int err_status;    /* HTTP status for a local reply (400, 431, 501), or 502 for a response */
-    const char *err;   /* static detail */
+    size_t head_len; /* bytes of the head, leading empty lines and the final CRLF included */
+    int err_status;  /* HTTP status for a local reply (400, 431, 501), or 502 for a response */
+    const char *err; /* static detail */
     /* Facts the codec acts on once the head is built. */
     dp_h1_framing_t framing;
-    bool keep_alive;       /* HTTP/1.1 without "connection: close", or 1.0 with keep-alive */
-    bool expect_continue;  /* request: "expect: 100-continue" (the header is stripped) */
-    bool upgrade;          /* upgrade + "connection: upgrade" (kept in the headers) */
+    bool keep_alive;      /* HTTP/1.1 without "connection: close", or 1.0 with keep-alive */
+    bool expect_continue; /* request: "expect: 100-continue" (the header is stripped) */
+    bool upgrade;         /* upgrade + "connection: upgrade" (kept in the headers) */
     http_parser hp;
     /* Head building during the http-parser pass. */
     dp_pool_t *pool;

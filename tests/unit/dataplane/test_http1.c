@@ -50,7 +50,11 @@ static void rec_append(rec_t *r, const uint8_t *p, size_t n)
 
 /* ---- server fixture ---- */
 
-typedef enum { RESP_NONE, RESP_AT_END, RESP_AT_HEAD } resp_mode_t;
+typedef enum {
+    RESP_NONE,
+    RESP_AT_END,
+    RESP_AT_HEAD
+} resp_mode_t;
 
 typedef struct srv {
     uv_loop_t loop;
@@ -517,54 +521,70 @@ typedef struct bad_case {
     int status;
 } bad_case_t;
 
-#define BAD(n, r, s) {n, r, sizeof(r) - 1, s}
+#define BAD(n, r, s)           \
+    {                          \
+        n, r, sizeof(r) - 1, s \
+    }
 
 static const bad_case_t bad_cases[] = {
-    BAD("CL.TE", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked"
-                 "\r\n\r\n0\r\n\r\nG",
+    BAD("CL.TE",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked"
+        "\r\n\r\n0\r\n\r\nG",
         400),
-    BAD("TE.CL", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3"
-                 "\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n",
+    BAD("TE.CL",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3"
+        "\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n",
         400),
-    BAD("two different CL", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
-                            "Content-Length: 5\r\n\r\nabcde",
+    BAD("two different CL",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
+        "Content-Length: 5\r\n\r\nabcde",
         400),
-    BAD("two equal CL", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nContent-Length: 4"
-                        "\r\n\r\nabcd",
+    BAD("two equal CL",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nContent-Length: 4"
+        "\r\n\r\nabcd",
         400),
     BAD("CL list", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4, 4\r\n\r\nabcd", 400),
     BAD("CL non-numeric", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4a\r\n\r\nabcd", 400),
     BAD("CL sign", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +4\r\n\r\nabcd", 400),
     BAD("CL empty", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: \r\n\r\n", 400),
-    BAD("CL overflow", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n"
-                       "\r\n",
+    BAD("CL overflow",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n"
+        "\r\n",
         400),
-    BAD("TE chunked, identity", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, "
-                                "identity\r\n\r\n0\r\n\r\n",
+    BAD("TE chunked, identity",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, "
+        "identity\r\n\r\n0\r\n\r\n",
         501),
     BAD("TE xchunked", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n", 501),
     BAD("TE not last", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
         501),
     BAD("TE gzip", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
     BAD("TE ,chunked", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: ,chunked\r\n\r\n", 501),
-    BAD("TE twice", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
-                    "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    BAD("TE twice",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         501),
-    BAD("TE vtab", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \x0b" "chunked\r\n\r\n", 400),
+    BAD("TE vtab",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \x0b"
+        "chunked\r\n\r\n",
+        400),
     BAD("obs-fold", "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\r\n b\r\n\r\n", 400),
     /* The empty coding is refused before the folded line is read. */
-    BAD("obs-fold TE", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n chunked\r\n\r\n",
-        501),
+    BAD("obs-fold TE", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n chunked\r\n\r\n", 501),
     BAD("bare LF", "GET / HTTP/1.1\nHost: h\n\n", 400),
     BAD("bare LF header", "GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n", 400),
     BAD("bare CR", "GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n", 400),
     BAD("NUL in value", "GET / HTTP/1.1\r\nHost: h\r\nX: a\0b\r\n\r\n", 400),
-    BAD("control in value", "GET / HTTP/1.1\r\nHost: h\r\nX: a\x01" "b\r\n\r\n", 400),
+    BAD("control in value",
+        "GET / HTTP/1.1\r\nHost: h\r\nX: a\x01"
+        "b\r\n\r\n",
+        400),
     BAD("DEL in value", "GET / HTTP/1.1\r\nHost: h\r\nX: a\x7f\r\n\r\n", 400),
     BAD("control in name", "GET / HTTP/1.1\r\nHost: h\r\nX\x01Y: a\r\n\r\n", 400),
     BAD("space before colon", "GET / HTTP/1.1\r\nHost : h\r\n\r\n", 400),
-    BAD("TE space before colon", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\n"
-                                 "\r\n",
+    BAD("TE space before colon",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\n"
+        "\r\n",
         400),
     BAD("bad method", "G@T / HTTP/1.1\r\nHost: h\r\n\r\n", 400),
     BAD("unknown method", "FROB / HTTP/1.1\r\nHost: h\r\n\r\n", 400),
@@ -614,26 +634,32 @@ END_TEST
 static const bad_case_t bad_chunks[] = {
     BAD("non-hex size", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         400),
-    BAD("size overflow", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         "10000000000000000\r\nx",
+    BAD("size overflow",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "10000000000000000\r\nx",
         400),
     BAD("0x prefix", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\n",
         400),
-    BAD("leading space", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         " 5\r\nhello\r\n0\r\n\r\n",
+    BAD("leading space",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        " 5\r\nhello\r\n0\r\n\r\n",
         400),
     BAD("empty size", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\r\n", 400),
-    BAD("bare LF size", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                        "5\nhello\r\n0\r\n\r\n",
+    BAD("bare LF size",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\nhello\r\n0\r\n\r\n",
         400),
-    BAD("bad data end", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                        "5\r\nhelloXY0\r\n\r\n",
+    BAD("bad data end",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\r\nhelloXY0\r\n\r\n",
         400),
-    BAD("CR in ext", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     "5;a\rb\r\nhello\r\n0\r\n\r\n",
+    BAD("CR in ext",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5;a\rb\r\nhello\r\n0\r\n\r\n",
         400),
-    BAD("bad trailer", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                       "0\r\nX : y\r\n\r\n",
+    BAD("bad trailer",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "0\r\nX : y\r\n\r\n",
         400),
 };
 
@@ -647,8 +673,7 @@ START_TEST(test_server_bad_chunks)
     ck_assert_msg(strcmp(t->out, reply_for(bc->status)) == 0, "%s: got [%s]", bc->name, t->out);
     ck_assert_int_eq(t->streams, 1);
     ck_assert_msg(t->rec[0].done == 1 && t->rec[0].why == DP_RESET_PROTOCOL, "%s", bc->name);
-    ck_assert_msg(t->rec[0].body_n == 0 || strcmp(bc->name, "bad data end") == 0, "%s",
-                  bc->name);
+    ck_assert_msg(t->rec[0].body_n == 0 || strcmp(bc->name, "bad data end") == 0, "%s", bc->name);
     ck_assert(!t->rec[0].data_end);
     ck_assert(t->closed);
     srv_free(t);
@@ -1000,7 +1025,6 @@ START_TEST(test_client_upgrade)
 }
 END_TEST
 
-
 START_TEST(test_server_half_close_pipelined)
 {
     srv_t *t = srv_new(NULL);
@@ -1217,8 +1241,8 @@ static void o_done(void *ud, dp_reset_reason_t why)
     t->origin_done = true;
 }
 
-static const dp_sink_ops_t origin_ops = {.on_headers = o_headers, .on_data = o_data,
-                                         .on_done = o_done};
+static const dp_sink_ops_t origin_ops = {
+    .on_headers = o_headers, .on_data = o_data, .on_done = o_done};
 
 static const dp_sink_ops_t *rt_on_stream(void *ud, dp_enc_t *enc, void **ret_ud,
                                          dp_pool_t **ret_pool)
