@@ -87,7 +87,7 @@ struct h1_conn {
     bool active;
     unsigned read_disabled;
     bool reading, eof, eof_handled, closing, shutting, shut_issued, close_after, going_away;
-    bool write_failed, over, again;
+    bool write_failed, over, again, lingering;
     int depth;
     size_t queued;
     int handles_open;
@@ -236,12 +236,24 @@ static void conn_close(h1_conn_t *c, dp_reset_reason_t stream_why, dp_reset_reas
     uv_close(&c->h.handle, on_handle_closed);
 }
 
+/* After the FIN the connection lingers: what the peer still sends is read and dropped until
+ * its own FIN or LINGER_MS, so that closing with unread bytes does not turn into a RST that
+ * could destroy the response before the peer read it. */
+#define LINGER_MS 1000
+
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     h1_conn_t *c = req->data;
-    (void)status;
-    if (!c->closing && c->shutting)
+    if (c->closing || !c->shutting)
+        return;
+    /* Only a server lingers: its last response must survive; a client has nothing left to
+     * deliver. */
+    if (status < 0 || c->eof || !c->server) {
         conn_close(c, DP_RESET_CONN_TERMINATED, c->close_why);
+        return;
+    }
+    c->lingering = true;
+    uv_timer_start(&c->kick, on_kick, LINGER_MS, 0);
 }
 
 /* Orderly close: flush what is queued, send FIN, then close. */
@@ -588,6 +600,12 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     h1_conn_t *c = h->data;
     (void)suggested;
+    if (c->shutting) {
+        /* Lingering reads are dropped; the unparsed bytes no longer matter. */
+        buf->base = c->rbuf;
+        buf->len = c->rcap;
+        return;
+    }
     buf->base = c->rbuf + c->rlen;
     buf->len = c->rcap - c->rlen;
 }
@@ -600,6 +618,16 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     if (nread == UV_ENOBUFS) {
         update_reading(c);
+        return;
+    }
+    if (c->shutting) {
+        /* Lingering: drop what arrives, close at the peer's FIN. */
+        if (nread < 0) {
+            c->eof = true;
+            update_reading(c);
+            if (c->lingering)
+                conn_close(c, DP_RESET_CONN_TERMINATED, c->close_why);
+        }
         return;
     }
     if (nread < 0) {
@@ -619,7 +647,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 static void update_reading(h1_conn_t *c)
 {
     bool want =
-        !c->closing && !c->shutting && !c->eof && c->read_disabled == 0 && c->rlen < c->rcap;
+        !c->closing && !c->eof && (c->shutting || (c->read_disabled == 0 && c->rlen < c->rcap));
     if (want && !c->reading) {
         if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
             c->reading = true;
@@ -634,6 +662,11 @@ static void on_kick(uv_timer_t *t)
     h1_conn_t *c = t->data;
     if (c->closing)
         return;
+    if (c->shutting) {
+        if (c->lingering)
+            conn_close(c, DP_RESET_CONN_TERMINATED, c->close_why);
+        return;
+    }
     if (c->write_failed) {
         conn_close(c, DP_RESET_REMOTE, DP_RESET_REMOTE);
         return;

@@ -71,6 +71,7 @@ typedef struct srv {
     char out[1 << 17];
     size_t out_n;
     bool peer_eof;
+    bool no_auto_shut; /* the peer does not answer the codec's FIN with its own */
 } srv_t;
 
 static srv_t *cur;
@@ -179,8 +180,12 @@ static void peer_read(srv_t *t)
             t->out[t->out_n] = '\0';
             continue;
         }
-        if (n == 0)
+        if (n == 0 && !t->peer_eof) {
+            /* A well-behaved client closes its side once the server did. */
             t->peer_eof = true;
+            if (!t->no_auto_shut)
+                shutdown(t->peer, SHUT_WR);
+        }
         return;
     }
 }
@@ -249,6 +254,8 @@ static const char *hdr(const dp_http_head_t *h, const char *name)
     const dp_header_t *f = dp_headers_get(&h->headers, name, strlen(name));
     return f ? f->value.p : NULL;
 }
+
+static const char *reply_for(int status);
 
 /* ---- server: basics ---- */
 
@@ -456,6 +463,21 @@ START_TEST(test_server_early_response_and_eof)
     ck_assert(t->closed);
     srv_free(t);
 
+    /* Bytes after a local reply are read and dropped while the connection lingers; a peer that
+     * never sends its FIN is closed after the linger time. */
+    t = srv_new(NULL);
+    t->no_auto_shut = true;
+    PEER_SEND(t, "GET / HTTP/1.1\r\nHost : h\r\n\r\n");
+    spin(t, 100);
+    ck_assert(t->peer_eof);
+    ck_assert(!t->closed);
+    PEER_SEND(t, "more bytes nobody reads");
+    spin(t, 1500);
+    ck_assert(t->closed);
+    ck_assert_int_eq(t->close_why, DP_RESET_PROTOCOL);
+    ck_assert_str_eq(t->out, reply_for(400));
+    srv_free(t);
+
     /* Peer EOF in the middle of the body: a remote reset. */
     t = srv_new(NULL);
     t->resp = RESP_NONE;
@@ -475,6 +497,7 @@ START_TEST(test_server_upgrade)
 {
     srv_t *t = srv_new(NULL);
     t->resp = RESP_NONE;
+    t->no_auto_shut = true;
     PEER_SEND(t, "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
                  "Sec-WebSocket-Key: k\r\n\r\nearly");
     spin(t, 50);
