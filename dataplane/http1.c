@@ -90,6 +90,7 @@ struct h1_conn {
     bool write_failed, over, again, lingering;
     int depth;
     size_t queued;
+    size_t ppos; /* during process(): bytes of rbuf consumed so far; else 0 */
     int handles_open;
     dp_reset_reason_t close_why;
 };
@@ -342,7 +343,9 @@ static void check_done(h1_conn_t *c)
     if (c->server && s->out_done)
         finish_stream(c, s->in_done && s->in_end_sent);
     else if (!c->server && s->in_done && s->in_end_sent)
-        finish_stream(c, s->out_final);
+        /* Bytes after a complete response (a body on a HEAD or 204 answer, say) mean the
+         * upstream's framing cannot be trusted: do not reuse the connection. */
+        finish_stream(c, s->out_final && c->rlen == c->ppos);
 }
 
 /* ---- input ---- */
@@ -546,6 +549,7 @@ static void process(h1_conn_t *c)
                 if (k == 0)
                     break;
                 pos += k;
+                c->ppos = pos;
                 check_done(c);
             } else if (c->in == IN_BODY) {
                 if (c->read_disabled || n == 0)
@@ -561,6 +565,7 @@ static void process(h1_conn_t *c)
                     break;
                 }
                 pos += (size_t)k;
+                c->ppos = pos;
                 if (c->body.done) {
                     c->in = IN_WAIT;
                     if (c->active) {
@@ -574,6 +579,7 @@ static void process(h1_conn_t *c)
                 if (c->read_disabled || n == 0)
                     break;
                 pos += n;
+                c->ppos = pos;
                 if (c->active && !c->s.in_done)
                     c->s.sink->on_data(c->s.sink_ud, (const uint8_t *)b, n, false);
             } else {
@@ -582,6 +588,7 @@ static void process(h1_conn_t *c)
         }
     } while (c->again && !c->closing && !c->shutting);
     c->depth--;
+    c->ppos = 0;
     if (c->closing)
         return;
     if (pos) {

@@ -992,6 +992,20 @@ START_TEST(test_client_head_eof_and_errors)
     ck_assert_int_eq(t->close_why, DP_RESET_PROTOCOL);
     cli_free(t);
 
+    /* A 204 that carries a body anyway: the stream completes, the connection is not reused. */
+    t = cli_new();
+    e = cli_stream(t, 0);
+    req_head(&h, t->rec[0].pool, "GET", -1);
+    e->ops->headers(e, &h, true);
+    const char r5[] = "HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    send(t->peer, r5, sizeof(r5) - 1, 0);
+    cli_spin(t, 100);
+    ck_assert_int_eq(t->rec[0].done, 1);
+    ck_assert_int_eq(t->rec[0].heads, 1);
+    ck_assert_int_eq(t->ready, 0);
+    ck_assert(t->closed);
+    cli_free(t);
+
     /* EOF in the middle of a response: a remote reset. Idle EOF: an orderly close. */
     t = cli_new();
     e = cli_stream(t, 0);
