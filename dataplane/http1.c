@@ -16,7 +16,22 @@
  *    when the response was read (and the request written; an early response closes the
  *    connection after it). An upgraded (101) stream is done when both directions ended.
  *  - A local reply (400, 431, 501, 503) carries its reason phrase as a text/plain body and
- *    "connection: close"; the connection is shut down for writing after it and then closed. */
+ *    "connection: close"; the connection is shut down for writing after it, lingers (reads and
+ *    drops) until the peer's FIN or one second, then closes. A parse error after the head was
+ *    delivered gives the sink on_done(DP_RESET_PROTOCOL) and the peer a 400 when no response
+ *    had started.
+ *  - Encoding: the status line carries the reason phrase; the framing is the codec's (any
+ *    content-length, transfer-encoding, connection, keep-alive, host header in the head is
+ *    replaced): content-length when known, 0 when the head ends the stream (not for
+ *    1xx/204/304 or HEAD), chunked for HTTP/1.1 otherwise, close-delimited for HTTP/1.0.
+ *    Fields with CR, LF or other controls are dropped; bytes past the announced length are
+ *    cut and the connection closes after the message. Requests: "host" first, from the
+ *    authority; content-length: 0 for a body-less POST or PUT.
+ *  - A client connection is not reused after "connection: close", an EOF-delimited response,
+ *    a declined upgrade, an early response, or bytes left after a complete response.
+ *  - on_close reasons: DP_RESET_NONE for orderly ends (idle EOF, connection: close, go_away),
+ *    DP_RESET_PROTOCOL after a malformed message, DP_RESET_REMOTE for a peer EOF or error in
+ *    the middle of a message, DP_RESET_LOCAL after close() or the owner's reset(). */
 #include "dataplane/http1_parse.h"
 
 #include <errno.h>
