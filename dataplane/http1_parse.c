@@ -1,0 +1,739 @@
+#include "dataplane/http1_parse.h"
+
+#include <string.h>
+
+/* RFC 9110 §5.6.2 tchar. */
+static bool is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* Field value characters (RFC 9110 §5.5): VCHAR, obs-text, SP and HT. */
+static bool is_value_char(unsigned char c)
+{
+    return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+static int fail(int *st, const char **errp, int status, const char *err)
+{
+    *st = status;
+    *errp = err;
+    return -1;
+}
+
+static char lower(char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+}
+
+static bool ieq(const char *a, size_t n, const char *lit)
+{
+    return dp_str_ieq((dp_str_t){a, n}, lit, strlen(lit));
+}
+
+/* Splits a field line "name: value" (without its CRLF) strictly. */
+static int split_field(const char *l, size_t n, dp_str_t *name, dp_str_t *value, const char **err)
+{
+    if (n == 0)
+        return *err = "empty header line", -1;
+    if (l[0] == ' ' || l[0] == '\t')
+        return *err = "obsolete line folding", -1;
+    size_t i = 0;
+    while (i < n && is_tchar((unsigned char)l[i]))
+        i++;
+    if (i == n)
+        return *err = "header without a colon", -1;
+    if (l[i] != ':') {
+        if (l[i] == ' ' || l[i] == '\t')
+            return *err = "whitespace before the colon", -1;
+        return *err = "invalid character in a header name", -1;
+    }
+    if (i == 0)
+        return *err = "empty header name", -1;
+    *name = (dp_str_t){l, i};
+    size_t v = i + 1;
+    while (v < n && (l[v] == ' ' || l[v] == '\t'))
+        v++;
+    size_t e = n;
+    while (e > v && (l[e - 1] == ' ' || l[e - 1] == '\t'))
+        e--;
+    for (size_t k = v; k < e; k++) {
+        if (!is_value_char((unsigned char)l[k]))
+            return *err = "invalid character in a header value", -1;
+    }
+    *value = (dp_str_t){l + v, e - v};
+    return 0;
+}
+
+void dp_h1_head_init(dp_h1_head_parser_t *hp, bool request, const dp_http_limits_t *lim)
+{
+    memset(hp, 0, sizeof(*hp));
+    hp->request = request;
+    hp->max_bytes = lim->max_header_bytes;
+    hp->max_headers = lim->max_headers;
+    hp->content_length = -1;
+}
+
+static int check_version(dp_h1_head_parser_t *hp, const char *v, size_t n)
+{
+    if (n == 8 && memcmp(v, "HTTP/1.1", 8) == 0)
+        return 0;
+    if (n == 8 && memcmp(v, "HTTP/1.0", 8) == 0) {
+        hp->http10 = true;
+        return 0;
+    }
+    return -1;
+}
+
+/* The methods http-parser knows (its enum is dense from 0). */
+static bool known_method(const char *m, size_t n)
+{
+    for (int i = 0; i < 64; i++) {
+        const char *s = http_method_str((enum http_method)i);
+        if (s[0] == '<')
+            return false;
+        if (strlen(s) == n && memcmp(s, m, n) == 0)
+            return true;
+    }
+    return false;
+}
+
+static int check_request_line(dp_h1_head_parser_t *hp, const char *l, size_t n)
+{
+    size_t i = 0;
+    while (i < n && is_tchar((unsigned char)l[i]))
+        i++;
+    if (i == 0 || i == n || l[i] != ' ')
+        return fail(&hp->err_status, &hp->err, 400, "invalid method");
+    if (!known_method(l, i))
+        return fail(&hp->err_status, &hp->err, 400, "unknown method");
+    if (i == 7 && memcmp(l, "CONNECT", 7) == 0)
+        return fail(&hp->err_status, &hp->err, 400, "CONNECT is not supported");
+    size_t t = ++i;
+    while (i < n && (unsigned char)l[i] > 0x20 && (unsigned char)l[i] < 0x7f)
+        i++;
+    if (i == t)
+        return fail(&hp->err_status, &hp->err, 400, "invalid request target");
+    if (i == n)
+        return fail(&hp->err_status, &hp->err, 400, "HTTP/0.9 is not supported");
+    if (l[i] != ' ')
+        return fail(&hp->err_status, &hp->err, 400, "invalid character in the request target");
+    hp->absolute_form = l[t] != '/' && !(i - t == 1 && l[t] == '*');
+    if (check_version(hp, l + i + 1, n - i - 1) < 0)
+        return fail(&hp->err_status, &hp->err, 400, "invalid HTTP version");
+    return 0;
+}
+
+static int check_status_line(dp_h1_head_parser_t *hp, const char *l, size_t n)
+{
+    if (n < 12 || check_version(hp, l, 8) < 0 || l[8] != ' ')
+        return fail(&hp->err_status, &hp->err, 502, "invalid status line");
+    int code = 0;
+    for (int k = 9; k < 12; k++) {
+        if (l[k] < '0' || l[k] > '9')
+            return fail(&hp->err_status, &hp->err, 502, "invalid status code");
+        code = code * 10 + (l[k] - '0');
+    }
+    if (code < 100)
+        return fail(&hp->err_status, &hp->err, 502, "invalid status code");
+    if (n > 12 && l[12] != ' ')
+        return fail(&hp->err_status, &hp->err, 502, "invalid status line");
+    for (size_t k = 13; k < n; k++) {
+        if (!is_value_char((unsigned char)l[k]))
+            return fail(&hp->err_status, &hp->err, 502, "invalid reason phrase");
+    }
+    hp->status_code = code;
+    return 0;
+}
+
+/* Content-Length: 1..18 digits, so it always fits an int64_t. */
+static int parse_length(dp_str_t v, int64_t *out)
+{
+    if (v.n == 0 || v.n > 18)
+        return -1;
+    int64_t x = 0;
+    for (size_t i = 0; i < v.n; i++) {
+        if (v.p[i] < '0' || v.p[i] > '9')
+            return -1;
+        x = x * 10 + (v.p[i] - '0');
+    }
+    *out = x;
+    return 0;
+}
+
+static int check_field(dp_h1_head_parser_t *hp, const char *l, size_t n)
+{
+    int bad = hp->request ? 400 : 502;
+    dp_str_t name, value;
+    const char *err;
+    if (split_field(l, n, &name, &value, &err) < 0)
+        return fail(&hp->err_status, &hp->err, bad, err);
+    if (dp_str_ieq(name, "content-length", 14)) {
+        if (hp->has_cl)
+            return fail(&hp->err_status, &hp->err, bad, "multiple content-length headers");
+        if (parse_length(value, &hp->content_length) < 0)
+            return fail(&hp->err_status, &hp->err, bad, "invalid content-length");
+        hp->has_cl = true;
+    } else if (dp_str_ieq(name, "transfer-encoding", 17)) {
+        /* RFC 9112 §6.1: chunked must be the final coding; the proxy decodes no other coding,
+         * so only exactly "chunked" is accepted (Envoy: 501 "unsupported transfer encoding"). */
+        int st = hp->request ? 501 : 502;
+        if (hp->has_te)
+            return fail(&hp->err_status, &hp->err, st, "multiple transfer-encoding headers");
+        if (!dp_str_ieq(value, "chunked", 7))
+            return fail(&hp->err_status, &hp->err, st, "unsupported transfer encoding");
+        hp->has_te = hp->chunked = true;
+    } else if (hp->request && dp_str_ieq(name, "host", 4)) {
+        if (hp->nhost++)
+            return fail(&hp->err_status, &hp->err, 400, "multiple host headers");
+    }
+    return 0;
+}
+
+int dp_h1_head_scan(dp_h1_head_parser_t *hp, const char *buf, size_t len)
+{
+    if (hp->err_status)
+        return -1;
+    if (hp->head_len)
+        return 1;
+    /* Bounded: each pass consumes one line. */
+    for (;;) {
+        size_t from = hp->searched > hp->pos ? hp->searched : hp->pos;
+        const char *nl = from < len ? memchr(buf + from, '\n', len - from) : NULL;
+        if (nl == NULL) {
+            hp->searched = len;
+            if (len > hp->max_bytes)
+                return fail(&hp->err_status, &hp->err, 431, "headers too large");
+            return 0;
+        }
+        size_t lf = (size_t)(nl - buf);
+        if (lf + 1 > hp->max_bytes)
+            return fail(&hp->err_status, &hp->err, 431, "headers too large");
+        size_t ls = hp->pos;
+        int bad = hp->request ? 400 : 502;
+        if (lf == ls || buf[lf - 1] != '\r')
+            return fail(&hp->err_status, &hp->err, bad, "bare LF line ending");
+        size_t le = lf - 1;
+        hp->pos = hp->searched = lf + 1;
+        if (memchr(buf + ls, '\r', le - ls) != NULL)
+            return fail(&hp->err_status, &hp->err, bad, "bare CR");
+        if (hp->lines == 0) {
+            if (le == ls) {
+                /* RFC 9112 §2.2: empty lines before the request line are ignored. */
+                hp->start = hp->pos;
+                continue;
+            }
+            if ((hp->request ? check_request_line : check_status_line)(hp, buf + ls, le - ls) < 0)
+                return -1;
+            hp->lines++;
+            continue;
+        }
+        if (le == ls) {
+            if (hp->has_cl && hp->has_te)
+                return fail(&hp->err_status, &hp->err, bad,
+                            "both content-length and transfer-encoding");
+            if (hp->chunked && hp->http10)
+                return fail(&hp->err_status, &hp->err, bad, "chunked on HTTP/1.0");
+            /* RFC 9112 §3.2: an HTTP/1.1 request without Host (origin form) is 400. */
+            if (hp->request && !hp->http10 && hp->nhost == 0 && !hp->absolute_form)
+                return fail(&hp->err_status, &hp->err, 400, "missing host header");
+            hp->head_len = hp->pos;
+            return 1;
+        }
+        hp->lines++;
+        if (++hp->nheaders > hp->max_headers)
+            return fail(&hp->err_status, &hp->err, 431, "too many headers");
+        if (check_field(hp, buf + ls, le - ls) < 0)
+            return -1;
+    }
+}
+
+/* ---- head building through http-parser ---- */
+
+enum {
+    CB_NONE,
+    CB_FIELD,
+    CB_VALUE
+};
+
+static void append(dp_pool_t *pool, dp_str_t *s, const char *at, size_t n)
+{
+    if (s->p == NULL) {
+        s->p = dp_pool_strndup(pool, at, n);
+        s->n = n;
+        return;
+    }
+    char *r = dp_pool_alloc(pool, s->n + n + 1);
+    memcpy(r, s->p, s->n);
+    memcpy(r + s->n, at, n);
+    r[s->n + n] = '\0';
+    s->p = r;
+    s->n += n;
+}
+
+static void commit_field(dp_h1_head_parser_t *hp)
+{
+    if (hp->last_cb == CB_VALUE || hp->last_cb == CB_FIELD) {
+        char *nm = (char *)hp->cur_name.p;
+        for (size_t i = 0; i < hp->cur_name.n; i++)
+            nm[i] = lower(nm[i]);
+        dp_str_t v = hp->cur_value.p ? hp->cur_value : (dp_str_t){"", 0};
+        dp_headers_add_ref(&hp->head->headers, hp->pool, hp->cur_name, v);
+    }
+    hp->cur_name = hp->cur_value = DP_STR_NULL;
+    hp->last_cb = CB_NONE;
+}
+
+static int hp_on_url(http_parser *p, const char *at, size_t n)
+{
+    dp_h1_head_parser_t *hp = p->data;
+    append(hp->pool, &hp->url, at, n);
+    return 0;
+}
+
+static int hp_on_field(http_parser *p, const char *at, size_t n)
+{
+    dp_h1_head_parser_t *hp = p->data;
+    /* The head is fed in one piece, so a field name never arrives split. */
+    if (hp->last_cb != CB_NONE)
+        commit_field(hp);
+    append(hp->pool, &hp->cur_name, at, n);
+    hp->last_cb = CB_FIELD;
+    return 0;
+}
+
+static int hp_on_value(http_parser *p, const char *at, size_t n)
+{
+    dp_h1_head_parser_t *hp = p->data;
+    append(hp->pool, &hp->cur_value, at, n);
+    hp->last_cb = CB_VALUE;
+    return 0;
+}
+
+static int hp_on_headers_complete(http_parser *p)
+{
+    dp_h1_head_parser_t *hp = p->data;
+    commit_field(hp);
+    /* The body is decoded by dp_h1_body_feed(); http-parser sees only the head. */
+    return 1;
+}
+
+static const http_parser_settings head_settings = {
+    .on_url = hp_on_url,
+    .on_header_field = hp_on_field,
+    .on_header_value = hp_on_value,
+    .on_headers_complete = hp_on_headers_complete,
+};
+
+/* Whether the comma-separated list v contains token tok (case-insensitive). */
+static bool list_has(dp_str_t v, const char *tok)
+{
+    size_t i = 0;
+    while (i < v.n) {
+        while (i < v.n && (v.p[i] == ' ' || v.p[i] == '\t' || v.p[i] == ','))
+            i++;
+        size_t s = i;
+        while (i < v.n && v.p[i] != ',')
+            i++;
+        size_t e = i;
+        while (e > s && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t'))
+            e--;
+        if (e > s && ieq(v.p + s, e - s, tok))
+            return true;
+    }
+    return false;
+}
+
+/* Whether any connection header names field (lower-case) as hop-by-hop. Framing and Host are
+ * never removed this way, so a client cannot make the proxy drop them. */
+static bool named_by_connection(const dp_headers_t *h, dp_str_t field)
+{
+    if (DP_STR_EQ(field, "content-length") || DP_STR_EQ(field, "host") ||
+        DP_STR_EQ(field, "upgrade"))
+        return false;
+    char name[64];
+    if (field.n >= sizeof(name))
+        return false;
+    memcpy(name, field.p, field.n);
+    name[field.n] = '\0';
+    for (uint32_t i = 0; i < h->n; i++) {
+        if (DP_STR_EQ(h->v[i].name, "connection") && list_has(h->v[i].value, name))
+            return true;
+    }
+    return false;
+}
+
+static dp_http_head_t *build_fail(dp_h1_head_parser_t *hp, const char *err)
+{
+    hp->err_status = hp->request ? 400 : 502;
+    hp->err = err;
+    return NULL;
+}
+
+dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_pool_t *pool)
+{
+    hp->pool = pool;
+    hp->head = dp_pool_calloc(pool, sizeof(*hp->head));
+    dp_http_head_t *h = hp->head;
+    h->content_length = -1;
+    http_parser_init(&hp->hp, hp->request ? HTTP_REQUEST : HTTP_RESPONSE);
+    hp->hp.data = hp;
+    size_t n = http_parser_execute(&hp->hp, &head_settings, buf, hp->head_len);
+    enum http_errno e = HTTP_PARSER_ERRNO(&hp->hp);
+    if (e == HPE_HEADER_OVERFLOW) {
+        hp->err_status = 431;
+        hp->err = "headers too large";
+        return NULL;
+    }
+    if (e != HPE_OK || n != hp->head_len)
+        return build_fail(hp, http_errno_description(e));
+    h->version = hp->http10 ? DP_HTTP_10 : DP_HTTP_11;
+
+    /* Connection options, gathered before the header list is rewritten. */
+    bool conn_close = false, conn_keep = false, conn_upgrade = false;
+    const dp_header_t *upg = NULL, *host = NULL;
+    for (uint32_t i = 0; i < h->headers.n; i++) {
+        const dp_header_t *f = &h->headers.v[i];
+        if (DP_STR_EQ(f->name, "connection")) {
+            conn_close |= list_has(f->value, "close");
+            conn_keep |= list_has(f->value, "keep-alive");
+            conn_upgrade |= list_has(f->value, "upgrade");
+        } else if (DP_STR_EQ(f->name, "upgrade") && upg == NULL) {
+            upg = f;
+        } else if (DP_STR_EQ(f->name, "host") && hp->request) {
+            if (host != NULL)
+                return build_fail(hp, "multiple host headers");
+            host = f;
+        }
+    }
+    hp->keep_alive = hp->http10 ? (conn_keep && !conn_close) : !conn_close;
+
+    if (hp->request) {
+        h->method =
+            (dp_str_t){http_method_str(hp->hp.method), strlen(http_method_str(hp->hp.method))};
+        h->scheme = DP_STR("http");
+        h->path = hp->url;
+        if (hp->url.n > 0 && hp->url.p[0] != '/' && !DP_STR_EQ(hp->url, "*")) {
+            /* Absolute form (RFC 9112 §3.2.2): the target names scheme and authority. */
+            struct http_parser_url u;
+            http_parser_url_init(&u);
+            if (http_parser_parse_url(hp->url.p, hp->url.n, 0, &u) != 0 ||
+                !(u.field_set & (1 << UF_SCHEMA)) || !(u.field_set & (1 << UF_HOST)))
+                return build_fail(hp, "invalid absolute-form request target");
+            h->scheme =
+                (dp_str_t){hp->url.p + u.field_data[UF_SCHEMA].off, u.field_data[UF_SCHEMA].len};
+            size_t as = u.field_data[UF_HOST].off;
+            size_t ae = as + u.field_data[UF_HOST].len;
+            if (u.field_set & (1 << UF_PORT))
+                ae = u.field_data[UF_PORT].off + u.field_data[UF_PORT].len;
+            h->authority = (dp_str_t){hp->url.p + as, ae - as};
+            if (u.field_set & (1 << UF_PATH))
+                h->path = (dp_str_t){hp->url.p + u.field_data[UF_PATH].off,
+                                     hp->url.n - u.field_data[UF_PATH].off};
+            else
+                h->path = DP_STR("/");
+        } else if (host != NULL) {
+            h->authority = host->value;
+        } else if (!hp->http10) {
+            /* RFC 9112 §3.2: a 1.1 request without Host is 400. */
+            return build_fail(hp, "missing host header");
+        } else {
+            h->authority = DP_STR("");
+        }
+        if (hp->chunked)
+            hp->framing = DP_H1_BODY_CHUNKED;
+        else if (hp->has_cl && hp->content_length > 0)
+            hp->framing = DP_H1_BODY_LENGTH;
+        else
+            hp->framing = DP_H1_BODY_NONE;
+        /* Upgrade (RFC 9110 §7.8): a body-less request with both headers. h2c is not offered. */
+        hp->upgrade = upg != NULL && conn_upgrade && hp->framing == DP_H1_BODY_NONE &&
+                      !dp_str_ieq(upg->value, "h2c", 3);
+    } else {
+        int st = hp->hp.status_code;
+        h->status = st;
+        if (st < 200 || st == 204 || st == 304 || hp->req_was_head)
+            hp->framing = DP_H1_BODY_NONE;
+        else if (hp->chunked)
+            hp->framing = DP_H1_BODY_CHUNKED;
+        else if (hp->has_cl)
+            hp->framing = hp->content_length > 0 ? DP_H1_BODY_LENGTH : DP_H1_BODY_NONE;
+        else
+            hp->framing = DP_H1_BODY_EOF;
+        hp->upgrade = st == 101 && upg != NULL;
+        if (hp->framing == DP_H1_BODY_EOF)
+            hp->keep_alive = false;
+    }
+    h->content_length = hp->has_cl ? hp->content_length : -1;
+    h->upgrade = hp->upgrade;
+
+    /* Drop the hop-by-hop headers (RFC 9110 §7.6.1) in place. */
+    uint32_t k = 0;
+    bool conn_kept = false;
+    for (uint32_t i = 0; i < h->headers.n; i++) {
+        dp_header_t f = h->headers.v[i];
+        bool drop = false;
+        if (DP_STR_EQ(f.name, "connection")) {
+            /* An upgrade keeps one "connection: upgrade". */
+            drop = !hp->upgrade || conn_kept;
+            if (!drop) {
+                f.value = DP_STR("upgrade");
+                conn_kept = true;
+            }
+        } else if (DP_STR_EQ(f.name, "keep-alive") || DP_STR_EQ(f.name, "proxy-connection") ||
+                   DP_STR_EQ(f.name, "transfer-encoding")) {
+            drop = true;
+        } else if (DP_STR_EQ(f.name, "upgrade")) {
+            drop = !hp->upgrade;
+        } else if (DP_STR_EQ(f.name, "te")) {
+            drop = !dp_str_ieq(f.value, "trailers", 8);
+        } else if (hp->request && DP_STR_EQ(f.name, "host")) {
+            drop = true;
+        } else if (hp->request && DP_STR_EQ(f.name, "expect") &&
+                   dp_str_ieq(f.value, "100-continue", 12)) {
+            /* Answered by the codec itself (Envoy's default proxy_100_continue false). */
+            drop = true;
+            hp->expect_continue = !hp->http10 && hp->framing != DP_H1_BODY_NONE;
+        } else {
+            drop = named_by_connection(&h->headers, f.name);
+        }
+        if (!drop)
+            h->headers.v[k++] = f;
+    }
+    h->headers.n = k;
+    return h;
+}
+
+/* ---- body ---- */
+
+enum {
+    CS_SIZE,
+    CS_DATA,
+    CS_DATA_CRLF,
+    CS_TRAILER
+};
+
+#define CHUNK_LINE_MAX 4096
+
+void dp_h1_body_init(dp_h1_body_parser_t *bp, dp_h1_framing_t framing, int64_t content_length,
+                     const dp_http_limits_t *lim, dp_pool_t *pool)
+{
+    memset(bp, 0, sizeof(*bp));
+    bp->framing = framing;
+    bp->remaining = framing == DP_H1_BODY_LENGTH ? (uint64_t)content_length : 0;
+    bp->state = CS_SIZE;
+    bp->done = framing == DP_H1_BODY_NONE || (framing == DP_H1_BODY_LENGTH && !content_length);
+    bp->max_bytes = lim->max_header_bytes;
+    bp->max_headers = lim->max_headers;
+    bp->pool = pool;
+}
+
+static long body_fail(dp_h1_body_parser_t *bp, int status, const char *err)
+{
+    bp->err_status = status;
+    bp->err = err;
+    return -1;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* chunk-size [ BWS ";" chunk-ext ] (RFC 9112 §7.1), without the CRLF. */
+static int parse_chunk_line(const char *l, size_t n, uint64_t *size)
+{
+    size_t i = 0;
+    uint64_t v = 0;
+    while (i < n && hexval(l[i]) >= 0) {
+        if (i == 15)
+            return -1; /* 16 digits would pass 2^60; no body is that large */
+        v = v * 16 + (uint64_t)hexval(l[i]);
+        i++;
+    }
+    if (i == 0)
+        return -1;
+    size_t j = i;
+    while (j < n && (l[j] == ' ' || l[j] == '\t'))
+        j++;
+    if (j < n) {
+        if (l[j] != ';')
+            return -1;
+        for (size_t k = j + 1; k < n; k++) {
+            if (!is_value_char((unsigned char)l[k]))
+                return -1;
+        }
+    } else if (j != i) {
+        return -1; /* whitespace without an extension */
+    }
+    *size = v;
+    return 0;
+}
+
+static long trailer_line(dp_h1_body_parser_t *bp, const char *l, size_t n)
+{
+    if (++bp->ntrailers > bp->max_headers)
+        return body_fail(bp, 431, "too many trailers");
+    dp_str_t name, value;
+    const char *err;
+    if (split_field(l, n, &name, &value, &err) < 0)
+        return body_fail(bp, 400, err);
+    /* RFC 9110 §6.5.1: framing, routing and connection fields are not allowed in trailers. */
+    static const char *const forbidden[] = {
+        "content-length", "transfer-encoding", "host",       "connection",      "te",
+        "trailer",        "upgrade",           "keep-alive", "proxy-connection"};
+    for (size_t i = 0; i < sizeof(forbidden) / sizeof(forbidden[0]); i++) {
+        if (ieq(name.p, name.n, forbidden[i]))
+            return 0;
+    }
+    if (bp->trailers == NULL)
+        bp->trailers = dp_pool_calloc(bp->pool, sizeof(*bp->trailers));
+    dp_headers_add(bp->trailers, bp->pool, name.p, name.n, value.p, value.n);
+    dp_header_t *f = &bp->trailers->v[bp->trailers->n - 1];
+    char *nm = (char *)f->name.p;
+    for (size_t i = 0; i < f->name.n; i++)
+        nm[i] = lower(nm[i]);
+    return 0;
+}
+
+long dp_h1_body_feed(dp_h1_body_parser_t *bp, const char *buf, size_t len, dp_h1_data_fn fn,
+                     void *ud)
+{
+    if (bp->err_status)
+        return -1;
+    if (bp->done || len == 0)
+        return 0;
+    if (bp->framing == DP_H1_BODY_EOF) {
+        fn(ud, (const uint8_t *)buf, len);
+        return (long)len;
+    }
+    if (bp->framing == DP_H1_BODY_LENGTH) {
+        size_t n = len < bp->remaining ? len : (size_t)bp->remaining;
+        bp->remaining -= n;
+        bp->done = bp->remaining == 0;
+        fn(ud, (const uint8_t *)buf, n);
+        return (long)n;
+    }
+    size_t i = 0;
+    while (i < len && !bp->done) {
+        switch (bp->state) {
+        case CS_SIZE:
+        case CS_TRAILER: {
+            const char *nl = memchr(buf + i, '\n', len - i);
+            size_t cap = bp->state == CS_SIZE ? CHUNK_LINE_MAX : bp->max_bytes - bp->trailer_bytes;
+            if (nl == NULL) {
+                if (len - i > cap)
+                    return body_fail(bp, bp->state == CS_SIZE ? 400 : 431,
+                                     bp->state == CS_SIZE ? "chunk line too long"
+                                                          : "trailers too large");
+                return (long)i;
+            }
+            size_t lf = (size_t)(nl - buf);
+            if (lf - i + 1 > cap)
+                return body_fail(bp, bp->state == CS_SIZE ? 400 : 431,
+                                 bp->state == CS_SIZE ? "chunk line too long"
+                                                      : "trailers too large");
+            if (lf == i || buf[lf - 1] != '\r')
+                return body_fail(bp, 400, "bare LF in chunked encoding");
+            size_t ln = lf - 1 - i;
+            if (memchr(buf + i, '\r', ln) != NULL)
+                return body_fail(bp, 400, "bare CR in chunked encoding");
+            if (bp->state == CS_SIZE) {
+                uint64_t size;
+                if (parse_chunk_line(buf + i, ln, &size) < 0)
+                    return body_fail(bp, 400, "invalid chunk size");
+                if (size == 0) {
+                    bp->state = CS_TRAILER;
+                } else {
+                    bp->remaining = size;
+                    bp->state = CS_DATA;
+                }
+            } else {
+                bp->trailer_bytes += (uint32_t)(ln + 2);
+                if (ln == 0)
+                    bp->done = true;
+                else if (trailer_line(bp, buf + i, ln) < 0)
+                    return -1;
+            }
+            i = lf + 1;
+            break;
+        }
+        case CS_DATA: {
+            size_t n = len - i < bp->remaining ? len - i : (size_t)bp->remaining;
+            bp->remaining -= n;
+            if (bp->remaining == 0)
+                bp->state = CS_DATA_CRLF;
+            bool more = fn(ud, (const uint8_t *)buf + i, n);
+            i += n;
+            if (!more)
+                return (long)i;
+            break;
+        }
+        case CS_DATA_CRLF:
+            if (buf[i] != '\r' || (i + 1 < len && buf[i + 1] != '\n'))
+                return body_fail(bp, 400, "missing CRLF after chunk data");
+            if (i + 1 == len)
+                return (long)i;
+            i += 2;
+            bp->state = CS_SIZE;
+            break;
+        }
+    }
+    return (long)i;
+}
+
+int dp_h1_body_eof(dp_h1_body_parser_t *bp)
+{
+    if (bp->done)
+        return 0;
+    if (bp->framing == DP_H1_BODY_EOF) {
+        bp->done = true;
+        return 0;
+    }
+    return -1;
+}
+
+bool dp_h1_field_ok(dp_str_t name, dp_str_t value)
+{
+    if (name.n == 0)
+        return false;
+    for (size_t i = 0; i < name.n; i++) {
+        if (!is_tchar((unsigned char)name.p[i]))
+            return false;
+    }
+    for (size_t i = 0; i < value.n; i++) {
+        if (!is_value_char((unsigned char)value.p[i]))
+            return false;
+    }
+    return true;
+}
+
+bool dp_h1_visible(dp_str_t s)
+{
+    if (s.n == 0)
+        return false;
+    for (size_t i = 0; i < s.n; i++) {
+        unsigned char c = (unsigned char)s.p[i];
+        if (c <= 0x20 || c >= 0x7f)
+            return false;
+    }
+    return true;
+}
+
+const char *dp_h1_reason(int status)
+{
+    if (status == 431)
+        return "Request Header Fields Too Large";
+    const char *s = http_status_str((enum http_status)status);
+    if (s == NULL || s[0] == '<')
+        return "Unknown";
+    return s;
+}
