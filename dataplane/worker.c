@@ -8,7 +8,9 @@
 #include <string.h>
 
 #include "dataplane/conn.h"
+#include "dataplane/hcm.h"
 #include "dataplane/listener.h"
+#include "dataplane/upstream.h"
 
 struct dp_worker {
     unsigned index;
@@ -55,6 +57,8 @@ static void on_wakeup(uv_async_t *a)
         w->ctx.snap = next;
         if (w->listeners == NULL && !w->ctx.closing)
             w->listeners = dp_listeners_new(&w->ctx);
+        if (w->ctx.up)
+            dp_upstreams_apply(w->ctx.up, next);
         if (w->listeners)
             dp_listeners_apply(w->listeners, next);
         atomic_store(&w->generation, next->generation);
@@ -64,6 +68,8 @@ static void on_wakeup(uv_async_t *a)
         dp_listeners_close(w->listeners);
         w->listeners = NULL;
         dp_wctx_close_all(&w->ctx);
+        dp_upstreams_close(w->ctx.up);
+        w->ctx.up = NULL;
         uv_walk(&w->loop, close_walk_cb, NULL);
     }
 }
@@ -81,7 +87,9 @@ static void worker_main(void *arg)
     w->ctx.loop = &w->loop;
     w->ctx.index = w->index;
     w->ctx.tcp_proxy_start = dp_tcp_proxy_start;
-    w->ctx.hcm_start = NULL; /* until the HTTP connection manager runs (dp_hcm_start) */
+    w->ctx.hcm_start = dp_hcm_start;
+    if (rc == 0)
+        w->ctx.up = dp_upstreams_new(&w->loop, dp_h1_conn_new, dp_h2_conn_new);
     uv_mutex_lock(&w->mu);
     w->start_err = rc;
     w->ready = true;
