@@ -438,34 +438,17 @@ static int domain_cmp_lower(dp_str_t host, dp_str_t d)
     return host.n < d.n ? -1 : host.n > d.n;
 }
 
-/* Where the port of an authority starts (Envoy's HeaderUtility::getPortStart), or n. */
+/* Where the port of an authority starts (Envoy's HeaderUtility::getPortStart: the last ':',
+ * unless a ']' follows it), or n. */
 static size_t port_start(dp_str_t a)
 {
-    if (a.n == 0)
-        return 0;
-    size_t colon = a.n;
     for (size_t i = a.n; i-- > 0;) {
-        if (a.p[i] == ':') {
-            colon = i;
-            break;
-        }
-    }
-    if (colon == a.n)
-        return a.n;
-    if (a.p[0] == '[') {
-        /* "[v6]:port": the colon must follow the ']' */
-        return colon > 0 && a.p[colon - 1] == ']' ? colon : a.n;
-    }
-    /* An unbracketed IPv6 literal has more than one colon: no port. */
-    for (size_t i = 0; i < colon; i++) {
+        if (a.p[i] == ']')
+            return a.n;
         if (a.p[i] == ':')
-            return a.n;
+            return i;
     }
-    for (size_t i = colon + 1; i < a.n; i++) {
-        if (!isdigit((unsigned char)a.p[i]))
-            return a.n;
-    }
-    return colon;
+    return a.n;
 }
 
 const dp_vhost_t *dp_route_vhost(const dp_route_config_t *rc, dp_str_t authority)

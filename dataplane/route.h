@@ -342,8 +342,8 @@ typedef struct dp_route_config {
 /* ---- the router's calls ---- */
 
 /* The virtual host for an :authority, as Envoy's RouteMatcher::findVirtualHost: lower-cased,
- * the port stripped first when ignore_port_in_host_matching (a ":digits" after the host, after
- * "]" for IPv6 literals; Envoy does not strip it otherwise), then an exact domain, then the
+ * the port stripped first when ignore_port_in_host_matching (from the last ':' not followed by
+ * a ']', as Envoy's getPortStart; Envoy does not strip it otherwise), then an exact domain, then the
  * longest suffix wildcard shorter than the host, then the longest prefix wildcard shorter than
  * the host, then "*". NULL when none applies. */
 const dp_vhost_t *dp_route_vhost(const dp_route_config_t *rc, dp_str_t authority);

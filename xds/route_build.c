@@ -608,7 +608,8 @@ static bool redirect_action(bctx_t *b, const Envoy__Config__Route__V3__RedirectA
         }
         break;
     case RC(REDIRECT_ACTION__PATH_REWRITE_SPECIFIER_PREFIX_REWRITE):
-        r->prefix_rewrite = dp_arena_strdup(b->a, ra->prefix_rewrite);
+        if (ra->prefix_rewrite[0])
+            r->prefix_rewrite = dp_arena_strdup(b->a, ra->prefix_rewrite);
         break;
     case RC(REDIRECT_ACTION__PATH_REWRITE_SPECIFIER_REGEX_REWRITE):
         if (!regex_rewrite(b, ra->regex_rewrite, "redirect.regex_rewrite", r))
