@@ -257,8 +257,15 @@ static dp_str_t pseudo(const dp_http_head_t *req, dp_str_t name, bool *found)
     return DP_STR_NULL;
 }
 
+/* absl::SimpleAtoi's syntax: optional surrounding whitespace, an optional sign, digits. */
 static bool parse_i64(dp_str_t v, int64_t *out)
 {
+    while (v.n && isspace((unsigned char)v.p[0])) {
+        v.p++;
+        v.n--;
+    }
+    while (v.n && isspace((unsigned char)v.p[v.n - 1]))
+        v.n--;
     size_t i = 0;
     bool neg = false;
     if (i < v.n && (v.p[i] == '-' || v.p[i] == '+'))
@@ -309,8 +316,10 @@ bool dp_header_match(const dp_header_match_t *m, const dp_http_head_t *req)
         count = 1;
     }
     bool present = count > 0;
+    /* Envoy's HeaderUtility::matchHeaders: a missing header treated as empty counts as present
+     * for present_match too. */
     if (m->kind == DP_HM_PRESENT)
-        return (present == m->present) != m->invert;
+        return ((present || m->treat_missing_as_empty) == m->present) != m->invert;
     if (!present) {
         if (!m->treat_missing_as_empty)
             return false;
@@ -415,10 +424,13 @@ bool dp_route_match(const dp_route_match_t *m, const dp_http_head_t *req)
     }
     for (size_t i = 0; i < m->n_query; i++) {
         dp_str_t v;
-        if (!query_param(req->path, m->query[i].name, &v))
+        bool found = query_param(req->path, m->query[i].name, &v);
+        if (m->query[i].present_only) {
+            if (found != m->query[i].present)
+                return false;
+        } else if (!found || !dp_str_match(&m->query[i].sm, v)) {
             return false;
-        if (!m->query[i].present_only && !dp_str_match(&m->query[i].sm, v))
-            return false;
+        }
     }
     if (m->grpc && !is_grpc(req))
         return false;
@@ -702,10 +714,14 @@ dp_str_t dp_route_redirect(const dp_route_t *r, const dp_http_head_t *req, dp_po
         size_t ps = port_start(host);
         if (ps < host.n) {
             dp_str_t rp = {host.p + ps, host.n - ps};
+            /* The request's protocol as x-forwarded-proto says (the connection manager sets
+             * it), else its scheme. */
+            const dp_header_t *xfp = DP_HDR_GET(&req->headers, "x-forwarded-proto");
+            dp_str_t proto = xfp ? xfp->value : req_scheme;
             bool remove = port[0] != 0;
-            if (!(scheme.n == req_scheme.n && mem_ieq(scheme.p, req_scheme.p, scheme.n))) {
-                remove |= dp_str_ieq(req_scheme, "https", 5) && DP_STR_EQ(rp, ":443");
-                remove |= dp_str_ieq(req_scheme, "http", 4) && DP_STR_EQ(rp, ":80");
+            if (!(scheme.n == proto.n && memcmp(scheme.p, proto.p, scheme.n) == 0)) {
+                remove |= DP_STR_EQ(proto, "https") && DP_STR_EQ(rp, ":443");
+                remove |= DP_STR_EQ(proto, "http") && DP_STR_EQ(rp, ":80");
             }
             if (remove)
                 host.n = ps;
@@ -718,17 +734,15 @@ dp_str_t dp_route_redirect(const dp_route_t *r, const dp_http_head_t *req, dp_po
         if (r->path_redirect_has_query) {
             strip = false;
         } else {
+            /* Everything from the request's '?' on goes after the new path. */
             dp_str_t cur = req->path.p ? req->path : DP_STR("");
-            dp_str_t just = dp_route_path_only(cur);
-            /* The request's query (not its fragment) goes after the new path. */
-            if (just.n < cur.n && cur.p[just.n] == '?') {
-                size_t qe = just.n;
-                while (qe < cur.n && cur.p[qe] != '#')
-                    qe++;
-                char *p = dp_pool_alloc(pool, path.n + (qe - just.n) + 1);
+            const char *q = cur.n ? memchr(cur.p, '?', cur.n) : NULL;
+            if (q) {
+                size_t qn = cur.n - (size_t)(q - cur.p);
+                char *p = dp_pool_alloc(pool, path.n + qn + 1);
                 memcpy(p, path.p, path.n);
-                memcpy(p + path.n, cur.p + just.n, qe - just.n);
-                path = (dp_str_t){p, path.n + (qe - just.n)};
+                memcpy(p + path.n, q, qn);
+                path = (dp_str_t){p, path.n + qn};
             }
         }
     } else {

@@ -70,8 +70,10 @@ typedef enum dp_header_match_kind {
  * with "," (Envoy's getAllOfHeaderAsString); the pseudo-headers :method, :authority, :scheme,
  * :path and :protocol are the head's fields. A missing header fails the match (whatever
  * invert_match says) unless treat_missing_header_as_empty, in which case "" is matched.
- * present_match: passes when (the header is present) == present, inverted by invert_match. A
- * matcher with no specifier is present_match: true. */
+ * present_match: passes when (the header is present, or treated as empty) == present, inverted
+ * by invert_match. A matcher with no specifier is present_match: true. The deprecated
+ * exact_match "" matches any value (Envoy's quirk). Range values parse as absl::SimpleAtoi
+ * does (surrounding whitespace allowed). */
 typedef struct dp_header_match {
     dp_str_t name; /* lower case */
     dp_header_match_kind_t kind;
@@ -85,11 +87,12 @@ typedef struct dp_header_match {
 bool dp_header_match(const dp_header_match_t *m, const dp_http_head_t *req);
 
 /* envoy.config.route.v3.QueryParameterMatcher: string_match on the (undecoded) value of the
- * first parameter of that name, or present_match; with neither, the parameter must be
- * present. */
+ * first parameter of that name; or present_match (present_only: passes when the parameter's
+ * presence equals present, so present_match false matches its absence, as current Envoy);
+ * with neither, the parameter must be present (present_only, present true). */
 typedef struct dp_query_match {
     dp_str_t name;
-    bool present_only;
+    bool present_only, present;
     dp_str_match_t sm;
 } dp_query_match_t;
 
@@ -384,9 +387,10 @@ void dp_route_apply_response(const dp_route_config_t *rc, const dp_vhost_t *vh,
 
 /* For a REDIRECT route, the Location (Envoy's Http::Utility::newUri): scheme (scheme_redirect
  * or https, else the request's), host (host_redirect, else the request's authority, whose port
- * is dropped when a port_redirect is given or the scheme changes from http with :80 or https
- * with :443), ":port_redirect", and the path: path_redirect (the request's query appended
- * unless it has one of its own), or the request path after prefix_rewrite/regex_rewrite;
+ * is dropped when a port_redirect is given or the scheme changes from x-forwarded-proto's (else
+ * the request's scheme) http with :80 or https with :443), ":port_redirect", and the path:
+ * path_redirect (everything from the request's '?' appended unless it has a query of its own),
+ * or the request path after prefix_rewrite/regex_rewrite;
  * strip_query drops the query (not one path_redirect brings). *ret_status gets the code. The
  * string is in pool. */
 dp_str_t dp_route_redirect(const dp_route_t *r, const dp_http_head_t *req, dp_pool_t *pool,

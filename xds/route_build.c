@@ -254,7 +254,9 @@ static bool header_matcher(bctx_t *b, const Envoy__Config__Route__V3__HeaderMatc
     char f[300];
     switch (h->header_match_specifier_case) {
     case RC(HEADER_MATCHER__HEADER_MATCH_SPECIFIER_EXACT_MATCH):
-        out->sm = (dp_str_match_t){.kind = DP_SM_EXACT, .s = astr(b->a, h->exact_match)};
+        /* Envoy: an empty deprecated exact_match matches any value. */
+        out->sm = (dp_str_match_t){.kind = h->exact_match[0] ? DP_SM_EXACT : DP_SM_PREFIX,
+                                   .s = astr(b->a, h->exact_match)};
         break;
     case RC(HEADER_MATCHER__HEADER_MATCH_SPECIFIER_PREFIX_MATCH):
         out->sm = (dp_str_match_t){.kind = DP_SM_PREFIX, .s = astr(b->a, h->prefix_match)};
@@ -362,9 +364,14 @@ static bool route_match(bctx_t *b, const Envoy__Config__Route__V3__RouteMatch *m
                 strcat(f, ".string_match");
                 if (!str_match(b, qm->string_match, &q[i].sm, f))
                     return false;
-            } else {
-                /* present_match, or no specifier: the parameter must be present. */
+            } else if (qm->query_parameter_match_specifier_case ==
+                       RC(QUERY_PARAMETER_MATCHER__QUERY_PARAMETER_MATCH_SPECIFIER_PRESENT_MATCH)) {
                 q[i].present_only = true;
+                q[i].present = qm->present_match;
+            } else {
+                /* No specifier: the parameter must be present. */
+                q[i].present_only = true;
+                q[i].present = true;
             }
         }
         out->query = q;

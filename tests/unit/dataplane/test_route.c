@@ -274,12 +274,18 @@ START_TEST(test_header_matchers)
     pr.invert = true;
     ck_assert(matches(&m, req("GET", "h", "/", NULL)));
     ck_assert(!matches(&m, req("GET", "h", "/", "x-debug", "1", NULL)));
+    /* treated as empty, a missing header is present */
+    pr.invert = false;
+    pr.present = false;
+    pr.treat_missing_as_empty = true;
+    ck_assert(!matches(&m, req("GET", "h", "/", NULL)));
 
     dp_header_match_t rg = {.name = DP_STR("x-n"), .kind = DP_HM_RANGE, .range_start = -10,
                             .range_end = 0};
     m = with_header(&rg);
     ck_assert(matches(&m, req("GET", "h", "/", "x-n", "-1", NULL)));
     ck_assert(matches(&m, req("GET", "h", "/", "x-n", "-10", NULL)));
+    ck_assert(matches(&m, req("GET", "h", "/", "x-n", " -3 ", NULL)));
     ck_assert(!matches(&m, req("GET", "h", "/", "x-n", "0", NULL)));
     ck_assert(!matches(&m, req("GET", "h", "/", "x-n", "-1x", NULL)));
     ck_assert(!matches(&m, req("GET", "h", "/", "x-n", "99999999999999999999", NULL)));
@@ -306,7 +312,7 @@ END_TEST
 START_TEST(test_query_and_grpc)
 {
     dp_query_match_t q[2] = {
-        {.name = DP_STR("debug"), .present_only = true},
+        {.name = DP_STR("debug"), .present_only = true, .present = true},
         {.name = DP_STR("v"), .sm = {.kind = DP_SM_EXACT, .s = DP_STR("2")}},
     };
     dp_route_match_t m = {.kind = DP_PM_PREFIX, .path = DP_STR("/"), .case_sensitive = true,
@@ -319,6 +325,10 @@ START_TEST(test_query_and_grpc)
     ck_assert(!matches(&m, req("GET", "h", "/x?debugx&v=2", NULL)));
     ck_assert(!matches(&m, req("GET", "h", "/x#?debug&v=2", NULL)));
     ck_assert(!matches(&m, req("GET", "h", "/x", NULL)));
+    /* present_match false: the parameter must be absent */
+    q[0].present = false;
+    ck_assert(matches(&m, req("GET", "h", "/x?v=2", NULL)));
+    ck_assert(!matches(&m, req("GET", "h", "/x?v=2&debug", NULL)));
 
     dp_route_match_t g = {.kind = DP_PM_PREFIX, .path = DP_STR("/"), .case_sensitive = true,
                           .grpc = true};
@@ -620,6 +630,12 @@ START_TEST(test_redirect)
     r.path_redirect = "/new";
     ck_assert_str_eq(location(&r, req("GET", "a.com", "/old/x?q=1", NULL), &st),
                      "http://a.com/new?q=1");
+    /* the port goes by x-forwarded-proto: https :443 changed to http drops it */
+    r.scheme_redirect = "http";
+    ck_assert_str_eq(location(&r, req("GET", "a.com:443", "/old", "x-forwarded-proto", "https",
+                                      NULL), &st),
+                     "http://a.com/new");
+    r.scheme_redirect = NULL;
     r.strip_query = true;
     ck_assert_str_eq(location(&r, req("GET", "a.com", "/old/x?q=1", NULL), &st),
                      "http://a.com/new");
