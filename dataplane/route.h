@@ -161,9 +161,9 @@ void dp_header_ops_apply(const dp_header_ops_t *ops, dp_headers_t *h, dp_pool_t 
 /* ---- per-filter configs ---- */
 
 /* One typed_per_filter_config entry. value/len: the Any's value bytes (in the arena); conf is
- * the handler's translated route config once handlers are wired (NULL for now). An entry whose
- * Any is envoy.config.route.v3.FilterConfig keeps the wrapper's type_url and bytes, with
- * is_optional/disabled from the wrapper when it could be read. */
+ * the handler's translated route config once handlers are wired (NULL for now). An
+ * envoy.config.route.v3.FilterConfig wrapper is kept as it came (type_url and bytes of the
+ * wrapper). */
 typedef struct dp_route_filter_conf {
     const char *filter_name;
     const char *type_url;
@@ -277,9 +277,12 @@ typedef struct dp_route {
 
     /* Timeouts in ms. timeout: 15000 when absent, 0 for none. idle_timeout: 0 none. */
     uint64_t timeout_ms, idle_timeout_ms;
-    bool has_max_grpc_timeout;
+    bool has_max_grpc_timeout; /* max_grpc_timeout given (0: the grpc-timeout header, unbounded) */
     uint64_t max_grpc_timeout_ms;
     uint64_t max_stream_duration_ms; /* max_stream_duration.max_stream_duration, 0 none */
+    bool has_grpc_timeout_header_max; /* max_stream_duration.grpc_timeout_header_max given */
+    uint64_t grpc_timeout_header_max_ms;
+    uint64_t grpc_timeout_header_offset_ms;
     const dp_retry_policy_t *retry;  /* NULL: no retries */
     const dp_hash_policy_t *hash;
     size_t n_hash;

@@ -571,11 +571,12 @@ static bool route_action(bctx_t *b, const pb_action_t *ra, dp_route_t *r)
     r->has_max_grpc_timeout = ra->max_grpc_timeout != NULL;
     r->max_grpc_timeout_ms = dur_ms(ra->max_grpc_timeout);
     if (ra->max_stream_duration) {
-        r->max_stream_duration_ms = dur_ms(ra->max_stream_duration->max_stream_duration);
-        if (ra->max_stream_duration->grpc_timeout_header_max && !r->has_max_grpc_timeout) {
-            r->has_max_grpc_timeout = true;
-            r->max_grpc_timeout_ms = dur_ms(ra->max_stream_duration->grpc_timeout_header_max);
-        }
+        const Envoy__Config__Route__V3__RouteAction__MaxStreamDuration *msd =
+            ra->max_stream_duration;
+        r->max_stream_duration_ms = dur_ms(msd->max_stream_duration);
+        r->has_grpc_timeout_header_max = msd->grpc_timeout_header_max != NULL;
+        r->grpc_timeout_header_max_ms = dur_ms(msd->grpc_timeout_header_max);
+        r->grpc_timeout_header_offset_ms = dur_ms(msd->grpc_timeout_header_offset);
     }
     if (ra->retry_policy)
         r->retry = retry_policy(b, ra->retry_policy);

@@ -311,7 +311,9 @@ START_TEST(test_actions)
         " {\"match\": {\"safe_regex\": {\"regex\": \"/x/[0-9]+\"}}, \"route\": {\"cluster\": \"rx\","
         "   \"regex_rewrite\": {\"pattern\": {\"regex\": \"^/x/([0-9]+)$\"}, "
         "\"substitution\": \"/y/\\\\1\"},"
-        "   \"timeout\": \"2.5s\", \"idle_timeout\": \"1s\", \"auto_host_rewrite\": true}},"
+        "   \"timeout\": \"2.5s\", \"idle_timeout\": \"1s\", \"auto_host_rewrite\": true,"
+        "   \"max_stream_duration\": {\"max_stream_duration\": \"0s\", "
+        "\"grpc_timeout_header_max\": \"3s\"}}},"
         " {\"match\": {\"path_separated_prefix\": \"/sep\", \"case_sensitive\": false,"
         "   \"headers\": [{\"name\": \":method\", \"string_match\": {\"exact\": \"GET\"}},"
         "     {\"name\": \"x-absent\", \"present_match\": true, \"invert_match\": true},"
@@ -358,6 +360,10 @@ START_TEST(test_actions)
     ck_assert_uint_eq(r[5].timeout_ms, 2500);
     ck_assert_uint_eq(r[5].idle_timeout_ms, 1000);
     ck_assert(r[5].auto_host_rewrite);
+    ck_assert_uint_eq(r[5].max_stream_duration_ms, 0);
+    ck_assert(r[5].has_grpc_timeout_header_max);
+    ck_assert_uint_eq(r[5].grpc_timeout_header_max_ms, 3000);
+    ck_assert(!r[5].has_max_grpc_timeout);
     h = req("GET", "x.b.com", "/x/42?z");
     ck_assert_ptr_eq(dp_route_select(rc, &h, 0, NULL), &r[5]);
     dp_route_apply_request(rc, &rc->vhosts[0], &r[5], NULL, &h, pool);
