@@ -253,6 +253,17 @@ typedef struct dp_hash_policy {
     bool terminal;
 } dp_hash_policy_t;
 
+/* envoy.config.route.v3.RouteAction.RequestMirrorPolicy: shadow a fraction of the requests to
+ * another cluster (the router does the sending). */
+typedef struct dp_mirror_policy {
+    const char *cluster;        /* NULL when cluster_header is used */
+    const char *cluster_header; /* lower case, or NULL */
+    uint32_t numerator;         /* runtime_fraction.default_value; 100/100 when unset */
+    uint32_t denominator;       /* 100, 10000 or 1000000 */
+    bool has_trace_sampled, trace_sampled;
+    bool disable_shadow_host_suffix_append;
+} dp_mirror_policy_t;
+
 typedef struct dp_route {
     const char *name; /* route.name, "" when unset */
     dp_route_match_t match;
@@ -288,6 +299,8 @@ typedef struct dp_route {
     size_t n_hash;
     bool websocket_enabled; /* upgrade_configs websocket enabled (HCM's setting otherwise) */
     bool websocket_set;
+    const dp_mirror_policy_t *mirrors; /* request_mirror_policies */
+    size_t n_mirrors;
 
     /* REDIRECT */
     const char *scheme_redirect; /* "https" for https_redirect; NULL keeps the scheme */

@@ -470,6 +470,45 @@ static bool regex_rewrite(bctx_t *b, const Envoy__Type__Matcher__V3__RegexMatchA
     return true;
 }
 
+static bool mirror_policies(bctx_t *b, const pb_action_t *ra, dp_route_t *r)
+{
+    if (ra->n_request_mirror_policies == 0)
+        return true;
+    dp_mirror_policy_t *m = dp_arena_alloc(b->a, ra->n_request_mirror_policies * sizeof(*m));
+    for (size_t i = 0; i < ra->n_request_mirror_policies; i++) {
+        const Envoy__Config__Route__V3__RouteAction__RequestMirrorPolicy *p =
+            ra->request_mirror_policies[i];
+        if (p->cluster[0] && p->cluster_header[0])
+            return fail(b, "route.request_mirror_policies[%zu]: only one of cluster and "
+                           "cluster_header may be set", i);
+        if (p->cluster[0] == '\0' && p->cluster_header[0] == '\0')
+            return fail(b, "route.request_mirror_policies[%zu]: cluster or cluster_header is "
+                           "required", i);
+        if (p->cluster[0])
+            m[i].cluster = dp_arena_strdup(b->a, p->cluster);
+        else
+            m[i].cluster_header = astr_lower(b->a, p->cluster_header).p;
+        m[i].numerator = 100;
+        m[i].denominator = 100;
+        const Envoy__Type__V3__FractionalPercent *fp =
+            p->runtime_fraction ? p->runtime_fraction->default_value : NULL;
+        if (p->runtime_fraction) {
+            static const uint32_t denominators[] = {100, 10000, 1000000};
+            m[i].numerator = fp ? fp->numerator : 0;
+            m[i].denominator =
+                fp && (unsigned)fp->denominator < 3 ? denominators[fp->denominator] : 100;
+            if (m[i].numerator > m[i].denominator)
+                m[i].numerator = m[i].denominator; /* Envoy caps it at 100% */
+        }
+        m[i].has_trace_sampled = p->trace_sampled != NULL;
+        m[i].trace_sampled = p->trace_sampled && p->trace_sampled->value;
+        m[i].disable_shadow_host_suffix_append = p->disable_shadow_host_suffix_append;
+    }
+    r->mirrors = m;
+    r->n_mirrors = ra->n_request_mirror_policies;
+    return true;
+}
+
 static bool route_action(bctx_t *b, const pb_action_t *ra, dp_route_t *r)
 {
     switch (ra->cluster_specifier_case) {
@@ -520,6 +559,10 @@ static bool route_action(bctx_t *b, const pb_action_t *ra, dp_route_t *r)
         if (total == 0 || total > UINT32_MAX)
             return fail(b, "route.weighted_clusters: the sum of the weights must be in "
                            "1..4294967295 (it is %llu)", (unsigned long long)total);
+        /* The deprecated total_weight, when given, must be the sum (as Envoy checks). */
+        if (wc->total_weight && wc->total_weight->value && wc->total_weight->value != total)
+            return fail(b, "route.weighted_clusters.total_weight: %u is not the sum of the "
+                           "weights (%llu)", wc->total_weight->value, (unsigned long long)total);
         r->kind = DP_ROUTE_WEIGHTED;
         r->weighted = w;
         r->n_weighted = wc->n_clusters;
@@ -588,7 +631,7 @@ static bool route_action(bctx_t *b, const pb_action_t *ra, dp_route_t *r)
                 ra->upgrade_configs[i]->enabled == NULL || ra->upgrade_configs[i]->enabled->value;
         }
     }
-    return hash_policies(b, ra, r);
+    return hash_policies(b, ra, r) && mirror_policies(b, ra, r);
 }
 
 static bool redirect_action(bctx_t *b, const Envoy__Config__Route__V3__RedirectAction *ra,

@@ -311,6 +311,9 @@ START_TEST(test_actions)
         " {\"match\": {\"safe_regex\": {\"regex\": \"/x/[0-9]+\"}}, \"route\": {\"cluster\": \"rx\","
         "   \"regex_rewrite\": {\"pattern\": {\"regex\": \"^/x/([0-9]+)$\"}, "
         "\"substitution\": \"/y/\\\\1\"},"
+        "   \"request_mirror_policies\": [{\"cluster\": \"shadow\", \"runtime_fraction\": "
+        "{\"default_value\": {\"numerator\": 250, \"denominator\": \"TEN_THOUSAND\"}},"
+        "     \"trace_sampled\": false}, {\"cluster_header\": \"X-Mirror\"}],"
         "   \"timeout\": \"2.5s\", \"idle_timeout\": \"1s\", \"auto_host_rewrite\": true,"
         "   \"max_stream_duration\": {\"max_stream_duration\": \"0s\", "
         "\"grpc_timeout_header_max\": \"3s\"}}},"
@@ -364,6 +367,14 @@ START_TEST(test_actions)
     ck_assert(r[5].has_grpc_timeout_header_max);
     ck_assert_uint_eq(r[5].grpc_timeout_header_max_ms, 3000);
     ck_assert(!r[5].has_max_grpc_timeout);
+    ck_assert_uint_eq(r[5].n_mirrors, 2);
+    ck_assert_str_eq(r[5].mirrors[0].cluster, "shadow");
+    ck_assert_uint_eq(r[5].mirrors[0].numerator, 250);
+    ck_assert_uint_eq(r[5].mirrors[0].denominator, 10000);
+    ck_assert(r[5].mirrors[0].has_trace_sampled && !r[5].mirrors[0].trace_sampled);
+    ck_assert_str_eq(r[5].mirrors[1].cluster_header, "x-mirror");
+    ck_assert_uint_eq(r[5].mirrors[1].numerator, 100);
+    ck_assert_uint_eq(r[5].mirrors[1].denominator, 100);
     h = req("GET", "x.b.com", "/x/42?z");
     ck_assert_ptr_eq(dp_route_select(rc, &h, 0, NULL), &r[5]);
     dp_route_apply_request(rc, &rc->vhosts[0], &r[5], NULL, &h, pool);
@@ -438,6 +449,10 @@ START_TEST(test_refusals)
             "\"routes\": [{\"match\": {\"prefix\": \"/\"}, \"route\": {\"weighted_clusters\": "
             "{\"clusters\": [{\"name\": \"a\", \"weight\": 0}]}}}]}]}",
             "route.weighted_clusters: the sum of the weights must be in 1..4294967295");
+    refused("{\"name\": \"tw\", \"virtual_hosts\": [{\"name\": \"v\", \"domains\": [\"*\"], "
+            "\"routes\": [{\"match\": {\"prefix\": \"/\"}, \"route\": {\"weighted_clusters\": "
+            "{\"total_weight\": 10, \"clusters\": [{\"name\": \"a\", \"weight\": 3}]}}}]}]}",
+            "route.weighted_clusters.total_weight: 10 is not the sum of the weights (3)");
     refused("{\"name\": \"nodom\", \"virtual_hosts\": [{\"name\": \"v\"}]}",
             "virtual_hosts[0] ('v').domains: must not be empty");
 }
