@@ -207,11 +207,8 @@ static int fconf_cmp(const void *x, const void *y)
                   ((const dp_route_filter_conf_t *)y)->filter_name);
 }
 
-/* typed_per_filter_config maps: every generated entry type is {base, key, value}. */
-#define FILTER_CONFS(b, n, entries, out) filter_confs_fill((b), (n), (out), (entries), sizeof(*(entries)))
-
-static void filter_confs_set(dp_arena_t *a, dp_route_filter_conf_t *e, const char *key,
-                             const Google__Protobuf__Any *any)
+static void filter_conf_set(dp_arena_t *a, dp_route_filter_conf_t *e, const char *key,
+                            const Google__Protobuf__Any *any)
 {
     e->filter_name = dp_arena_strdup(a, key ? key : "");
     e->type_url = dp_arena_strdup(a, any && any->type_url ? any->type_url : "");
@@ -224,22 +221,20 @@ static void filter_confs_set(dp_arena_t *a, dp_route_filter_conf_t *e, const cha
     e->conf = NULL;
 }
 
-static void filter_confs_fill(bctx_t *b, size_t n, dp_filter_confs_t *out, const void *entries,
-                              size_t ptr_size)
-{
-    (void)ptr_size;
-    memset(out, 0, sizeof(*out));
-    if (n == 0)
-        return;
-    /* Layout-identical generated structs: read key and value through one of them. */
-    const Envoy__Config__Route__V3__Route__TypedPerFilterConfigEntry *const *v = entries;
-    dp_route_filter_conf_t *c = dp_arena_alloc(b->a, n * sizeof(*c));
-    for (size_t i = 0; i < n; i++)
-        filter_confs_set(b->a, &c[i], v[i]->key, v[i]->value);
-    qsort(c, n, sizeof(*c), fconf_cmp);
-    out->v = c;
-    out->n = n;
-}
+/* A typed_per_filter_config map (each level has its own generated entry type, all of them
+ * {key, value}), sorted by filter name for lookups. */
+#define FILTER_CONFS(B, N, ENTRIES, OUT)                                                           \
+    do {                                                                                           \
+        memset((OUT), 0, sizeof(*(OUT)));                                                          \
+        if ((N) == 0)                                                                              \
+            break;                                                                                 \
+        dp_route_filter_conf_t *v_ = dp_arena_alloc((B)->a, (N) * sizeof(*v_));                    \
+        for (size_t i_ = 0; i_ < (N); i_++)                                                        \
+            filter_conf_set((B)->a, &v_[i_], (ENTRIES)[i_]->key, (ENTRIES)[i_]->value);            \
+        qsort(v_, (N), sizeof(*v_), fconf_cmp);                                                    \
+        (OUT)->v = v_;                                                                             \
+        (OUT)->n = (N);                                                                            \
+    } while (0)
 
 static bool header_matcher(bctx_t *b, const Envoy__Config__Route__V3__HeaderMatcher *h,
                            dp_header_match_t *out, const char *field)
