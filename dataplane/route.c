@@ -130,10 +130,10 @@ dp_str_t dp_regex_replace(const dp_regex_t *re, dp_str_t s, const char *sub, dp_
         for (int attempt = 0; attempt < 2; attempt++) {
             PCRE2_UCHAR *buf = dp_pool_alloc(pool, cap + 1);
             PCRE2_SIZE len = cap;
-            int rc = pcre2_substitute(re->any, (PCRE2_SPTR)(s.p ? s.p : ""), s.n, 0,
-                                      PCRE2_SUBSTITUTE_GLOBAL | PCRE2_SUBSTITUTE_OVERFLOW_LENGTH,
-                                      md, re->mctx, (PCRE2_SPTR)sub, PCRE2_ZERO_TERMINATED, buf,
-                                      &len);
+            int rc =
+                pcre2_substitute(re->any, (PCRE2_SPTR)(s.p ? s.p : ""), s.n, 0,
+                                 PCRE2_SUBSTITUTE_GLOBAL | PCRE2_SUBSTITUTE_OVERFLOW_LENGTH, md,
+                                 re->mctx, (PCRE2_SPTR)sub, PCRE2_ZERO_TERMINATED, buf, &len);
             if (rc == PCRE2_ERROR_NOMEMORY) {
                 cap = len; /* the length needed, as OVERFLOW_LENGTH reports */
                 continue;
@@ -682,9 +682,8 @@ void dp_route_apply_request(const dp_route_config_t *rc, const dp_vhost_t *vh, c
     req->path = rewritten_path(r, req->path, pool);
 }
 
-void dp_route_apply_response(const dp_route_config_t *rc, const dp_vhost_t *vh,
-                             const dp_route_t *r, const dp_route_weighted_t *wc,
-                             dp_http_head_t *resp, dp_pool_t *pool)
+void dp_route_apply_response(const dp_route_config_t *rc, const dp_vhost_t *vh, const dp_route_t *r,
+                             const dp_route_weighted_t *wc, dp_http_head_t *resp, dp_pool_t *pool)
 {
     if (wc)
         dp_header_ops_apply(&wc->resp, &resp->headers, pool);

@@ -54,8 +54,8 @@ typedef enum dp_str_match_kind {
 typedef struct dp_str_match {
     dp_str_match_kind_t kind;
     bool ignore_case;
-    dp_str_t s;        /* the literal of EXACT/PREFIX/SUFFIX/CONTAINS */
-    dp_regex_t *re;    /* DP_SM_REGEX */
+    dp_str_t s;     /* the literal of EXACT/PREFIX/SUFFIX/CONTAINS */
+    dp_regex_t *re; /* DP_SM_REGEX */
 } dp_str_match_t;
 
 bool dp_str_match(const dp_str_match_t *m, dp_str_t v);
@@ -110,8 +110,8 @@ typedef enum dp_path_match_kind {
  * connection and filter state) make the route never match. */
 typedef struct dp_route_match {
     dp_path_match_kind_t kind;
-    dp_str_t path;  /* prefix / path / separated prefix */
-    dp_regex_t *re; /* DP_PM_REGEX */
+    dp_str_t path;       /* prefix / path / separated prefix */
+    dp_regex_t *re;      /* DP_PM_REGEX */
     bool case_sensitive; /* default true; not for regexes */
     bool grpc;           /* content-type application/grpc[+...|;...] */
     const dp_header_match_t *headers;
@@ -223,13 +223,13 @@ uint32_t dp_retry_on_parse(const char *s, size_t n);
 
 /* envoy.config.route.v3.RetryPolicy (present when the route has one). */
 typedef struct dp_retry_policy {
-    uint32_t retry_on;      /* DP_RETRY_* */
-    uint32_t num_retries;   /* 1 when unset */
+    uint32_t retry_on;                /* DP_RETRY_* */
+    uint32_t num_retries;             /* 1 when unset */
     uint64_t per_try_timeout_ms;      /* 0: none (the route timeout applies) */
     uint64_t per_try_idle_timeout_ms; /* 0: none */
     const uint32_t *retriable_status_codes;
     size_t n_retriable_status_codes;
-    bool previous_hosts; /* retry_host_predicate envoy.retry_host_predicates.previous_hosts */
+    bool previous_hosts;      /* retry_host_predicate envoy.retry_host_predicates.previous_hosts */
     bool previous_priorities; /* retry_priority envoy.retry_priorities.previous_priorities */
     int64_t host_selection_retry_max_attempts; /* 1 when unset (Envoy's default) */
     uint64_t backoff_base_ms, backoff_max_ms;  /* 25 ms and 10 x base when unset */
@@ -246,8 +246,8 @@ typedef enum dp_hash_kind {
 /* envoy.config.route.v3.RouteAction.HashPolicy. */
 typedef struct dp_hash_policy {
     dp_hash_kind_t kind;
-    const char *name;        /* header name (lower case), cookie name, parameter, filter key */
-    uint64_t cookie_ttl_ms;  /* cookie: 0 with has_cookie_ttl means a session cookie */
+    const char *name;       /* header name (lower case), cookie name, parameter, filter key */
+    uint64_t cookie_ttl_ms; /* cookie: 0 with has_cookie_ttl means a session cookie */
     bool has_cookie_ttl;
     const char *cookie_path; /* "" when unset */
     bool terminal;
@@ -274,7 +274,7 @@ typedef struct dp_route {
     const char *cluster_header;
     const dp_route_weighted_t *weighted;
     size_t n_weighted;
-    uint32_t total_weight; /* sum of the entries' weights (> 0) */
+    uint32_t total_weight;           /* sum of the entries' weights (> 0) */
     uint32_t cluster_not_found_code; /* 503, 404 or 500 */
 
     /* Rewrites (CLUSTER/WEIGHTED/CLUSTER_HEADER; for REDIRECT, redirect.prefix_rewrite and
@@ -290,11 +290,11 @@ typedef struct dp_route {
     uint64_t timeout_ms, idle_timeout_ms;
     bool has_max_grpc_timeout; /* max_grpc_timeout given (0: the grpc-timeout header, unbounded) */
     uint64_t max_grpc_timeout_ms;
-    uint64_t max_stream_duration_ms; /* max_stream_duration.max_stream_duration, 0 none */
+    uint64_t max_stream_duration_ms;  /* max_stream_duration.max_stream_duration, 0 none */
     bool has_grpc_timeout_header_max; /* max_stream_duration.grpc_timeout_header_max given */
     uint64_t grpc_timeout_header_max_ms;
     uint64_t grpc_timeout_header_offset_ms;
-    const dp_retry_policy_t *retry;  /* NULL: no retries */
+    const dp_retry_policy_t *retry; /* NULL: no retries */
     const dp_hash_policy_t *hash;
     size_t n_hash;
     bool websocket_enabled; /* upgrade_configs websocket enabled (HCM's setting otherwise) */
@@ -362,8 +362,8 @@ typedef struct dp_route_config {
 
 /* The virtual host for an :authority, as Envoy's RouteMatcher::findVirtualHost: lower-cased,
  * the port stripped first when ignore_port_in_host_matching (from the last ':' not followed by
- * a ']', as Envoy's getPortStart; Envoy does not strip it otherwise), then an exact domain, then the
- * longest suffix wildcard shorter than the host, then the longest prefix wildcard shorter than
+ * a ']', as Envoy's getPortStart; Envoy does not strip it otherwise), then an exact domain, then
+ * the longest suffix wildcard shorter than the host, then the longest prefix wildcard shorter than
  * the host, then "*". NULL when none applies. */
 const dp_vhost_t *dp_route_vhost(const dp_route_config_t *rc, dp_str_t authority);
 
@@ -397,9 +397,8 @@ void dp_route_apply_request(const dp_route_config_t *rc, const dp_vhost_t *vh, c
 
 /* The response counterpart: the weighted entry's, then the route's, vhost's and route config's
  * response header mutations (reversed when most_specific_header_mutations_wins). */
-void dp_route_apply_response(const dp_route_config_t *rc, const dp_vhost_t *vh,
-                             const dp_route_t *r, const dp_route_weighted_t *wc,
-                             dp_http_head_t *resp, dp_pool_t *pool);
+void dp_route_apply_response(const dp_route_config_t *rc, const dp_vhost_t *vh, const dp_route_t *r,
+                             const dp_route_weighted_t *wc, dp_http_head_t *resp, dp_pool_t *pool);
 
 /* For a REDIRECT route, the Location (Envoy's Http::Utility::newUri): scheme (scheme_redirect
  * or https, else the request's), host (host_redirect, else the request's authority, whose port

@@ -66,8 +66,7 @@ static void init(void)
     pbjson_opts_t o = {.resolve = pb_registry_find_type_url};
     ProtobufCMessage *m = NULL;
     if (pbjson_parse(table, sizeof(table) - 1, "table",
-                     &envoy__config__route__v3__route_configuration__descriptor, &o, &m,
-                     NULL) != 0)
+                     &envoy__config__route__v3__route_configuration__descriptor, &o, &m, NULL) != 0)
         abort();
     snap = dp_snapshot_new(1);
     char *err = NULL;

@@ -76,8 +76,8 @@ static void make_domains(bool ignore_port)
 {
     memset(vh, 0, sizeof(vh));
     memset(&rc, 0, sizeof(rc));
-    static const char *const names[] = {"exact", "suffix-long", "suffix-short", "prefix", "any",
-                                        "with-port"};
+    static const char *const names[] = {"exact",  "suffix-long", "suffix-short",
+                                        "prefix", "any",         "with-port"};
     for (int i = 0; i < 6; i++) {
         vh[i].name = names[i];
         vh[i].rc = &rc;
@@ -191,8 +191,8 @@ START_TEST(test_path_kinds)
     p.case_sensitive = false;
     ck_assert(matches(&p, req("GET", "h", "/EXACT?x", NULL)));
 
-    dp_route_match_t sp = {.kind = DP_PM_SEPARATED_PREFIX, .path = DP_STR("/api"),
-                           .case_sensitive = true};
+    dp_route_match_t sp = {
+        .kind = DP_PM_SEPARATED_PREFIX, .path = DP_STR("/api"), .case_sensitive = true};
     ck_assert(matches(&sp, req("GET", "h", "/api", NULL)));
     ck_assert(matches(&sp, req("GET", "h", "/api/v1", NULL)));
     ck_assert(matches(&sp, req("GET", "h", "/api?x=1", NULL)));
@@ -222,13 +222,17 @@ END_TEST
 
 static dp_route_match_t with_header(const dp_header_match_t *h)
 {
-    return (dp_route_match_t){.kind = DP_PM_PREFIX, .path = DP_STR("/"), .case_sensitive = true,
-                              .headers = h, .n_headers = 1};
+    return (dp_route_match_t){.kind = DP_PM_PREFIX,
+                              .path = DP_STR("/"),
+                              .case_sensitive = true,
+                              .headers = h,
+                              .n_headers = 1};
 }
 
 START_TEST(test_header_matchers)
 {
-    dp_header_match_t h = {.name = DP_STR("x-env"), .kind = DP_HM_STRING,
+    dp_header_match_t h = {.name = DP_STR("x-env"),
+                           .kind = DP_HM_STRING,
                            .sm = {.kind = DP_SM_EXACT, .s = DP_STR("prod")}};
     dp_route_match_t m = with_header(&h);
     ck_assert(matches(&m, req("GET", "h", "/", "x-env", "prod", NULL)));
@@ -280,8 +284,8 @@ START_TEST(test_header_matchers)
     pr.treat_missing_as_empty = true;
     ck_assert(!matches(&m, req("GET", "h", "/", NULL)));
 
-    dp_header_match_t rg = {.name = DP_STR("x-n"), .kind = DP_HM_RANGE, .range_start = -10,
-                            .range_end = 0};
+    dp_header_match_t rg = {
+        .name = DP_STR("x-n"), .kind = DP_HM_RANGE, .range_start = -10, .range_end = 0};
     m = with_header(&rg);
     ck_assert(matches(&m, req("GET", "h", "/", "x-n", "-1", NULL)));
     ck_assert(matches(&m, req("GET", "h", "/", "x-n", "-10", NULL)));
@@ -293,16 +297,19 @@ START_TEST(test_header_matchers)
     ck_assert(matches(&m, req("GET", "h", "/", "x-n", "5", NULL)));
 
     /* pseudo-headers are the head's fields */
-    dp_header_match_t me = {.name = DP_STR(":method"), .kind = DP_HM_STRING,
+    dp_header_match_t me = {.name = DP_STR(":method"),
+                            .kind = DP_HM_STRING,
                             .sm = {.kind = DP_SM_EXACT, .s = DP_STR("POST")}};
     m = with_header(&me);
     ck_assert(matches(&m, req("POST", "h", "/", NULL)));
     ck_assert(!matches(&m, req("GET", "h", "/", NULL)));
-    dp_header_match_t au = {.name = DP_STR(":authority"), .kind = DP_HM_STRING,
+    dp_header_match_t au = {.name = DP_STR(":authority"),
+                            .kind = DP_HM_STRING,
                             .sm = {.kind = DP_SM_SUFFIX, .s = DP_STR(".local")}};
     m = with_header(&au);
     ck_assert(matches(&m, req("GET", "a.local", "/", NULL)));
-    dp_header_match_t sc = {.name = DP_STR(":scheme"), .kind = DP_HM_STRING,
+    dp_header_match_t sc = {.name = DP_STR(":scheme"),
+                            .kind = DP_HM_STRING,
                             .sm = {.kind = DP_SM_EXACT, .s = DP_STR("http")}};
     m = with_header(&sc);
     ck_assert(matches(&m, req("GET", "h", "/", NULL)));
@@ -315,8 +322,11 @@ START_TEST(test_query_and_grpc)
         {.name = DP_STR("debug"), .present_only = true, .present = true},
         {.name = DP_STR("v"), .sm = {.kind = DP_SM_EXACT, .s = DP_STR("2")}},
     };
-    dp_route_match_t m = {.kind = DP_PM_PREFIX, .path = DP_STR("/"), .case_sensitive = true,
-                          .query = q, .n_query = 2};
+    dp_route_match_t m = {.kind = DP_PM_PREFIX,
+                          .path = DP_STR("/"),
+                          .case_sensitive = true,
+                          .query = q,
+                          .n_query = 2};
     ck_assert(matches(&m, req("GET", "h", "/x?debug&v=2", NULL)));
     ck_assert(matches(&m, req("GET", "h", "/x?v=2&debug=", NULL)));
     ck_assert(matches(&m, req("GET", "h", "/x?v=2&v=3&debug=1#f", NULL)));
@@ -330,8 +340,8 @@ START_TEST(test_query_and_grpc)
     ck_assert(matches(&m, req("GET", "h", "/x?v=2", NULL)));
     ck_assert(!matches(&m, req("GET", "h", "/x?v=2&debug", NULL)));
 
-    dp_route_match_t g = {.kind = DP_PM_PREFIX, .path = DP_STR("/"), .case_sensitive = true,
-                          .grpc = true};
+    dp_route_match_t g = {
+        .kind = DP_PM_PREFIX, .path = DP_STR("/"), .case_sensitive = true, .grpc = true};
     ck_assert(matches(&g, req("POST", "h", "/svc/M", "content-type", "application/grpc", NULL)));
     ck_assert(
         matches(&g, req("POST", "h", "/svc/M", "content-type", "application/grpc+proto", NULL)));
@@ -345,15 +355,21 @@ START_TEST(test_select_first_match)
 {
     dp_route_t routes[3];
     memset(routes, 0, sizeof(routes));
-    routes[0] = (dp_route_t){.name = "api", .kind = DP_ROUTE_CLUSTER, .cluster = "api",
-                             .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/api"),
-                                       .case_sensitive = true}};
-    routes[1] = (dp_route_t){.name = "root", .kind = DP_ROUTE_CLUSTER, .cluster = "root",
-                             .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/"),
-                                       .case_sensitive = true}};
-    routes[2] = (dp_route_t){.name = "never", .kind = DP_ROUTE_CLUSTER, .cluster = "never",
-                             .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/api/x"),
-                                       .case_sensitive = true}};
+    routes[0] = (dp_route_t){
+        .name = "api",
+        .kind = DP_ROUTE_CLUSTER,
+        .cluster = "api",
+        .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/api"), .case_sensitive = true}};
+    routes[1] =
+        (dp_route_t){.name = "root",
+                     .kind = DP_ROUTE_CLUSTER,
+                     .cluster = "root",
+                     .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/"), .case_sensitive = true}};
+    routes[2] = (dp_route_t){
+        .name = "never",
+        .kind = DP_ROUTE_CLUSTER,
+        .cluster = "never",
+        .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/api/x"), .case_sensitive = true}};
     memset(&rc, 0, sizeof(rc));
     dp_vhost_t v = {.name = "v", .routes = routes, .n_routes = 3, .rc = &rc};
     rc.any = &v;
@@ -380,10 +396,9 @@ END_TEST
 
 START_TEST(test_weighted_pick)
 {
-    dp_route_weighted_t w[3] = {{.name = "a", .weight = 10}, {.name = "zero", .weight = 0},
-                                {.name = "b", .weight = 30}};
-    dp_route_t r = {.kind = DP_ROUTE_WEIGHTED, .weighted = w, .n_weighted = 3,
-                    .total_weight = 40};
+    dp_route_weighted_t w[3] = {
+        {.name = "a", .weight = 10}, {.name = "zero", .weight = 0}, {.name = "b", .weight = 30}};
+    dp_route_t r = {.kind = DP_ROUTE_WEIGHTED, .weighted = w, .n_weighted = 3, .total_weight = 40};
     dp_http_head_t h = req("GET", "x", "/", NULL);
     const dp_route_weighted_t *wc;
     ck_assert_str_eq(dp_route_cluster(&r, &h, 0, &wc), "a");
@@ -422,9 +437,11 @@ END_TEST
 
 START_TEST(test_prefix_and_regex_rewrite)
 {
-    dp_route_t r = {.kind = DP_ROUTE_CLUSTER, .cluster = "c", .prefix_rewrite = "/v2",
-                    .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/api"),
-                              .case_sensitive = true}};
+    dp_route_t r = {
+        .kind = DP_ROUTE_CLUSTER,
+        .cluster = "c",
+        .prefix_rewrite = "/v2",
+        .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/api"), .case_sensitive = true}};
     dp_http_head_t h = req("GET", "x", "/api/users?id=1", NULL);
     dp_route_apply_request(NULL, NULL, &r, NULL, &h, pool);
     ck_assert(str_is(h.path, "/v2/users?id=1"));
@@ -438,7 +455,9 @@ START_TEST(test_prefix_and_regex_rewrite)
     ck_assert_ptr_nonnull(re);
     char *sub = dp_regex_sub_from_re2("\\2/instance/\\1");
     ck_assert_str_eq(sub, "$2/instance/$1");
-    dp_route_t x = {.kind = DP_ROUTE_CLUSTER, .cluster = "c", .regex_rewrite = re,
+    dp_route_t x = {.kind = DP_ROUTE_CLUSTER,
+                    .cluster = "c",
+                    .regex_rewrite = re,
                     .regex_sub = sub,
                     .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/"), .case_sensitive = true}};
     h = req("GET", "x", "/service/foo/v1/api?x=1", NULL);
@@ -491,7 +510,9 @@ START_TEST(test_append_actions)
         {.name = DP_STR("x-c"), .value = DP_STR("3"), .action = DP_HDR_OVERWRITE_IF_EXISTS_OR_ADD},
         {.name = DP_STR("x-d"), .value = DP_STR("4"), .action = DP_HDR_OVERWRITE_IF_EXISTS},
         {.name = DP_STR("x-e"), .value = DP_STR(""), .action = DP_HDR_APPEND_IF_EXISTS_OR_ADD},
-        {.name = DP_STR("x-f"), .value = DP_STR(""), .action = DP_HDR_APPEND_IF_EXISTS_OR_ADD,
+        {.name = DP_STR("x-f"),
+         .value = DP_STR(""),
+         .action = DP_HDR_APPEND_IF_EXISTS_OR_ADD,
          .keep_empty_value = true},
     };
     dp_str_t rm[] = {DP_STR("x-gone")};
@@ -520,7 +541,9 @@ START_TEST(test_append_actions)
     /* conditions are judged before this level's adds: ADD_IF_ABSENT after an overwrite of the
      * same name still adds (Envoy's HeaderParser does the same) */
     dp_header_add_t pair[] = {
-        {.name = DP_STR("x-z"), .value = DP_STR("set"), .action = DP_HDR_OVERWRITE_IF_EXISTS_OR_ADD},
+        {.name = DP_STR("x-z"),
+         .value = DP_STR("set"),
+         .action = DP_HDR_OVERWRITE_IF_EXISTS_OR_ADD},
         {.name = DP_STR("x-z"), .value = DP_STR("maybe"), .action = DP_HDR_ADD_IF_ABSENT},
     };
     dp_header_ops_t p2 = {.add = pair, .n_add = 2};
@@ -533,32 +556,44 @@ END_TEST
 
 START_TEST(test_level_order)
 {
-    dp_header_add_t wa[] = {{.name = DP_STR("x-lvl"), .value = DP_STR("weighted"),
+    dp_header_add_t wa[] = {{.name = DP_STR("x-lvl"),
+                             .value = DP_STR("weighted"),
                              .action = DP_HDR_OVERWRITE_IF_EXISTS_OR_ADD}};
-    dp_header_add_t ra[] = {{.name = DP_STR("x-lvl"), .value = DP_STR("route"),
+    dp_header_add_t ra[] = {{.name = DP_STR("x-lvl"),
+                             .value = DP_STR("route"),
                              .action = DP_HDR_OVERWRITE_IF_EXISTS_OR_ADD},
-                            {.name = DP_STR("x-trace"), .value = DP_STR("route"),
+                            {.name = DP_STR("x-trace"),
+                             .value = DP_STR("route"),
                              .action = DP_HDR_APPEND_IF_EXISTS_OR_ADD}};
-    dp_header_add_t va[] = {{.name = DP_STR("x-lvl"), .value = DP_STR("vhost"),
+    dp_header_add_t va[] = {{.name = DP_STR("x-lvl"),
+                             .value = DP_STR("vhost"),
                              .action = DP_HDR_OVERWRITE_IF_EXISTS_OR_ADD},
-                            {.name = DP_STR("x-trace"), .value = DP_STR("vhost"),
+                            {.name = DP_STR("x-trace"),
+                             .value = DP_STR("vhost"),
                              .action = DP_HDR_APPEND_IF_EXISTS_OR_ADD}};
-    dp_header_add_t ca[] = {{.name = DP_STR("x-lvl"), .value = DP_STR("config"),
+    dp_header_add_t ca[] = {{.name = DP_STR("x-lvl"),
+                             .value = DP_STR("config"),
                              .action = DP_HDR_OVERWRITE_IF_EXISTS_OR_ADD},
-                            {.name = DP_STR("x-trace"), .value = DP_STR("config"),
+                            {.name = DP_STR("x-trace"),
+                             .value = DP_STR("config"),
                              .action = DP_HDR_APPEND_IF_EXISTS_OR_ADD}};
     dp_str_t vrm[] = {DP_STR("x-weighted-only")};
-    dp_header_add_t wonly[] = {{.name = DP_STR("x-weighted-only"), .value = DP_STR("1"),
+    dp_header_add_t wonly[] = {{.name = DP_STR("x-weighted-only"),
+                                .value = DP_STR("1"),
                                 .action = DP_HDR_APPEND_IF_EXISTS_OR_ADD},
                                wa[0]};
-    dp_route_weighted_t wc = {.name = "c", .weight = 1, .req = {.add = wonly, .n_add = 2},
+    dp_route_weighted_t wc = {.name = "c",
+                              .weight = 1,
+                              .req = {.add = wonly, .n_add = 2},
                               .resp = {.add = wa, .n_add = 1}};
-    dp_route_t r = {.kind = DP_ROUTE_WEIGHTED, .req = {.add = ra, .n_add = 2},
+    dp_route_t r = {.kind = DP_ROUTE_WEIGHTED,
+                    .req = {.add = ra, .n_add = 2},
                     .resp = {.add = ra, .n_add = 2},
                     .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/"), .case_sensitive = true}};
     memset(&rc, 0, sizeof(rc));
-    dp_vhost_t v = {.name = "v", .rc = &rc, .req = {.add = va, .n_add = 2, .remove = vrm,
-                                                    .n_remove = 1},
+    dp_vhost_t v = {.name = "v",
+                    .rc = &rc,
+                    .req = {.add = va, .n_add = 2, .remove = vrm, .n_remove = 1},
                     .resp = {.add = va, .n_add = 2}};
     rc.req = (dp_header_ops_t){.add = ca, .n_add = 2};
     rc.resp = (dp_header_ops_t){.add = ca, .n_add = 2};
@@ -602,9 +637,10 @@ static const char *location(const dp_route_t *r, dp_http_head_t h, int *status)
 START_TEST(test_redirect)
 {
     int st = 0;
-    dp_route_t r = {.kind = DP_ROUTE_REDIRECT, .redirect_code = 301,
-                    .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/old"),
-                              .case_sensitive = true}};
+    dp_route_t r = {
+        .kind = DP_ROUTE_REDIRECT,
+        .redirect_code = 301,
+        .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/old"), .case_sensitive = true}};
     ck_assert_str_eq(location(&r, req("GET", "a.com", "/old/x?q=1", NULL), &st),
                      "http://a.com/old/x?q=1");
     ck_assert_int_eq(st, 301);
@@ -632,9 +668,9 @@ START_TEST(test_redirect)
                      "http://a.com/new?q=1");
     /* the port goes by x-forwarded-proto: https :443 changed to http drops it */
     r.scheme_redirect = "http";
-    ck_assert_str_eq(location(&r, req("GET", "a.com:443", "/old", "x-forwarded-proto", "https",
-                                      NULL), &st),
-                     "http://a.com/new");
+    ck_assert_str_eq(
+        location(&r, req("GET", "a.com:443", "/old", "x-forwarded-proto", "https", NULL), &st),
+        "http://a.com/new");
     r.scheme_redirect = NULL;
     r.strip_query = true;
     ck_assert_str_eq(location(&r, req("GET", "a.com", "/old/x?q=1", NULL), &st),
@@ -657,7 +693,8 @@ START_TEST(test_redirect)
     r.prefix_rewrite = "";
     ck_assert_str_eq(location(&r, req("GET", "a.com", "/old", NULL), &st), "http://a.com/");
 
-    r = (dp_route_t){.kind = DP_ROUTE_REDIRECT, .redirect_code = 302,
+    r = (dp_route_t){.kind = DP_ROUTE_REDIRECT,
+                     .redirect_code = 302,
                      .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/"), .case_sensitive = true}};
     char *err = NULL;
     r.regex_rewrite = dp_regex_new("^/a/(.*)$", 9, &err);

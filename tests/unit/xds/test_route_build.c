@@ -40,9 +40,9 @@ static pb_rc_t *parse_rc(const char *text)
 {
     pbjson_diag_t *diag = pbjson_diag_new();
     ProtobufCMessage *m = NULL;
-    int rc = pbjson_parse(text, strlen(text), "test",
-                          &envoy__config__route__v3__route_configuration__descriptor, &opts, &m,
-                          diag);
+    int rc =
+        pbjson_parse(text, strlen(text), "test",
+                     &envoy__config__route__v3__route_configuration__descriptor, &opts, &m, diag);
     ck_assert_msg(rc == 0, "%s", pbjson_diag_size(diag) ? pbjson_diag_at(diag, 0, NULL) : "?");
     pbjson_diag_free(diag);
     return (pb_rc_t *)m;
@@ -83,7 +83,8 @@ static void build_routes_of(walk_t *w, json_t *dump)
 {
     json_t *configs = json_object_get(dump, "configs"), *c;
     size_t i;
-    json_array_foreach(configs, i, c) {
+    json_array_foreach(configs, i, c)
+    {
         const char *t = json_string_value(json_object_get(c, "@type"));
         if (t == NULL || strstr(t, "RoutesConfigDump") == NULL)
             continue;
@@ -91,7 +92,8 @@ static void build_routes_of(walk_t *w, json_t *dump)
         for (int k = 0; k < 2; k++) {
             json_t *arr = json_object_get(c, keys[k]), *e;
             size_t j;
-            json_array_foreach(arr, j, e) {
+            json_array_foreach(arr, j, e)
+            {
                 json_t *rcj = json_object_get(e, "route_config");
                 pb_rc_t *m = (pb_rc_t *)parse_json(
                     rcj, &envoy__config__route__v3__route_configuration__descriptor);
@@ -135,7 +137,8 @@ static void build_hcms_in(walk_t *w, json_t *j)
     if (t && strcmp(t, "type.googleapis.com/envoy.extensions.filters.network."
                        "http_connection_manager.v3.HttpConnectionManager") == 0) {
         pb_hcm_t *m = (pb_hcm_t *)parse_json(
-            j, &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor);
+            j,
+            &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor);
         char *err = NULL;
         const dp_hcm_config_t *c = xds_hcm_build(w->s, w->stats, m, false, &err);
         ck_assert_msg(c != NULL, "%s: hcm '%s': %s", w->file, m->stat_prefix, err ? err : "?");
@@ -184,11 +187,14 @@ START_TEST(test_istio_dumps_build)
     dump_file("01-ossm-sidecar-config-dump/hello-openshift-sidecar-config_dump.json", 15, 17);
     dump_file("01-ossm-sidecar-config-dump/ingressgateway-config_dump.json", 3, 5);
     dump_file("03-istio-testdata-sidecar-listeners-rbac/"
-              "describe-testdata-bookinfo-productpage-http_config.json", 1, 0);
+              "describe-testdata-bookinfo-productpage-http_config.json",
+              1, 0);
     dump_file("03-istio-testdata-sidecar-listeners-rbac/"
-              "authz-testdata-sidecar-listeners-configdump.json", 0, 20);
+              "authz-testdata-sidecar-listeners-configdump.json",
+              0, 20);
     dump_file("02-upstream-istio-1.18-sidecar-config-dump/"
-              "geo-hr2-sidecar-config_dump_include_eds.json", 90, 100);
+              "geo-hr2-sidecar-config_dump_include_eds.json",
+              90, 100);
 }
 END_TEST
 
@@ -197,7 +203,9 @@ START_TEST(test_istio_route_fields)
 {
     dp_snapshot_t *s = dp_snapshot_new(1);
     char *err = NULL;
-    const dp_route_config_t *rc = build(s, "{"
+    const dp_route_config_t *rc = build(
+        s,
+        "{"
         "\"name\": \"hello:8080\", \"ignore_port_in_host_matching\": true,"
         "\"max_direct_response_body_size_bytes\": 1048576,"
         "\"virtual_hosts\": [{\"name\": \"hello:8080\", \"domains\": [\"*\"],"
@@ -223,7 +231,8 @@ START_TEST(test_istio_route_fields)
         "    \"typed_per_filter_config\": {\"envoy.filters.http.fault\": {"
         "      \"@type\": \"type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\","
         "      \"abort\": {\"http_status\": 503, \"percentage\": {\"numerator\": 10}}}}},"
-        "   {\"match\": {\"prefix\": \"/\"}, \"route\": {\"cluster\": \"dflt\"}}]}]}", &err);
+        "   {\"match\": {\"prefix\": \"/\"}, \"route\": {\"cluster\": \"dflt\"}}]}]}",
+        &err);
     ck_assert_msg(rc != NULL, "%s", err);
     ck_assert(rc->ignore_port_in_host_matching);
     ck_assert_uint_eq(rc->max_direct_response_body_size, 1048576);
@@ -238,10 +247,9 @@ START_TEST(test_istio_route_fields)
     ck_assert_uint_eq(r->max_grpc_timeout_ms, 0);
     ck_assert_ptr_nonnull(r->retry);
     ck_assert_uint_eq(r->retry->num_retries, 2);
-    ck_assert_uint_eq(r->retry->retry_on,
-                      DP_RETRY_CONNECT_FAILURE | DP_RETRY_REFUSED_STREAM |
-                          DP_RETRY_GRPC_UNAVAILABLE | DP_RETRY_GRPC_CANCELLED |
-                          DP_RETRY_RETRIABLE_STATUS_CODES);
+    ck_assert_uint_eq(r->retry->retry_on, DP_RETRY_CONNECT_FAILURE | DP_RETRY_REFUSED_STREAM |
+                                              DP_RETRY_GRPC_UNAVAILABLE | DP_RETRY_GRPC_CANCELLED |
+                                              DP_RETRY_RETRIABLE_STATUS_CODES);
     ck_assert(r->retry->previous_hosts);
     ck_assert_int_eq(r->retry->host_selection_retry_max_attempts, 5);
     ck_assert_uint_eq(r->retry->n_retriable_status_codes, 1);
@@ -292,7 +300,9 @@ START_TEST(test_actions)
 {
     dp_snapshot_t *s = dp_snapshot_new(1);
     char *err = NULL;
-    const dp_route_config_t *rc = build(s, "{\"name\": \"acts\", \"virtual_hosts\": [{"
+    const dp_route_config_t *rc = build(
+        s,
+        "{\"name\": \"acts\", \"virtual_hosts\": [{"
         "\"name\": \"v\", \"domains\": [\"a.com\", \"*.b.com\", \"c.*\", \"*\"], \"routes\": ["
         " {\"match\": {\"prefix\": \"/w\"}, \"route\": {\"weighted_clusters\": {\"clusters\": ["
         "   {\"name\": \"one\", \"weight\": 25, \"host_rewrite_literal\": \"one.internal\","
@@ -308,7 +318,8 @@ START_TEST(test_actions)
         "   \"body\": {\"inline_string\": \"teapot\"}}},"
         " {\"match\": {\"prefix\": \"/b\"}, \"direct_response\": {\"status\": 200, "
         "   \"body\": {\"inline_bytes\": \"AAEC\"}}},"
-        " {\"match\": {\"safe_regex\": {\"regex\": \"/x/[0-9]+\"}}, \"route\": {\"cluster\": \"rx\","
+        " {\"match\": {\"safe_regex\": {\"regex\": \"/x/[0-9]+\"}}, \"route\": {\"cluster\": "
+        "\"rx\","
         "   \"regex_rewrite\": {\"pattern\": {\"regex\": \"^/x/([0-9]+)$\"}, "
         "\"substitution\": \"/y/\\\\1\"},"
         "   \"request_mirror_policies\": [{\"cluster\": \"shadow\", \"runtime_fraction\": "
@@ -323,7 +334,8 @@ START_TEST(test_actions)
         "     {\"name\": \"x-v\", \"exact_match\": \"1\"}],"
         "   \"query_parameters\": [{\"name\": \"q\", \"string_match\": {\"prefix\": \"a\"}}],"
         "   \"grpc\": {}}, \"route\": {\"cluster\": \"sep\", \"prefix_rewrite\": \"/s\"}}"
-        "]}]}", &err);
+        "]}]}",
+        &err);
     ck_assert_msg(rc != NULL, "%s", err);
     ck_assert_uint_eq(rc->max_direct_response_body_size, 4096);
     ck_assert_uint_eq(rc->n_exact, 1);
@@ -431,7 +443,8 @@ START_TEST(test_refusals)
             "route config 'big': virtual_hosts[0] ('v').routes[0] ('dr').direct_response.body: "
             "5 bytes is over the limit of 4");
     char big[6000];
-    int n = snprintf(big, sizeof(big), "{\"name\": \"default-limit\", \"virtual_hosts\": [{"
+    int n = snprintf(big, sizeof(big),
+                     "{\"name\": \"default-limit\", \"virtual_hosts\": [{"
                      "\"name\": \"v\", \"domains\": [\"*\"], \"routes\": [{\"match\": {\"prefix\":"
                      " \"/\"}, \"direct_response\": {\"status\": 200, \"body\": {\"inline_string\":"
                      " \"");
@@ -471,9 +484,11 @@ START_TEST(test_snapshot_routes_and_hcm)
     static const char *const names[] = {"b", "a", "c"};
     for (int i = 0; i < 3; i++) {
         char json[256];
-        snprintf(json, sizeof(json), "{\"name\": \"%s\", \"virtual_hosts\": [{\"name\": \"v\", "
+        snprintf(json, sizeof(json),
+                 "{\"name\": \"%s\", \"virtual_hosts\": [{\"name\": \"v\", "
                  "\"domains\": [\"*\"], \"routes\": [{\"match\": {\"safe_regex\": {\"regex\": "
-                 "\".*\"}}, \"route\": {\"cluster\": \"c\"}}]}]}", names[i]);
+                 "\".*\"}}, \"route\": {\"cluster\": \"c\"}}]}]}",
+                 names[i]);
         dp_route_config_t *rc = (dp_route_config_t *)build(s, json, &err);
         ck_assert_ptr_nonnull(rc);
         dp_snapshot_add_route(s, rc);
@@ -482,7 +497,8 @@ START_TEST(test_snapshot_routes_and_hcm)
     ck_assert_str_eq(dp_snapshot_find_route(s, "a")->name, "a");
     ck_assert_ptr_null(dp_snapshot_find_route(s, "z"));
 
-    const char *hcm_json = "{\"stat_prefix\": \"outbound_0.0.0.0_80\", \"codec_type\": \"AUTO\","
+    const char *hcm_json =
+        "{\"stat_prefix\": \"outbound_0.0.0.0_80\", \"codec_type\": \"AUTO\","
         "\"rds\": {\"route_config_name\": \"c\", \"config_source\": {\"ads\": {}}},"
         "\"http_filters\": [{\"name\": \"envoy.filters.http.fault\", \"disabled\": true},"
         "  {\"name\": \"envoy.filters.http.router\"}],"
@@ -500,7 +516,8 @@ START_TEST(test_snapshot_routes_and_hcm)
     json_t *j = json_loads(hcm_json, 0, &je);
     ck_assert_ptr_nonnull(j);
     pb_hcm_t *m = (pb_hcm_t *)parse_json(
-        j, &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor);
+        j,
+        &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor);
     const dp_hcm_config_t *c = xds_hcm_build(s, st, m, true, &err);
     ck_assert_msg(c != NULL, "%s", err);
     ck_assert_str_eq(c->stat_prefix, "outbound_0.0.0.0_80");
@@ -538,10 +555,10 @@ START_TEST(test_snapshot_routes_and_hcm)
     json_decref(j);
 
     /* defaults, no stats, an RDS name not there yet, an inline route_config */
-    j = json_loads("{\"stat_prefix\": \"p\", \"rds\": {\"route_config_name\": \"later\"}}", 0,
-                   &je);
+    j = json_loads("{\"stat_prefix\": \"p\", \"rds\": {\"route_config_name\": \"later\"}}", 0, &je);
     m = (pb_hcm_t *)parse_json(
-        j, &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor);
+        j,
+        &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor);
     c = xds_hcm_build(s, NULL, m, false, &err);
     ck_assert_ptr_nonnull(c);
     ck_assert_ptr_null(c->routes);
@@ -556,9 +573,11 @@ START_TEST(test_snapshot_routes_and_hcm)
     json_decref(j);
 
     j = json_loads("{\"stat_prefix\": \"in\", \"route_config\": {\"name\": \"inbound|80||\", "
-                   "\"virtual_hosts\": [{\"name\": \"a\", \"domains\": [\"x\", \"X\"]}]}}", 0, &je);
+                   "\"virtual_hosts\": [{\"name\": \"a\", \"domains\": [\"x\", \"X\"]}]}}",
+                   0, &je);
     m = (pb_hcm_t *)parse_json(
-        j, &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor);
+        j,
+        &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor);
     ck_assert_ptr_null(xds_hcm_build(s, NULL, m, true, &err));
     ck_assert_ptr_nonnull(strstr(err, "http_connection_manager in: route_config: route config "
                                       "'inbound|80||': virtual_hosts[0] ('a').domains[1]"));
@@ -567,9 +586,11 @@ START_TEST(test_snapshot_routes_and_hcm)
     json_decref(j);
 
     j = json_loads("{\"stat_prefix\": \"bad\", \"rds\": {\"route_config_name\": \"x\"}, "
-                   "\"max_request_headers_kb\": 9000}", 0, &je);
+                   "\"max_request_headers_kb\": 9000}",
+                   0, &je);
     m = (pb_hcm_t *)parse_json(
-        j, &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor);
+        j,
+        &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor);
     err = NULL;
     ck_assert_ptr_null(xds_hcm_build(s, NULL, m, true, &err));
     ck_assert_ptr_nonnull(strstr(err, "max_request_headers_kb: 9000"));
