@@ -198,6 +198,72 @@ START_TEST(test_istio_dumps_build)
 }
 END_TEST
 
+/* Selection on a real outbound route table: Istio's "80" with its short-name domains, the port
+ * ignored, the allow_any catch-all. */
+static const char *cluster_for(const dp_route_config_t *rc, const char *authority, const char *path)
+{
+    dp_http_head_t h = req("GET", authority, path);
+    const dp_route_t *r = dp_route_select(rc, &h, 0, NULL);
+    return r ? dp_route_cluster(r, &h, 0, NULL) : NULL;
+}
+
+START_TEST(test_istio_outbound_selection)
+{
+    char path[1024];
+    const char *shared = getenv("SHARED");
+    snprintf(path, sizeof(path),
+             "%s/istio/01-ossm-sidecar-config-dump/hello-openshift-sidecar-config_dump.json",
+             shared ? shared : "../shared");
+    json_error_t je;
+    json_t *dump = json_load_file(path, 0, &je);
+    ck_assert_ptr_nonnull(dump);
+    json_t *configs = json_object_get(dump, "configs"), *c, *rcj = NULL;
+    size_t i;
+    json_array_foreach(configs, i, c)
+    {
+        json_t *arr = json_object_get(c, "dynamic_route_configs"), *e;
+        size_t j;
+        json_array_foreach(arr, j, e)
+        {
+            json_t *r = json_object_get(e, "route_config");
+            if (strcmp(json_string_value(json_object_get(r, "name")), "80") == 0)
+                rcj = r;
+        }
+    }
+    ck_assert_ptr_nonnull(rcj);
+    pb_rc_t *m =
+        (pb_rc_t *)parse_json(rcj, &envoy__config__route__v3__route_configuration__descriptor);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    char *err = NULL;
+    const dp_route_config_t *rc = xds_route_build(s, m, &err);
+    ck_assert_msg(rc != NULL, "%s", err);
+    protobuf_c_message_free_unpacked(&m->base, NULL);
+    json_decref(dump);
+
+    const char *hello = "outbound|8080||hello-openshift.vanilla-playground.svc.cluster.local";
+    const char *egress = "outbound|80||istio-egressgateway.istio-system.svc.cluster.local";
+    ck_assert_str_eq(cluster_for(rc, "hello-openshift.vanilla-playground.svc.cluster.local", "/"),
+                     hello);
+    ck_assert_str_eq(
+        cluster_for(rc, "Hello-OpenShift.vanilla-playground.svc.cluster.local:80", "/?a=1"), hello);
+    /* its only route is the exact path "/": anything else is a 404 (no route) */
+    ck_assert_ptr_null(
+        cluster_for(rc, "hello-openshift.vanilla-playground.svc.cluster.local", "/x"));
+    ck_assert_str_eq(cluster_for(rc, "istio-egressgateway.istio-system:80", "/x"), egress);
+    ck_assert_str_eq(cluster_for(rc, "istio-egressgateway.istio-system.svc", "/"), egress);
+    ck_assert_str_eq(cluster_for(rc, "172.30.22.177:80", "/y"), egress);
+    ck_assert_str_eq(cluster_for(rc, "example.org", "/"), "PassthroughCluster");
+    ck_assert_str_eq(cluster_for(rc, "istio-egressgateway", "/"), "PassthroughCluster");
+    dp_http_head_t h = req("GET", "example.org", "/");
+    const dp_vhost_t *vh;
+    const dp_route_t *r = dp_route_select(rc, &h, 0, &vh);
+    ck_assert_str_eq(vh->name, "allow_any");
+    ck_assert_uint_eq(r->timeout_ms, 0);
+    ck_assert_ptr_null(r->retry);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
 /* The VirtualService golden pair: exact "/" + a request header set, Istio's default retry. */
 START_TEST(test_istio_route_fields)
 {
@@ -630,6 +696,7 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_istio_dumps_build);
+    tcase_add_test(tc, test_istio_outbound_selection);
     tcase_add_test(tc, test_istio_route_fields);
     tcase_add_test(tc, test_actions);
     tcase_add_test(tc, test_refusals);
