@@ -368,8 +368,9 @@ typedef struct dp_route_config {
 const dp_vhost_t *dp_route_vhost(const dp_route_config_t *rc, dp_str_t authority);
 
 /* The virtual host (*ret_vh, NULL when none) and then the first of its routes whose match
- * passes. Returns NULL (Envoy's 404 with response flag NR) when no route matches. random is
- * unused for now (runtime_fraction is ignored). */
+ * passes. Returns NULL (Envoy's 404 with response flag NR) when no route matches, or when rc is
+ * NULL (an RDS configuration that has not arrived). A request without :path only matches
+ * connect_matcher routes. random is unused for now (runtime_fraction is ignored). */
 const dp_route_t *dp_route_select(const dp_route_config_t *rc, const dp_http_head_t *req,
                                   uint64_t random, const dp_vhost_t **ret_vh);
 
