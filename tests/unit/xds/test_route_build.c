@@ -177,6 +177,9 @@ static void dump_file(const char *rel, size_t min_routes, size_t min_hcm)
     ck_assert_int_eq(dp_snapshot_seal(w.s), 0);
     ck_assert_uint_ge(w.n_routes, min_routes);
     ck_assert_uint_ge(w.n_hcm, min_hcm);
+    /* Istio's inbound connection managers carry their route_config inline */
+    if (min_hcm)
+        ck_assert_uint_gt(w.n_inline, 0);
     json_decref(dump);
     dp_snapshot_unref(w.s);
     dp_stats_free(w.stats);
