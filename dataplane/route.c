@@ -130,10 +130,10 @@ dp_str_t dp_regex_replace(const dp_regex_t *re, dp_str_t s, const char *sub, dp_
         for (int attempt = 0; attempt < 2; attempt++) {
             PCRE2_UCHAR *buf = dp_pool_alloc(pool, cap + 1);
             PCRE2_SIZE len = cap;
-            int rc = pcre2_substitute(re->any, (PCRE2_SPTR)(s.p ? s.p : ""), s.n, 0,
-                                      PCRE2_SUBSTITUTE_GLOBAL | PCRE2_SUBSTITUTE_OVERFLOW_LENGTH,
-                                      md, re->mctx, (PCRE2_SPTR)sub, PCRE2_ZERO_TERMINATED, buf,
-                                      &len);
+            int rc =
+                pcre2_substitute(re->any, (PCRE2_SPTR)(s.p ? s.p : ""), s.n, 0,
+                                 PCRE2_SUBSTITUTE_GLOBAL | PCRE2_SUBSTITUTE_OVERFLOW_LENGTH, md,
+                                 re->mctx, (PCRE2_SPTR)sub, PCRE2_ZERO_TERMINATED, buf, &len);
             if (rc == PCRE2_ERROR_NOMEMORY) {
                 cap = len; /* the length needed, as OVERFLOW_LENGTH reports */
                 continue;
@@ -257,8 +257,15 @@ static dp_str_t pseudo(const dp_http_head_t *req, dp_str_t name, bool *found)
     return DP_STR_NULL;
 }
 
+/* absl::SimpleAtoi's syntax: optional surrounding whitespace, an optional sign, digits. */
 static bool parse_i64(dp_str_t v, int64_t *out)
 {
+    while (v.n && isspace((unsigned char)v.p[0])) {
+        v.p++;
+        v.n--;
+    }
+    while (v.n && isspace((unsigned char)v.p[v.n - 1]))
+        v.n--;
     size_t i = 0;
     bool neg = false;
     if (i < v.n && (v.p[i] == '-' || v.p[i] == '+'))
@@ -309,8 +316,10 @@ bool dp_header_match(const dp_header_match_t *m, const dp_http_head_t *req)
         count = 1;
     }
     bool present = count > 0;
+    /* Envoy's HeaderUtility::matchHeaders: a missing header treated as empty counts as present
+     * for present_match too. */
     if (m->kind == DP_HM_PRESENT)
-        return (present == m->present) != m->invert;
+        return ((present || m->treat_missing_as_empty) == m->present) != m->invert;
     if (!present) {
         if (!m->treat_missing_as_empty)
             return false;
@@ -415,10 +424,13 @@ bool dp_route_match(const dp_route_match_t *m, const dp_http_head_t *req)
     }
     for (size_t i = 0; i < m->n_query; i++) {
         dp_str_t v;
-        if (!query_param(req->path, m->query[i].name, &v))
+        bool found = query_param(req->path, m->query[i].name, &v);
+        if (m->query[i].present_only) {
+            if (found != m->query[i].present)
+                return false;
+        } else if (!found || !dp_str_match(&m->query[i].sm, v)) {
             return false;
-        if (!m->query[i].present_only && !dp_str_match(&m->query[i].sm, v))
-            return false;
+        }
     }
     if (m->grpc && !is_grpc(req))
         return false;
@@ -438,34 +450,17 @@ static int domain_cmp_lower(dp_str_t host, dp_str_t d)
     return host.n < d.n ? -1 : host.n > d.n;
 }
 
-/* Where the port of an authority starts (Envoy's HeaderUtility::getPortStart), or n. */
+/* Where the port of an authority starts (Envoy's HeaderUtility::getPortStart: the last ':',
+ * unless a ']' follows it), or n. */
 static size_t port_start(dp_str_t a)
 {
-    if (a.n == 0)
-        return 0;
-    size_t colon = a.n;
     for (size_t i = a.n; i-- > 0;) {
-        if (a.p[i] == ':') {
-            colon = i;
-            break;
-        }
-    }
-    if (colon == a.n)
-        return a.n;
-    if (a.p[0] == '[') {
-        /* "[v6]:port": the colon must follow the ']' */
-        return colon > 0 && a.p[colon - 1] == ']' ? colon : a.n;
-    }
-    /* An unbracketed IPv6 literal has more than one colon: no port. */
-    for (size_t i = 0; i < colon; i++) {
+        if (a.p[i] == ']')
+            return a.n;
         if (a.p[i] == ':')
-            return a.n;
+            return i;
     }
-    for (size_t i = colon + 1; i < a.n; i++) {
-        if (!isdigit((unsigned char)a.p[i]))
-            return a.n;
-    }
-    return colon;
+    return a.n;
 }
 
 const dp_vhost_t *dp_route_vhost(const dp_route_config_t *rc, dp_str_t authority)
@@ -687,9 +682,8 @@ void dp_route_apply_request(const dp_route_config_t *rc, const dp_vhost_t *vh, c
     req->path = rewritten_path(r, req->path, pool);
 }
 
-void dp_route_apply_response(const dp_route_config_t *rc, const dp_vhost_t *vh,
-                             const dp_route_t *r, const dp_route_weighted_t *wc,
-                             dp_http_head_t *resp, dp_pool_t *pool)
+void dp_route_apply_response(const dp_route_config_t *rc, const dp_vhost_t *vh, const dp_route_t *r,
+                             const dp_route_weighted_t *wc, dp_http_head_t *resp, dp_pool_t *pool)
 {
     if (wc)
         dp_header_ops_apply(&wc->resp, &resp->headers, pool);
@@ -719,10 +713,14 @@ dp_str_t dp_route_redirect(const dp_route_t *r, const dp_http_head_t *req, dp_po
         size_t ps = port_start(host);
         if (ps < host.n) {
             dp_str_t rp = {host.p + ps, host.n - ps};
+            /* The request's protocol as x-forwarded-proto says (the connection manager sets
+             * it), else its scheme. */
+            const dp_header_t *xfp = DP_HDR_GET(&req->headers, "x-forwarded-proto");
+            dp_str_t proto = xfp ? xfp->value : req_scheme;
             bool remove = port[0] != 0;
-            if (!(scheme.n == req_scheme.n && mem_ieq(scheme.p, req_scheme.p, scheme.n))) {
-                remove |= dp_str_ieq(req_scheme, "https", 5) && DP_STR_EQ(rp, ":443");
-                remove |= dp_str_ieq(req_scheme, "http", 4) && DP_STR_EQ(rp, ":80");
+            if (!(scheme.n == proto.n && memcmp(scheme.p, proto.p, scheme.n) == 0)) {
+                remove |= DP_STR_EQ(proto, "https") && DP_STR_EQ(rp, ":443");
+                remove |= DP_STR_EQ(proto, "http") && DP_STR_EQ(rp, ":80");
             }
             if (remove)
                 host.n = ps;
@@ -735,17 +733,15 @@ dp_str_t dp_route_redirect(const dp_route_t *r, const dp_http_head_t *req, dp_po
         if (r->path_redirect_has_query) {
             strip = false;
         } else {
+            /* Everything from the request's '?' on goes after the new path. */
             dp_str_t cur = req->path.p ? req->path : DP_STR("");
-            dp_str_t just = dp_route_path_only(cur);
-            /* The request's query (not its fragment) goes after the new path. */
-            if (just.n < cur.n && cur.p[just.n] == '?') {
-                size_t qe = just.n;
-                while (qe < cur.n && cur.p[qe] != '#')
-                    qe++;
-                char *p = dp_pool_alloc(pool, path.n + (qe - just.n) + 1);
+            const char *q = cur.n ? memchr(cur.p, '?', cur.n) : NULL;
+            if (q) {
+                size_t qn = cur.n - (size_t)(q - cur.p);
+                char *p = dp_pool_alloc(pool, path.n + qn + 1);
                 memcpy(p, path.p, path.n);
-                memcpy(p + path.n, cur.p + just.n, qe - just.n);
-                path = (dp_str_t){p, path.n + (qe - just.n)};
+                memcpy(p + path.n, q, qn);
+                path = (dp_str_t){p, path.n + qn};
             }
         }
     } else {

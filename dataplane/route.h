@@ -54,8 +54,8 @@ typedef enum dp_str_match_kind {
 typedef struct dp_str_match {
     dp_str_match_kind_t kind;
     bool ignore_case;
-    dp_str_t s;        /* the literal of EXACT/PREFIX/SUFFIX/CONTAINS */
-    dp_regex_t *re;    /* DP_SM_REGEX */
+    dp_str_t s;     /* the literal of EXACT/PREFIX/SUFFIX/CONTAINS */
+    dp_regex_t *re; /* DP_SM_REGEX */
 } dp_str_match_t;
 
 bool dp_str_match(const dp_str_match_t *m, dp_str_t v);
@@ -70,8 +70,10 @@ typedef enum dp_header_match_kind {
  * with "," (Envoy's getAllOfHeaderAsString); the pseudo-headers :method, :authority, :scheme,
  * :path and :protocol are the head's fields. A missing header fails the match (whatever
  * invert_match says) unless treat_missing_header_as_empty, in which case "" is matched.
- * present_match: passes when (the header is present) == present, inverted by invert_match. A
- * matcher with no specifier is present_match: true. */
+ * present_match: passes when (the header is present, or treated as empty) == present, inverted
+ * by invert_match. A matcher with no specifier is present_match: true. The deprecated
+ * exact_match "" matches any value (Envoy's quirk). Range values parse as absl::SimpleAtoi
+ * does (surrounding whitespace allowed). */
 typedef struct dp_header_match {
     dp_str_t name; /* lower case */
     dp_header_match_kind_t kind;
@@ -85,11 +87,12 @@ typedef struct dp_header_match {
 bool dp_header_match(const dp_header_match_t *m, const dp_http_head_t *req);
 
 /* envoy.config.route.v3.QueryParameterMatcher: string_match on the (undecoded) value of the
- * first parameter of that name, or present_match; with neither, the parameter must be
- * present. */
+ * first parameter of that name; or present_match (present_only: passes when the parameter's
+ * presence equals present, so present_match false matches its absence, as current Envoy);
+ * with neither, the parameter must be present (present_only, present true). */
 typedef struct dp_query_match {
     dp_str_t name;
-    bool present_only;
+    bool present_only, present;
     dp_str_match_t sm;
 } dp_query_match_t;
 
@@ -107,8 +110,8 @@ typedef enum dp_path_match_kind {
  * connection and filter state) make the route never match. */
 typedef struct dp_route_match {
     dp_path_match_kind_t kind;
-    dp_str_t path;  /* prefix / path / separated prefix */
-    dp_regex_t *re; /* DP_PM_REGEX */
+    dp_str_t path;       /* prefix / path / separated prefix */
+    dp_regex_t *re;      /* DP_PM_REGEX */
     bool case_sensitive; /* default true; not for regexes */
     bool grpc;           /* content-type application/grpc[+...|;...] */
     const dp_header_match_t *headers;
@@ -158,9 +161,9 @@ void dp_header_ops_apply(const dp_header_ops_t *ops, dp_headers_t *h, dp_pool_t 
 /* ---- per-filter configs ---- */
 
 /* One typed_per_filter_config entry. value/len: the Any's value bytes (in the arena); conf is
- * the handler's translated route config once handlers are wired (NULL for now). An entry whose
- * Any is envoy.config.route.v3.FilterConfig keeps the wrapper's type_url and bytes, with
- * is_optional/disabled from the wrapper when it could be read. */
+ * the handler's translated route config once handlers are wired (NULL for now). An
+ * envoy.config.route.v3.FilterConfig wrapper is kept as it came (type_url and bytes of the
+ * wrapper). */
 typedef struct dp_route_filter_conf {
     const char *filter_name;
     const char *type_url;
@@ -220,13 +223,13 @@ uint32_t dp_retry_on_parse(const char *s, size_t n);
 
 /* envoy.config.route.v3.RetryPolicy (present when the route has one). */
 typedef struct dp_retry_policy {
-    uint32_t retry_on;      /* DP_RETRY_* */
-    uint32_t num_retries;   /* 1 when unset */
+    uint32_t retry_on;                /* DP_RETRY_* */
+    uint32_t num_retries;             /* 1 when unset */
     uint64_t per_try_timeout_ms;      /* 0: none (the route timeout applies) */
     uint64_t per_try_idle_timeout_ms; /* 0: none */
     const uint32_t *retriable_status_codes;
     size_t n_retriable_status_codes;
-    bool previous_hosts; /* retry_host_predicate envoy.retry_host_predicates.previous_hosts */
+    bool previous_hosts;      /* retry_host_predicate envoy.retry_host_predicates.previous_hosts */
     bool previous_priorities; /* retry_priority envoy.retry_priorities.previous_priorities */
     int64_t host_selection_retry_max_attempts; /* 1 when unset (Envoy's default) */
     uint64_t backoff_base_ms, backoff_max_ms;  /* 25 ms and 10 x base when unset */
@@ -243,12 +246,23 @@ typedef enum dp_hash_kind {
 /* envoy.config.route.v3.RouteAction.HashPolicy. */
 typedef struct dp_hash_policy {
     dp_hash_kind_t kind;
-    const char *name;        /* header name (lower case), cookie name, parameter, filter key */
-    uint64_t cookie_ttl_ms;  /* cookie: 0 with has_cookie_ttl means a session cookie */
+    const char *name;       /* header name (lower case), cookie name, parameter, filter key */
+    uint64_t cookie_ttl_ms; /* cookie: 0 with has_cookie_ttl means a session cookie */
     bool has_cookie_ttl;
     const char *cookie_path; /* "" when unset */
     bool terminal;
 } dp_hash_policy_t;
+
+/* envoy.config.route.v3.RouteAction.RequestMirrorPolicy: shadow a fraction of the requests to
+ * another cluster (the router does the sending). */
+typedef struct dp_mirror_policy {
+    const char *cluster;        /* NULL when cluster_header is used */
+    const char *cluster_header; /* lower case, or NULL */
+    uint32_t numerator;         /* runtime_fraction.default_value; 100/100 when unset */
+    uint32_t denominator;       /* 100, 10000 or 1000000 */
+    bool has_trace_sampled, trace_sampled;
+    bool disable_shadow_host_suffix_append;
+} dp_mirror_policy_t;
 
 typedef struct dp_route {
     const char *name; /* route.name, "" when unset */
@@ -260,7 +274,7 @@ typedef struct dp_route {
     const char *cluster_header;
     const dp_route_weighted_t *weighted;
     size_t n_weighted;
-    uint32_t total_weight; /* sum of the entries' weights (> 0) */
+    uint32_t total_weight;           /* sum of the entries' weights (> 0) */
     uint32_t cluster_not_found_code; /* 503, 404 or 500 */
 
     /* Rewrites (CLUSTER/WEIGHTED/CLUSTER_HEADER; for REDIRECT, redirect.prefix_rewrite and
@@ -274,14 +288,19 @@ typedef struct dp_route {
 
     /* Timeouts in ms. timeout: 15000 when absent, 0 for none. idle_timeout: 0 none. */
     uint64_t timeout_ms, idle_timeout_ms;
-    bool has_max_grpc_timeout;
+    bool has_max_grpc_timeout; /* max_grpc_timeout given (0: the grpc-timeout header, unbounded) */
     uint64_t max_grpc_timeout_ms;
-    uint64_t max_stream_duration_ms; /* max_stream_duration.max_stream_duration, 0 none */
-    const dp_retry_policy_t *retry;  /* NULL: no retries */
+    uint64_t max_stream_duration_ms;  /* max_stream_duration.max_stream_duration, 0 none */
+    bool has_grpc_timeout_header_max; /* max_stream_duration.grpc_timeout_header_max given */
+    uint64_t grpc_timeout_header_max_ms;
+    uint64_t grpc_timeout_header_offset_ms;
+    const dp_retry_policy_t *retry; /* NULL: no retries */
     const dp_hash_policy_t *hash;
     size_t n_hash;
     bool websocket_enabled; /* upgrade_configs websocket enabled (HCM's setting otherwise) */
     bool websocket_set;
+    const dp_mirror_policy_t *mirrors; /* request_mirror_policies */
+    size_t n_mirrors;
 
     /* REDIRECT */
     const char *scheme_redirect; /* "https" for https_redirect; NULL keeps the scheme */
@@ -342,15 +361,16 @@ typedef struct dp_route_config {
 /* ---- the router's calls ---- */
 
 /* The virtual host for an :authority, as Envoy's RouteMatcher::findVirtualHost: lower-cased,
- * the port stripped first when ignore_port_in_host_matching (a ":digits" after the host, after
- * "]" for IPv6 literals; Envoy does not strip it otherwise), then an exact domain, then the
- * longest suffix wildcard shorter than the host, then the longest prefix wildcard shorter than
+ * the port stripped first when ignore_port_in_host_matching (from the last ':' not followed by
+ * a ']', as Envoy's getPortStart; Envoy does not strip it otherwise), then an exact domain, then
+ * the longest suffix wildcard shorter than the host, then the longest prefix wildcard shorter than
  * the host, then "*". NULL when none applies. */
 const dp_vhost_t *dp_route_vhost(const dp_route_config_t *rc, dp_str_t authority);
 
 /* The virtual host (*ret_vh, NULL when none) and then the first of its routes whose match
- * passes. Returns NULL (Envoy's 404 with response flag NR) when no route matches. random is
- * unused for now (runtime_fraction is ignored). */
+ * passes. Returns NULL (Envoy's 404 with response flag NR) when no route matches, or when rc is
+ * NULL (an RDS configuration that has not arrived). A request without :path only matches
+ * connect_matcher routes. random is unused for now (runtime_fraction is ignored). */
 const dp_route_t *dp_route_select(const dp_route_config_t *rc, const dp_http_head_t *req,
                                   uint64_t random, const dp_vhost_t **ret_vh);
 
@@ -378,15 +398,15 @@ void dp_route_apply_request(const dp_route_config_t *rc, const dp_vhost_t *vh, c
 
 /* The response counterpart: the weighted entry's, then the route's, vhost's and route config's
  * response header mutations (reversed when most_specific_header_mutations_wins). */
-void dp_route_apply_response(const dp_route_config_t *rc, const dp_vhost_t *vh,
-                             const dp_route_t *r, const dp_route_weighted_t *wc,
-                             dp_http_head_t *resp, dp_pool_t *pool);
+void dp_route_apply_response(const dp_route_config_t *rc, const dp_vhost_t *vh, const dp_route_t *r,
+                             const dp_route_weighted_t *wc, dp_http_head_t *resp, dp_pool_t *pool);
 
 /* For a REDIRECT route, the Location (Envoy's Http::Utility::newUri): scheme (scheme_redirect
  * or https, else the request's), host (host_redirect, else the request's authority, whose port
- * is dropped when a port_redirect is given or the scheme changes from http with :80 or https
- * with :443), ":port_redirect", and the path: path_redirect (the request's query appended
- * unless it has one of its own), or the request path after prefix_rewrite/regex_rewrite;
+ * is dropped when a port_redirect is given or the scheme changes from x-forwarded-proto's (else
+ * the request's scheme) http with :80 or https with :443), ":port_redirect", and the path:
+ * path_redirect (everything from the request's '?' appended unless it has a query of its own),
+ * or the request path after prefix_rewrite/regex_rewrite;
  * strip_query drops the query (not one path_redirect brings). *ret_status gets the code. The
  * string is in pool. */
 dp_str_t dp_route_redirect(const dp_route_t *r, const dp_http_head_t *req, dp_pool_t *pool,

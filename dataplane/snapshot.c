@@ -153,7 +153,8 @@ int dp_snapshot_seal(dp_snapshot_t *s)
         if (strcmp(s->clusters[i - 1].name, s->clusters[i].name) == 0)
             return -EEXIST;
     }
-    qsort(s->routes, s->n_routes, sizeof(*s->routes), route_cmp);
+    if (s->n_routes)
+        qsort(s->routes, s->n_routes, sizeof(*s->routes), route_cmp);
     s->sealed = true;
     return 0;
 }

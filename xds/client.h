@@ -76,7 +76,8 @@ typedef void (*xds_listener_fn)(void *userdata, const Envoy__Config__Listener__V
 void xds_client_foreach_listener(const xds_client_t *c, xds_listener_fn fn, void *userdata);
 
 /* The accepted RDS route configurations. */
-typedef void (*xds_route_fn)(void *userdata, const Envoy__Config__Route__V3__RouteConfiguration *rc);
+typedef void (*xds_route_fn)(void *userdata,
+                             const Envoy__Config__Route__V3__RouteConfiguration *rc);
 void xds_client_foreach_route(const xds_client_t *c, xds_route_fn fn, void *userdata);
 
 /* The last accepted version_info of a type ("" before the first). */

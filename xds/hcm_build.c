@@ -14,7 +14,8 @@
 
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager hcm_t;
 
-#define HCM(x) ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__##x
+#define HCM(x) \
+    ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__##x
 
 static void *fail(char **reterr_msg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -45,15 +46,15 @@ static bool duration_ms(const Google__Protobuf__Duration *d, uint64_t def, uint6
 static void make_stats(dp_stats_t *st, const char *prefix, dp_hcm_stats_t *out)
 {
     char name[600];
-#define C(field, stat)                                                                             \
-    do {                                                                                           \
-        snprintf(name, sizeof(name), "http.%s.%s", prefix, stat);                                  \
-        out->field = dp_stats_counter(st, name);                                                   \
+#define C(field, stat)                                            \
+    do {                                                          \
+        snprintf(name, sizeof(name), "http.%s.%s", prefix, stat); \
+        out->field = dp_stats_counter(st, name);                  \
     } while (0)
-#define G(field, stat)                                                                             \
-    do {                                                                                           \
-        snprintf(name, sizeof(name), "http.%s.%s", prefix, stat);                                  \
-        out->field = dp_stats_gauge(st, name);                                                     \
+#define G(field, stat)                                            \
+    do {                                                          \
+        snprintf(name, sizeof(name), "http.%s.%s", prefix, stat); \
+        out->field = dp_stats_gauge(st, name);                    \
     } while (0)
     C(cx_total, "downstream_cx_total");
     C(cx_http1_total, "downstream_cx_http1_total");
@@ -111,8 +112,10 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
     case HCM(ROUTE_SPECIFIER_RDS):
         if (hcm->rds == NULL || hcm->rds->route_config_name == NULL ||
             hcm->rds->route_config_name[0] == '\0')
-            return fail(reterr_msg, "http_connection_manager %s: rds.route_config_name: must not "
-                                    "be empty", sp);
+            return fail(reterr_msg,
+                        "http_connection_manager %s: rds.route_config_name: must not "
+                        "be empty",
+                        sp);
         c->rds_name = dp_arena_strdup(a, hcm->rds->route_config_name);
         c->routes = dp_snapshot_find_route(s, c->rds_name);
         break;
@@ -131,8 +134,10 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
     case HCM(ROUTE_SPECIFIER_SCOPED_ROUTES):
         return fail(reterr_msg, "http_connection_manager %s: scoped_routes: not supported", sp);
     default:
-        return fail(reterr_msg, "http_connection_manager %s: one of rds or route_config is "
-                                "required", sp);
+        return fail(reterr_msg,
+                    "http_connection_manager %s: one of rds or route_config is "
+                    "required",
+                    sp);
     }
 
     if (hcm->n_http_filters) {
@@ -141,8 +146,10 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
             const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpFilter *hf =
                 hcm->http_filters[i];
             if (hf->name == NULL || hf->name[0] == '\0')
-                return fail(reterr_msg, "http_connection_manager %s: http_filters[%zu].name: "
-                                        "must not be empty", sp, i);
+                return fail(reterr_msg,
+                            "http_connection_manager %s: http_filters[%zu].name: "
+                            "must not be empty",
+                            sp, i);
             f[i].name = dp_arena_strdup(a, hf->name);
             f[i].disabled = hf->disabled;
             f[i].type = NULL;
@@ -183,16 +190,20 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
     if (!duration_ms(hcm->request_timeout, 0, &c->request_timeout_ms))
         return fail(reterr_msg, "http_connection_manager %s: request_timeout: negative", sp);
     if (!duration_ms(cpo ? cpo->idle_timeout : NULL, 3600 * 1000, &c->idle_timeout_ms))
-        return fail(reterr_msg, "http_connection_manager %s: "
-                                "common_http_protocol_options.idle_timeout: negative", sp);
+        return fail(reterr_msg,
+                    "http_connection_manager %s: "
+                    "common_http_protocol_options.idle_timeout: negative",
+                    sp);
     if (!duration_ms(cpo ? cpo->max_stream_duration : NULL, 0, &c->max_stream_duration_ms))
-        return fail(reterr_msg, "http_connection_manager %s: "
-                                "common_http_protocol_options.max_stream_duration: negative", sp);
+        return fail(reterr_msg,
+                    "http_connection_manager %s: "
+                    "common_http_protocol_options.max_stream_duration: negative",
+                    sp);
 
     c->use_remote_address = hcm->use_remote_address && hcm->use_remote_address->value;
     c->xff_num_trusted_hops = hcm->xff_num_trusted_hops;
-    c->server_name = dp_arena_strdup(a, hcm->server_name && hcm->server_name[0] ? hcm->server_name
-                                                                                : "envoy");
+    c->server_name =
+        dp_arena_strdup(a, hcm->server_name && hcm->server_name[0] ? hcm->server_name : "envoy");
     c->normalize_path = hcm->normalize_path && hcm->normalize_path->value;
     c->merge_slashes = hcm->merge_slashes;
     c->generate_request_id = hcm->generate_request_id == NULL || hcm->generate_request_id->value;
@@ -209,39 +220,48 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
     if (hcm->max_request_headers_kb) {
         uint32_t kb = hcm->max_request_headers_kb->value;
         if (kb == 0 || kb > 8192) /* Envoy's bounds: (0, 8192] */
-            return fail(reterr_msg, "http_connection_manager %s: max_request_headers_kb: %u is "
-                                    "not in 1..8192", sp, kb);
+            return fail(reterr_msg,
+                        "http_connection_manager %s: max_request_headers_kb: %u is "
+                        "not in 1..8192",
+                        sp, kb);
         c->limits.max_header_bytes = kb * 1024;
     }
     if (cpo && cpo->max_headers_count) {
         if (cpo->max_headers_count->value == 0)
-            return fail(reterr_msg, "http_connection_manager %s: "
-                                    "common_http_protocol_options.max_headers_count: must be "
-                                    "at least 1", sp);
+            return fail(reterr_msg,
+                        "http_connection_manager %s: "
+                        "common_http_protocol_options.max_headers_count: must be "
+                        "at least 1",
+                        sp);
         c->limits.max_headers = cpo->max_headers_count->value;
     }
     const Envoy__Config__Core__V3__Http2ProtocolOptions *h2 = hcm->http2_protocol_options;
     if (h2 && h2->max_concurrent_streams) {
         uint32_t v = h2->max_concurrent_streams->value;
         if (v == 0 || v > 2147483647u)
-            return fail(reterr_msg, "http_connection_manager %s: http2_protocol_options."
-                                    "max_concurrent_streams: %u is not in 1..2147483647", sp, v);
+            return fail(reterr_msg,
+                        "http_connection_manager %s: http2_protocol_options."
+                        "max_concurrent_streams: %u is not in 1..2147483647",
+                        sp, v);
         c->limits.h2_max_concurrent_streams = v;
     }
     if (h2 && h2->initial_stream_window_size) {
         uint32_t v = h2->initial_stream_window_size->value;
         if (v < 65535 || v > 2147483647u)
-            return fail(reterr_msg, "http_connection_manager %s: http2_protocol_options."
-                                    "initial_stream_window_size: %u is not in 65535..2147483647",
+            return fail(reterr_msg,
+                        "http_connection_manager %s: http2_protocol_options."
+                        "initial_stream_window_size: %u is not in 65535..2147483647",
                         sp, v);
         c->limits.h2_initial_stream_window = v;
     }
     if (h2 && h2->initial_connection_window_size) {
         uint32_t v = h2->initial_connection_window_size->value;
         if (v < 65535 || v > 2147483647u)
-            return fail(reterr_msg, "http_connection_manager %s: http2_protocol_options."
-                                    "initial_connection_window_size: %u is not in "
-                                    "65535..2147483647", sp, v);
+            return fail(reterr_msg,
+                        "http_connection_manager %s: http2_protocol_options."
+                        "initial_connection_window_size: %u is not in "
+                        "65535..2147483647",
+                        sp, v);
         c->limits.h2_initial_connection_window = v;
     }
 

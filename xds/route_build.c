@@ -134,8 +134,10 @@ static bool str_match(bctx_t *b, const pb_sm_t *m, dp_str_match_t *out, const ch
         out->re = regex(b, m->safe_regex, f);
         return out->re != NULL;
     default:
-        return fail(b, "%s: a match pattern (exact, prefix, suffix, contains or safe_regex) is "
-                       "required", field);
+        return fail(b,
+                    "%s: a match pattern (exact, prefix, suffix, contains or safe_regex) is "
+                    "required",
+                    field);
     }
     return true;
 }
@@ -147,8 +149,8 @@ static bool modifiable(const char *name)
     return name[0] != ':' && strcasecmp(name, "host") != 0;
 }
 
-static bool header_ops(bctx_t *b, size_t n_add, pb_hvo_t *const *add, size_t n_rm,
-                       char *const *rm, const char *dir, dp_header_ops_t *out)
+static bool header_ops(bctx_t *b, size_t n_add, pb_hvo_t *const *add, size_t n_rm, char *const *rm,
+                       const char *dir, dp_header_ops_t *out)
 {
     memset(out, 0, sizeof(*out));
     if (n_rm) {
@@ -157,8 +159,10 @@ static bool header_ops(bctx_t *b, size_t n_add, pb_hvo_t *const *add, size_t n_r
             if (rm[i][0] == '\0')
                 return fail(b, "%s_headers_to_remove[%zu]: must not be empty", dir, i);
             if (!modifiable(rm[i]))
-                return fail(b, "%s_headers_to_remove[%zu]: ':-prefixed or host headers may not "
-                               "be removed ('%s')", dir, i, rm[i]);
+                return fail(b,
+                            "%s_headers_to_remove[%zu]: ':-prefixed or host headers may not "
+                            "be removed ('%s')",
+                            dir, i, rm[i]);
             v[i] = astr_lower(b->a, rm[i]);
         }
         out->remove = v;
@@ -171,8 +175,10 @@ static bool header_ops(bctx_t *b, size_t n_add, pb_hvo_t *const *add, size_t n_r
             if (o->header == NULL || o->header->key == NULL || o->header->key[0] == '\0')
                 return fail(b, "%s_headers_to_add[%zu].header.key: must not be empty", dir, i);
             if (!modifiable(o->header->key))
-                return fail(b, "%s_headers_to_add[%zu]: ':-prefixed or host headers may not be "
-                               "modified ('%s')", dir, i, o->header->key);
+                return fail(b,
+                            "%s_headers_to_add[%zu]: ':-prefixed or host headers may not be "
+                            "modified ('%s')",
+                            dir, i, o->header->key);
             v[i].name = astr_lower(b->a, o->header->key);
             if (o->header->raw_value.len) {
                 char *p = dp_arena_alloc(b->a, o->header->raw_value.len + 1);
@@ -183,8 +189,10 @@ static bool header_ops(bctx_t *b, size_t n_add, pb_hvo_t *const *add, size_t n_r
             }
             if (o->append) {
                 if (o->append_action != 0)
-                    return fail(b, "%s_headers_to_add[%zu]: append and append_action are "
-                                   "mutually exclusive", dir, i);
+                    return fail(b,
+                                "%s_headers_to_add[%zu]: append and append_action are "
+                                "mutually exclusive",
+                                dir, i);
                 v[i].action = o->append->value ? DP_HDR_APPEND_IF_EXISTS_OR_ADD
                                                : DP_HDR_OVERWRITE_IF_EXISTS_OR_ADD;
             } else if ((unsigned)o->append_action <= 3) {
@@ -207,11 +215,8 @@ static int fconf_cmp(const void *x, const void *y)
                   ((const dp_route_filter_conf_t *)y)->filter_name);
 }
 
-/* typed_per_filter_config maps: every generated entry type is {base, key, value}. */
-#define FILTER_CONFS(b, n, entries, out) filter_confs_fill((b), (n), (out), (entries), sizeof(*(entries)))
-
-static void filter_confs_set(dp_arena_t *a, dp_route_filter_conf_t *e, const char *key,
-                             const Google__Protobuf__Any *any)
+static void filter_conf_set(dp_arena_t *a, dp_route_filter_conf_t *e, const char *key,
+                            const Google__Protobuf__Any *any)
 {
     e->filter_name = dp_arena_strdup(a, key ? key : "");
     e->type_url = dp_arena_strdup(a, any && any->type_url ? any->type_url : "");
@@ -224,22 +229,20 @@ static void filter_confs_set(dp_arena_t *a, dp_route_filter_conf_t *e, const cha
     e->conf = NULL;
 }
 
-static void filter_confs_fill(bctx_t *b, size_t n, dp_filter_confs_t *out, const void *entries,
-                              size_t ptr_size)
-{
-    (void)ptr_size;
-    memset(out, 0, sizeof(*out));
-    if (n == 0)
-        return;
-    /* Layout-identical generated structs: read key and value through one of them. */
-    const Envoy__Config__Route__V3__Route__TypedPerFilterConfigEntry *const *v = entries;
-    dp_route_filter_conf_t *c = dp_arena_alloc(b->a, n * sizeof(*c));
-    for (size_t i = 0; i < n; i++)
-        filter_confs_set(b->a, &c[i], v[i]->key, v[i]->value);
-    qsort(c, n, sizeof(*c), fconf_cmp);
-    out->v = c;
-    out->n = n;
-}
+/* A typed_per_filter_config map (each level has its own generated entry type, all of them
+ * {key, value}), sorted by filter name for lookups. */
+#define FILTER_CONFS(B, N, ENTRIES, OUT)                                                \
+    do {                                                                                \
+        memset((OUT), 0, sizeof(*(OUT)));                                               \
+        if ((N) == 0)                                                                   \
+            break;                                                                      \
+        dp_route_filter_conf_t *v_ = dp_arena_alloc((B)->a, (N) * sizeof(*v_));         \
+        for (size_t i_ = 0; i_ < (N); i_++)                                             \
+            filter_conf_set((B)->a, &v_[i_], (ENTRIES)[i_]->key, (ENTRIES)[i_]->value); \
+        qsort(v_, (N), sizeof(*v_), fconf_cmp);                                         \
+        (OUT)->v = v_;                                                                  \
+        (OUT)->n = (N);                                                                 \
+    } while (0)
 
 static bool header_matcher(bctx_t *b, const Envoy__Config__Route__V3__HeaderMatcher *h,
                            dp_header_match_t *out, const char *field)
@@ -254,7 +257,9 @@ static bool header_matcher(bctx_t *b, const Envoy__Config__Route__V3__HeaderMatc
     char f[300];
     switch (h->header_match_specifier_case) {
     case RC(HEADER_MATCHER__HEADER_MATCH_SPECIFIER_EXACT_MATCH):
-        out->sm = (dp_str_match_t){.kind = DP_SM_EXACT, .s = astr(b->a, h->exact_match)};
+        /* Envoy: an empty deprecated exact_match matches any value. */
+        out->sm = (dp_str_match_t){.kind = h->exact_match[0] ? DP_SM_EXACT : DP_SM_PREFIX,
+                                   .s = astr(b->a, h->exact_match)};
         break;
     case RC(HEADER_MATCHER__HEADER_MATCH_SPECIFIER_PREFIX_MATCH):
         out->sm = (dp_str_match_t){.kind = DP_SM_PREFIX, .s = astr(b->a, h->prefix_match)};
@@ -312,8 +317,10 @@ static bool route_match(bctx_t *b, const Envoy__Config__Route__V3__RouteMatch *m
         size_t n = strlen(p);
         /* Envoy's validation: starts with '/', no '?', '#', and no trailing '/'. */
         if (n == 0 || p[0] != '/' || strpbrk(p, "?#") || (n > 1 && p[n - 1] == '/'))
-            return fail(b, "match.path_separated_prefix: '%s' must start with '/' and contain "
-                           "no '?', '#' or trailing '/'", p);
+            return fail(b,
+                        "match.path_separated_prefix: '%s' must start with '/' and contain "
+                        "no '?', '#' or trailing '/'",
+                        p);
         out->kind = DP_PM_SEPARATED_PREFIX;
         out->path = astr(b->a, p);
         break;
@@ -362,9 +369,14 @@ static bool route_match(bctx_t *b, const Envoy__Config__Route__V3__RouteMatch *m
                 strcat(f, ".string_match");
                 if (!str_match(b, qm->string_match, &q[i].sm, f))
                     return false;
-            } else {
-                /* present_match, or no specifier: the parameter must be present. */
+            } else if (qm->query_parameter_match_specifier_case ==
+                       RC(QUERY_PARAMETER_MATCHER__QUERY_PARAMETER_MATCH_SPECIFIER_PRESENT_MATCH)) {
                 q[i].present_only = true;
+                q[i].present = qm->present_match;
+            } else {
+                /* No specifier: the parameter must be present. */
+                q[i].present_only = true;
+                q[i].present = true;
             }
         }
         out->query = q;
@@ -392,9 +404,9 @@ static dp_retry_policy_t *retry_policy(bctx_t *b, const Envoy__Config__Route__V3
         if (n && strcmp(n, "envoy.retry_host_predicates.previous_hosts") == 0)
             r->previous_hosts = true;
     }
-    r->previous_priorities = p->retry_priority && p->retry_priority->name &&
-                             strcmp(p->retry_priority->name,
-                                    "envoy.retry_priorities.previous_priorities") == 0;
+    r->previous_priorities =
+        p->retry_priority && p->retry_priority->name &&
+        strcmp(p->retry_priority->name, "envoy.retry_priorities.previous_priorities") == 0;
     r->host_selection_retry_max_attempts =
         p->host_selection_retry_max_attempts ? p->host_selection_retry_max_attempts : 1;
     /* Envoy's back-off: base 25 ms, max 10 x base, when unset. */
@@ -463,6 +475,49 @@ static bool regex_rewrite(bctx_t *b, const Envoy__Type__Matcher__V3__RegexMatchA
     return true;
 }
 
+static bool mirror_policies(bctx_t *b, const pb_action_t *ra, dp_route_t *r)
+{
+    if (ra->n_request_mirror_policies == 0)
+        return true;
+    dp_mirror_policy_t *m = dp_arena_alloc(b->a, ra->n_request_mirror_policies * sizeof(*m));
+    for (size_t i = 0; i < ra->n_request_mirror_policies; i++) {
+        const Envoy__Config__Route__V3__RouteAction__RequestMirrorPolicy *p =
+            ra->request_mirror_policies[i];
+        if (p->cluster[0] && p->cluster_header[0])
+            return fail(b,
+                        "route.request_mirror_policies[%zu]: only one of cluster and "
+                        "cluster_header may be set",
+                        i);
+        if (p->cluster[0] == '\0' && p->cluster_header[0] == '\0')
+            return fail(b,
+                        "route.request_mirror_policies[%zu]: cluster or cluster_header is "
+                        "required",
+                        i);
+        if (p->cluster[0])
+            m[i].cluster = dp_arena_strdup(b->a, p->cluster);
+        else
+            m[i].cluster_header = astr_lower(b->a, p->cluster_header).p;
+        m[i].numerator = 100;
+        m[i].denominator = 100;
+        const Envoy__Type__V3__FractionalPercent *fp =
+            p->runtime_fraction ? p->runtime_fraction->default_value : NULL;
+        if (p->runtime_fraction) {
+            static const uint32_t denominators[] = {100, 10000, 1000000};
+            m[i].numerator = fp ? fp->numerator : 0;
+            m[i].denominator =
+                fp && (unsigned)fp->denominator < 3 ? denominators[fp->denominator] : 100;
+            if (m[i].numerator > m[i].denominator)
+                m[i].numerator = m[i].denominator; /* Envoy caps it at 100% */
+        }
+        m[i].has_trace_sampled = p->trace_sampled != NULL;
+        m[i].trace_sampled = p->trace_sampled && p->trace_sampled->value;
+        m[i].disable_shadow_host_suffix_append = p->disable_shadow_host_suffix_append;
+    }
+    r->mirrors = m;
+    r->n_mirrors = ra->n_request_mirror_policies;
+    return true;
+}
+
 static bool route_action(bctx_t *b, const pb_action_t *ra, dp_route_t *r)
 {
     switch (ra->cluster_specifier_case) {
@@ -487,13 +542,15 @@ static bool route_action(bctx_t *b, const pb_action_t *ra, dp_route_t *r)
         for (size_t i = 0; i < wc->n_clusters; i++) {
             const Envoy__Config__Route__V3__WeightedCluster__ClusterWeight *cw = wc->clusters[i];
             if (cw->name[0] == '\0')
-                return fail(b, "route.weighted_clusters.clusters[%zu].name: must not be empty "
-                               "(cluster_header entries are not supported)", i);
+                return fail(b,
+                            "route.weighted_clusters.clusters[%zu].name: must not be empty "
+                            "(cluster_header entries are not supported)",
+                            i);
             w[i].name = dp_arena_strdup(b->a, cw->name);
             w[i].weight = cw->weight ? cw->weight->value : 0;
             total += w[i].weight;
             if (cw->host_rewrite_specifier_case ==
-                RC(WEIGHTED_CLUSTER__CLUSTER_WEIGHT__HOST_REWRITE_SPECIFIER_HOST_REWRITE_LITERAL) &&
+                    RC(WEIGHTED_CLUSTER__CLUSTER_WEIGHT__HOST_REWRITE_SPECIFIER_HOST_REWRITE_LITERAL) &&
                 cw->host_rewrite_literal[0])
                 w[i].host_rewrite = dp_arena_strdup(b->a, cw->host_rewrite_literal);
             char dir[64];
@@ -504,15 +561,23 @@ static bool route_action(bctx_t *b, const pb_action_t *ra, dp_route_t *r)
                 return false;
             snprintf(dir, sizeof(dir), "route.weighted_clusters.clusters[%zu].response", i);
             if (!header_ops(b, cw->n_response_headers_to_add, cw->response_headers_to_add,
-                            cw->n_response_headers_to_remove, cw->response_headers_to_remove,
-                            dir, &w[i].resp))
+                            cw->n_response_headers_to_remove, cw->response_headers_to_remove, dir,
+                            &w[i].resp))
                 return false;
             FILTER_CONFS(b, cw->n_typed_per_filter_config, cw->typed_per_filter_config,
                          &w[i].filter_confs);
         }
         if (total == 0 || total > UINT32_MAX)
-            return fail(b, "route.weighted_clusters: the sum of the weights must be in "
-                           "1..4294967295 (it is %llu)", (unsigned long long)total);
+            return fail(b,
+                        "route.weighted_clusters: the sum of the weights must be in "
+                        "1..4294967295 (it is %llu)",
+                        (unsigned long long)total);
+        /* The deprecated total_weight, when given, must be the sum (as Envoy checks). */
+        if (wc->total_weight && wc->total_weight->value && wc->total_weight->value != total)
+            return fail(b,
+                        "route.weighted_clusters.total_weight: %u is not the sum of the "
+                        "weights (%llu)",
+                        wc->total_weight->value, (unsigned long long)total);
         r->kind = DP_ROUTE_WEIGHTED;
         r->weighted = w;
         r->n_weighted = wc->n_clusters;
@@ -564,11 +629,12 @@ static bool route_action(bctx_t *b, const pb_action_t *ra, dp_route_t *r)
     r->has_max_grpc_timeout = ra->max_grpc_timeout != NULL;
     r->max_grpc_timeout_ms = dur_ms(ra->max_grpc_timeout);
     if (ra->max_stream_duration) {
-        r->max_stream_duration_ms = dur_ms(ra->max_stream_duration->max_stream_duration);
-        if (ra->max_stream_duration->grpc_timeout_header_max && !r->has_max_grpc_timeout) {
-            r->has_max_grpc_timeout = true;
-            r->max_grpc_timeout_ms = dur_ms(ra->max_stream_duration->grpc_timeout_header_max);
-        }
+        const Envoy__Config__Route__V3__RouteAction__MaxStreamDuration *msd =
+            ra->max_stream_duration;
+        r->max_stream_duration_ms = dur_ms(msd->max_stream_duration);
+        r->has_grpc_timeout_header_max = msd->grpc_timeout_header_max != NULL;
+        r->grpc_timeout_header_max_ms = dur_ms(msd->grpc_timeout_header_max);
+        r->grpc_timeout_header_offset_ms = dur_ms(msd->grpc_timeout_header_offset);
     }
     if (ra->retry_policy)
         r->retry = retry_policy(b, ra->retry_policy);
@@ -580,7 +646,7 @@ static bool route_action(bctx_t *b, const pb_action_t *ra, dp_route_t *r)
                 ra->upgrade_configs[i]->enabled == NULL || ra->upgrade_configs[i]->enabled->value;
         }
     }
-    return hash_policies(b, ra, r);
+    return hash_policies(b, ra, r) && mirror_policies(b, ra, r);
 }
 
 static bool redirect_action(bctx_t *b, const Envoy__Config__Route__V3__RedirectAction *ra,
@@ -608,7 +674,8 @@ static bool redirect_action(bctx_t *b, const Envoy__Config__Route__V3__RedirectA
         }
         break;
     case RC(REDIRECT_ACTION__PATH_REWRITE_SPECIFIER_PREFIX_REWRITE):
-        r->prefix_rewrite = dp_arena_strdup(b->a, ra->prefix_rewrite);
+        if (ra->prefix_rewrite[0])
+            r->prefix_rewrite = dp_arena_strdup(b->a, ra->prefix_rewrite);
         break;
     case RC(REDIRECT_ACTION__PATH_REWRITE_SPECIFIER_REGEX_REWRITE):
         if (!regex_rewrite(b, ra->regex_rewrite, "redirect.regex_rewrite", r))
@@ -655,8 +722,10 @@ static bool direct_action(bctx_t *b, const Envoy__Config__Route__V3__DirectRespo
         return true;
     }
     if (n > max_body)
-        return fail(b, "direct_response.body: %zu bytes is over the limit of %u "
-                       "(max_direct_response_body_size_bytes)", n, max_body);
+        return fail(b,
+                    "direct_response.body: %zu bytes is over the limit of %u "
+                    "(max_direct_response_body_size_bytes)",
+                    n, max_body);
     char *copy = dp_arena_alloc(b->a, n + 1);
     if (n)
         memcpy(copy, p, n);
@@ -735,8 +804,9 @@ static int dom_cmp(const void *x, const void *y)
 
 /* Sorts the domains of one class, refusing a duplicate (Envoy: "Only unique values for domains
  * are permitted"), and copies them into the arena. */
-static bool domain_table(bctx_t *b, const pb_rc_t *pr, dom_t *v, size_t n, int (*cmp)(const void *, const void *),
-                         const dp_domain_t **ret, size_t *ret_n)
+static bool domain_table(bctx_t *b, const pb_rc_t *pr, dom_t *v, size_t n,
+                         int (*cmp)(const void *, const void *), const dp_domain_t **ret,
+                         size_t *ret_n)
 {
     *ret = NULL;
     *ret_n = n;
@@ -745,19 +815,20 @@ static bool domain_table(bctx_t *b, const pb_rc_t *pr, dom_t *v, size_t n, int (
     qsort(v, n, sizeof(*v), dom_cmp);
     for (size_t i = 1; i < n; i++) {
         if (dom_cmp(&v[i - 1], &v[i]) == 0) {
-            const dom_t *first = v[i - 1].vh_index < v[i].vh_index ||
-                                         (v[i - 1].vh_index == v[i].vh_index &&
-                                          v[i - 1].dom_index < v[i].dom_index)
-                                     ? &v[i - 1]
-                                     : &v[i];
+            const dom_t *first =
+                v[i - 1].vh_index < v[i].vh_index ||
+                        (v[i - 1].vh_index == v[i].vh_index && v[i - 1].dom_index < v[i].dom_index)
+                    ? &v[i - 1]
+                    : &v[i];
             const dom_t *dup = first == &v[i] ? &v[i - 1] : &v[i];
             b->where[0] = '\0';
-            return fail(b, "virtual_hosts[%zu] ('%s').domains[%zu]: Only unique values for "
-                           "domains are permitted. Duplicate entry of domain %s (also in "
-                           "virtual_hosts[%zu] ('%s'))",
+            return fail(b,
+                        "virtual_hosts[%zu] ('%s').domains[%zu]: Only unique values for "
+                        "domains are permitted. Duplicate entry of domain %s (also in "
+                        "virtual_hosts[%zu] ('%s'))",
                         dup->vh_index, pr->virtual_hosts[dup->vh_index]->name, dup->dom_index,
-                        pr->virtual_hosts[dup->vh_index]->domains[dup->dom_index],
-                        first->vh_index, pr->virtual_hosts[first->vh_index]->name);
+                        pr->virtual_hosts[dup->vh_index]->domains[dup->dom_index], first->vh_index,
+                        pr->virtual_hosts[first->vh_index]->name);
         }
     }
     dp_domain_t *out = dp_arena_alloc(b->a, n * sizeof(*out));
@@ -793,10 +864,11 @@ static bool domains(bctx_t *b, const pb_rc_t *pr, dp_route_config_t *rc, dp_vhos
             } else if (strcmp(d, "*") == 0) {
                 if (any_vh >= 0) {
                     b->where[0] = '\0';
-                    ok = fail(b, "virtual_hosts[%zu] ('%s').domains[%zu]: Only a single "
-                                 "wildcard domain is permitted (also in virtual_hosts[%ld] "
-                                 "('%s'))", i, v->name, j, any_vh,
-                              pr->virtual_hosts[any_vh]->name);
+                    ok = fail(b,
+                              "virtual_hosts[%zu] ('%s').domains[%zu]: Only a single "
+                              "wildcard domain is permitted (also in virtual_hosts[%ld] "
+                              "('%s'))",
+                              i, v->name, j, any_vh, pr->virtual_hosts[any_vh]->name);
                 }
                 any_vh = (long)i;
                 rc->any = &vhs[i];
@@ -825,15 +897,15 @@ static bool domains(bctx_t *b, const pb_rc_t *pr, dp_route_config_t *rc, dp_vhos
 
 dp_route_config_t *xds_route_build(dp_snapshot_t *s, const pb_rc_t *pr, char **reterr_msg)
 {
-    bctx_t b = {.s = s, .a = s->arena, .rc_name = pr->name ? pr->name : "",
-                .reterr_msg = reterr_msg};
+    bctx_t b = {
+        .s = s, .a = s->arena, .rc_name = pr->name ? pr->name : "", .reterr_msg = reterr_msg};
     dp_route_config_t *rc = dp_arena_alloc(b.a, sizeof(*rc));
     rc->name = dp_arena_strdup(b.a, b.rc_name);
     rc->ignore_port_in_host_matching = pr->ignore_port_in_host_matching;
     rc->most_specific_header_mutations_wins = pr->most_specific_header_mutations_wins;
-    rc->max_direct_response_body_size =
-        pr->max_direct_response_body_size_bytes ? pr->max_direct_response_body_size_bytes->value
-                                                : 4096;
+    rc->max_direct_response_body_size = pr->max_direct_response_body_size_bytes
+                                            ? pr->max_direct_response_body_size_bytes->value
+                                            : 4096;
     if (!header_ops(&b, pr->n_request_headers_to_add, pr->request_headers_to_add,
                     pr->n_request_headers_to_remove, pr->request_headers_to_remove, "request",
                     &rc->req) ||
@@ -841,11 +913,10 @@ dp_route_config_t *xds_route_build(dp_snapshot_t *s, const pb_rc_t *pr, char **r
                     pr->n_response_headers_to_remove, pr->response_headers_to_remove, "response",
                     &rc->resp))
         return NULL;
-    FILTER_CONFS(&b, pr->n_typed_per_filter_config, pr->typed_per_filter_config,
-                 &rc->filter_confs);
+    FILTER_CONFS(&b, pr->n_typed_per_filter_config, pr->typed_per_filter_config, &rc->filter_confs);
 
-    dp_vhost_t *vhs = pr->n_virtual_hosts ? dp_arena_alloc(b.a, pr->n_virtual_hosts * sizeof(*vhs))
-                                          : NULL;
+    dp_vhost_t *vhs =
+        pr->n_virtual_hosts ? dp_arena_alloc(b.a, pr->n_virtual_hosts * sizeof(*vhs)) : NULL;
     for (size_t i = 0; i < pr->n_virtual_hosts; i++) {
         const pb_vh_t *v = pr->virtual_hosts[i];
         dp_vhost_t *vh = &vhs[i];
@@ -867,8 +938,8 @@ dp_route_config_t *xds_route_build(dp_snapshot_t *s, const pb_rc_t *pr, char **r
                         v->n_request_headers_to_remove, v->request_headers_to_remove, "request",
                         &vh->req) ||
             !header_ops(&b, v->n_response_headers_to_add, v->response_headers_to_add,
-                        v->n_response_headers_to_remove, v->response_headers_to_remove,
-                        "response", &vh->resp))
+                        v->n_response_headers_to_remove, v->response_headers_to_remove, "response",
+                        &vh->resp))
             return NULL;
         FILTER_CONFS(&b, v->n_typed_per_filter_config, v->typed_per_filter_config,
                      &vh->filter_confs);
