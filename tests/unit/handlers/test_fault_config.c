@@ -1,10 +1,12 @@
 /* The fault filter's config half and decisions: HTTPFault written in the proto3 JSON mapping
  * (as Istio sends it), packed, and built by dp_fault_config_new; the percentage draw over many
- * deterministic random numbers; the x-envoy-fault-* header controls; header matchers. */
+ * deterministic random numbers; the x-envoy-fault-* header controls; header matchers; and the
+ * filter itself on hand-built streams with a real libuv loop for the delay. */
 #include <check.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #include "envoy/extensions/filters/http/fault/v3/fault.pb-c.h"
 #include "handlers/config.h"
@@ -488,6 +490,295 @@ START_TEST(header_matchers)
 }
 END_TEST
 
+
+/* ---- the filter on a hand-built stream ----
+ *
+ * A loopback harness in place of the connection manager (dataplane/hcm.c): the stream
+ * functions the filter calls record what it did; the delay runs on a real libuv loop. */
+
+static struct {
+    const char *route_name; /* dp_stream_route_config answers route_conf for this name */
+    const void *route_conf;
+    int continued;
+    int replied;
+    int reply_status;
+    const char *reply_body;
+    dp_http_head_t *sent;
+    bool sent_end;
+} H;
+
+void dp_stream_continue(dp_stream_t *s)
+{
+    H.continued++;
+}
+
+void dp_stream_local_reply(dp_stream_t *s, int status, const char *body, uint32_t flag)
+{
+    s->response_flags |= flag;
+    H.replied++;
+    H.reply_status = status;
+    H.reply_body = body;
+}
+
+int dp_stream_encode_headers(dp_stream_t *s, dp_http_head_t *h, bool end_stream)
+{
+    H.sent = h;
+    H.sent_end = end_stream;
+    s->response_started = true;
+    return 0;
+}
+
+const void *dp_stream_route_config(const dp_stream_t *s, const char *filter_name)
+{
+    return H.route_name && strcmp(filter_name, H.route_name) == 0 ? H.route_conf : NULL;
+}
+
+uint64_t dp_wctx_random(dp_wctx_t *w)
+{
+    uint64_t x = w->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static uv_loop_t loop;
+static dp_wctx_t wctx;
+
+static void loop_setup(void)
+{
+    setup();
+    memset(&H, 0, sizeof(H));
+    ck_assert_int_eq(uv_loop_init(&loop), 0);
+    wctx = (dp_wctx_t){.loop = &loop, .rng = 88172645463325252ULL};
+}
+
+static void loop_teardown(void)
+{
+    uv_run(&loop, UV_RUN_DEFAULT);
+    ck_assert_int_eq(uv_loop_close(&loop), 0); /* every handle closed */
+    teardown();
+}
+
+static dp_stream_t *stream(const char *const *kv)
+{
+    dp_stream_t *s = dp_pool_calloc(pool, sizeof(*s));
+    s->pool = pool;
+    s->w = &wctx;
+    s->req = request(kv);
+    return s;
+}
+
+static const dp_fault_conf_t *listener_conf(const char *json)
+{
+    const dp_fault_conf_t *c = NULL;
+    ck_assert_int_eq(build_ex(json, false, "l", &c, NULL), 0);
+    return c;
+}
+
+static void *new_ctx(void)
+{
+    return dp_pool_calloc(pool, dp_fault_filter.ctx_size);
+}
+
+START_TEST(filter_delay)
+{
+    const dp_fault_conf_t *lc = listener_conf("{}");
+    H.route_name = "envoy.filters.http.fault";
+    H.route_conf = build("{\"delay\": {\"fixed_delay\": \"0.200s\", \"percentage\": "
+                         "{\"numerator\": 1000000, \"denominator\": \"MILLION\"}}}");
+    dp_stream_t *s = stream(NULL);
+    void *ctx = new_ctx();
+    uv_update_time(&loop);
+    uint64_t t0 = uv_now(&loop);
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_STOP);
+    ck_assert(s->response_flags & DP_RF(DI));
+    ck_assert_uint_eq(dp_counter_value(lc->stats.delays_injected), 1);
+    ck_assert_uint_eq(dp_gauge_value(lc->stats.active_faults), 1);
+    ck_assert_int_eq(H.continued, 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    ck_assert_int_eq(H.continued, 1);
+    ck_assert_int_eq(H.replied, 0);
+    ck_assert_uint_ge(uv_now(&loop) - t0, 200);
+    dp_fault_filter.on_stream_done(s, ctx, lc);
+    ck_assert_uint_eq(dp_gauge_value(lc->stats.active_faults), 0);
+}
+END_TEST
+
+START_TEST(filter_stream_ends_during_delay)
+{
+    const dp_fault_conf_t *lc = listener_conf(
+        "{\"delay\": {\"fixed_delay\": \"10s\", \"percentage\": {\"numerator\": 100}}}");
+    dp_stream_t *s = stream(NULL);
+    void *ctx = new_ctx();
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_STOP);
+    /* the listener-level config applies when the route has none */
+    ck_assert_uint_eq(dp_counter_value(lc->stats.delays_injected), 1);
+    dp_fault_filter.on_stream_done(s, ctx, lc);
+    uv_run(&loop, UV_RUN_DEFAULT); /* the timer's close runs; nothing fires */
+    ck_assert_int_eq(H.continued, 0);
+    ck_assert_uint_eq(dp_gauge_value(lc->stats.active_faults), 0);
+}
+END_TEST
+
+START_TEST(filter_delay_then_abort)
+{
+    const dp_fault_conf_t *lc = listener_conf("{}");
+    H.route_name = "envoy.filters.http.fault";
+    H.route_conf = build(
+        "{\"delay\": {\"fixed_delay\": \"0.020s\", \"percentage\": {\"numerator\": 100}},"
+        " \"abort\": {\"http_status\": 502, \"percentage\": {\"numerator\": 100}}}");
+    dp_stream_t *s = stream(NULL);
+    void *ctx = new_ctx();
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_STOP);
+    ck_assert_int_eq(H.replied, 0); /* not before the delay */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    ck_assert_int_eq(H.replied, 1);
+    ck_assert_int_eq(H.reply_status, 502);
+    ck_assert_str_eq(H.reply_body, "fault filter abort");
+    ck_assert_int_eq(H.continued, 0);
+    ck_assert(s->response_flags & DP_RF(DI));
+    ck_assert(s->response_flags & DP_RF(FI));
+    ck_assert_uint_eq(dp_counter_value(lc->stats.aborts_injected), 1);
+    ck_assert_uint_eq(dp_gauge_value(lc->stats.active_faults), 1); /* one per stream */
+    dp_fault_filter.on_stream_done(s, ctx, lc);
+    ck_assert_uint_eq(dp_gauge_value(lc->stats.active_faults), 0);
+}
+END_TEST
+
+START_TEST(filter_abort_http_and_grpc)
+{
+    const dp_fault_conf_t *lc = listener_conf("{}");
+    H.route_name = "envoy.filters.http.fault";
+    H.route_conf = build("{\"abort\": {\"http_status\": 503, \"percentage\": "
+                         "{\"numerator\": 1000000, \"denominator\": \"MILLION\"}}}");
+    dp_stream_t *s = stream(NULL);
+    void *ctx = new_ctx();
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_STOP);
+    ck_assert_int_eq(H.reply_status, 503);
+    ck_assert(s->response_flags & DP_RF(FI));
+    ck_assert(!(s->response_flags & DP_RF(DI)));
+    dp_fault_filter.on_stream_done(s, ctx, lc);
+
+    /* grpc_status to a gRPC request: a trailers-only response of its own */
+    H.route_conf = build("{\"abort\": {\"grpc_status\": 8, \"percentage\": "
+                         "{\"numerator\": 1000000, \"denominator\": \"MILLION\"}}}");
+    s = stream(NULL);
+    s->grpc = true;
+    ctx = new_ctx();
+    H.replied = 0;
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_STOP);
+    ck_assert_int_eq(H.replied, 0);
+    ck_assert_ptr_nonnull(H.sent);
+    ck_assert(H.sent_end);
+    ck_assert_int_eq(H.sent->status, 200);
+    const dp_header_t *g = DP_HDR_GET(&H.sent->headers, "grpc-status");
+    ck_assert_ptr_nonnull(g);
+    ck_assert(DP_STR_EQ(g->value, "8"));
+    ck_assert(DP_STR_EQ(DP_HDR_GET(&H.sent->headers, "content-type")->value, "application/grpc"));
+    ck_assert(s->response_flags & DP_RF(FI));
+    dp_fault_filter.on_stream_done(s, ctx, lc);
+
+    /* grpc_status to a plain HTTP request: 200 with the text, as Envoy */
+    s = stream(NULL);
+    ctx = new_ctx();
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_STOP);
+    ck_assert_int_eq(H.replied, 1);
+    ck_assert_int_eq(H.reply_status, 200);
+    dp_fault_filter.on_stream_done(s, ctx, lc);
+    ck_assert_uint_eq(dp_counter_value(lc->stats.aborts_injected), 3);
+    ck_assert_uint_eq(dp_gauge_value(lc->stats.active_faults), 0);
+}
+END_TEST
+
+START_TEST(filter_route_replaces_listener)
+{
+    /* a listener-level abort, a route-level config without one: no abort */
+    const dp_fault_conf_t *lc =
+        listener_conf("{\"abort\": {\"http_status\": 500, \"percentage\": {\"numerator\": 100}}}");
+    H.route_name = "envoy.filters.http.fault";
+    H.route_conf = build("{\"headers\": [{\"name\": \"x-never\", \"present_match\": true}], "
+                         "\"abort\": {\"http_status\": 501, \"percentage\": {\"numerator\": 100}}}");
+    dp_stream_t *s = stream(NULL);
+    void *ctx = new_ctx();
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_CONTINUE);
+    ck_assert_int_eq(H.replied, 0);
+    dp_fault_filter.on_stream_done(s, ctx, lc);
+    /* the route-level config is found under the listener config's filter name */
+    handlers_config_ctx_t cx = {.arena = arena, .filter_name = "my-fault", .per_route = false};
+    const void *named = NULL;
+    ck_assert_int_eq(dp_fault_config_new(&cx, NULL, 0, &named, NULL), 0);
+    H.route_name = "my-fault";
+    H.route_conf = build("{\"abort\": {\"http_status\": 504, \"percentage\": {\"numerator\": 100}}}");
+    s = stream(NULL);
+    ctx = new_ctx();
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, named, true), DP_FILTER_STOP);
+    ck_assert_int_eq(H.reply_status, 504);
+    dp_fault_filter.on_stream_done(s, ctx, named);
+    /* a config of another kind under the name is not read as a fault config */
+    static const uint32_t not_fault[16] = {0x12345678};
+    H.route_conf = not_fault;
+    H.replied = 0;
+    s = stream(NULL);
+    ctx = new_ctx();
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, named, true), DP_FILTER_CONTINUE);
+    ck_assert_int_eq(H.replied, 0);
+    dp_fault_filter.on_stream_done(s, ctx, named);
+}
+END_TEST
+
+START_TEST(filter_max_active_faults)
+{
+    const dp_fault_conf_t *lc = listener_conf("{}");
+    H.route_name = "envoy.filters.http.fault";
+    H.route_conf = build("{\"max_active_faults\": 1, \"delay\": {\"fixed_delay\": \"5s\", "
+                         "\"percentage\": {\"numerator\": 100}}}");
+    dp_stream_t *a = stream(NULL), *b = stream(NULL);
+    void *ca = new_ctx(), *cb = new_ctx();
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(a, ca, lc, true), DP_FILTER_STOP);
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(b, cb, lc, true), DP_FILTER_CONTINUE);
+    ck_assert_uint_eq(dp_counter_value(lc->stats.faults_overflow), 1);
+    ck_assert_uint_eq(dp_counter_value(lc->stats.delays_injected), 1);
+    ck_assert(!(b->response_flags & DP_RF(DI)));
+    dp_fault_filter.on_stream_done(b, cb, lc);
+    dp_fault_filter.on_stream_done(a, ca, lc);
+    ck_assert_uint_eq(dp_gauge_value(lc->stats.active_faults), 0);
+    /* without a stats store the limit still holds (counted in the config) */
+    handlers_config_ctx_t cx = {.arena = arena, .filter_name = "envoy.filters.http.fault"};
+    const void *bare = NULL;
+    ck_assert_int_eq(dp_fault_config_new(&cx, NULL, 0, &bare, NULL), 0);
+    a = stream(NULL);
+    b = stream(NULL);
+    ca = new_ctx();
+    cb = new_ctx();
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(a, ca, bare, true), DP_FILTER_STOP);
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(b, cb, bare, true), DP_FILTER_CONTINUE);
+    dp_fault_filter.on_stream_done(a, ca, bare);
+    dp_fault_filter.on_stream_done(b, cb, bare);
+    ck_assert_uint_eq(*((const dp_fault_conf_t *)bare)->active, 0);
+}
+END_TEST
+
+START_TEST(filter_header_controlled)
+{
+    const dp_fault_conf_t *lc = listener_conf(
+        "{\"abort\": {\"header_abort\": {}, \"percentage\": {\"numerator\": 100}}}");
+    const char *kv[] = {"x-envoy-fault-abort-request", "429", NULL};
+    dp_stream_t *s = stream(kv);
+    void *ctx = new_ctx();
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_STOP);
+    ck_assert_int_eq(H.reply_status, 429);
+    dp_fault_filter.on_stream_done(s, ctx, lc);
+    s = stream(NULL);
+    ctx = new_ctx();
+    H.replied = 0;
+    ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_CONTINUE);
+    ck_assert_int_eq(H.replied, 0);
+    dp_fault_filter.on_stream_done(s, ctx, lc);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("fault");
@@ -507,6 +798,16 @@ static Suite *suite(void)
     tcase_add_test(tc, parse_uint);
     tcase_add_test(tc, header_matchers);
     suite_add_tcase(s, tc);
+    TCase *tf = tcase_create("filter");
+    tcase_add_checked_fixture(tf, loop_setup, loop_teardown);
+    tcase_add_test(tf, filter_delay);
+    tcase_add_test(tf, filter_stream_ends_during_delay);
+    tcase_add_test(tf, filter_delay_then_abort);
+    tcase_add_test(tf, filter_abort_http_and_grpc);
+    tcase_add_test(tf, filter_route_replaces_listener);
+    tcase_add_test(tf, filter_max_active_faults);
+    tcase_add_test(tf, filter_header_controlled);
+    suite_add_tcase(s, tf);
     return s;
 }
 
