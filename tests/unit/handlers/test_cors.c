@@ -359,6 +359,134 @@ START_TEST(enabled_and_shadow)
 }
 END_TEST
 
+
+/* ---- the filter on hand-built streams ----
+ *
+ * A loopback harness in place of the connection manager (dataplane/hcm.c): the stream
+ * functions the filter calls record what it did. */
+
+static struct {
+    const void *route_conf; /* what dp_stream_route_config answers for route_name */
+    const char *route_name;
+    dp_http_head_t *sent;
+    bool sent_end;
+} H;
+
+int dp_stream_encode_headers(dp_stream_t *s, dp_http_head_t *h, bool end_stream)
+{
+    H.sent = h;
+    H.sent_end = end_stream;
+    return 0;
+}
+
+const void *dp_stream_route_config(const dp_stream_t *s, const char *filter_name)
+{
+    return H.route_name && strcmp(filter_name, H.route_name) == 0 ? H.route_conf : NULL;
+}
+
+uint64_t dp_wctx_random(dp_wctx_t *w)
+{
+    return ++w->rng;
+}
+
+static dp_wctx_t wctx;
+
+static dp_stream_t *stream(const char *method, const char *const *kv)
+{
+    dp_stream_t *s = dp_pool_calloc(pool, sizeof(*s));
+    s->pool = pool;
+    s->w = &wctx;
+    s->req = request(method, kv);
+    return s;
+}
+
+static const dp_cors_conf_t *listener_conf(void)
+{
+    const void *c = NULL;
+    ck_assert_int_eq(build_ex(DP_CORS_TYPE_URL,
+                              &envoy__extensions__filters__http__cors__v3__cors__descriptor, "{}",
+                              false, &c, NULL),
+                     0);
+    return c;
+}
+
+START_TEST(filter_preflight_and_simple)
+{
+    memset(&H, 0, sizeof(H));
+    const dp_cors_conf_t *lc = listener_conf();
+    H.route_name = "envoy.filters.http.cors";
+    H.route_conf = policy(istio_policy);
+    /* preflight: answered here */
+    const char *pre[] = {"origin", "https://app.example.com", "access-control-request-method",
+                         "GET", NULL};
+    dp_stream_t *s = stream("OPTIONS", pre);
+    void *ctx = dp_pool_calloc(pool, dp_cors_filter.ctx_size);
+    ck_assert_int_eq(dp_cors_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_STOP);
+    ck_assert_ptr_nonnull(H.sent);
+    ck_assert(H.sent_end);
+    ck_assert_int_eq(H.sent->status, 200);
+    expect_header(H.sent, "access-control-allow-origin", "https://app.example.com");
+    /* the connection manager runs on_response_headers over it: nothing more is added */
+    dp_cors_filter.on_response_headers(s, ctx, lc, H.sent, true);
+    expect_header(H.sent, "access-control-expose-headers", NULL);
+    ck_assert_uint_eq(dp_counter_value(lc->origin_valid), 1);
+
+    /* a simple request: forwarded, its response decorated */
+    const char *simple[] = {"origin", "https://app.example.com", NULL};
+    s = stream("GET", simple);
+    ctx = dp_pool_calloc(pool, dp_cors_filter.ctx_size);
+    H.sent = NULL;
+    ck_assert_int_eq(dp_cors_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_CONTINUE);
+    ck_assert_ptr_null(H.sent);
+    dp_http_head_t *resp = request("", NULL);
+    resp->status = 200;
+    dp_cors_filter.on_response_headers(s, ctx, lc, resp, false);
+    expect_header(resp, "access-control-allow-origin", "https://app.example.com");
+    expect_header(resp, "access-control-expose-headers", "x-reply,x-trace");
+    ck_assert_uint_eq(dp_counter_value(lc->origin_valid), 2);
+
+    /* an origin not allowed: counted, forwarded, not decorated */
+    const char *bad[] = {"origin", "https://evil", "access-control-request-method", "GET", NULL};
+    s = stream("OPTIONS", bad);
+    ctx = dp_pool_calloc(pool, dp_cors_filter.ctx_size);
+    ck_assert_int_eq(dp_cors_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_CONTINUE);
+    resp = request("", NULL);
+    resp->status = 200;
+    dp_cors_filter.on_response_headers(s, ctx, lc, resp, false);
+    expect_header(resp, "access-control-allow-origin", NULL);
+    ck_assert_uint_eq(dp_counter_value(lc->origin_invalid), 1);
+}
+END_TEST
+
+START_TEST(filter_without_policy)
+{
+    memset(&H, 0, sizeof(H));
+    const dp_cors_conf_t *lc = listener_conf();
+    const char *pre[] = {"origin", "https://app.example.com", "access-control-request-method",
+                         "GET", NULL};
+    dp_stream_t *s = stream("OPTIONS", pre);
+    void *ctx = dp_pool_calloc(pool, dp_cors_filter.ctx_size);
+    ck_assert_int_eq(dp_cors_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_CONTINUE);
+    dp_http_head_t *resp = request("", NULL);
+    resp->status = 200;
+    dp_cors_filter.on_response_headers(s, ctx, lc, resp, false);
+    ck_assert_uint_eq(resp->headers.n, 0);
+    ck_assert_uint_eq(dp_counter_value(lc->origin_valid), 0);
+    /* a config of another kind under the filter's name is not read as a policy */
+    static const uint32_t other[32] = {0x1};
+    H.route_name = "envoy.filters.http.cors";
+    H.route_conf = other;
+    ctx = dp_pool_calloc(pool, dp_cors_filter.ctx_size);
+    ck_assert_int_eq(dp_cors_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_CONTINUE);
+    ck_assert_ptr_null(H.sent);
+    /* no listener-level conf: the default name, no stats */
+    H.route_conf = policy(istio_policy);
+    ctx = dp_pool_calloc(pool, dp_cors_filter.ctx_size);
+    ck_assert_int_eq(dp_cors_filter.on_request_headers(s, ctx, NULL, true), DP_FILTER_STOP);
+    ck_assert_ptr_nonnull(H.sent);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("cors");
@@ -373,6 +501,8 @@ static Suite *suite(void)
     tcase_add_test(tc, preflight_not_matching);
     tcase_add_test(tc, simple_requests);
     tcase_add_test(tc, enabled_and_shadow);
+    tcase_add_test(tc, filter_preflight_and_simple);
+    tcase_add_test(tc, filter_without_policy);
     suite_add_tcase(s, tc);
     return s;
 }
