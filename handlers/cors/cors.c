@@ -33,8 +33,8 @@ static dp_filter_status_t cors_on_request_headers(dp_stream_t *s, void *ctx, con
     return DP_FILTER_STOP;
 }
 
-static void cors_on_response_headers(dp_stream_t *s, void *ctx, const void *conf,
-                                     dp_http_head_t *h, bool end_stream)
+static void cors_on_response_headers(dp_stream_t *s, void *ctx, const void *conf, dp_http_head_t *h,
+                                     bool end_stream)
 {
     cors_ctx_t *c = ctx;
     if (c->policy)

@@ -25,9 +25,10 @@
 #include "dataplane/stats.h"
 #include "dataplane/stream.h"
 
-#define DP_CORS_FILTER_NAME     "envoy.filters.http.cors"
-#define DP_CORS_TYPE_URL        "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
-#define DP_CORS_POLICY_TYPE_URL "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+#define DP_CORS_FILTER_NAME "envoy.filters.http.cors"
+#define DP_CORS_TYPE_URL    "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+#define DP_CORS_POLICY_TYPE_URL \
+    "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
 
 /* A StringMatcher (envoy.type.matcher.v3). */
 typedef enum dp_cors_match_kind {
@@ -42,7 +43,7 @@ typedef struct dp_cors_matcher {
     dp_cors_match_kind_t kind;
     const char *value;
     size_t value_len;
-    bool ignore_case; /* not for REGEX */
+    bool ignore_case;  /* not for REGEX */
     const void *regex; /* pcre2_code_8 in the snapshot's arena */
 } dp_cors_matcher_t;
 
@@ -127,8 +128,8 @@ int dp_cors_config_new(const struct handlers_config_ctx *ctx, const uint8_t *buf
 
 /* CorsPolicy (route level) into a dp_cors_policy_t. -EINVAL naming the field for a malformed
  * message, a string matcher without a pattern or a custom one, a regex PCRE2 refuses. */
-int dp_cors_policy_config_new(const struct handlers_config_ctx *ctx, const uint8_t *buf,
-                              size_t len, const void **ret_conf, char **reterr_msg);
+int dp_cors_policy_config_new(const struct handlers_config_ctx *ctx, const uint8_t *buf, size_t len,
+                              const void **ret_conf, char **reterr_msg);
 
 /* ---- the filter (cors.c) ---- */
 

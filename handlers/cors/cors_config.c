@@ -63,9 +63,8 @@ static const void *regex_compile(dp_arena_t *a, const char *re, const char *fiel
     }
     int err;
     PCRE2_SIZE off;
-    pcre2_code *code = pcre2_compile((PCRE2_SPTR)re, n,
-                                     PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_UTF, &err, &off,
-                                     cc);
+    pcre2_code *code = pcre2_compile(
+        (PCRE2_SPTR)re, n, PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_UTF, &err, &off, cc);
     if (code == NULL) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(err, msg, sizeof(msg));
@@ -175,21 +174,19 @@ static int policy_build(dp_arena_t *a, const pb_policy_t *pb, dp_cors_policy_t *
         pb->forward_not_matching_preflights == NULL || pb->forward_not_matching_preflights->value;
     if (pb->filter_enabled) {
         p->has_filter_enabled = true;
-        if ((r = percent_of(pb->filter_enabled, &p->filter_enabled, "filter_enabled",
-                            reterr_msg)))
+        if ((r = percent_of(pb->filter_enabled, &p->filter_enabled, "filter_enabled", reterr_msg)))
             return r;
     }
     if (pb->shadow_enabled) {
         p->has_shadow_enabled = true;
-        if ((r = percent_of(pb->shadow_enabled, &p->shadow_enabled, "shadow_enabled",
-                            reterr_msg)))
+        if ((r = percent_of(pb->shadow_enabled, &p->shadow_enabled, "shadow_enabled", reterr_msg)))
             return r;
     }
     return 0;
 }
 
-int dp_cors_policy_config_new(const handlers_config_ctx_t *ctx, const uint8_t *buf,
-                              size_t len, const void **ret_conf, char **reterr_msg)
+int dp_cors_policy_config_new(const handlers_config_ctx_t *ctx, const uint8_t *buf, size_t len,
+                              const void **ret_conf, char **reterr_msg)
 {
     if (!ctx->per_route)
         return fail(reterr_msg, "CorsPolicy: a route-level config, not an http_filters one");

@@ -31,8 +31,8 @@ static bool regex_full_match(const void *code, dp_str_t v)
         pcre2_set_match_limit(mc, 100000);
         pcre2_set_depth_limit(mc, 1000);
     }
-    return pcre2_match((const pcre2_code *)code, (PCRE2_SPTR)(v.p ? v.p : ""), v.n, 0, 0, md,
-                       mc) >= 0;
+    return pcre2_match((const pcre2_code *)code, (PCRE2_SPTR)(v.p ? v.p : ""), v.n, 0, 0, md, mc) >=
+           0;
 }
 
 bool dp_cors_matcher_match(const dp_cors_matcher_t *m, dp_str_t s)
@@ -150,8 +150,7 @@ dp_http_head_t *dp_cors_preflight_head(const dp_cors_policy_t *p, const dp_cors_
     if (p->max_age.n)
         set(h, pool, "access-control-max-age", p->max_age);
     if (p->allow_private_network_access) {
-        const dp_header_t *e =
-            DP_HDR_GET(&req->headers, "access-control-request-private-network");
+        const dp_header_t *e = DP_HDR_GET(&req->headers, "access-control-request-private-network");
         if (e && DP_STR_EQ(e->value, "true"))
             set(h, pool, "access-control-allow-private-network", DP_STR("true"));
     }

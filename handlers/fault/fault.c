@@ -83,8 +83,7 @@ static void reply_grpc(dp_stream_t *s, int grpc_status)
     int n = snprintf(code, sizeof(code), "%d", grpc_status);
     dp_headers_add_ref(&h->headers, s->pool, DP_STR("content-type"), DP_STR("application/grpc"));
     dp_headers_add(&h->headers, s->pool, "grpc-status", 11, code, (size_t)n);
-    dp_headers_add_ref(&h->headers, s->pool, DP_STR("grpc-message"),
-                       DP_STR("fault filter abort"));
+    dp_headers_add_ref(&h->headers, s->pool, DP_STR("grpc-message"), DP_STR("fault filter abort"));
     s->response_flags |= DP_RF(FI);
     dp_stream_encode_headers(s, h, true);
 }

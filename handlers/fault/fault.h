@@ -31,11 +31,11 @@
 #define DP_FAULT_TYPE_URL    "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 
 /* Envoy's header controls (Filters::Common::Fault::HeaderNames). */
-#define DP_FAULT_HDR_DELAY          "x-envoy-fault-delay-request"
-#define DP_FAULT_HDR_DELAY_PERCENT  "x-envoy-fault-delay-request-percentage"
-#define DP_FAULT_HDR_ABORT          "x-envoy-fault-abort-request"
-#define DP_FAULT_HDR_ABORT_GRPC     "x-envoy-fault-abort-grpc-request"
-#define DP_FAULT_HDR_ABORT_PERCENT  "x-envoy-fault-abort-request-percentage"
+#define DP_FAULT_HDR_DELAY           "x-envoy-fault-delay-request"
+#define DP_FAULT_HDR_DELAY_PERCENT   "x-envoy-fault-delay-request-percentage"
+#define DP_FAULT_HDR_ABORT           "x-envoy-fault-abort-request"
+#define DP_FAULT_HDR_ABORT_GRPC      "x-envoy-fault-abort-grpc-request"
+#define DP_FAULT_HDR_ABORT_PERCENT   "x-envoy-fault-abort-request-percentage"
 #define DP_FAULT_HDR_DOWNSTREAM_NODE "x-envoy-downstream-service-node"
 
 /* A FractionalPercent: numerator over denominator (100, 10000 or 1000000). */
@@ -90,7 +90,7 @@ typedef struct dp_fault_stats {
 #define DP_FAULT_MAGIC 0x46415531u
 
 typedef struct dp_fault_conf {
-    uint32_t magic; /* DP_FAULT_MAGIC */
+    uint32_t magic;          /* DP_FAULT_MAGIC */
     const char *filter_name; /* the http_filters name: the typed_per_filter_config key */
     bool per_route;
 
@@ -136,8 +136,7 @@ bool dp_fault_parse_uint(dp_str_t v, uint64_t max, uint64_t *ret);
 
 /* Whether the request is one the config applies to: its downstream_nodes and headers. The
  * pool is for joining repeated headers (Envoy matches them joined with ","). */
-bool dp_fault_request_matches(const dp_fault_conf_t *c, const dp_http_head_t *req,
-                              dp_pool_t *pool);
+bool dp_fault_request_matches(const dp_fault_conf_t *c, const dp_http_head_t *req, dp_pool_t *pool);
 
 /* One header matcher against a request head. */
 bool dp_fault_header_matches(const dp_fault_header_matcher_t *m, const dp_http_head_t *req,

@@ -15,9 +15,9 @@
 #include "xds/pbwire.h"
 
 /* Bounds on what a config may ask for. */
-#define MAX_REGEX_LEN  4096
-#define MAX_DELAY_MS   (365ull * 24 * 3600 * 1000) /* a year: far past any stream timeout */
-#define MAX_MATCHERS   1024
+#define MAX_REGEX_LEN 4096
+#define MAX_DELAY_MS  (365ull * 24 * 3600 * 1000) /* a year: far past any stream timeout */
+#define MAX_MATCHERS  1024
 
 typedef Envoy__Extensions__Filters__Http__Fault__V3__HTTPFault pb_fault_t;
 typedef Envoy__Config__Route__V3__HeaderMatcher pb_hm_t;
@@ -66,9 +66,8 @@ static const void *regex_compile(dp_arena_t *a, const char *re, char **reterr_ms
     }
     int err;
     PCRE2_SIZE off;
-    pcre2_code *code = pcre2_compile((PCRE2_SPTR)re, n,
-                                     PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_UTF, &err, &off,
-                                     cc);
+    pcre2_code *code = pcre2_compile(
+        (PCRE2_SPTR)re, n, PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_UTF, &err, &off, cc);
     if (code == NULL) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(err, msg, sizeof(msg));
@@ -141,8 +140,9 @@ static int string_matcher_of(dp_arena_t *a, const pb_sm_t *sm, dp_fault_header_m
         m->regex = regex_compile(a, sm->safe_regex->regex, reterr_msg, field);
         return m->regex ? 0 : -EINVAL;
     default:
-        return fail(reterr_msg, "%s: a match pattern (exact, prefix, suffix, contains, "
-                                "safe_regex) is required",
+        return fail(reterr_msg,
+                    "%s: a match pattern (exact, prefix, suffix, contains, "
+                    "safe_regex) is required",
                     field);
     }
     m->value = dp_arena_strdup(a, v ? v : "");
@@ -211,8 +211,8 @@ static int header_matcher_of(dp_arena_t *a, const pb_hm_t *hm, dp_fault_header_m
     return 0;
 }
 
-static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb,
-                       dp_fault_conf_t *c, char **reterr_msg)
+static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb, dp_fault_conf_t *c,
+                       char **reterr_msg)
 {
     dp_arena_t *a = ctx->arena;
     int r;
@@ -315,8 +315,8 @@ int dp_fault_config_new(const handlers_config_ctx_t *ctx, const uint8_t *buf, si
     if (r)
         return r;
     c->magic = DP_FAULT_MAGIC;
-    c->filter_name = dp_arena_strdup(ctx->arena,
-                                     ctx->filter_name ? ctx->filter_name : DP_FAULT_FILTER_NAME);
+    c->filter_name =
+        dp_arena_strdup(ctx->arena, ctx->filter_name ? ctx->filter_name : DP_FAULT_FILTER_NAME);
     c->per_route = ctx->per_route;
     if (!ctx->per_route) {
         if (ctx->stats && ctx->stat_prefix) {

@@ -117,8 +117,7 @@ bool dp_fault_abort_status(const dp_fault_conf_t *c, const dp_headers_t *h, uint
 
 /* The value a matcher sees: a pseudo-header from the head's fields, else every header of that
  * name joined with "," (Envoy's HeaderUtility::getAllOfHeaderAsString). p == NULL: absent. */
-static dp_str_t header_value(const dp_http_head_t *req, const char *name, size_t n,
-                             dp_pool_t *pool)
+static dp_str_t header_value(const dp_http_head_t *req, const char *name, size_t n, dp_pool_t *pool)
 {
     if (n > 0 && name[0] == ':') {
         dp_str_t v = DP_STR_NULL;
@@ -189,8 +188,7 @@ static bool regex_full_match(const void *code, dp_str_t v)
         pcre2_set_match_limit(mc, 100000);
         pcre2_set_depth_limit(mc, 1000);
     }
-    int rc = pcre2_match((const pcre2_code *)code, (PCRE2_SPTR)(v.p ? v.p : ""), v.n, 0, 0, md,
-                         mc);
+    int rc = pcre2_match((const pcre2_code *)code, (PCRE2_SPTR)(v.p ? v.p : ""), v.n, 0, 0, md, mc);
     return rc >= 0;
 }
 
@@ -261,8 +259,7 @@ bool dp_fault_header_matches(const dp_fault_header_matcher_t *m, const dp_http_h
     return r != m->invert;
 }
 
-bool dp_fault_request_matches(const dp_fault_conf_t *c, const dp_http_head_t *req,
-                              dp_pool_t *pool)
+bool dp_fault_request_matches(const dp_fault_conf_t *c, const dp_http_head_t *req, dp_pool_t *pool)
 {
     if (c->n_downstream_nodes) {
         const dp_header_t *e = DP_HDR_GET(&req->headers, DP_FAULT_HDR_DOWNSTREAM_NODE);

@@ -10,8 +10,8 @@
 #include "handlers/config.h"
 #include "handlers/cors/cors.h"
 #include "protos/registry.h"
-#include "xds/pbjson.h"
 #include "tests/unit/check_run.h"
+#include "xds/pbjson.h"
 
 static dp_arena_t *arena;
 static dp_stats_t *stats;
@@ -80,7 +80,8 @@ static const dp_cors_policy_t *policy(const char *json)
 /* Istio's corsPolicy translation (route.go translateCORSPolicy). */
 static const char *istio_policy =
     "{\"allow_origin_string_match\": [{\"exact\": \"https://app.example.com\"},"
-    " {\"prefix\": \"https://dev.\"}, {\"safe_regex\": {\"regex\": \"https://[a-z]+\\\\.corp\\\\.io\"}}],"
+    " {\"prefix\": \"https://dev.\"}, {\"safe_regex\": {\"regex\": "
+    "\"https://[a-z]+\\\\.corp\\\\.io\"}}],"
     " \"allow_methods\": \"GET,POST,PUT\", \"allow_headers\": \"x-custom,content-type\","
     " \"expose_headers\": \"x-reply,x-trace\", \"max_age\": \"86400\","
     " \"allow_credentials\": true,"
@@ -228,8 +229,9 @@ END_TEST
 START_TEST(preflight_allowed)
 {
     const dp_cors_policy_t *p = policy(istio_policy);
-    const char *kv[] = {"origin", "https://app.example.com", "access-control-request-method",
-                        "PUT", "access-control-request-headers", "x-custom", NULL};
+    const char *kv[] = {"origin", "https://app.example.com",        "access-control-request-method",
+                        "PUT",    "access-control-request-headers", "x-custom",
+                        NULL};
     dp_http_head_t *req = request("OPTIONS", kv);
     dp_cors_state_t st = dp_cors_decide(p, req, 0, 0);
     ck_assert_int_eq(st.verdict, DP_CORS_PREFLIGHT);
@@ -255,9 +257,15 @@ START_TEST(preflight_star_and_private_network)
     const dp_cors_policy_t *p =
         policy("{\"allow_origin_string_match\": [{\"exact\": \"https://a\"}], \"allow_methods\":"
                " \"*\", \"allow_headers\": \"*\", \"allow_private_network_access\": true}");
-    const char *kv[] = {"origin", "https://a", "access-control-request-method", "DELETE",
-                        "access-control-request-headers", "x-one,x-two",
-                        "access-control-request-private-network", "true", NULL};
+    const char *kv[] = {"origin",
+                        "https://a",
+                        "access-control-request-method",
+                        "DELETE",
+                        "access-control-request-headers",
+                        "x-one,x-two",
+                        "access-control-request-private-network",
+                        "true",
+                        NULL};
     dp_http_head_t *req = request("OPTIONS", kv);
     dp_cors_state_t st = dp_cors_decide(p, req, 0, 0);
     ck_assert_int_eq(st.verdict, DP_CORS_PREFLIGHT);
@@ -358,7 +366,6 @@ START_TEST(enabled_and_shadow)
     ck_assert_int_eq(dp_cors_decide(half, req, 10000 + 4999, 0).verdict, DP_CORS_PREFLIGHT);
 }
 END_TEST
-
 
 /* ---- the filter on hand-built streams ----
  *

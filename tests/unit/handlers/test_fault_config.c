@@ -12,8 +12,8 @@
 #include "handlers/config.h"
 #include "handlers/fault/fault.h"
 #include "protos/registry.h"
-#include "xds/pbjson.h"
 #include "tests/unit/check_run.h"
+#include "xds/pbjson.h"
 
 static dp_arena_t *arena;
 static dp_stats_t *stats;
@@ -40,7 +40,7 @@ static int build_ex(const char *json, bool per_route, const char *prefix,
     const pbjson_opts_t opts = {.resolve = pb_registry_find_type_url};
     pbjson_diag_t *diag = pbjson_diag_new();
     ProtobufCMessage *m = NULL;
-    int rc = pbjson_parse(json, strlen(json), "test", 
+    int rc = pbjson_parse(json, strlen(json), "test",
                           &envoy__extensions__filters__http__fault__v3__httpfault__descriptor,
                           &opts, &m, diag);
     if (rc != 0) {
@@ -302,7 +302,9 @@ static unsigned hits(dp_fault_percent_t p, unsigned n)
 
 START_TEST(percent_draws)
 {
-    enum { N = 100000 };
+    enum {
+        N = 100000
+    };
     rng_state = 0x9e3779b97f4a7c15ULL;
     /* 50% of a million: the standard deviation over N draws is 158; 1000 is over 6 of them,
      * and a draw that ignored the denominator or the numerator would be far outside. */
@@ -331,7 +333,9 @@ END_TEST
 
 START_TEST(abort_draws_through_config)
 {
-    enum { N = 100000 };
+    enum {
+        N = 100000
+    };
     rng_state = 12345;
     const dp_fault_conf_t *c = build("{\"abort\": {\"http_status\": 503, \"percentage\": "
                                      "{\"numerator\": 500000, \"denominator\": \"MILLION\"}}}");
@@ -365,8 +369,8 @@ START_TEST(header_controls)
     ck_assert_uint_eq(dp_fault_delay_ms(c, &r->headers, 0), 0);
     ck_assert(!dp_fault_abort_status(c, &r->headers, 0, &http, &grpc));
     /* values given */
-    const char *kv[] = {"x-envoy-fault-delay-request", "250", "x-envoy-fault-abort-request",
-                        "429", NULL};
+    const char *kv[] = {"x-envoy-fault-delay-request", "250", "x-envoy-fault-abort-request", "429",
+                        NULL};
     r = request(kv);
     ck_assert_uint_eq(dp_fault_delay_ms(c, &r->headers, 0), 250);
     ck_assert(dp_fault_abort_status(c, &r->headers, 0, &http, &grpc));
@@ -385,15 +389,20 @@ START_TEST(header_controls)
     ck_assert(!dp_fault_abort_status(c, &r->headers, 0, &http, &grpc));
     ck_assert_uint_eq(dp_fault_delay_ms(c, &r->headers, 0), 0);
     /* percentage headers: capped at the configured numerator */
-    const char *kv4[] = {"x-envoy-fault-abort-request", "503",
-                         "x-envoy-fault-abort-request-percentage", "0",
-                         "x-envoy-fault-delay-request", "10",
-                         "x-envoy-fault-delay-request-percentage", "1000", NULL};
+    const char *kv4[] = {"x-envoy-fault-abort-request",
+                         "503",
+                         "x-envoy-fault-abort-request-percentage",
+                         "0",
+                         "x-envoy-fault-delay-request",
+                         "10",
+                         "x-envoy-fault-delay-request-percentage",
+                         "1000",
+                         NULL};
     r = request(kv4);
     ck_assert(!dp_fault_abort_status(c, &r->headers, 0, &http, &grpc));
-    dp_fault_percent_t p = dp_fault_percent_from_header(
-        c->delay_percent, &r->headers, DP_FAULT_HDR_DELAY_PERCENT,
-        strlen(DP_FAULT_HDR_DELAY_PERCENT));
+    dp_fault_percent_t p =
+        dp_fault_percent_from_header(c->delay_percent, &r->headers, DP_FAULT_HDR_DELAY_PERCENT,
+                                     strlen(DP_FAULT_HDR_DELAY_PERCENT));
     ck_assert_uint_eq(p.numerator, 100); /* 1000 capped at 100 */
     ck_assert_uint_eq(p.denominator, 100);
     ck_assert_uint_eq(dp_fault_delay_ms(c, &r->headers, 99), 10);
@@ -445,19 +454,18 @@ START_TEST(header_matchers)
         " {\"name\": \"x-skip\", \"present_match\": true, \"invert_match\": true}]}");
     ck_assert_uint_eq(c->n_headers, 6);
     ck_assert_str_eq(c->headers[0].name, "x-user");
-    const char *ok[] = {"x-user", "alice", "x-trace", "", "x-env", "eu-prod", "x-id", "123",
-                        NULL};
+    const char *ok[] = {"x-user", "alice", "x-trace", "", "x-env", "eu-prod", "x-id", "123", NULL};
     ck_assert(dp_fault_request_matches(c, request(ok), pool));
-    const char *bad_user[] = {"x-user", "bob", "x-trace", "", "x-env", "eu-prod", "x-id", "1",
-                              NULL};
+    const char *bad_user[] = {"x-user",  "bob",  "x-trace", "",  "x-env",
+                              "eu-prod", "x-id", "1",       NULL};
     ck_assert(!dp_fault_request_matches(c, request(bad_user), pool));
     const char *no_trace[] = {"x-user", "alice", "x-env", "prod", "x-id", "1", NULL};
     ck_assert(!dp_fault_request_matches(c, request(no_trace), pool));
-    const char *bad_id[] = {"x-user", "alice", "x-trace", "1", "x-env", "prod", "x-id", "12a",
-                            NULL};
+    const char *bad_id[] = {"x-user", "alice", "x-trace", "1", "x-env",
+                            "prod",   "x-id",  "12a",     NULL};
     ck_assert(!dp_fault_request_matches(c, request(bad_id), pool));
-    const char *skip[] = {"x-user", "alice", "x-trace", "1", "x-env", "prod", "x-id", "1",
-                          "x-skip", "1", NULL};
+    const char *skip[] = {"x-user", "alice", "x-trace", "1", "x-env", "prod",
+                          "x-id",   "1",     "x-skip",  "1", NULL};
     ck_assert(!dp_fault_request_matches(c, request(skip), pool));
     dp_http_head_t *r = request(ok);
     r->path = DP_STR("/web");
@@ -489,7 +497,6 @@ START_TEST(header_matchers)
     ck_assert(!dp_fault_request_matches(wo, request(no), pool));
 }
 END_TEST
-
 
 /* ---- the filter on a hand-built stream ----
  *
@@ -626,9 +633,9 @@ START_TEST(filter_delay_then_abort)
 {
     const dp_fault_conf_t *lc = listener_conf("{}");
     H.route_name = "envoy.filters.http.fault";
-    H.route_conf = build(
-        "{\"delay\": {\"fixed_delay\": \"0.020s\", \"percentage\": {\"numerator\": 100}},"
-        " \"abort\": {\"http_status\": 502, \"percentage\": {\"numerator\": 100}}}");
+    H.route_conf =
+        build("{\"delay\": {\"fixed_delay\": \"0.020s\", \"percentage\": {\"numerator\": 100}},"
+              " \"abort\": {\"http_status\": 502, \"percentage\": {\"numerator\": 100}}}");
     dp_stream_t *s = stream(NULL);
     void *ctx = new_ctx();
     ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_STOP);
@@ -698,8 +705,9 @@ START_TEST(filter_route_replaces_listener)
     const dp_fault_conf_t *lc =
         listener_conf("{\"abort\": {\"http_status\": 500, \"percentage\": {\"numerator\": 100}}}");
     H.route_name = "envoy.filters.http.fault";
-    H.route_conf = build("{\"headers\": [{\"name\": \"x-never\", \"present_match\": true}], "
-                         "\"abort\": {\"http_status\": 501, \"percentage\": {\"numerator\": 100}}}");
+    H.route_conf =
+        build("{\"headers\": [{\"name\": \"x-never\", \"present_match\": true}], "
+              "\"abort\": {\"http_status\": 501, \"percentage\": {\"numerator\": 100}}}");
     dp_stream_t *s = stream(NULL);
     void *ctx = new_ctx();
     ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, lc, true), DP_FILTER_CONTINUE);
@@ -710,7 +718,8 @@ START_TEST(filter_route_replaces_listener)
     const void *named = NULL;
     ck_assert_int_eq(dp_fault_config_new(&cx, NULL, 0, &named, NULL), 0);
     H.route_name = "my-fault";
-    H.route_conf = build("{\"abort\": {\"http_status\": 504, \"percentage\": {\"numerator\": 100}}}");
+    H.route_conf =
+        build("{\"abort\": {\"http_status\": 504, \"percentage\": {\"numerator\": 100}}}");
     s = stream(NULL);
     ctx = new_ctx();
     ck_assert_int_eq(dp_fault_filter.on_request_headers(s, ctx, named, true), DP_FILTER_STOP);
@@ -762,8 +771,8 @@ END_TEST
 
 START_TEST(filter_header_controlled)
 {
-    const dp_fault_conf_t *lc = listener_conf(
-        "{\"abort\": {\"header_abort\": {}, \"percentage\": {\"numerator\": 100}}}");
+    const dp_fault_conf_t *lc =
+        listener_conf("{\"abort\": {\"header_abort\": {}, \"percentage\": {\"numerator\": 100}}}");
     const char *kv[] = {"x-envoy-fault-abort-request", "429", NULL};
     dp_stream_t *s = stream(kv);
     void *ctx = new_ctx();
