@@ -3,6 +3,9 @@
 #include <errno.h>
 #include <string.h>
 
+#include "handlers/cors/cors.h"
+#include "handlers/fault/fault.h"
+
 typedef struct config_entry {
     const char *type_url;
     handlers_config_new_fn fn;
@@ -11,7 +14,9 @@ typedef struct config_entry {
 /* One line per config type a filter of skiff's reads. The router's config has nothing skiff
  * uses yet, so it is not here: its filter needs no conf. */
 static const config_entry_t configs[] = {
-    {NULL, NULL},
+    {DP_FAULT_TYPE_URL, dp_fault_config_new}, /* listener level and per route */
+    {DP_CORS_TYPE_URL, dp_cors_config_new},
+    {DP_CORS_POLICY_TYPE_URL, dp_cors_policy_config_new},
 };
 
 int handlers_config_new(const handlers_config_ctx_t *ctx, const char *type_url,

@@ -2,9 +2,13 @@
 
 #include <string.h>
 
+#include "handlers/cors/cors.h"
+#include "handlers/fault/fault.h"
 #include "handlers/router/router.h"
 
 static const dp_http_filter_type_t *const http_filters[] = {
+    &dp_fault_filter,
+    &dp_cors_filter,
     &dp_router_filter,
 };
 

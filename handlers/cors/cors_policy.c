@@ -1,0 +1,171 @@
+/* The CORS filter's decisions and response headers as pure functions. */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include "handlers/cors/cors.h"
+
+#include <ctype.h>
+#include <pcre2.h>
+#include <string.h>
+
+static bool bytes_eq(const char *a, const char *b, size_t n, bool icase)
+{
+    if (!icase)
+        return n == 0 || memcmp(a, b, n) == 0;
+    for (size_t i = 0; i < n; i++) {
+        if (tolower((unsigned char)a[i]) != tolower((unsigned char)b[i]))
+            return false;
+    }
+    return true;
+}
+
+/* Full-string match with per-thread match data; the match limits bound what a hostile origin
+ * can cost a backtracking engine. Invalid UTF-8 does not match. */
+static bool regex_full_match(const void *code, dp_str_t v)
+{
+    static _Thread_local pcre2_match_data *md;
+    static _Thread_local pcre2_match_context *mc;
+    if (md == NULL) {
+        md = pcre2_match_data_create(1, NULL);
+        mc = pcre2_match_context_create(NULL);
+        if (md == NULL || mc == NULL)
+            return false;
+        pcre2_set_match_limit(mc, 100000);
+        pcre2_set_depth_limit(mc, 1000);
+    }
+    return pcre2_match((const pcre2_code *)code, (PCRE2_SPTR)(v.p ? v.p : ""), v.n, 0, 0, md, mc) >=
+           0;
+}
+
+bool dp_cors_matcher_match(const dp_cors_matcher_t *m, dp_str_t s)
+{
+    if (s.p == NULL)
+        s = DP_STR("");
+    switch (m->kind) {
+    case DP_CORS_MATCH_EXACT:
+        return s.n == m->value_len && bytes_eq(s.p, m->value, s.n, m->ignore_case);
+    case DP_CORS_MATCH_PREFIX:
+        return s.n >= m->value_len && bytes_eq(s.p, m->value, m->value_len, m->ignore_case);
+    case DP_CORS_MATCH_SUFFIX:
+        return s.n >= m->value_len &&
+               bytes_eq(s.p + s.n - m->value_len, m->value, m->value_len, m->ignore_case);
+    case DP_CORS_MATCH_CONTAINS:
+        for (size_t i = 0; i + m->value_len <= s.n; i++) {
+            if (bytes_eq(s.p + i, m->value, m->value_len, m->ignore_case))
+                return true;
+        }
+        return false;
+    case DP_CORS_MATCH_REGEX:
+        return m->regex && regex_full_match(m->regex, s);
+    }
+    return false;
+}
+
+bool dp_cors_origin_allowed(const dp_cors_policy_t *p, dp_str_t origin)
+{
+    for (size_t i = 0; i < p->n_origins; i++) {
+        if (dp_cors_matcher_match(&p->origins[i], DP_STR("*")) ||
+            dp_cors_matcher_match(&p->origins[i], origin))
+            return true;
+    }
+    return false;
+}
+
+static bool percent_hit(dp_cors_percent_t p, uint64_t random)
+{
+    return p.denominator && random % p.denominator < p.numerator;
+}
+
+bool dp_cors_enabled(const dp_cors_policy_t *p, uint64_t random)
+{
+    return !p->has_filter_enabled || percent_hit(p->filter_enabled, random);
+}
+
+bool dp_cors_shadow_enabled(const dp_cors_policy_t *p, uint64_t random)
+{
+    return p->has_shadow_enabled && percent_hit(p->shadow_enabled, random);
+}
+
+dp_cors_state_t dp_cors_decide(const dp_cors_policy_t *p, const dp_http_head_t *req,
+                               uint64_t r_enabled, uint64_t r_shadow)
+{
+    dp_cors_state_t st = {.verdict = DP_CORS_PASS};
+    if (p == NULL || req == NULL)
+        return st;
+    bool enabled = dp_cors_enabled(p, r_enabled);
+    bool shadow = dp_cors_shadow_enabled(p, r_shadow);
+    if (!enabled && !shadow)
+        return st;
+    const dp_header_t *o = DP_HDR_GET(&req->headers, "origin");
+    if (o == NULL || o->value.n == 0)
+        return st;
+    st.has_origin = true;
+    st.origin_allowed = dp_cors_origin_allowed(p, o->value);
+    if (st.origin_allowed)
+        st.origin = o->value;
+    /* filter_enabled takes precedence over shadow_enabled (Envoy's docs). */
+    if (!enabled)
+        return st;
+    st.verdict = DP_CORS_SIMPLE;
+    if (!DP_STR_EQ(req->method, "OPTIONS"))
+        return st;
+    const dp_header_t *m = DP_HDR_GET(&req->headers, "access-control-request-method");
+    if (m == NULL || m->value.n == 0)
+        return st;
+    if (!st.origin_allowed && p->forward_not_matching_preflights)
+        return st;
+    st.verdict = DP_CORS_PREFLIGHT;
+    return st;
+}
+
+static void set(dp_http_head_t *h, dp_pool_t *pool, const char *name, dp_str_t v)
+{
+    dp_headers_set(&h->headers, pool, name, strlen(name), v.p ? v.p : "", v.n);
+}
+
+dp_http_head_t *dp_cors_preflight_head(const dp_cors_policy_t *p, const dp_cors_state_t *st,
+                                       const dp_http_head_t *req, dp_pool_t *pool)
+{
+    dp_http_head_t *h = dp_pool_calloc(pool, sizeof(*h));
+    h->status = 200;
+    h->content_length = 0;
+    if (st->origin_allowed)
+        set(h, pool, "access-control-allow-origin", st->origin);
+    if (p->allow_credentials)
+        set(h, pool, "access-control-allow-credentials", DP_STR("true"));
+    if (p->allow_methods.n) {
+        dp_str_t v = p->allow_methods;
+        if (DP_STR_EQ(v, "*")) {
+            const dp_header_t *e = DP_HDR_GET(&req->headers, "access-control-request-method");
+            v = e ? e->value : DP_STR("");
+        }
+        set(h, pool, "access-control-allow-methods", v);
+    }
+    if (p->allow_headers.n) {
+        dp_str_t v = p->allow_headers;
+        if (DP_STR_EQ(v, "*")) {
+            const dp_header_t *e = DP_HDR_GET(&req->headers, "access-control-request-headers");
+            v = e ? e->value : DP_STR("");
+        }
+        set(h, pool, "access-control-allow-headers", v);
+    }
+    if (p->max_age.n)
+        set(h, pool, "access-control-max-age", p->max_age);
+    if (p->allow_private_network_access) {
+        const dp_header_t *e = DP_HDR_GET(&req->headers, "access-control-request-private-network");
+        if (e && DP_STR_EQ(e->value, "true"))
+            set(h, pool, "access-control-allow-private-network", DP_STR("true"));
+    }
+    dp_headers_add_ref(&h->headers, pool, DP_STR("content-length"), DP_STR("0"));
+    return h;
+}
+
+void dp_cors_decorate_response(const dp_cors_policy_t *p, const dp_cors_state_t *st,
+                               dp_http_head_t *resp, dp_pool_t *pool)
+{
+    if (st->verdict != DP_CORS_SIMPLE || !st->origin_allowed)
+        return;
+    set(resp, pool, "access-control-allow-origin", st->origin);
+    if (p->allow_credentials)
+        set(resp, pool, "access-control-allow-credentials", DP_STR("true"));
+    if (p->expose_headers.n)
+        set(resp, pool, "access-control-expose-headers", p->expose_headers);
+}
