@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <string.h>
 
+#include "handlers/local_ratelimit/local_ratelimit.h"
+
 typedef struct config_entry {
     const char *type_url;
     handlers_config_new_fn fn;
@@ -12,6 +14,7 @@ typedef struct config_entry {
  * uses yet, so it is not here: its filter needs no conf. */
 static const config_entry_t configs[] = {
     {NULL, NULL},
+    {DP_LRL_TYPE_URL, dp_local_ratelimit_config_new},
 };
 
 int handlers_config_new(const handlers_config_ctx_t *ctx, const char *type_url,

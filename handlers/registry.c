@@ -2,10 +2,12 @@
 
 #include <string.h>
 
+#include "handlers/local_ratelimit/local_ratelimit.h"
 #include "handlers/router/router.h"
 
 static const dp_http_filter_type_t *const http_filters[] = {
     &dp_router_filter,
+    &dp_local_ratelimit_filter,
 };
 
 const dp_http_filter_type_t *handlers_http_filter_find(const char *type_url)
