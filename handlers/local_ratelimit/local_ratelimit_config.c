@@ -293,10 +293,22 @@ static int rate_limits_build(build_t *b, const pb_lrl_t *m, dp_lrl_conf_t *conf)
             continue;
         if (u->wire_type != PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED)
             return fail(b, "rate_limits[%zu]: not a message", j);
+        /* protobuf-c keeps an unknown length-delimited field with its length varint. */
+        size_t off = 0;
+        uint64_t flen = 0;
+        for (unsigned shift = 0; off < u->len && off < 10; shift += 7) {
+            uint8_t c = u->data[off++];
+            flen |= (uint64_t)(c & 0x7f) << shift;
+            if (!(c & 0x80))
+                break;
+        }
         /* RateLimit's schema has no recursive message, so its depth is bounded without the
          * depth check of xds/pbwire.h. */
-        pb_rate_limit_t *rl = (pb_rate_limit_t *)protobuf_c_message_unpack(
-            &envoy__config__route__v3__rate_limit__descriptor, NULL, u->len, u->data);
+        pb_rate_limit_t *rl = NULL;
+        if (off > 0 && !(u->data[off - 1] & 0x80) && flen == u->len - off)
+            rl = (pb_rate_limit_t *)protobuf_c_message_unpack(
+                &envoy__config__route__v3__rate_limit__descriptor, NULL, u->len - off,
+                u->data + off);
         if (rl == NULL)
             return fail(b, "rate_limits[%zu]: malformed RateLimit", j);
         int rc = 0;
