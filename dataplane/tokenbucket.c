@@ -77,9 +77,8 @@ bool dp_tokenbucket_consume_at(dp_tokenbucket_t *b, uint32_t n, uint64_t now_ns,
             return false;
         }
         uint64_t next = STATE(STATE_IDX(r), tokens - n);
-        if (next == s || atomic_compare_exchange_weak_explicit(&b->_state, &s, next,
-                                                               memory_order_acq_rel,
-                                                               memory_order_acquire)) {
+        if (next == s || atomic_compare_exchange_weak_explicit(
+                             &b->_state, &s, next, memory_order_acq_rel, memory_order_acquire)) {
             if (ret_remaining)
                 *ret_remaining = tokens - n;
             return true;

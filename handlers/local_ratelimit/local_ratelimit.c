@@ -69,8 +69,7 @@ static bool params_eq(const dp_tokenbucket_params_t *a, const dp_tokenbucket_par
 }
 
 /* The buckets of this connection under conf, made full on first use. */
-static conn_slot_t *conn_slot(const dp_lrl_conf_t *conf, const dp_accepted_t *conn,
-                              uint64_t now)
+static conn_slot_t *conn_slot(const dp_lrl_conf_t *conf, const dp_accepted_t *conn, uint64_t now)
 {
     conn_slot_t *t = conn_table();
     uintptr_t h = ((uintptr_t)conf->bucket >> 4) * 31u + ((uintptr_t)conn >> 4);
@@ -83,8 +82,8 @@ static conn_slot_t *conn_slot(const dp_lrl_conf_t *conf, const dp_accepted_t *co
             pick = sl;
             break;
         }
-        if (pick == NULL || (pick->anchor != NULL && (sl->anchor == NULL ||
-                                                      sl->last_ns < pick->last_ns)))
+        if (pick == NULL ||
+            (pick->anchor != NULL && (sl->anchor == NULL || sl->last_ns < pick->last_ns)))
             pick = sl;
     }
     bool fresh = pick->anchor != conf->bucket || pick->conn != conn || pick->fd != conn->fd ||
@@ -357,8 +356,7 @@ static dp_filter_status_t lrl_on_request_headers(dp_stream_t *s, void *vctx, con
     return DP_FILTER_STOP;
 }
 
-static void put_number(dp_headers_t *hs, dp_pool_t *pool, const char *name, size_t nlen,
-                       uint64_t v)
+static void put_number(dp_headers_t *hs, dp_pool_t *pool, const char *name, size_t nlen, uint64_t v)
 {
     char buf[24];
     int n = snprintf(buf, sizeof(buf), "%llu", (unsigned long long)v);
@@ -375,8 +373,7 @@ static void lrl_on_response_headers(dp_stream_t *s, void *vctx, const void *vcon
     if (ctx->limited) {
         headers_apply(&h->headers, s->pool, conf->response_headers, conf->n_response_headers);
         dp_headers_set(&h->headers, s->pool, "x-envoy-ratelimited", 19, "true", 4);
-        if (s->grpc && conf->resource_exhausted &&
-            DP_HDR_GET(&h->headers, "grpc-status") != NULL)
+        if (s->grpc && conf->resource_exhausted && DP_HDR_GET(&h->headers, "grpc-status") != NULL)
             dp_headers_set(&h->headers, s->pool, "grpc-status", 11, "8", 1);
     }
     if (ctx->checked && conf->x_ratelimit_headers) {

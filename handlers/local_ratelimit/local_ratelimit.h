@@ -42,8 +42,9 @@
 #include "dataplane/stream.h"
 #include "dataplane/tokenbucket.h"
 
-#define DP_LRL_NAME     "envoy.filters.http.local_ratelimit"
-#define DP_LRL_TYPE_URL "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+#define DP_LRL_NAME "envoy.filters.http.local_ratelimit"
+#define DP_LRL_TYPE_URL \
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 
 /* Limits on a config (NACKed beyond them). */
 #define DP_LRL_MAX_DESCRIPTORS      64 /* descriptors */
@@ -108,7 +109,7 @@ typedef struct dp_lrl_conf {
     int status;                         /* 429 unless status.code >= 400 */
     bool has_bucket;                    /* token_bucket was given */
     dp_tokenbucket_params_t params;
-    dp_tokenbucket_t *bucket;           /* registry bucket (the per-connection table's key) */
+    dp_tokenbucket_t *bucket; /* registry bucket (the per-connection table's key) */
     bool per_connection;
     bool always_consume_default;
     bool x_ratelimit_headers;

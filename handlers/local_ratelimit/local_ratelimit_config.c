@@ -136,8 +136,7 @@ static int headers_build(build_t *b, const char *what, pb_hvo_t *const *v, size_
         size_t klen = strlen(key);
         for (size_t k = 0; k < klen; k++) {
             if (!tchar((unsigned char)key[k]))
-                return fail(b, "%s[%zu].header.key: '%s' is not a valid header name", what, i,
-                            key);
+                return fail(b, "%s[%zu].header.key: '%s' is not a valid header name", what, i, key);
         }
         if (strcasecmp(key, "host") == 0)
             return fail(b, "%s[%zu].header.key: host may not be modified", what, i);
@@ -212,8 +211,8 @@ static int descriptors_build(build_t *b, const pb_lrl_t *m, dp_lrl_conf_t *conf)
             e[k].key = arena_str(b->arena, key, strlen(key));
             e[k].value = arena_str(b->arena, val, strlen(val));
             if (off < sizeof(suffix)) {
-                int w = snprintf(suffix + off, sizeof(suffix) - off, "|%zu:%s=%zu:%s",
-                                 strlen(key), key, strlen(val), val);
+                int w = snprintf(suffix + off, sizeof(suffix) - off, "|%zu:%s=%zu:%s", strlen(key),
+                                 key, strlen(val), val);
                 off = w < 0 ? sizeof(suffix) : off + (size_t)w;
             }
         }
@@ -269,8 +268,9 @@ static int action_build(build_t *b, const char *what,
         out->key = DP_STR("remote_address");
         return 0;
     default:
-        return fail(b, "%s: action %d is not supported (request_headers, generic_key and "
-                       "remote_address are)",
+        return fail(b,
+                    "%s: action %d is not supported (request_headers, generic_key and "
+                    "remote_address are)",
                     what, (int)a->action_specifier_case);
     }
 }
@@ -337,7 +337,8 @@ static int rate_limits_build(build_t *b, const pb_lrl_t *m, dp_lrl_conf_t *conf)
     return 0;
 }
 
-static dp_counter_t *counter_new(const handlers_config_ctx_t *ctx, const char *prefix, const char *name)
+static dp_counter_t *counter_new(const handlers_config_ctx_t *ctx, const char *prefix,
+                                 const char *name)
 {
     if (ctx->stats == NULL)
         return NULL;
@@ -362,9 +363,9 @@ static int conf_build(build_t *b, const pb_lrl_t *m, dp_lrl_conf_t *conf)
     if (m->status && (int)m->status->code >= 400)
         conf->status = (int)m->status->code;
     conf->per_connection = m->local_rate_limit_per_downstream_connection;
-    conf->always_consume_default =
-        m->always_consume_default_token_bucket ? m->always_consume_default_token_bucket->value
-                                               : true;
+    conf->always_consume_default = m->always_consume_default_token_bucket
+                                       ? m->always_consume_default_token_bucket->value
+                                       : true;
     conf->x_ratelimit_headers =
         m->enable_x_ratelimit_headers ==
         ENVOY__EXTENSIONS__COMMON__RATELIMIT__V3__XRATE_LIMIT_HEADERS_RFCVERSION__DRAFT_VERSION_03;
@@ -400,8 +401,8 @@ static int conf_build(build_t *b, const pb_lrl_t *m, dp_lrl_conf_t *conf)
                             &conf->n_response_headers)) < 0 ||
         (rc = headers_build(b, "request_headers_to_add_when_not_enforced",
                             m->request_headers_to_add_when_not_enforced,
-                            m->n_request_headers_to_add_when_not_enforced,
-                            &conf->request_headers, &conf->n_request_headers)) < 0 ||
+                            m->n_request_headers_to_add_when_not_enforced, &conf->request_headers,
+                            &conf->n_request_headers)) < 0 ||
         (rc = descriptors_build(b, m, conf)) < 0 || (rc = rate_limits_build(b, m, conf)) < 0)
         return rc;
     b->id_base = NULL;
@@ -413,8 +414,8 @@ static int conf_build(build_t *b, const pb_lrl_t *m, dp_lrl_conf_t *conf)
     return 0;
 }
 
-int dp_local_ratelimit_config_new(const handlers_config_ctx_t *ctx, const uint8_t *buf,
-                                  size_t len, const void **ret_conf, char **reterr_msg)
+int dp_local_ratelimit_config_new(const handlers_config_ctx_t *ctx, const uint8_t *buf, size_t len,
+                                  const void **ret_conf, char **reterr_msg)
 {
     build_t b = {.ctx = ctx, .arena = ctx->arena, .reterr = reterr_msg};
     /* LocalRateLimit's schema has no recursive message: protobuf-c's recursion is bounded. */

@@ -180,8 +180,9 @@ START_TEST(test_registry_across_builds)
 {
     ck_assert_uint_eq(dp_tokenbucket_registry_size(), 0);
     dp_snapshot_t *s1 = dp_snapshot_new(1);
-    dp_tokenbucket_t *b1 = build(s1->arena, "http_local_rate_limiter|envoy.filters.http."
-                                            "local_ratelimit|listener",
+    dp_tokenbucket_t *b1 = build(s1->arena,
+                                 "http_local_rate_limiter|envoy.filters.http."
+                                 "local_ratelimit|listener",
                                  &ten_per_minute);
     dp_tokenbucket_t *other = build(s1->arena, "other", &ten_per_minute);
     ck_assert_ptr_ne(b1, other);
@@ -191,15 +192,17 @@ START_TEST(test_registry_across_builds)
 
     /* The next xDS change: a new snapshot built from the same config, the old one retired. */
     dp_snapshot_t *s2 = dp_snapshot_new(2);
-    dp_tokenbucket_t *b2 = build(s2->arena, "http_local_rate_limiter|envoy.filters.http."
-                                            "local_ratelimit|listener",
+    dp_tokenbucket_t *b2 = build(s2->arena,
+                                 "http_local_rate_limiter|envoy.filters.http."
+                                 "local_ratelimit|listener",
                                  &ten_per_minute);
     ck_assert_ptr_eq(b1, b2);
     /* Other parameters: another bucket. */
     dp_tokenbucket_params_t p = ten_per_minute;
     p.max_tokens = 11;
-    dp_tokenbucket_t *b3 = build(s2->arena, "http_local_rate_limiter|envoy.filters.http."
-                                            "local_ratelimit|listener",
+    dp_tokenbucket_t *b3 = build(s2->arena,
+                                 "http_local_rate_limiter|envoy.filters.http."
+                                 "local_ratelimit|listener",
                                  &p);
     ck_assert_ptr_ne(b3, b1);
     ck_assert_uint_eq(dp_tokenbucket_registry_size(), 3);

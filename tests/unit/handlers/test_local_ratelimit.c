@@ -25,7 +25,7 @@
 /* ---- the stream side, as dataplane/hcm.c provides it ---- */
 
 typedef struct reply {
-    int n;            /* local replies sent */
+    int n; /* local replies sent */
     int status;
     const char *body;
     dp_http_head_t *head; /* what went downstream, after the filter's on_response_headers */
@@ -141,9 +141,11 @@ static uint8_t *json_to_bytes(const char *json, size_t *ret_len)
     pbjson_diag_t *diag = pbjson_diag_new();
     ProtobufCMessage *m = NULL;
     int rc = pbjson_parse(
-        json, strlen(json), "test", &envoy__extensions__filters__http__local_ratelimit__v3__local_rate_limit__descriptor,
-        NULL, &m, diag);
-    ck_assert_msg(rc == 0, "JSON: %s", pbjson_diag_size(diag) ? pbjson_diag_at(diag, 0, NULL) : "?");
+        json, strlen(json), "test",
+        &envoy__extensions__filters__http__local_ratelimit__v3__local_rate_limit__descriptor, NULL,
+        &m, diag);
+    ck_assert_msg(rc == 0, "JSON: %s",
+                  pbjson_diag_size(diag) ? pbjson_diag_at(diag, 0, NULL) : "?");
     pbjson_diag_free(diag);
     size_t n = protobuf_c_message_get_packed_size(m);
     uint8_t *b = malloc(n + 1);
@@ -250,14 +252,17 @@ START_TEST(test_istio_config_decodes)
     ck_assert_int_eq(c->response_headers[0].action, DP_LRL_OVERWRITE_IF_EXISTS_OR_ADD);
     ck_assert_uint_eq(c->n_descriptors, 0);
     /* Envoy's stat names. */
-    ck_assert_ptr_eq(c->st_enabled,
-                     dp_stats_counter(stats, "http_local_rate_limiter.http_local_rate_limit.enabled"));
-    ck_assert_ptr_eq(c->st_enforced, dp_stats_counter(
-                                         stats, "http_local_rate_limiter.http_local_rate_limit.enforced"));
-    ck_assert_ptr_eq(c->st_rate_limited,
-                     dp_stats_counter(stats,
-                                      "http_local_rate_limiter.http_local_rate_limit.rate_limited"));
-    ck_assert_ptr_eq(c->st_ok, dp_stats_counter(stats, "http_local_rate_limiter.http_local_rate_limit.ok"));
+    ck_assert_ptr_eq(
+        c->st_enabled,
+        dp_stats_counter(stats, "http_local_rate_limiter.http_local_rate_limit.enabled"));
+    ck_assert_ptr_eq(
+        c->st_enforced,
+        dp_stats_counter(stats, "http_local_rate_limiter.http_local_rate_limit.enforced"));
+    ck_assert_ptr_eq(
+        c->st_rate_limited,
+        dp_stats_counter(stats, "http_local_rate_limiter.http_local_rate_limit.rate_limited"));
+    ck_assert_ptr_eq(c->st_ok,
+                     dp_stats_counter(stats, "http_local_rate_limiter.http_local_rate_limit.ok"));
     dp_arena_free(a);
 }
 END_TEST
@@ -303,8 +308,9 @@ START_TEST(test_not_enabled_does_nothing)
     ck_assert_int_eq(send_n(c, NULL, 20, NULL, NULL), 20);
     /* A bucket without filter_enabled: still nothing (absent is 0%). */
     const dp_lrl_conf_t *d =
-        build(a, "{\"stat_prefix\": \"p\", \"token_bucket\": {\"max_tokens\": 1, \"fill_interval\":"
-                 " \"60s\"}}",
+        build(a,
+              "{\"stat_prefix\": \"p\", \"token_bucket\": {\"max_tokens\": 1, \"fill_interval\":"
+              " \"60s\"}}",
               false);
     ck_assert_int_eq(send_n(d, NULL, 5, NULL, NULL), 5);
     ck_assert_uint_eq(counter("p.http_local_rate_limit.enabled"), 0);
@@ -315,16 +321,16 @@ END_TEST
 START_TEST(test_shadow_mode)
 {
     dp_arena_t *a = dp_arena_new();
-    const dp_lrl_conf_t *c = build(
-        a,
-        "{\"stat_prefix\": \"shadow\","
-        " \"token_bucket\": {\"max_tokens\": 2, \"fill_interval\": \"3600s\"},"
-        " \"filter_enabled\": {\"default_value\": {\"numerator\": 1000000, \"denominator\": "
-        "\"MILLION\"}},"
-        " \"request_headers_to_add_when_not_enforced\": [{\"append_action\": "
-        "\"OVERWRITE_IF_EXISTS_OR_ADD\", \"header\": {\"key\": \"X-Would-Limit\", \"value\": "
-        "\"1\"}}]}",
-        false);
+    const dp_lrl_conf_t *c =
+        build(a,
+              "{\"stat_prefix\": \"shadow\","
+              " \"token_bucket\": {\"max_tokens\": 2, \"fill_interval\": \"3600s\"},"
+              " \"filter_enabled\": {\"default_value\": {\"numerator\": 1000000, \"denominator\": "
+              "\"MILLION\"}},"
+              " \"request_headers_to_add_when_not_enforced\": [{\"append_action\": "
+              "\"OVERWRITE_IF_EXISTS_OR_ADD\", \"header\": {\"key\": \"X-Would-Limit\", \"value\": "
+              "\"1\"}}]}",
+              false);
     ck_assert_int_eq(c->enforced_ppm, 0);
     ck_assert_int_eq(send_n(c, NULL, 2, NULL, NULL), 2);
     req_t *r = req_run(c, NULL, "x-would-limit", "0");
@@ -343,14 +349,16 @@ END_TEST
 START_TEST(test_route_config_replaces_listener)
 {
     dp_arena_t *a = dp_arena_new();
-    const dp_lrl_conf_t *listener = build(a, "{\"stat_prefix\": \"http_local_rate_limiter\"}", false);
-    const dp_lrl_conf_t *route = build(
-        a,
-        "{\"stat_prefix\": \"route_limiter\", \"status\": {\"code\": \"ServiceUnavailable\"},"
-        " \"token_bucket\": {\"max_tokens\": 3, \"tokens_per_fill\": 3, \"fill_interval\": \"60s\"},"
-        " \"filter_enabled\": {\"default_value\": {\"numerator\": 100}},"
-        " \"filter_enforced\": {\"default_value\": {\"numerator\": 100}}}",
-        true);
+    const dp_lrl_conf_t *listener =
+        build(a, "{\"stat_prefix\": \"http_local_rate_limiter\"}", false);
+    const dp_lrl_conf_t *route =
+        build(a,
+              "{\"stat_prefix\": \"route_limiter\", \"status\": {\"code\": \"ServiceUnavailable\"},"
+              " \"token_bucket\": {\"max_tokens\": 3, \"tokens_per_fill\": 3, \"fill_interval\": "
+              "\"60s\"},"
+              " \"filter_enabled\": {\"default_value\": {\"numerator\": 100}},"
+              " \"filter_enforced\": {\"default_value\": {\"numerator\": 100}}}",
+              true);
     ck_assert(route->per_route);
     ck_assert_int_eq(route->status, 503);
     /* Another route: no per-route config, the listener's (which limits nothing) applies. */
@@ -362,7 +370,8 @@ START_TEST(test_route_config_replaces_listener)
     route_conf = NULL;
     ck_assert_int_eq(send_n(listener, NULL, 5, NULL, NULL), 5);
     /* A status under 400 means 429. */
-    const dp_lrl_conf_t *low = build(a, "{\"stat_prefix\": \"x\", \"status\": {\"code\": 302}}", true);
+    const dp_lrl_conf_t *low =
+        build(a, "{\"stat_prefix\": \"x\", \"status\": {\"code\": 302}}", true);
     ck_assert_int_eq(low->status, 429);
     dp_arena_free(a);
 }
@@ -371,13 +380,14 @@ END_TEST
 START_TEST(test_x_ratelimit_headers)
 {
     dp_arena_t *a = dp_arena_new();
-    const dp_lrl_conf_t *c = build(
-        a,
-        "{\"stat_prefix\": \"xrl\", \"enable_x_ratelimit_headers\": \"DRAFT_VERSION_03\","
-        " \"token_bucket\": {\"max_tokens\": 2, \"tokens_per_fill\": 2, \"fill_interval\": \"60s\"},"
-        " \"filter_enabled\": {\"default_value\": {\"numerator\": 100}},"
-        " \"filter_enforced\": {\"default_value\": {\"numerator\": 100}}}",
-        false);
+    const dp_lrl_conf_t *c =
+        build(a,
+              "{\"stat_prefix\": \"xrl\", \"enable_x_ratelimit_headers\": \"DRAFT_VERSION_03\","
+              " \"token_bucket\": {\"max_tokens\": 2, \"tokens_per_fill\": 2, \"fill_interval\": "
+              "\"60s\"},"
+              " \"filter_enabled\": {\"default_value\": {\"numerator\": 100}},"
+              " \"filter_enforced\": {\"default_value\": {\"numerator\": 100}}}",
+              false);
     req_t *r = req_run(c, NULL, NULL, NULL);
     dp_http_head_t *h = req_respond(r);
     ck_assert_str_eq(hdr(&h->headers, "x-ratelimit-limit"), "2");
@@ -436,17 +446,17 @@ static uint8_t *with_rate_limits(const char *json, size_t *ret_len)
 START_TEST(test_descriptors)
 {
     size_t n;
-    uint8_t *bytes = with_rate_limits(
-        "{\"stat_prefix\": \"desc\","
-        " \"token_bucket\": {\"max_tokens\": 100, \"fill_interval\": \"60s\"},"
-        " \"filter_enabled\": {\"default_value\": {\"numerator\": 100}},"
-        " \"filter_enforced\": {\"default_value\": {\"numerator\": 100}},"
-        " \"descriptors\": ["
-        "   {\"entries\": [{\"key\": \"user\", \"value\": \"alice\"}],"
-        "    \"token_bucket\": {\"max_tokens\": 2, \"fill_interval\": \"60s\"}},"
-        "   {\"entries\": [{\"key\": \"user\", \"value\": \"carol\"}],"
-        "    \"token_bucket\": {\"max_tokens\": 5, \"fill_interval\": \"60s\"}}]}",
-        &n);
+    uint8_t *bytes =
+        with_rate_limits("{\"stat_prefix\": \"desc\","
+                         " \"token_bucket\": {\"max_tokens\": 100, \"fill_interval\": \"60s\"},"
+                         " \"filter_enabled\": {\"default_value\": {\"numerator\": 100}},"
+                         " \"filter_enforced\": {\"default_value\": {\"numerator\": 100}},"
+                         " \"descriptors\": ["
+                         "   {\"entries\": [{\"key\": \"user\", \"value\": \"alice\"}],"
+                         "    \"token_bucket\": {\"max_tokens\": 2, \"fill_interval\": \"60s\"}},"
+                         "   {\"entries\": [{\"key\": \"user\", \"value\": \"carol\"}],"
+                         "    \"token_bucket\": {\"max_tokens\": 5, \"fill_interval\": \"60s\"}}]}",
+                         &n);
     dp_arena_t *a = dp_arena_new();
     const dp_lrl_conf_t *c = NULL;
     char *err = NULL;
@@ -484,13 +494,13 @@ END_TEST
 START_TEST(test_per_connection)
 {
     dp_arena_t *a = dp_arena_new();
-    const dp_lrl_conf_t *c = build(
-        a,
-        "{\"stat_prefix\": \"perconn\", \"local_rate_limit_per_downstream_connection\": true,"
-        " \"token_bucket\": {\"max_tokens\": 3, \"fill_interval\": \"60s\"},"
-        " \"filter_enabled\": {\"default_value\": {\"numerator\": 100}},"
-        " \"filter_enforced\": {\"default_value\": {\"numerator\": 100}}}",
-        false);
+    const dp_lrl_conf_t *c =
+        build(a,
+              "{\"stat_prefix\": \"perconn\", \"local_rate_limit_per_downstream_connection\": true,"
+              " \"token_bucket\": {\"max_tokens\": 3, \"fill_interval\": \"60s\"},"
+              " \"filter_enabled\": {\"default_value\": {\"numerator\": 100}},"
+              " \"filter_enforced\": {\"default_value\": {\"numerator\": 100}}}",
+              false);
     ck_assert(c->per_connection);
     dp_accepted_t c1, c2;
     memset(&c1, 0, sizeof(c1));
