@@ -24,9 +24,10 @@
  * true) the default bucket is also taken.
  *
  * Buckets survive snapshot rebuilds: each config names its buckets by stat_prefix, filter name,
- * level (listener or route) and descriptor entries, plus the bucket parameters; an unchanged
- * config keeps its buckets and their tokens. Two route-level configs with the same stat_prefix
- * and parameters share their buckets.
+ * level (listener, with the connection manager's stat_prefix, or route) and descriptor
+ * entries, plus the bucket parameters; an unchanged config keeps its buckets and their tokens.
+ * Two route-level configs with the same stat_prefix and parameters share their buckets (the
+ * config half is not told which route it belongs to).
  *
  * Trusts: the request head as the connection manager left it. Header values from the request
  * become descriptor values only for comparison (never copied into responses). Worker thread

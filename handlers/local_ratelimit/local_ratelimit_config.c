@@ -371,9 +371,13 @@ static int conf_build(build_t *b, const pb_lrl_t *m, dp_lrl_conf_t *conf)
         ENVOY__EXTENSIONS__COMMON__RATELIMIT__V3__XRATE_LIMIT_HEADERS_RFCVERSION__DRAFT_VERSION_03;
     conf->resource_exhausted = m->rate_limited_as_resource_exhausted;
 
+    /* The limit's name. At listener level it includes the connection manager's stat_prefix,
+     * so that each connection manager (an Istio inbound port) has its own bucket, as each
+     * has its own filter config in Envoy. */
     char id_base[DP_TOKENBUCKET_MAX_ID / 2];
-    int n = snprintf(id_base, sizeof(id_base), "%s|%s|%s", m->stat_prefix, fname,
-                     ctx->per_route ? "route" : "listener");
+    int n = snprintf(id_base, sizeof(id_base), "%s|%s|%s|%s", m->stat_prefix, fname,
+                     ctx->per_route ? "route" : "listener",
+                     !ctx->per_route && ctx->stat_prefix ? ctx->stat_prefix : "");
     if (n < 0 || (size_t)n >= sizeof(id_base))
         return fail(b, "stat_prefix: too long with the filter name");
     b->id_base = id_base;

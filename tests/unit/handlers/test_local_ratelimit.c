@@ -135,6 +135,7 @@ static int send_n(const void *conf, const dp_accepted_t *conn, int n, const char
 /* ---- building configs ---- */
 
 static dp_stats_t *stats;
+static const char *hcm_prefix = "inbound_0.0.0.0_8080"; /* the connection manager's */
 
 static uint8_t *json_to_bytes(const char *json, size_t *ret_len)
 {
@@ -161,7 +162,7 @@ static int build_bytes(dp_arena_t *a, const uint8_t *b, size_t n, bool per_route
     handlers_config_ctx_t ctx = {
         .arena = a,
         .stats = stats,
-        .stat_prefix = per_route ? NULL : "inbound_0.0.0.0_8080",
+        .stat_prefix = per_route ? NULL : hcm_prefix,
         .filter_name = DP_LRL_NAME,
         .per_route = per_route,
     };
@@ -540,6 +541,12 @@ START_TEST(test_tokens_survive_rebuild)
     const dp_lrl_conf_t *r = build(s2->arena, istio_json, true);
     ck_assert_ptr_ne(r->bucket, c2->bucket);
     ck_assert_int_eq(send_n(r, NULL, 11, NULL, NULL), 10);
+    /* So is the same config in another connection manager (another inbound port). */
+    hcm_prefix = "inbound_0.0.0.0_9090";
+    const dp_lrl_conf_t *other = build(s2->arena, istio_json, false);
+    hcm_prefix = "inbound_0.0.0.0_8080";
+    ck_assert_ptr_ne(other->bucket, c2->bucket);
+    ck_assert_int_eq(send_n(other, NULL, 11, NULL, NULL), 10);
     dp_snapshot_unref(s2);
 }
 END_TEST
