@@ -159,7 +159,12 @@ static int headers_build(build_t *b, const char *what, pb_hvo_t *const *v, size_
         out[i].name = name;
         out[i].value = arena_str(b->arena, val, vlen);
         out[i].keep_empty_value = o->keep_empty_value;
-        /* The deprecated append wins when set, as in Envoy's HeaderParser. */
+        /* The deprecated append maps onto append_action; both at once is an error, as in
+         * Envoy's HeaderParser. */
+        if (o->append &&
+            o->append_action !=
+                ENVOY__CONFIG__CORE__V3__HEADER_VALUE_OPTION__HEADER_APPEND_ACTION__APPEND_IF_EXISTS_OR_ADD)
+            return fail(b, "%s[%zu]: append and append_action are both set", what, i);
         if (o->append)
             out[i].action = o->append->value ? DP_LRL_APPEND_IF_EXISTS_OR_ADD
                                              : DP_LRL_OVERWRITE_IF_EXISTS_OR_ADD;

@@ -583,6 +583,11 @@ START_TEST(test_nacks)
                   "\"value\": \"v\"}]}]}");
     ck_assert_msg(strstr(e, "descriptors[0].token_bucket") != NULL, "%s", e);
     free(e);
+    e = build_err("{\"stat_prefix\": \"p\", \"response_headers_to_add\": [{\"append\": true, "
+                  "\"append_action\": \"ADD_IF_ABSENT\", \"header\": {\"key\": \"x\", "
+                  "\"value\": \"1\"}}]}");
+    ck_assert_msg(strstr(e, "append and append_action") != NULL, "%s", e);
+    free(e);
     /* Bytes that are no LocalRateLimit. */
     dp_arena_t *a = dp_arena_new();
     const dp_lrl_conf_t *c = NULL;
