@@ -213,6 +213,20 @@ static bool fraction_hit(uint32_t ppm)
     return x % 1000000 < ppm;
 }
 
+/* Takes one token from b; the bucket the x-ratelimit headers describe becomes b when it is the
+ * first taken or it refused. */
+static bool take(dp_tokenbucket_t *b, uint64_t now, dp_tokenbucket_t **report,
+                 uint32_t *report_left)
+{
+    uint32_t left = 0;
+    bool ok = dp_tokenbucket_consume_at(b, 1, now, &left);
+    if (*report == NULL || !ok) {
+        *report = b;
+        *report_left = left;
+    }
+    return ok;
+}
+
 /* Takes a token from the buckets the request falls under (Envoy's requestAllowed): the matched
  * descriptors' buckets most restrictive first, then the default bucket when no descriptor
  * matched or always_consume_default_token_bucket. Records in ctx the bucket the x-ratelimit
@@ -255,28 +269,13 @@ static bool request_allowed(dp_stream_t *s, lrl_ctx_t *ctx, const dp_lrl_conf_t 
 
     dp_tokenbucket_t *report = NULL;
     uint32_t report_left = 0;
-    for (size_t k = 0; k < n_matched; k++) {
-        size_t i = matched[k];
-        dp_tokenbucket_t *b = slot ? &slot->b[1 + i] : conf->descriptors[i].bucket;
-        uint32_t left;
-        bool ok = dp_tokenbucket_consume_at(b, 1, now, &left);
-        if (report == NULL || !ok) {
-            report = b;
-            report_left = left;
-        }
-        if (!ok)
-            goto refused;
-    }
     bool ok = true;
-    if ((n_matched == 0 || conf->always_consume_default) && conf->has_bucket) {
-        dp_tokenbucket_t *b = slot ? &slot->b[0] : conf->bucket;
-        uint32_t left;
-        ok = dp_tokenbucket_consume_at(b, 1, now, &left);
-        if (report == NULL || !ok) {
-            report = b;
-            report_left = left;
-        }
+    for (size_t k = 0; ok && k < n_matched; k++) {
+        size_t i = matched[k];
+        ok = take(slot ? &slot->b[1 + i] : conf->descriptors[i].bucket, now, &report, &report_left);
     }
+    if (ok && (n_matched == 0 || conf->always_consume_default) && conf->has_bucket)
+        ok = take(slot ? &slot->b[0] : conf->bucket, now, &report, &report_left);
     if (report) {
         ctx->checked = true;
         ctx->limit = report->p.max_tokens;
@@ -284,13 +283,6 @@ static bool request_allowed(dp_stream_t *s, lrl_ctx_t *ctx, const dp_lrl_conf_t 
         ctx->reset_s = (dp_tokenbucket_next_fill_ns(report, now) + 999999999ull) / 1000000000ull;
     }
     return ok;
-
-refused:
-    ctx->checked = true;
-    ctx->limit = report->p.max_tokens;
-    ctx->remaining = report_left;
-    ctx->reset_s = (dp_tokenbucket_next_fill_ns(report, now) + 999999999ull) / 1000000000ull;
-    return false;
 }
 
 static void headers_apply(dp_headers_t *hs, dp_pool_t *pool, const dp_lrl_header_t *v, size_t n)
