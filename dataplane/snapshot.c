@@ -15,9 +15,16 @@ typedef struct arena_chunk {
     _Alignas(16) unsigned char data[];
 } arena_chunk_t;
 
+typedef struct arena_cleanup {
+    struct arena_cleanup *next;
+    void (*fn)(void *p);
+    void *p;
+} arena_cleanup_t;
+
 struct dp_arena {
     arena_chunk_t *head;
     size_t bytes;
+    arena_cleanup_t *cleanups; /* newest first; records live in the arena */
 };
 
 static atomic_uint_fast64_t freed_count;
@@ -67,10 +74,21 @@ size_t dp_arena_bytes(const dp_arena_t *a)
     return a->bytes;
 }
 
+void dp_arena_add_cleanup(dp_arena_t *a, void (*fn)(void *p), void *p)
+{
+    arena_cleanup_t *c = dp_arena_alloc(a, sizeof(*c));
+    c->fn = fn;
+    c->p = p;
+    c->next = a->cleanups;
+    a->cleanups = c;
+}
+
 void dp_arena_free(dp_arena_t *a)
 {
     if (a == NULL)
         return;
+    for (arena_cleanup_t *c = a->cleanups; c; c = c->next)
+        c->fn(c->p);
     for (arena_chunk_t *c = a->head, *next; c; c = next) {
         next = c->next;
         free(c);

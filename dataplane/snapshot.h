@@ -31,6 +31,10 @@ void *dp_arena_alloc(dp_arena_t *a, size_t size); /* zeroed, 16-byte aligned; ab
 char *dp_arena_strdup(dp_arena_t *a, const char *s);
 size_t dp_arena_bytes(const dp_arena_t *a); /* bytes handed out */
 void dp_arena_free(dp_arena_t *a);          /* accepts NULL */
+/* Registers fn(p) to run when the arena is freed, before its memory goes (newest first): for
+ * what a snapshot references but does not own, such as shared rate-limit buckets. The record
+ * lives in the arena. Same thread as the other builder calls. */
+void dp_arena_add_cleanup(dp_arena_t *a, void (*fn)(void *p), void *p);
 
 typedef enum dp_health {
     DP_HEALTH_UNKNOWN = 0, /* Envoy's EDS health_status numbering */

@@ -5,6 +5,7 @@
 
 #include "handlers/cors/cors.h"
 #include "handlers/fault/fault.h"
+#include "handlers/local_ratelimit/local_ratelimit.h"
 
 typedef struct config_entry {
     const char *type_url;
@@ -17,6 +18,7 @@ static const config_entry_t configs[] = {
     {DP_FAULT_TYPE_URL, dp_fault_config_new}, /* listener level and per route */
     {DP_CORS_TYPE_URL, dp_cors_config_new},
     {DP_CORS_POLICY_TYPE_URL, dp_cors_policy_config_new},
+    {DP_LRL_TYPE_URL, dp_local_ratelimit_config_new},
 };
 
 int handlers_config_new(const handlers_config_ctx_t *ctx, const char *type_url,

@@ -4,12 +4,14 @@
 
 #include "handlers/cors/cors.h"
 #include "handlers/fault/fault.h"
+#include "handlers/local_ratelimit/local_ratelimit.h"
 #include "handlers/router/router.h"
 
 static const dp_http_filter_type_t *const http_filters[] = {
     &dp_fault_filter,
     &dp_cors_filter,
     &dp_router_filter,
+    &dp_local_ratelimit_filter,
 };
 
 const dp_http_filter_type_t *handlers_http_filter_find(const char *type_url)

@@ -1,11 +1,14 @@
 #include "xds/route_build.h"
 
+#include <errno.h>
+
 #include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "handlers/config.h"
 #include "xds/pbwire.h"
 
 #define RC(x) ENVOY__CONFIG__ROUTE__V3__##x
@@ -215,9 +218,12 @@ static int fconf_cmp(const void *x, const void *y)
                   ((const dp_route_filter_conf_t *)y)->filter_name);
 }
 
-static void filter_conf_set(dp_arena_t *a, dp_route_filter_conf_t *e, const char *key,
+/* One typed_per_filter_config entry: kept as received, and built by the filter's config half
+ * when skiff implements that filter (the runtime finds it with dp_stream_route_config). */
+static bool filter_conf_set(bctx_t *b, dp_route_filter_conf_t *e, const char *key,
                             const Google__Protobuf__Any *any)
 {
+    dp_arena_t *a = b->a;
     e->filter_name = dp_arena_strdup(a, key ? key : "");
     e->type_url = dp_arena_strdup(a, any && any->type_url ? any->type_url : "");
     if (any && any->value.len) {
@@ -227,6 +233,15 @@ static void filter_conf_set(dp_arena_t *a, dp_route_filter_conf_t *e, const char
         e->len = any->value.len;
     }
     e->conf = NULL;
+    handlers_config_ctx_t ctx = {.arena = a, .filter_name = e->filter_name, .per_route = true};
+    char *err = NULL;
+    int rc = handlers_config_new(&ctx, e->type_url, e->value, e->len, &e->conf, &err);
+    if (rc == -EINVAL) {
+        fail(b, "typed_per_filter_config['%s']: %s", e->filter_name, err ? err : "invalid");
+        free(err);
+        return false;
+    }
+    return true;
 }
 
 /* A typed_per_filter_config map (each level has its own generated entry type, all of them
@@ -237,8 +252,10 @@ static void filter_conf_set(dp_arena_t *a, dp_route_filter_conf_t *e, const char
         if ((N) == 0)                                                                   \
             break;                                                                      \
         dp_route_filter_conf_t *v_ = dp_arena_alloc((B)->a, (N) * sizeof(*v_));         \
-        for (size_t i_ = 0; i_ < (N); i_++)                                             \
-            filter_conf_set((B)->a, &v_[i_], (ENTRIES)[i_]->key, (ENTRIES)[i_]->value); \
+        for (size_t i_ = 0; i_ < (N); i_++) {                                           \
+            if (!filter_conf_set((B), &v_[i_], (ENTRIES)[i_]->key, (ENTRIES)[i_]->value)) \
+                return false;                                                           \
+        }                                                                               \
         qsort(v_, (N), sizeof(*v_), fconf_cmp);                                         \
         (OUT)->v = v_;                                                                  \
         (OUT)->n = (N);                                                                 \
