@@ -721,16 +721,19 @@ class ProxyHeaders(EnvCase):
         self.assertEqual(r.h("server"), "envoy")  # server_name's default, overwriting upstream's
         self.assertRegex(r.h("x-envoy-upstream-service-time") or "", r"^\d+$")
 
-    def test_internal_request_keeps_request_id_and_envoy_headers(self):
-        """use_remote_address false (a sidecar's setting): the request is not an edge request,
-        so the client's x-request-id and x-forwarded-proto are kept, x-envoy-internal passes,
-        and x-envoy-upstream-rq-timeout-ms is obeyed."""
+    def test_internal_request_keeps_request_id_and_obeys_envoy_timeout(self):
+        """use_remote_address false (a sidecar's setting): not an edge request, so the client's
+        x-request-id is kept and x-envoy-upstream-rq-timeout-ms is obeyed. With no XFF naming an
+        internal address the request is not internal either, so the client's claim
+        x-envoy-internal: true does not pass; with xff_num_trusted_hops 0 x-forwarded-proto is
+        set from the connection (http), whatever the client sent."""
         r, _ = curl(self.env.url("/a/i"), "--http1.1", "-H", "x-request-id: my-id-1",
                     "-H", "x-forwarded-proto: https", "-H", "x-envoy-internal: true")
         hm = self.backend_headers(r)
         self.assertEqual(hm.get("x-request-id"), "my-id-1")
-        self.assertEqual(hm.get("x-forwarded-proto"), "https")
-        self.assertEqual(hm.get("x-envoy-internal"), "true")
+        self.assertEqual(hm.get("x-forwarded-proto"), "http")
+        self.assertNotEqual(hm.get("x-envoy-internal"), "true")
+        self.assertNotIn("x-forwarded-for", hm)  # use_remote_address false: XFF untouched
         self.env.clear()
         r, _ = curl(self.env.url("/a/t"), "--http1.1", "-H", "x-envoy-upstream-rq-timeout-ms: 200",
                     "-H", "x-backend-delay-ms: 1500")
