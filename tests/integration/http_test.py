@@ -310,7 +310,10 @@ def raw(port, data, timeout=3.0):
     """Sends raw bytes, reads until the peer closes or `timeout` passes; the bytes read."""
     out = b""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as so:
-        so.sendall(data)
+        try:
+            so.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the peer may answer and close before reading everything; read what it said
         deadline = time.time() + timeout
         while time.time() < deadline:
             so.settimeout(max(0.05, deadline - time.time()))
@@ -657,7 +660,8 @@ class Routing(EnvCase):
         self.assertEqual(sum(len(b.requests) for b in self.env.b.values()), 0)
 
     def test_redirect(self):
-        r, _ = curl(self.env.url("/redirect/x"), "--http1.1")
+        # a Host without a port, so that only host_redirect and path_redirect shape Location
+        r, _ = curl(self.env.url("/redirect/x"), "--http1.1", "-H", "Host: old.example.com")
         self.assertEqual(r.status, 301, r)  # RedirectAction's default response_code
         self.assertEqual(r.h("location"), "http://new.example.com/moved")
 
