@@ -1149,10 +1149,12 @@ def dump_to_local(dump, listeners, endpoints_for):
 
 
 class IstioDump(unittest.TestCase):
-    """Done when: skiff runs a real sidecar's outbound listeners. 0.0.0.0_80 (route "80":
-    hello-openshift.vanilla-playground.svc.cluster.local → outbound|8080||hello-openshift…,
-    use_downstream_protocol_config) over HTTP/1.1 and h2c, and 0.0.0.0_15010 (route "15010":
-    istiod-basic… → outbound|15010||istiod-basic…, explicit HTTP/2) over gRPC."""
+    """Done when: skiff runs a real sidecar's outbound listeners. 0.0.0.0_80 (route "80": the
+    VirtualService's exact "/" on hello-openshift.vanilla-playground.svc.cluster.local, setting
+    x-internal-mesh-route, → outbound|8080||hello-openshift…, use_downstream_protocol_config)
+    over HTTP/1.1 and h2c, and 0.0.0.0_15010 (route "15010": istiod-basic… →
+    outbound|15010||istiod-basic…, explicit HTTP/2) over gRPC. Both keep their listener filters
+    (tls_inspector, http_inspector) and their raw_buffer + http/1.1,h2c filter chain match."""
 
     def test_sidecar_dump_routes_to_local_backends(self):
         import grpc
@@ -1183,6 +1185,8 @@ class IstioDump(unittest.TestCase):
             hm = {k.lower(): v for k, v in req["headers"]}
             self.assertEqual(hm.get("host"), host)
             self.assertEqual(hm.get("x-internal-mesh-route"), "applied")
+            # the virtual host's include_request_attempt_count
+            self.assertEqual(hm.get("x-envoy-attempt-count"), "1")
             r, _ = curl(f"http://127.0.0.1:{p80}/", "--http2-prior-knowledge",
                         "-H", "Host: " + host)
             self.assertEqual((r.status, r.h("x-backend")), (200, "hello-openshift"), r)
