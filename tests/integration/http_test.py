@@ -509,6 +509,95 @@ class EnvCase(unittest.TestCase):
         return reqs[0]
 
 
+# --- 0. the test peers themselves -----------------------------------------------------------------
+
+class Backends(unittest.TestCase):
+    """The backends answered directly, without skiff: what every case below relies on (the echo,
+    the knobs, the record, h2c, trailers, WebSocket, gRPC), so that a failing case points at the
+    proxy, and the smuggling cases' "received nothing" is shown to be able to fail."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.b = HttpBackend("direct")
+        cls.g = GrpcBackend("gdirect")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.b.stop()
+        cls.g.stop()
+
+    def setUp(self):
+        self.b.record.clear()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.b.port}{path}"
+
+    def test_http1_echo_knobs_and_record(self):
+        data = os.urandom(100_000)
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            r, _ = curl(self.url("/p?q=1"), "--http1.1", "-H", "Transfer-Encoding: chunked",
+                        "-H", "Expect: 100-continue", "--data-binary", "@" + f.name)
+        self.assertEqual((r.status, r.h("x-backend"), r.json()["path"]), (200, "direct", "/p?q=1"))
+        req = self.b.requests[0]
+        self.assertTrue(req["body"] == data)
+        r, _ = curl(self.url("/s"), "-H", "x-backend-status: 503", "-H", "x-backend-chunked: 1",
+                    "-H", "x-backend-size: 5000")
+        self.assertEqual((r.status, len(r.body)), (503, 5000))
+        t0 = time.monotonic()
+        r, _ = curl(self.url("/d"), "-H", "x-backend-delay-ms: 300")
+        self.assertGreaterEqual(time.monotonic() - t0, 0.3)
+        self.assertEqual(len(self.b.requests), 3)
+
+    def test_h2c_and_trailers(self):
+        r, _ = curl(self.url("/h2"), "--http2-prior-knowledge", "-d", "abc")
+        self.assertEqual((r.status, r.json()["proto"], r.json()["body_len"]), (200, "h2", 3))
+        p = subprocess.run(["nghttp", "-v", "-t", "10", "-H", "x-backend-trailers: 1",
+                            self.url("/t")], capture_output=True, text=True, timeout=15)
+        self.assertRegex(p.stdout, r"recv \(stream_id=\d+\) x-trailer: yes")
+
+    def test_smuggled_request_would_be_recorded(self):
+        out = raw(self.b.port, b"POST /a/s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + Malformed.SMUGGLED,
+                  timeout=1)
+        self.assertEqual(raw_status(out), 200)
+        self.assertNotEqual(self.b.requests, [])
+
+    def test_websocket_echo(self):
+        with socket.create_connection(("127.0.0.1", self.b.port), timeout=5) as so:
+            so.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       b"Sec-WebSocket-Version: 13\r\n\r\n")
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += so.recv(4096)
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            # RFC 6455's own example key and accept value
+            self.assertIn(b"sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", head)
+            so.sendall(ws_frame(1, b"hi", mask=True))
+            while ws_parse(buf) is None:
+                buf += so.recv(4096)
+            self.assertEqual(ws_parse(buf)[:2], (1, b"hi"))
+
+    def test_grpc_methods(self):
+        import grpc
+        ident = (lambda b: b)
+        with grpc.insecure_channel(f"127.0.0.1:{self.g.port}") as ch:
+            m = lambda kind, name: getattr(ch, kind)("/skiff.test.Echo/" + name,  # noqa: E731
+                                                     request_serializer=ident,
+                                                     response_deserializer=ident)
+            self.assertEqual(m("unary_unary", "Unary")(b"x", timeout=5), b"x")
+            self.assertEqual(len(list(m("unary_stream", "ServerStream")(b"x", timeout=5))), 10)
+            self.assertEqual(m("stream_unary", "ClientStream")(iter([b"a", b"b"]), timeout=5), b"ab")
+            self.assertEqual(list(m("stream_stream", "BidiStream")(iter([b"a", b"b"]), timeout=5)),
+                             [b"a", b"b"])
+            with self.assertRaises(grpc.RpcError) as cm:
+                m("unary_unary", "Fail")(b"UNAVAILABLE:down", timeout=5)
+            self.assertEqual((cm.exception.code(), cm.exception.details()),
+                             (grpc.StatusCode.UNAVAILABLE, "down"))
+
+
 # --- 1. HTTP/1.1 -------------------------------------------------------------------------------
 
 class Http1(EnvCase):
