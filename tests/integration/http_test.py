@@ -500,7 +500,8 @@ class EnvCase(unittest.TestCase):
         self.env.clear()
 
     def got(self, name):
-        """What backend `name` received, after a moment for anything in flight."""
+        """What backend `name` received (recorded before it answers, so complete once the
+        client has its response)."""
         return self.env.b[name].requests
 
     def only(self, name):
