@@ -1,0 +1,1319 @@
+#!/usr/bin/python3
+"""skiff's HTTP data plane end to end, configured the way istiod configures it: tools/xds-files
+serves Envoy resources (clusters, listeners with an http_connection_manager and the router,
+route configurations over RDS or inline) over delta ADS on a unix socket, and real clients
+(curl, nghttp, h2load, python's http.client, grpcio, raw sockets) talk to skiff's listeners on
+127.0.0.1 in front of the recording backends of backends.py.
+
+Every expectation is Envoy's documented behaviour (the exact local-reply bodies, header
+handling, status codes); each case is bounded in time and stops what it starts by pid."""
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+SKIFF = os.environ["SKIFF"]
+SRCDIR = os.environ["SRCDIR"]
+SHARED = os.environ.get("SHARED", os.path.join(SRCDIR, "..", "shared"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from backends import GrpcBackend, HttpBackend, ws_frame, ws_parse  # noqa: E402
+
+TYPE = "type.googleapis.com/"
+T_CLUSTER = TYPE + "envoy.config.cluster.v3.Cluster"
+T_CLA = TYPE + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+T_LISTENER = TYPE + "envoy.config.listener.v3.Listener"
+T_ROUTE = TYPE + "envoy.config.route.v3.RouteConfiguration"
+T_HCM = TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+T_ROUTER = TYPE + "envoy.extensions.filters.http.router.v3.Router"
+T_PROTO = TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+# Envoy's router, when the upstream connection cannot be made (1.21+ says "remote connection
+# failure" and adds the transport failure reason; older ones "connection failure").
+CONNECT_FAILURE = re.compile(
+    r"^upstream connect error or disconnect/reset before headers\. (retried and the latest )?"
+    r"reset reason: (remote |local )?connection failure(, transport failure reason: .*)?$")
+
+
+def free_port():
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+def write_atomic(path, doc):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.rename(tmp, path)
+
+
+# --- Envoy resources (proto3 JSON mapping) -----------------------------------------------------
+
+def endpoints(name, *ports):
+    return {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+        for p in ports]}]}
+
+
+def cluster(name, *ports, h2=False, auto=False, eds=False):
+    """A STATIC cluster on 127.0.0.1 ports (or an EDS one from ADS); h2: explicit_http_config
+    http2_protocol_options; auto: use_downstream_protocol_config."""
+    c = {"@type": T_CLUSTER, "name": name, "connect_timeout": "1s"}
+    if eds:
+        c.update(type="EDS", eds_cluster_config={"eds_config": {"ads": {},
+                                                                "resource_api_version": "V3"}})
+    else:
+        c.update(type="STATIC", load_assignment=endpoints(name, *ports))
+    if h2 or auto:
+        opts = {"@type": T_PROTO}
+        if h2:
+            opts["explicit_http_config"] = {"http2_protocol_options": {}}
+        else:
+            opts["use_downstream_protocol_config"] = {"http_protocol_options": {},
+                                                      "http2_protocol_options": {}}
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts}
+    return c
+
+
+def hcm(stat_prefix, rds=None, route_config=None, **extra):
+    h = {"@type": T_HCM, "stat_prefix": stat_prefix, "codec_type": "AUTO",
+         "upgrade_configs": [{"upgrade_type": "websocket"}],
+         "http_filters": [{"name": "envoy.filters.http.router",
+                           "typed_config": {"@type": T_ROUTER}}]}
+    if rds:
+        h["rds"] = {"route_config_name": rds,
+                    "config_source": {"ads": {}, "resource_api_version": "V3"}}
+    else:
+        h["route_config"] = route_config
+    h.update(extra)
+    return h
+
+
+def listener(name, port, manager):
+    return {"@type": T_LISTENER, "name": name,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                            "typed_config": manager}]}]}
+
+
+def route(match, **action):
+    r = {"match": match}
+    r.update(action)
+    if not any(k in action for k in ("route", "redirect", "direct_response")):
+        raise ValueError("a route needs an action")
+    return r
+
+
+def to(cluster_name, **extra):
+    a = {"cluster": cluster_name}
+    a.update(extra)
+    return a
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+class ControlPlane:
+    """tools/xds-files on a unix socket, serving the given files."""
+
+    def __init__(self, workdir, *configs):
+        self.sock = os.path.join(workdir, "XDS")
+        self.events = os.path.join(workdir, "events.jsonl")
+        self.log = open(os.path.join(workdir, "cp.log"), "w")
+        args = ["/usr/bin/python3", "-W", "ignore", os.path.join(SRCDIR, "tools", "xds-files"),
+                "--listen", "unix:" + self.sock, "--events", self.events, "--poll", "0.1"]
+        for c in configs:
+            args += ["--config", c]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        line = self.proc.stdout.readline().strip()
+        if line != "listening on unix:" + self.sock:
+            self.stop()
+            raise RuntimeError("xds-files did not start: " + line + " " +
+                               open(os.path.join(workdir, "cp.log")).read()[-2000:])
+
+    def nacks(self):
+        if not os.path.exists(self.events):
+            return []
+        return [json.loads(l)["error"] for l in open(self.events) if '"nack"' in l]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def ads_bootstrap(sock):
+    return {
+        "node": {"id": "sidecar~127.0.0.1~http-test.default~default.svc.cluster.local",
+                 "cluster": "http-test.default"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "DELTA_GRPC", "transport_api_version": "V3",
+                           "set_node_on_first_message_only": True,
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+            "cds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [
+            {"name": n, "type": "STATIC", "connect_timeout": "1s",
+             "load_assignment": {"cluster_name": n, "endpoints": [
+                 {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": sock}}}}]}]}}
+            for n in ("xds-grpc", "sds-grpc")]},
+    }
+
+
+class Skiff:
+    """skiff on a bootstrap (a dict), one worker, its admin on a free port."""
+
+    def __init__(self, workdir, bootstrap, extra_args=()):
+        self.workdir = workdir
+        path = os.path.join(workdir, "bootstrap.json")
+        with open(path, "w") as f:
+            json.dump(bootstrap, f)
+        self.logpath = os.path.join(workdir, "skiff.log")
+        self.log = open(self.logpath, "w")
+        adm = os.path.join(workdir, "admin")
+        self.proc = subprocess.Popen([SKIFF, "-c", path, "--admin-address-path", adm,
+                                      "-l", "info", "--concurrency", "1"] + list(extra_args),
+                                     stdout=self.log, stderr=self.log)
+        for _ in range(200):
+            if os.path.exists(adm) and os.path.getsize(adm) > 0:
+                break
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not os.path.exists(adm) or os.path.getsize(adm) == 0:
+            self.stop()
+            raise RuntimeError("skiff did not start: " + open(self.logpath).read()[-3000:])
+        self.admin = "http://" + open(adm).read().strip()
+
+    def get(self, path):
+        try:
+            with urllib.request.urlopen(self.admin + path, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def stat(self, name):
+        _, body = self.get("/stats?filter=^" + re.escape(name) + "$")
+        for line in body.splitlines():
+            k, _, v = line.partition(": ")
+            if k == name:
+                return v
+        return None
+
+    def stat_int(self, name):
+        v = self.stat(name)
+        return int(v) if v is not None and v.isdigit() else 0
+
+    def wait(self, pred, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if pred():
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
+
+    def active_clusters(self):
+        _, body = self.get("/config_dump")
+        for c in json.loads(body)["configs"]:
+            if c["@type"].endswith("ClustersConfigDump"):
+                return {e["cluster"]["name"] for e in c.get("dynamic_active_clusters", [])}
+        return set()
+
+    def stop(self):
+        rc = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                rc = self.proc.wait()
+        else:
+            rc = self.proc.returncode
+        self.log.close()
+        return rc
+
+
+# --- clients -----------------------------------------------------------------------------------
+
+class Resp:
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body  # headers: lower -> [v]
+
+    def h(self, name):
+        v = self.headers.get(name.lower())
+        return v[-1] if v else None
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"<{self.status} {self.headers} {self.body[:300]!r}>"
+
+
+def parse_head(text):
+    """Status and headers of the last response head in curl's -D output (skips 100s)."""
+    blocks = [b for b in text.replace("\r\n", "\n").split("\n\n") if b.strip()]
+    status, headers = 0, {}
+    for b in blocks:
+        lines = b.split("\n")
+        if not lines[0].startswith("HTTP/"):
+            # trailers (curl prints them after the body's head)
+            for l in lines:
+                k, _, v = l.partition(":")
+                headers.setdefault(k.strip().lower(), []).append(v.strip())
+            continue
+        code = int(lines[0].split()[1])
+        if 100 <= code < 200 and code != 101:
+            continue
+        status, headers = code, {}
+        for l in lines[1:]:
+            k, _, v = l.partition(":")
+            headers.setdefault(k.strip().lower(), []).append(v.strip())
+    return status, headers
+
+
+def curl(url, *args, timeout=10):
+    """One curl run: (Resp, curl's -w output). args are curl arguments."""
+    with tempfile.TemporaryDirectory() as tmp:
+        hd, bd = os.path.join(tmp, "h"), os.path.join(tmp, "b")
+        p = subprocess.run(["curl", "-sS", "--max-time", str(timeout), "-D", hd, "-o", bd,
+                            "-w", "%{http_code} %{num_connects}\\n"] + list(args) + [url],
+                           capture_output=True, text=True, timeout=timeout + 5)
+        head = open(hd, encoding="latin-1").read() if os.path.exists(hd) else ""
+        body = open(bd, "rb").read() if os.path.exists(bd) else b""
+        status, headers = parse_head(head)
+        return Resp(status, headers, body), p.stdout + p.stderr
+
+
+def raw(port, data, timeout=3.0):
+    """Sends raw bytes, reads until the peer closes or `timeout` passes; the bytes read."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as so:
+        try:
+            so.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the peer may answer and close before reading everything; read what it said
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            so.settimeout(max(0.05, deadline - time.time()))
+            try:
+                chunk = so.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def raw_status(data):
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+    return int(m.group(1)) if m else 0
+
+
+def hc_get(conn, path, headers=None, method="GET", body=None):
+    conn.request(method, path, body=body, headers=headers or {})
+    r = conn.getresponse()
+    data = r.read()
+    hs = {}
+    for k, v in r.getheaders():
+        hs.setdefault(k.lower(), []).append(v)
+    return Resp(r.status, hs, data)
+
+
+def wait_serving(port, path="/", host=None, timeout=10):
+    """Until the listener answers an HTTP request (any status but a connection error)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            r = hc_get(c, path, {"host": host} if host else None)
+            c.close()
+            if r.status != 0:
+                return True
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+# --- the shared environment --------------------------------------------------------------------
+
+class Env:
+    """Backends, tools/xds-files and one skiff with the main listener ("ingress_http", RDS
+    route "local") and an edge listener (use_remote_address, loopback not internal). Shared by
+    the cases of one class; each case reads only what it caused (records are cleared first)."""
+
+    def __init__(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        d = self.tmp.name
+        self.b = {n: HttpBackend(n) for n in ("a", "b", "c", "d", "h2", "auto", "counted")}
+        self.grpc = GrpcBackend("g")
+        self.port = free_port()
+        self.edge_port = free_port()
+        self.closed_port = free_port()  # nothing listens there
+        self.clusters_file = os.path.join(d, "clusters.json")
+        self.listeners_file = os.path.join(d, "listeners.json")
+        self.routes_file = os.path.join(d, "routes.json")
+        write_atomic(self.clusters_file, {"resources": self.clusters()})
+        write_atomic(self.listeners_file, {"resources": self.listeners()})
+        write_atomic(self.routes_file, {"resources": [self.routes()]})
+        self.cp = ControlPlane(d, self.clusters_file, self.listeners_file, self.routes_file)
+        self.skiff = Skiff(d, ads_bootstrap(self.cp.sock))
+        ok = self.skiff.wait(lambda: self.skiff.get("/ready")[0] == 200, timeout=20)
+        ok = ok and wait_serving(self.port, "/a/ready") and wait_serving(self.edge_port, "/a/ready")
+        if not ok:
+            log = open(self.skiff.logpath).read()[-3000:]
+            self.stop()
+            raise RuntimeError("skiff is not serving HTTP on its listeners; its log:\n" + log)
+
+    def clusters(self):
+        b = self.b
+        return [cluster("a", b["a"].port), cluster("b", b["b"].port), cluster("c", b["c"].port),
+                cluster("d", b["d"].port), cluster("counted", b["counted"].port),
+                cluster("h2", b["h2"].port, h2=True), cluster("auto", b["auto"].port, auto=True),
+                cluster("grpc", self.grpc.port, h2=True),
+                cluster("empty", eds=True), cluster("grpc-empty", eds=True, h2=True),
+                cluster("closed", self.closed_port)]
+
+    def listeners(self):
+        edge = hcm("edge_http", rds="local", use_remote_address=True,
+                   internal_address_config={"cidr_ranges": [
+                       {"address_prefix": "10.0.0.0", "prefix_len": 8}]})
+        return [listener("ingress", self.port, hcm("ingress_http", rds="local")),
+                listener("edge", self.edge_port, edge)]
+
+    def routes(self):
+        main = [
+            route({"path": "/exact-path"}, route=to("b")),
+            route({"prefix": "/b/"}, route=to("b")),
+            route({"safe_regex": {"regex": "^/re/[0-9]+$"}}, route=to("c")),
+            route({"prefix": "/hdr", "headers": [{"name": "x-pick",
+                                                  "string_match": {"exact": "d"}}]}, route=to("d")),
+            route({"prefix": "/query", "query_parameters": [
+                {"name": "pick", "string_match": {"exact": "c"}}]}, route=to("c")),
+            route({"prefix": "/weighted"}, route={"weighted_clusters": {"clusters": [
+                {"name": "a", "weight": 80}, {"name": "b", "weight": 20}]}}),
+            route({"prefix": "/direct"}, direct_response={"status": 200,
+                                                          "body": {"inline_string": "direct hello\n"}}),
+            route({"prefix": "/redirect"}, redirect={"host_redirect": "new.example.com",
+                                                     "path_redirect": "/moved"}),
+            route({"prefix": "/rewrite/"}, route=to("b", prefix_rewrite="/rewritten/")),
+            route({"prefix": "/headers"}, route=to("a"),
+                  request_headers_to_add=[{"header": {"key": "x-added", "value": "yes"}}],
+                  request_headers_to_remove=["x-remove-me"],
+                  response_headers_to_add=[{"header": {"key": "x-resp-added", "value": "yes"}}],
+                  response_headers_to_remove=["x-backend-remove"]),
+            route({"prefix": "/noendpoints"}, route=to("empty")),
+            route({"prefix": "/closed"}, route=to("closed")),
+            route({"prefix": "/slow"}, route=to("a", timeout="0.5s")),
+            route({"prefix": "/h2up"}, route=to("h2")),
+            route({"prefix": "/auto"}, route=to("auto")),
+            route({"prefix": "/counted"}, route=to("counted")),
+            route({"prefix": "/skiff.test.Echo/"}, route=to("grpc")),
+            route({"prefix": "/"}, route=to("a")),
+        ]
+        return {"@type": T_ROUTE, "name": "local", "virtual_hosts": [
+            {"name": "exact", "domains": ["exact.example.com"], "routes": [
+                route({"prefix": "/"}, route=to("b"))]},
+            {"name": "suffix", "domains": ["*.suffix.test"], "routes": [
+                route({"prefix": "/"}, route=to("c"))]},
+            {"name": "prefix", "domains": ["prefix.*"], "routes": [
+                route({"prefix": "/"}, route=to("d"))]},
+            {"name": "noroute", "domains": ["noroute.test"], "routes": [
+                route({"path": "/only-this"}, route=to("a"))]},
+            {"name": "grpc-empty", "domains": ["grpc-empty.test", "grpc-empty.test:*"],
+             "routes": [route({"prefix": "/"}, route=to("grpc-empty"))]},
+            {"name": "main", "domains": ["*"], "routes": main},
+        ]}
+
+    def url(self, path, edge=False):
+        return f"http://127.0.0.1:{self.edge_port if edge else self.port}{path}"
+
+    def clear(self):
+        for b in self.b.values():
+            b.record.clear()
+        with self.grpc.lock:
+            self.grpc.calls.clear()
+
+    def stop(self):
+        rc = None
+        if getattr(self, "skiff", None):
+            rc = self.skiff.stop()
+        if getattr(self, "cp", None):
+            self.cp.stop()
+        for b in self.b.values():
+            b.stop()
+        self.grpc.stop()
+        self.tmp.cleanup()
+        return rc
+
+
+class EnvCase(unittest.TestCase):
+    env = None
+    env_error = None
+
+    @classmethod
+    def setUpClass(cls):
+        # a failure to start is reported by every case of the class, each under its name
+        try:
+            cls.env = Env()
+        except RuntimeError as e:
+            cls.env, cls.env_error = None, str(e)
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.env is None:
+            return
+        log = open(cls.env.skiff.logpath).read()[-3000:]
+        rc = cls.env.stop()
+        if rc != 0:
+            print(log)
+        assert rc == 0, f"skiff exit status {rc}"
+
+    def setUp(self):
+        if self.env is None:
+            self.fail(self.env_error)
+        self.env.clear()
+
+    def got(self, name):
+        """What backend `name` received (recorded before it answers, so complete once the
+        client has its response)."""
+        return self.env.b[name].requests
+
+    def only(self, name):
+        reqs = self.got(name)
+        self.assertEqual(len(reqs), 1, reqs)
+        return reqs[0]
+
+
+# --- 0. the test peers themselves -----------------------------------------------------------------
+
+class Backends(unittest.TestCase):
+    """The backends answered directly, without skiff: what every case below relies on (the echo,
+    the knobs, the record, h2c, trailers, WebSocket, gRPC), so that a failing case points at the
+    proxy, and the smuggling cases' "received nothing" is shown to be able to fail."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.b = HttpBackend("direct")
+        cls.g = GrpcBackend("gdirect")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.b.stop()
+        cls.g.stop()
+
+    def setUp(self):
+        self.b.record.clear()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.b.port}{path}"
+
+    def test_http1_echo_knobs_and_record(self):
+        data = os.urandom(100_000)
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            r, _ = curl(self.url("/p?q=1"), "--http1.1", "-H", "Transfer-Encoding: chunked",
+                        "-H", "Expect: 100-continue", "--data-binary", "@" + f.name)
+        self.assertEqual((r.status, r.h("x-backend"), r.json()["path"]), (200, "direct", "/p?q=1"))
+        req = self.b.requests[0]
+        self.assertTrue(req["body"] == data)
+        r, _ = curl(self.url("/s"), "-H", "x-backend-status: 503", "-H", "x-backend-chunked: 1",
+                    "-H", "x-backend-size: 5000")
+        self.assertEqual((r.status, len(r.body)), (503, 5000))
+        t0 = time.monotonic()
+        r, _ = curl(self.url("/d"), "-H", "x-backend-delay-ms: 300")
+        self.assertGreaterEqual(time.monotonic() - t0, 0.3)
+        self.assertEqual(len(self.b.requests), 3)
+
+    def test_h2c_and_trailers(self):
+        r, _ = curl(self.url("/h2"), "--http2-prior-knowledge", "-d", "abc")
+        self.assertEqual((r.status, r.json()["proto"], r.json()["body_len"]), (200, "h2", 3))
+        p = subprocess.run(["nghttp", "-v", "-t", "10", "-H", "x-backend-trailers: 1",
+                            self.url("/t")], capture_output=True, text=True, timeout=15)
+        self.assertRegex(p.stdout, r"recv \(stream_id=\d+\) x-trailer: yes")
+
+    def test_smuggled_request_would_be_recorded(self):
+        out = raw(self.b.port, b"POST /a/s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + Malformed.SMUGGLED,
+                  timeout=1)
+        self.assertEqual(raw_status(out), 200)
+        self.assertNotEqual(self.b.requests, [])
+
+    def test_websocket_echo(self):
+        with socket.create_connection(("127.0.0.1", self.b.port), timeout=5) as so:
+            so.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       b"Sec-WebSocket-Version: 13\r\n\r\n")
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += so.recv(4096)
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            # RFC 6455's own example key and accept value
+            self.assertIn(b"sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", head)
+            so.sendall(ws_frame(1, b"hi", mask=True))
+            while ws_parse(buf) is None:
+                buf += so.recv(4096)
+            self.assertEqual(ws_parse(buf)[:2], (1, b"hi"))
+
+    def test_grpc_methods(self):
+        import grpc
+        ident = (lambda b: b)
+        with grpc.insecure_channel(f"127.0.0.1:{self.g.port}") as ch:
+            m = lambda kind, name: getattr(ch, kind)("/skiff.test.Echo/" + name,  # noqa: E731
+                                                     request_serializer=ident,
+                                                     response_deserializer=ident)
+            self.assertEqual(m("unary_unary", "Unary")(b"x", timeout=5), b"x")
+            self.assertEqual(len(list(m("unary_stream", "ServerStream")(b"x", timeout=5))), 10)
+            self.assertEqual(m("stream_unary", "ClientStream")(iter([b"a", b"b"]), timeout=5), b"ab")
+            self.assertEqual(list(m("stream_stream", "BidiStream")(iter([b"a", b"b"]), timeout=5)),
+                             [b"a", b"b"])
+            with self.assertRaises(grpc.RpcError) as cm:
+                m("unary_unary", "Fail")(b"UNAVAILABLE:down", timeout=5)
+            self.assertEqual((cm.exception.code(), cm.exception.details()),
+                             (grpc.StatusCode.UNAVAILABLE, "down"))
+
+
+# --- 1. HTTP/1.1 -------------------------------------------------------------------------------
+
+class Http1(EnvCase):
+    def test_get_reaches_backend_and_echo_comes_back(self):
+        r, _ = curl(self.env.url("/a/get?x=1"), "--http1.1", "-H", "x-custom: v")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.h("x-backend"), "a")
+        self.assertEqual(r.json()["path"], "/a/get?x=1")
+        req = self.only("a")
+        self.assertEqual((req["method"], req["path"]), ("GET", "/a/get?x=1"))
+        self.assertEqual(dict((k.lower(), v) for k, v in req["headers"])["x-custom"], "v")
+
+    def test_post_1mib_body_arrives_exactly(self):
+        data = os.urandom(1 << 20)
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            r, _ = curl(self.env.url("/a/post"), "--http1.1", "--data-binary", "@" + f.name,
+                        "-H", "content-type: application/octet-stream")
+        self.assertEqual(r.status, 200, r)
+        req = self.only("a")
+        self.assertEqual(req["method"], "POST")
+        self.assertEqual(len(req["body"]), len(data))
+        self.assertTrue(req["body"] == data, "the body the backend got differs")
+
+    def test_keep_alive_two_requests_one_connection(self):
+        out = subprocess.run(["curl", "-sS", "--http1.1", "--max-time", "10", "-o", "/dev/null",
+                              "-o", "/dev/null", "-w", "%{http_code} %{num_connects}\\n",
+                              self.env.url("/a/one"), self.env.url("/a/two")],
+                             capture_output=True, text=True, timeout=15).stdout.split("\n")
+        self.assertEqual(out[0], "200 1")
+        self.assertEqual(out[1], "200 0", "the second request opened a new connection")
+        self.assertEqual([r["path"] for r in self.got("a")], ["/a/one", "/a/two"])
+
+    def test_chunked_upload(self):
+        data = os.urandom(300_000)
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            r, _ = curl(self.env.url("/a/chunked"), "--http1.1", "-H",
+                        "Transfer-Encoding: chunked", "--data-binary", "@" + f.name)
+        self.assertEqual(r.status, 200, r)
+        self.assertTrue(self.only("a")["body"] == data)
+
+    def test_expect_100_continue_answered_by_the_proxy(self):
+        data = os.urandom(200_000)
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            t0 = time.monotonic()
+            r, _ = curl(self.env.url("/a/continue"), "--http1.1", "-H", "Expect: 100-continue",
+                        "--expect100-timeout", "3", "--data-binary", "@" + f.name)
+            took = time.monotonic() - t0
+        self.assertEqual(r.status, 200, r)
+        self.assertLess(took, 2.5, "no 100 Continue: curl waited for its expect timeout")
+        req = self.only("a")
+        self.assertTrue(req["body"] == data)
+        # Envoy answers 100-continue itself and drops Expect upstream (proxy_100_continue off)
+        self.assertNotIn("expect", [k.lower() for k, _ in req["headers"]])
+
+    def test_chunked_response_and_big_response(self):
+        r, _ = curl(self.env.url("/a/big"), "--http1.1", "-H", "x-backend-chunked: 1",
+                    "-H", "x-backend-size: 100000")
+        self.assertEqual((r.status, len(r.body)), (200, 100000))
+        r, _ = curl(self.env.url("/a/big"), "--http1.1", "-H", "x-backend-size: 3000000")
+        self.assertEqual((r.status, len(r.body)), (200, 3000000))
+
+
+# --- 2. HTTP/2 (h2c prior knowledge) -------------------------------------------------------------
+
+class Http2(EnvCase):
+    def test_h2c_get_and_post(self):
+        r, _ = curl(self.env.url("/a/h2get"), "--http2-prior-knowledge")
+        self.assertEqual((r.status, r.h("x-backend")), (200, "a"), r)
+        data = os.urandom(1 << 20)
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            r, _ = curl(self.env.url("/a/h2post"), "--http2-prior-knowledge",
+                        "--data-binary", "@" + f.name)
+        self.assertEqual(r.status, 200, r)
+        posts = [x for x in self.got("a") if x["path"] == "/a/h2post"]
+        self.assertEqual(len(posts), 1)
+        self.assertTrue(posts[0]["body"] == data)
+
+    def test_nghttp(self):
+        p = subprocess.run(["nghttp", "-nv", "-t", "10", self.env.url("/a/nghttp")],
+                           capture_output=True, text=True, timeout=15)
+        self.assertEqual(p.returncode, 0, p.stdout[-2000:] + p.stderr)
+        self.assertRegex(p.stdout, r"recv \(stream_id=\d+\) :status: 200")
+        self.assertRegex(p.stdout, r"recv \(stream_id=\d+\) x-backend: a")
+
+    def test_h2load_2000_requests_none_failed(self):
+        p = subprocess.run(["h2load", "-n", "2000", "-c", "10", "-m", "10", "-T", "10",
+                            self.env.url("/a/load")], capture_output=True, text=True, timeout=60)
+        self.assertIn("2000 succeeded, 0 failed, 0 errored, 0 timeout", p.stdout, p.stdout)
+        self.assertIn("status codes: 2000 2xx", p.stdout)
+
+
+# --- 3. routing --------------------------------------------------------------------------------
+
+class Routing(EnvCase):
+    def backend_for(self, path, host=None, headers=()):
+        args = ["--http1.1"]
+        if host:
+            args += ["-H", "Host: " + host]
+        for h in headers:
+            args += ["-H", h]
+        r, _ = curl(self.env.url(path), *args)
+        self.assertEqual(r.status, 200, (path, host, r))
+        return r.h("x-backend")
+
+    def test_virtual_hosts_by_host(self):
+        self.assertEqual(self.backend_for("/x", "exact.example.com"), "b")
+        self.assertEqual(self.backend_for("/x", "one.suffix.test"), "c")
+        # a suffix wildcard wins over a prefix wildcard (Envoy's order: exact, suffix, prefix, *)
+        self.assertEqual(self.backend_for("/x", "prefix.suffix.test"), "c")
+        self.assertEqual(self.backend_for("/x", "prefix.anything.org"), "d")
+        self.assertEqual(self.backend_for("/x", "other.example.com"), "a")
+        self.assertEqual(self.backend_for("/x", "EXACT.example.com"), "b")  # case-insensitive
+
+    def test_path_prefix_regex_header_query_matches(self):
+        self.assertEqual(self.backend_for("/exact-path"), "b")
+        self.assertEqual(self.backend_for("/exact-path/more"), "a")  # path is exact
+        self.assertEqual(self.backend_for("/b/x"), "b")
+        self.assertEqual(self.backend_for("/re/123"), "c")
+        self.assertEqual(self.backend_for("/re/12a"), "a")
+        self.assertEqual(self.backend_for("/hdr", headers=["x-pick: d"]), "d")
+        self.assertEqual(self.backend_for("/hdr", headers=["x-pick: e"]), "a")
+        self.assertEqual(self.backend_for("/query?pick=c"), "c")
+        self.assertEqual(self.backend_for("/query?pick=x"), "a")
+        self.assertEqual(self.backend_for("/query?other=1&pick=c"), "c")
+
+    def test_weighted_clusters_80_20(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.env.port, timeout=10)
+        counts = {"a": 0, "b": 0}
+        for i in range(1000):
+            r = hc_get(conn, f"/weighted/{i}")
+            self.assertEqual(r.status, 200)
+            counts[r.h("x-backend")] += 1
+        conn.close()
+        # binomial(1000, 0.8): sd 12.6; +-60 is more than 4.7 sd
+        self.assertTrue(740 <= counts["a"] <= 860, counts)
+        self.assertEqual(counts["a"] + counts["b"], 1000)
+
+    def test_direct_response(self):
+        r, _ = curl(self.env.url("/direct"), "--http1.1")
+        self.assertEqual((r.status, r.body), (200, b"direct hello\n"))
+        self.assertEqual(sum(len(b.requests) for b in self.env.b.values()), 0)
+
+    def test_redirect(self):
+        # a Host without a port, so that only host_redirect and path_redirect shape Location
+        r, _ = curl(self.env.url("/redirect/x"), "--http1.1", "-H", "Host: old.example.com")
+        self.assertEqual(r.status, 301, r)  # RedirectAction's default response_code
+        self.assertEqual(r.h("location"), "http://new.example.com/moved")
+
+    def test_prefix_rewrite(self):
+        self.assertEqual(self.backend_for("/rewrite/some/thing?q=1"), "b")
+        req = self.only("b")
+        self.assertEqual(req["path"], "/rewritten/some/thing?q=1")
+        hm = {k.lower(): v for k, v in req["headers"]}
+        # Envoy keeps the original path in x-envoy-original-path
+        self.assertEqual(hm.get("x-envoy-original-path"), "/rewrite/some/thing?q=1")
+
+    def test_request_and_response_headers_add_remove(self):
+        r, _ = curl(self.env.url("/headers"), "--http1.1", "-H", "x-remove-me: 1",
+                    "-H", "x-keep-me: 2")
+        self.assertEqual(r.status, 200)
+        hm = {k.lower(): v for k, v in self.only("a")["headers"]}
+        self.assertEqual(hm.get("x-added"), "yes")
+        self.assertNotIn("x-remove-me", hm)
+        self.assertEqual(hm.get("x-keep-me"), "2")
+        self.assertEqual(r.h("x-resp-added"), "yes")
+        self.assertIsNone(r.h("x-backend-remove"))
+        # without the route's removal the backend's header is there
+        r2, _ = curl(self.env.url("/a/plain"), "--http1.1")
+        self.assertEqual(r2.h("x-backend-remove"), "present")
+
+    def test_no_route_is_404_without_body(self):
+        r, _ = curl(self.env.url("/not-this"), "--http1.1", "-H", "Host: noroute.test")
+        self.assertEqual((r.status, r.body), (404, b""), r)
+        self.assertEqual(sum(len(b.requests) for b in self.env.b.values()), 0)
+
+    def test_no_healthy_upstream_503(self):
+        r, _ = curl(self.env.url("/noendpoints"), "--http1.1")
+        self.assertEqual((r.status, r.body), (503, b"no healthy upstream"), r)
+        self.assertEqual(r.h("content-type"), "text/plain")
+
+    def test_connection_failure_503(self):
+        r, _ = curl(self.env.url("/closed"), "--http1.1")
+        self.assertEqual(r.status, 503, r)
+        self.assertRegex(r.body.decode(), CONNECT_FAILURE)
+
+    def test_route_timeout_504(self):
+        t0 = time.monotonic()
+        r, _ = curl(self.env.url("/slow"), "--http1.1", "-H", "x-backend-delay-ms: 3000")
+        took = time.monotonic() - t0
+        self.assertEqual((r.status, r.body), (504, b"upstream request timeout"), r)
+        self.assertTrue(0.4 < took < 2.5, took)
+
+
+# --- 4. the headers Envoy's connection manager adds and strips ------------------------------------
+
+class ProxyHeaders(EnvCase):
+    def backend_headers(self, r, name="a"):
+        self.assertEqual(r.status, 200, r)
+        return {k.lower(): v for k, v in self.only(name)["headers"]}
+
+    def test_forwarded_proto_request_id_server_service_time(self):
+        r, _ = curl(self.env.url("/a/h"), "--http1.1")
+        hm = self.backend_headers(r)
+        self.assertEqual(hm.get("x-forwarded-proto"), "http")
+        self.assertRegex(hm.get("x-request-id", ""), UUID)
+        self.assertEqual(r.h("server"), "envoy")  # server_name's default, overwriting upstream's
+        self.assertRegex(r.h("x-envoy-upstream-service-time") or "", r"^\d+$")
+
+    def test_internal_request_keeps_request_id_and_obeys_envoy_timeout(self):
+        """use_remote_address false (a sidecar's setting): not an edge request, so the client's
+        x-request-id is kept and x-envoy-upstream-rq-timeout-ms is obeyed. With no XFF naming an
+        internal address the request is not internal either, so the client's claim
+        x-envoy-internal: true does not pass; with xff_num_trusted_hops 0 x-forwarded-proto is
+        set from the connection (http), whatever the client sent."""
+        r, _ = curl(self.env.url("/a/i"), "--http1.1", "-H", "x-request-id: my-id-1",
+                    "-H", "x-forwarded-proto: https", "-H", "x-envoy-internal: true")
+        hm = self.backend_headers(r)
+        self.assertEqual(hm.get("x-request-id"), "my-id-1")
+        self.assertEqual(hm.get("x-forwarded-proto"), "http")
+        self.assertNotEqual(hm.get("x-envoy-internal"), "true")
+        self.assertNotIn("x-forwarded-for", hm)  # use_remote_address false: XFF untouched
+        self.env.clear()
+        r, _ = curl(self.env.url("/a/t"), "--http1.1", "-H", "x-envoy-upstream-rq-timeout-ms: 200",
+                    "-H", "x-backend-delay-ms: 1500")
+        self.assertEqual((r.status, r.body), (504, b"upstream request timeout"), r)
+
+    def test_edge_request_strips_envoy_headers(self):
+        """use_remote_address true and loopback outside internal_address_config: an external
+        request. Envoy removes the x-envoy-* control headers (so a client cannot set a timeout
+        or retries), replaces x-request-id, sets x-forwarded-proto from the connection and
+        appends the peer to x-forwarded-for."""
+        r, _ = curl(self.env.url("/a/e", edge=True), "--http1.1",
+                    "-H", "x-envoy-upstream-rq-timeout-ms: 100", "-H", "x-envoy-retry-on: 5xx",
+                    "-H", "x-envoy-max-retries: 3", "-H", "x-envoy-internal: true",
+                    "-H", "x-request-id: client-chosen", "-H", "x-forwarded-proto: https",
+                    "-H", "x-backend-delay-ms: 400")
+        self.assertEqual(r.status, 200, "the client's x-envoy-upstream-rq-timeout-ms was obeyed")
+        hm = self.backend_headers(r)
+        for h in ("x-envoy-upstream-rq-timeout-ms", "x-envoy-retry-on", "x-envoy-max-retries",
+                  "x-envoy-internal"):
+            self.assertNotIn(h, hm)
+        self.assertRegex(hm.get("x-request-id", ""), UUID)
+        self.assertEqual(hm.get("x-forwarded-proto"), "http")
+        self.assertEqual(hm.get("x-forwarded-for"), "127.0.0.1")
+        self.assertEqual(hm.get("x-envoy-external-address"), "127.0.0.1")
+
+
+# --- 5. protocol conversion ----------------------------------------------------------------------
+
+class ProtocolConversion(EnvCase):
+    def test_h1_downstream_to_h2_upstream(self):
+        r, _ = curl(self.env.url("/h2up/x"), "--http1.1", "-d", "hello")
+        self.assertEqual((r.status, r.h("x-backend")), (200, "h2"), r)
+        req = self.only("h2")
+        self.assertEqual((req["proto"], req["method"], req["path"], req["body"]),
+                         ("h2", "POST", "/h2up/x", b"hello"))
+        hm = {k: v for k, v in req["headers"]}
+        self.assertEqual(hm.get(":authority"), f"127.0.0.1:{self.env.port}")
+        self.assertNotIn("connection", hm)
+
+    def test_h2_downstream_to_h1_upstream(self):
+        r, _ = curl(self.env.url("/a/from-h2"), "--http2-prior-knowledge", "-d", "hello")
+        self.assertEqual(r.status, 200, r)
+        req = self.only("a")
+        self.assertEqual((req["proto"], req["version"], req["path"], req["body"]),
+                         ("http/1.1", "HTTP/1.1", "/a/from-h2", b"hello"))
+        hm = {k.lower(): v for k, v in req["headers"]}
+        self.assertEqual(hm.get("host"), f"127.0.0.1:{self.env.port}")
+
+    def test_h2_to_h2_with_trailers(self):
+        p = subprocess.run(["nghttp", "-v", "-t", "10", "-H", "x-backend-trailers: 1",
+                            self.env.url("/h2up/trailers")], capture_output=True, text=True,
+                           timeout=15)
+        self.assertEqual(p.returncode, 0, p.stdout[-2000:])
+        self.assertRegex(p.stdout, r"recv \(stream_id=\d+\) x-trailer: yes")
+
+    def test_use_downstream_protocol_config(self):
+        r, _ = curl(self.env.url("/auto/1"), "--http1.1")
+        self.assertEqual(r.status, 200, r)
+        r, _ = curl(self.env.url("/auto/2"), "--http2-prior-knowledge")
+        self.assertEqual(r.status, 200, r)
+        got = {x["path"]: x["proto"] for x in self.got("auto")}
+        self.assertEqual(got, {"/auto/1": "http/1.1", "/auto/2": "h2"})
+
+
+# --- 6. gRPC -----------------------------------------------------------------------------------
+
+class Grpc(EnvCase):
+    def channel(self, authority=None):
+        import grpc
+        opts = [("grpc.enable_retries", 0)]
+        if authority:
+            opts.append(("grpc.default_authority", authority))
+        return grpc.insecure_channel(f"127.0.0.1:{self.env.port}", options=opts)
+
+    def method(self, ch, kind, name):
+        ident = (lambda b: b)
+        return getattr(ch, kind)("/skiff.test.Echo/" + name, request_serializer=ident,
+                                 response_deserializer=ident)
+
+    def test_unary(self):
+        with self.channel() as ch:
+            resp, call = self.method(ch, "unary_unary", "Unary").with_call(b"hello", timeout=10)
+        self.assertEqual(resp, b"hello")
+        self.assertEqual(dict(call.initial_metadata()).get("x-backend"), "g")
+        self.assertEqual(self.env.grpc.calls[-1][0], "Unary")
+
+    def test_server_streaming(self):
+        with self.channel() as ch:
+            got = list(self.method(ch, "unary_stream", "ServerStream")(b"m", timeout=10))
+        self.assertEqual(got, [b"m:%d" % i for i in range(10)])
+
+    def test_client_streaming(self):
+        msgs = [b"%03d" % i for i in range(100)]
+        with self.channel() as ch:
+            resp = self.method(ch, "stream_unary", "ClientStream")(iter(msgs), timeout=10)
+        self.assertEqual(resp, b"".join(msgs))
+
+    def test_bidirectional_100_messages(self):
+        msgs = [os.urandom(64) + b"%d" % i for i in range(100)]
+        with self.channel() as ch:
+            got = list(self.method(ch, "stream_stream", "BidiStream")(iter(msgs), timeout=20))
+        self.assertEqual(got, msgs)
+
+    def test_status_and_message_passed_through(self):
+        import grpc
+        for code, msg in (("UNAVAILABLE", "backend says unavailable"),
+                          ("PERMISSION_DENIED", "custom message: no")):
+            with self.channel() as ch:
+                with self.assertRaises(grpc.RpcError) as cm:
+                    self.method(ch, "unary_unary", "Fail")(f"{code}:{msg}".encode(), timeout=10)
+            e = cm.exception
+            self.assertEqual(e.code(), grpc.StatusCode[code])
+            self.assertEqual(e.details(), msg)
+            self.assertEqual(dict(e.trailing_metadata()).get("x-fail"), "yes")
+
+    def test_no_endpoints_is_unavailable_for_grpc(self):
+        import grpc
+        with self.channel(authority="grpc-empty.test") as ch:
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.method(ch, "unary_unary", "Unary")(b"x", timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        # Envoy's local reply to a gRPC caller: HTTP 200, grpc-status 14, the text as message
+        self.assertEqual(cm.exception.details(), "no healthy upstream")
+
+
+# --- 7. WebSocket ------------------------------------------------------------------------------
+
+class WebSocket(EnvCase):
+    def test_upgrade_and_echo_10_frames(self):
+        import base64
+        import hashlib
+        key = base64.b64encode(os.urandom(16)).decode()
+        with socket.create_connection(("127.0.0.1", self.env.port), timeout=5) as so:
+            so.sendall((f"GET /ws/chat HTTP/1.1\r\nHost: ws.local\r\nUpgrade: websocket\r\n"
+                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                        f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = so.recv(4096)
+                self.assertTrue(chunk, "closed during the handshake: %r" % buf)
+                buf += chunk
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            self.assertEqual(raw_status(head), 101, head)
+            want = base64.b64encode(hashlib.sha1(
+                key.encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            hs = {}
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                hs[k.strip().lower()] = v.strip()
+            self.assertEqual(hs.get(b"sec-websocket-accept"), want)
+            self.assertEqual(hs.get(b"upgrade", b"").lower(), b"websocket")
+            for i in range(10):
+                payload = b"frame %d " % i + os.urandom(i * 50)
+                so.sendall(ws_frame(2, payload, mask=True))
+                for _ in range(1000):
+                    f = ws_parse(buf)
+                    if f:
+                        break
+                    chunk = so.recv(65536)
+                    self.assertTrue(chunk, "closed mid-stream")
+                    buf += chunk
+                op, got, used = f
+                buf = buf[used:]
+                self.assertEqual((op, got), (2, payload))
+            so.sendall(ws_frame(8, b"\x03\xe8", mask=True))
+        req = self.only("a")
+        self.assertEqual(req["path"], "/ws/chat")
+
+
+# --- 8. smuggling and malformed requests -----------------------------------------------------------
+
+class Malformed(EnvCase):
+    SMUGGLED = b"GET /a/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def rejected(self, data, want=None):
+        out = raw(self.env.port, data)
+        st = raw_status(out)
+        if want:
+            self.assertEqual(st, want, out[:300])
+        else:
+            self.assertTrue(400 <= st < 500, out[:300])
+        time.sleep(0.2)
+        self.assertEqual(self.got("a"), [], "the backend received a request skiff must reject")
+        return out
+
+    def test_content_length_and_transfer_encoding(self):
+        self.rejected(b"POST /a/s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + self.SMUGGLED)
+
+    def test_transfer_encoding_then_content_length(self):
+        self.rejected(b"POST /a/s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                      b"Content-Length: 40\r\n\r\n0\r\n\r\n" + self.SMUGGLED)
+
+    def test_duplicate_content_length(self):
+        self.rejected(b"POST /a/s HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                      b"Content-Length: 40\r\n\r\nabcd" + self.SMUGGLED)
+
+    def test_obs_fold(self):
+        self.rejected(b"GET /a/s HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n")
+
+    def test_bare_lf(self):
+        self.rejected(b"GET /a/s HTTP/1.1\nHost: x\nX-A: 1\n\n")
+
+    def test_nul_in_header_value(self):
+        self.rejected(b"GET /a/s HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n")
+
+    def test_bad_chunk_size(self):
+        self.rejected(b"POST /a/s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"zz\r\nhello\r\n0\r\n\r\n")
+
+    def test_header_too_large_431(self):
+        big = b"X-Big: " + b"v" * (70 * 1024) + b"\r\n"  # Envoy's default limit is 60 KiB
+        self.rejected(b"GET /a/s HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n", want=431)
+
+    def test_too_many_headers_431(self):
+        many = b"".join(b"X-H%d: v\r\n" % i for i in range(150))  # Envoy's default: 100
+        self.rejected(b"GET /a/s HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n", want=431)
+
+    def test_a_good_request_still_passes(self):
+        out = raw(self.env.port, b"GET /a/good HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertEqual(raw_status(out), 200, out[:300])
+        self.assertEqual([r["path"] for r in self.got("a")], ["/a/good"])
+
+
+# --- 10. stats ---------------------------------------------------------------------------------
+
+class Stats(EnvCase):
+    def test_request_counters_and_prometheus(self):
+        s = self.env.skiff
+        before = s.stat_int("http.ingress_http.downstream_rq_total")
+        for i in range(7):
+            r, _ = curl(self.env.url(f"/counted/{i}"), "--http1.1")
+            self.assertEqual(r.status, 200)
+        self.assertTrue(s.wait(lambda: s.stat_int("cluster.counted.upstream_rq_total") == 7),
+                        s.stat("cluster.counted.upstream_rq_total"))
+        self.assertGreaterEqual(s.stat_int("http.ingress_http.downstream_rq_total"), before + 7)
+        self.assertGreaterEqual(s.stat_int("http.ingress_http.downstream_rq_2xx"), 7)
+        self.assertEqual(s.stat_int("cluster.counted.upstream_rq_200"), 7)
+        _, prom = s.get("/stats/prometheus")
+        self.assertRegex(prom, r'(?m)^envoy_cluster_upstream_rq_total\{envoy_cluster_name="counted"\} 7$')
+        m = re.search(r'(?m)^envoy_http_downstream_rq_total\{envoy_http_conn_manager_prefix='
+                      r'"ingress_http"\} (\d+)$', prom)
+        self.assertIsNotNone(m, "no envoy_http_downstream_rq_total for ingress_http")
+        self.assertGreaterEqual(int(m.group(1)), before + 7)
+
+
+# --- 9. configuration change under load -----------------------------------------------------------
+
+class ChangeUnderLoad(unittest.TestCase):
+    def test_route_and_cluster_switch_under_load(self):
+        a, b = HttpBackend("a"), HttpBackend("b")
+        tmp = tempfile.TemporaryDirectory()
+        port = free_port()
+        cfile, lfile, rfile = (os.path.join(tmp.name, n) for n in ("c.json", "l.json", "r.json"))
+
+        def routes(cl):
+            return {"resources": [{"@type": T_ROUTE, "name": "switch", "virtual_hosts": [
+                {"name": "all", "domains": ["*"], "routes": [route({"prefix": "/"},
+                                                                   route=to(cl))]}]}]}
+        write_atomic(cfile, {"resources": [cluster("first", a.port)]})
+        write_atomic(lfile, {"resources": [listener("switch", port, hcm("switch", rds="switch"))]})
+        write_atomic(rfile, routes("first"))
+        cp = ControlPlane(tmp.name, cfile, lfile, rfile)
+        s = Skiff(tmp.name, ads_bootstrap(cp.sock))
+        results = []
+        errors = []
+        started = threading.Event()
+
+        def load():
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            deadline = time.time() + 60
+            for i in range(2000):
+                if time.time() > deadline:
+                    errors.append("deadline")
+                    break
+                try:
+                    r = hc_get(conn, f"/load/{i}")
+                    results.append((r.status, r.h("x-backend")))
+                except (OSError, http.client.HTTPException) as e:
+                    errors.append(f"{i}: {e!r}")
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                if i == 400:
+                    started.set()
+                time.sleep(0.002)
+            conn.close()
+            started.set()
+
+        try:
+            self.assertTrue(wait_serving(port, "/warm"), "not serving")
+            t = threading.Thread(target=load, daemon=True)
+            t.start()
+            self.assertTrue(started.wait(30))
+            # a new cluster first (as istiod orders CDS before RDS), then the route to it
+            write_atomic(cfile, {"resources": [cluster("first", a.port),
+                                               cluster("second", b.port)]})
+            self.assertTrue(s.wait(lambda: "second" in s.active_clusters(), timeout=10))
+            write_atomic(rfile, routes("second"))
+            t.join(90)
+            self.assertFalse(t.is_alive())
+            self.assertEqual(errors, [])
+            self.assertEqual(len(results), 2000)
+            self.assertEqual([x for x in results if x[0] != 200], [])
+            self.assertEqual(results[0][1], "a")
+            # the switch took effect during the run, and stayed
+            first_b = next((i for i, x in enumerate(results) if x[1] == "b"), None)
+            self.assertIsNotNone(first_b, "no request reached the new cluster")
+            self.assertLess(first_b, 1900, "the change took too long to apply")
+            self.assertEqual({x[1] for x in results[first_b:]}, {"b"})
+            self.assertEqual(cp.nacks(), [])
+        finally:
+            rc = s.stop()
+            cp.stop()
+            a.stop()
+            b.stop()
+            tmp.cleanup()
+        self.assertEqual(rc, 0)
+
+
+# --- 11. Istio's static listeners ----------------------------------------------------------------
+
+class IstioStaticListeners(unittest.TestCase):
+    """Istio's bootstrap golden: 15090 serves /stats/prometheus through the prometheus_stats
+    cluster (the admin API), 15021 /healthz/ready through the agent cluster (pilot-agent; here
+    a backend standing in for it). The golden's ports are remapped to free ones."""
+
+    def test_prometheus_15090_and_healthz_15021(self):
+        agent = HttpBackend("pilot-agent")
+        tmp = tempfile.TemporaryDirectory()
+        admin_port, p15090, p15021 = free_port(), free_port(), free_port()
+        boot = json.load(open(os.path.join(SHARED, "istio", "04-bootstrap", "default_golden.json")))
+        res = os.path.join(tmp.name, "r.json")
+        write_atomic(res, {"resources": [cluster("some-cluster", agent.port)]})
+        cp = ControlPlane(tmp.name, res)
+        boot["admin"]["address"]["socket_address"]["port_value"] = admin_port
+        for c in boot["static_resources"]["clusters"]:
+            ep = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            if c["name"] in ("xds-grpc", "sds-grpc"):
+                ep["address"] = {"pipe": {"path": cp.sock}}
+            elif c["name"] == "prometheus_stats":
+                ep["address"]["socket_address"]["port_value"] = admin_port
+            elif c["name"] == "agent":
+                ep["address"]["socket_address"]["port_value"] = agent.port
+        for l in boot["static_resources"]["listeners"]:
+            sa = l["address"]["socket_address"]
+            sa["address"] = "127.0.0.1"
+            sa["port_value"] = {15090: p15090, 15021: p15021}[sa["port_value"]]
+        s = Skiff(tmp.name, boot, extra_args=["--allow-unknown-static-fields"])
+        try:
+            self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200, timeout=20),
+                            s.get("/ready"))
+            self.assertTrue(wait_serving(p15021, "/healthz/ready"))
+            r, _ = curl(f"http://127.0.0.1:{p15021}/healthz/ready", "--http1.1")
+            self.assertEqual((r.status, r.h("x-backend")), (200, "pilot-agent"), r)
+            self.assertEqual(agent.requests[-1]["path"], "/healthz/ready")
+            r, _ = curl(f"http://127.0.0.1:{p15090}/stats/prometheus", "--http1.1")
+            self.assertEqual(r.status, 200, r)
+            self.assertRegex(r.body.decode(), r"(?m)^envoy_server_live\{?.*\}? 1$")
+            # the same text as the admin API's own
+            self.assertIn("# TYPE envoy_server_live gauge", r.body.decode())
+            # a path outside the route: 404
+            r, _ = curl(f"http://127.0.0.1:{p15090}/config_dump", "--http1.1")
+            self.assertEqual(r.status, 404)
+            self.assertTrue(s.wait(lambda: s.stat_int("http.stats.downstream_rq_total") >= 2))
+            self.assertTrue(s.stat_int("http.agent.downstream_rq_total") >= 1)
+        finally:
+            rc = s.stop()
+            cp.stop()
+            agent.stop()
+            tmp.cleanup()
+        self.assertEqual(rc, 0)
+
+
+# --- 12. a real Istio sidecar dump ---------------------------------------------------------------
+
+DUMP01 = os.path.join(SHARED, "istio", "01-ossm-sidecar-config-dump",
+                      "hello-openshift-sidecar-config_dump.json")
+
+
+def dump_to_local(dump, listeners, endpoints_for):
+    """A real sidecar /config_dump made to run on loopback: every dynamic cluster, route and
+    secret as it is; the listeners named in `listeners` ({name: new port}) moved to
+    127.0.0.1:<port> and bound (bind_to_port dropped; their filter chains, listener filters
+    and RDS routes kept), the other listeners left out; and for each EDS cluster a
+    ClusterLoadAssignment, pointing at 127.0.0.1:<endpoints_for[name]> or empty.
+    Returns {"resources": [...]} for tools/xds-files."""
+    out = []
+    for cfg in dump["configs"]:
+        for e in cfg.get("dynamic_active_clusters", []):
+            c = e["cluster"]
+            out.append(c)
+            if c.get("type") == "EDS":
+                name = c.get("eds_cluster_config", {}).get("service_name") or c["name"]
+                cla = {"@type": T_CLA, "cluster_name": name}
+                if name in endpoints_for:
+                    cla.update(endpoints(name, endpoints_for[name]))
+                out.append(cla)
+        for e in cfg.get("dynamic_listeners", []):
+            l = e.get("active_state", {}).get("listener")
+            if l and l["name"] in listeners:
+                l = json.loads(json.dumps(l))
+                l["address"] = {"socket_address": {"address": "127.0.0.1",
+                                                   "port_value": listeners[l["name"]]}}
+                l.pop("bind_to_port", None)
+                out.append(l)
+        out += [e["route_config"] for e in cfg.get("dynamic_route_configs", [])]
+        out += [e["secret"] for e in cfg.get("dynamic_active_secrets", [])]
+    return {"resources": out}
+
+
+class IstioDump(unittest.TestCase):
+    """Done when: skiff runs a real sidecar's outbound listeners. 0.0.0.0_80 (route "80": the
+    VirtualService's exact "/" on hello-openshift.vanilla-playground.svc.cluster.local, setting
+    x-internal-mesh-route, → outbound|8080||hello-openshift…, use_downstream_protocol_config)
+    over HTTP/1.1 and h2c, and 0.0.0.0_15010 (route "15010": istiod-basic… →
+    outbound|15010||istiod-basic…, explicit HTTP/2) over gRPC. Both keep their listener filters
+    (tls_inspector, http_inspector) and their raw_buffer + http/1.1,h2c filter chain match."""
+
+    def test_sidecar_dump_routes_to_local_backends(self):
+        import grpc
+        hello = HttpBackend("hello-openshift")
+        g = GrpcBackend("istiod")
+        tmp = tempfile.TemporaryDirectory()
+        p80, p15010 = free_port(), free_port()
+        dump = json.load(open(DUMP01))
+        hello_c = "outbound|8080||hello-openshift.vanilla-playground.svc.cluster.local"
+        istiod_c = "outbound|15010||istiod-basic.istio-system.svc.cluster.local"
+        res = dump_to_local(dump, {"0.0.0.0_80": p80, "0.0.0.0_15010": p15010},
+                            {hello_c: hello.port, istiod_c: g.port})
+        path = os.path.join(tmp.name, "istio.json")
+        write_atomic(path, res)
+        cp = ControlPlane(tmp.name, path)
+        s = Skiff(tmp.name, ads_bootstrap(cp.sock))
+        host = "hello-openshift.vanilla-playground.svc.cluster.local"
+        try:
+            self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200, timeout=30),
+                            s.get("/ready"))
+            self.assertEqual(cp.nacks(), [])
+            self.assertTrue(wait_serving(p80, "/", host=host), "0.0.0.0_80 not serving")
+            # the VirtualService's route: exact "/" with a request header set
+            r, _ = curl(f"http://127.0.0.1:{p80}/", "--http1.1", "-H", "Host: " + host)
+            self.assertEqual((r.status, r.h("x-backend")), (200, "hello-openshift"), r)
+            req = hello.requests[-1]
+            self.assertEqual((req["proto"], req["path"]), ("http/1.1", "/"))
+            hm = {k.lower(): v for k, v in req["headers"]}
+            self.assertEqual(hm.get("host"), host)
+            self.assertEqual(hm.get("x-internal-mesh-route"), "applied")
+            # the virtual host's include_request_attempt_count
+            self.assertEqual(hm.get("x-envoy-attempt-count"), "1")
+            r, _ = curl(f"http://127.0.0.1:{p80}/", "--http2-prior-knowledge",
+                        "-H", "Host: " + host)
+            self.assertEqual((r.status, r.h("x-backend")), (200, "hello-openshift"), r)
+            req = hello.requests[-1]
+            # use_downstream_protocol_config: h2c in, HTTP/2 out
+            self.assertEqual((req["proto"], req["path"]), ("h2", "/"))
+            self.assertIn([":authority", host], req["headers"])
+            # another path on that virtual host: no route, 404, nothing reaches the backend
+            n = len(hello.requests)
+            r, _ = curl(f"http://127.0.0.1:{p80}/other", "--http1.1", "-H", "Host: " + host)
+            self.assertEqual(r.status, 404, r)
+            self.assertEqual(len(hello.requests), n)
+            # gRPC to istiod's service port through its explicit-HTTP/2 cluster
+            ident = (lambda b: b)
+            with grpc.insecure_channel(f"127.0.0.1:{p15010}", options=[
+                    ("grpc.default_authority", "istiod-basic.istio-system.svc.cluster.local")]) as ch:
+                resp = ch.unary_unary("/skiff.test.Echo/Unary", request_serializer=ident,
+                                      response_deserializer=ident)(b"through the mesh", timeout=10)
+                self.assertEqual(resp, b"through the mesh")
+                got = list(ch.stream_stream("/skiff.test.Echo/BidiStream",
+                                            request_serializer=ident,
+                                            response_deserializer=ident)(
+                    iter([b"%d" % i for i in range(20)]), timeout=10))
+                self.assertEqual(got, [b"%d" % i for i in range(20)])
+            self.assertEqual([c[0] for c in g.calls], ["Unary", "BidiStream"])
+        finally:
+            rc = s.stop()
+            cp.stop()
+            hello.stop()
+            g.stop()
+            tmp.cleanup()
+        self.assertEqual(rc, 0)
+
+
+if __name__ == "__main__":
+    result = unittest.main(exit=False, verbosity=2).result
+    bad = result.failures + result.errors
+    failed = sum(1 for t, _ in bad if isinstance(t, unittest.TestCase))
+    print(f"{result.testsRun - failed} passed, {len(bad)} failed")
+    sys.exit(1 if failed else 0)
