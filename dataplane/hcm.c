@@ -46,7 +46,6 @@ typedef struct hcm_conn {
     hcm_stream_t *streams;
     uint32_t n_streams;
     char remote_ip[INET6_ADDRSTRLEN];
-    bool remote_internal; /* loopback or private: Envoy's default internal addresses */
 } hcm_conn_t;
 
 /* One entry of the chain a stream runs: the enabled filters, the terminal one last. */
@@ -105,20 +104,6 @@ const char *dp_response_flags_str(uint32_t flags, char *buf, size_t len)
     if (off == 0)
         snprintf(buf, len, "-");
     return buf;
-}
-
-static bool addr_internal(const struct sockaddr_storage *ss)
-{
-    if (ss->ss_family == AF_INET) {
-        uint32_t a = ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr);
-        return (a >> 24) == 127 || (a >> 24) == 10 || (a >> 20) == (172u << 4 | 1) ||
-               (a >> 16) == (192u << 8 | 168);
-    }
-    if (ss->ss_family == AF_INET6) {
-        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
-        return IN6_IS_ADDR_LOOPBACK(a) || (a->s6_addr[0] & 0xfe) == 0xfc;
-    }
-    return ss->ss_family == AF_UNIX;
 }
 
 /* A version-4 UUID from the worker's generator, as Envoy's x-request-id. */
@@ -382,7 +367,9 @@ static void mutate_request(hcm_stream_t *hs, dp_http_head_t *h)
 {
     const dp_hcm_config_t *cfg = hs->c->cfg;
     dp_pool_t *p = hs->s.pool;
-    bool edge = cfg->use_remote_address && !hs->c->remote_internal;
+    /* No address is internal (Envoy's internal_address_config, empty by default): with
+     * use_remote_address every peer is external, an edge request. */
+    bool edge = cfg->use_remote_address;
     if (edge) {
         /* An untrusted peer may not steer us with x-envoy-* headers. */
         uint32_t k = 0;
@@ -405,10 +392,15 @@ static void mutate_request(hcm_stream_t *hs, dp_http_head_t *h)
         } else if (ip[0]) {
             dp_headers_add(&h->headers, p, "x-forwarded-for", 15, ip, strlen(ip));
         }
-        dp_headers_set(&h->headers, p, "x-forwarded-proto", 17, "http", 4);
-    } else if (DP_HDR_GET(&h->headers, "x-forwarded-proto") == NULL) {
-        dp_headers_add_ref(&h->headers, p, DP_STR("x-forwarded-proto"), DP_STR("http"));
+        if (ip[0])
+            dp_headers_set(&h->headers, p, "x-envoy-external-address", 24, ip, strlen(ip));
     }
+    /* A previous hop that is not trusted cannot claim the scheme: x-forwarded-proto is the
+     * connection's unless xff_num_trusted_hops vouches for the one given. */
+    if (cfg->xff_num_trusted_hops == 0 || DP_HDR_GET(&h->headers, "x-forwarded-proto") == NULL)
+        dp_headers_set(&h->headers, p, "x-forwarded-proto", 17, "http", 4);
+    /* No request is internal (see above), so a client's claim to be one is dropped. */
+    DP_HDR_REMOVE(&h->headers, "x-envoy-internal");
     const dp_header_t *rid = DP_HDR_GET(&h->headers, "x-request-id");
     if (cfg->generate_request_id &&
         (rid == NULL || (edge && !cfg->preserve_external_request_id))) {
@@ -455,10 +447,13 @@ static void on_req_headers(void *ud, dp_http_head_t *h, bool end_stream)
     /* The route is chosen once, before the filters, so that each can read its route-level
      * config (Envoy's cached route). */
     const dp_hcm_config_t *cfg = hs->c->cfg;
-    if (cfg->routes) {
+    const dp_route_config_t *rc = cfg->routes;
+    if (cfg->rds_name)
+        rc = dp_snapshot_find_route(hs->s.snap, cfg->rds_name);
+    if (rc) {
         const dp_vhost_t *vh = NULL;
-        hs->s.rc = cfg->routes;
-        hs->s.route = dp_route_select(cfg->routes, h, dp_wctx_random(hs->c->w), &vh);
+        hs->s.rc = rc;
+        hs->s.route = dp_route_select(rc, h, dp_wctx_random(hs->c->w), &vh);
         hs->s.vh = vh;
     }
     chain_build(hs);
@@ -535,7 +530,9 @@ static void on_reap(uv_check_t *h)
     while (c->dead) {
         hcm_stream_t *hs = c->dead;
         c->dead = hs->next;
+        dp_snapshot_t *snap = hs->s.snap;
         dp_pool_free(hs->s.pool);
+        dp_snapshot_unref(snap);
     }
     conn_maybe_free(c);
 }
@@ -609,7 +606,9 @@ static const dp_sink_ops_t *on_stream(void *ud, dp_enc_t *enc, void **ret_ud,
     hcm_stream_t *hs = dp_pool_calloc(pool, sizeof(*hs));
     hs->s.pool = pool;
     hs->s.w = c->w;
-    hs->s.snap = c->a.snap;
+    /* A stream sees the worker's current configuration (its routes from RDS, its clusters),
+     * pinned to its end; the connection keeps the listener's, under which it was accepted. */
+    hs->s.snap = dp_snapshot_ref(c->w->snap ? c->w->snap : c->a.snap);
     hs->s.conn = &c->a;
     hs->s.hcm = c->cfg;
     hs->c = c;
@@ -782,7 +781,6 @@ void dp_hcm_start(dp_wctx_t *w, dp_accepted_t *a)
     c->fd = a->fd;
     c->link.close = conn_close_link;
     dp_wctx_link(w, &c->link);
-    c->remote_internal = addr_internal(&a->remote);
     if (a->remote.ss_family == AF_INET)
         inet_ntop(AF_INET, &((struct sockaddr_in *)&a->remote)->sin_addr, c->remote_ip,
                   sizeof(c->remote_ip));

@@ -242,3 +242,52 @@ uint64_t dp_snapshot_freed_count(void)
 {
     return atomic_load(&freed_count);
 }
+
+/* ---- per-status-code counters ---- */
+
+#define CODE_MIN 100
+#define CODE_MAX 599
+
+static void code_counters_free(void *p)
+{
+    dp_code_counters_t *cc = p;
+    free((void *)atomic_load(&cc->table));
+}
+
+dp_code_counters_t *dp_code_counters_new(dp_arena_t *arena, dp_stats_t *stats, const char *prefix)
+{
+    dp_code_counters_t *cc = dp_arena_alloc(arena, sizeof(*cc));
+    atomic_init(&cc->table, NULL);
+    cc->prefix = dp_arena_strdup(arena, prefix);
+    cc->stats = stats;
+    dp_arena_add_cleanup(arena, code_counters_free, cc);
+    return cc;
+}
+
+dp_counter_t *dp_code_counter(dp_code_counters_t *cc, int code)
+{
+    if (cc == NULL || cc->stats == NULL || code < CODE_MIN || code > CODE_MAX)
+        return NULL;
+    dp_counter_t *_Atomic *t = atomic_load_explicit(&cc->table, memory_order_acquire);
+    if (t == NULL) {
+        dp_counter_t *_Atomic *fresh = calloc(CODE_MAX - CODE_MIN + 1, sizeof(*fresh));
+        if (fresh == NULL)
+            return NULL;
+        dp_counter_t *_Atomic *expected = NULL;
+        if (atomic_compare_exchange_strong(&cc->table, &expected, fresh)) {
+            t = fresh;
+        } else {
+            free((void *)fresh);
+            t = expected;
+        }
+    }
+    dp_counter_t *c = atomic_load_explicit(&t[code - CODE_MIN], memory_order_acquire);
+    if (c == NULL) {
+        /* The store finds or creates it under its lock: racing workers get the same one. */
+        char name[512];
+        snprintf(name, sizeof(name), "%s%d", cc->prefix, code);
+        c = dp_stats_counter(cc->stats, name);
+        atomic_store_explicit(&t[code - CODE_MIN], c, memory_order_release);
+    }
+    return c;
+}

@@ -130,7 +130,22 @@ typedef struct dp_cluster_stats {
     dp_counter_t *cx_none_healthy;
     dp_counter_t *cx_overflow;
     dp_counter_t *cx_rx_bytes_total, *cx_tx_bytes_total;
+    struct dp_code_counters *rq_code; /* upstream_rq_<code>, made on first use */
 } dp_cluster_stats_t;
+
+/* Per-status-code counters (Envoy's cluster.<name>.upstream_rq_200 and the like), created by
+ * the worker that first meets a code: a table of one slot per code 100..599, itself allocated
+ * on first use (by compare-and-swap), freed with the snapshot's arena. */
+typedef struct dp_code_counters {
+    _Atomic(dp_counter_t *_Atomic *) table;
+    const char *prefix; /* "cluster.<name>.upstream_rq_" */
+    dp_stats_t *stats;
+} dp_code_counters_t;
+
+/* Sets up cc in arena for the counters named prefix<code>. */
+dp_code_counters_t *dp_code_counters_new(dp_arena_t *arena, dp_stats_t *stats, const char *prefix);
+/* The counter for code (100..599), or NULL for other codes. Any thread. */
+dp_counter_t *dp_code_counter(dp_code_counters_t *cc, int code);
 
 typedef struct dp_cluster {
     const char *name;
@@ -219,6 +234,9 @@ typedef struct dp_snapshot {
     struct dp_route_config **routes; /* RDS route configs (dataplane/route.h), sorted once sealed */
     size_t n_routes, cap_routes;
     struct dp_snapshot_cleanup *cleanups; /* run when the snapshot is freed */
+    /* The stats store the snapshot's stats live in (NULL when built without one): workers
+     * create the per-status-code counters in it. */
+    dp_stats_t *stats;
 } dp_snapshot_t;
 
 /* ---- building (one thread) ---- */

@@ -1,6 +1,7 @@
 #include "dataplane/stats.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -28,6 +29,9 @@ struct dp_stats {
     size_t n_tags;
     char **namespaces;
     size_t n_namespaces;
+    /* Guards stats and index: a worker may create a stat (a per-status-code counter) while
+     * the main thread renders. */
+    pthread_mutex_t mu;
 };
 
 static void *xcalloc(size_t n, size_t sz)
@@ -63,6 +67,7 @@ dp_stats_t *dp_stats_new(void)
     dp_stats_t *st = xcalloc(1, sizeof(*st));
     st->index_cap = 256;
     st->index = xcalloc(st->index_cap, sizeof(*st->index));
+    pthread_mutex_init(&st->mu, NULL);
     return st;
 }
 
@@ -87,6 +92,7 @@ void dp_stats_free(dp_stats_t *st)
     for (size_t i = 0; i < st->n; i++)
         stat_free(st->stats[i]);
     free(st->stats);
+    pthread_mutex_destroy(&st->mu);
     free(st->index);
     for (size_t i = 0; i < st->n_tags; i++) {
         free(st->tags[i].tag_name);
@@ -242,8 +248,8 @@ static void index_grow(dp_stats_t *st)
     free(old);
 }
 
-static dp_stat_t *find_or_create(dp_stats_t *st, const char *name, dp_stat_kind_t kind,
-                                 size_t size)
+static dp_stat_t *find_or_create_locked(dp_stats_t *st, const char *name, dp_stat_kind_t kind,
+                                        size_t size)
 {
     dp_stat_t **slot = index_slot(st, name);
     if (*slot) {
@@ -269,6 +275,15 @@ static dp_stat_t *find_or_create(dp_stats_t *st, const char *name, dp_stat_kind_
     st->stats[st->n++] = s;
     if (st->n * 2 > st->index_cap)
         index_grow(st);
+    return s;
+}
+
+static dp_stat_t *find_or_create(dp_stats_t *st, const char *name, dp_stat_kind_t kind,
+                                 size_t size)
+{
+    pthread_mutex_lock(&st->mu);
+    dp_stat_t *s = find_or_create_locked(st, name, kind, size);
+    pthread_mutex_unlock(&st->mu);
     return s;
 }
 
@@ -364,6 +379,7 @@ static int select_stats(dp_stats_t *st, const dp_stats_query_t *q, selection_t *
             return -EINVAL;
         md = pcre2_match_data_create_from_pattern(re, NULL);
     }
+    pthread_mutex_lock(&st->mu);
     ret->v = xcalloc(st->n + 1, sizeof(*ret->v));
     ret->n = 0;
     for (size_t i = 0; i < st->n; i++) {
@@ -374,6 +390,7 @@ static int select_stats(dp_stats_t *st, const dp_stats_query_t *q, selection_t *
             continue;
         ret->v[ret->n++] = s;
     }
+    pthread_mutex_unlock(&st->mu);
     pcre2_match_data_free(md);
     pcre2_code_free(re);
     qsort(ret->v, ret->n, sizeof(*ret->v), by_name);

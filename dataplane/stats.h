@@ -2,8 +2,8 @@
  * semantics, and the renderers of the admin API's /stats, /stats?format=json and
  * /stats/prometheus.
  *
- * Threads: stats are created (find-or-create by name), tagged and rendered on the main thread.
- * Any thread may update a stat through the pointer it was given: updates are relaxed atomics
+ * Threads: stats are created (find-or-create by name, under a lock: workers create the
+ * per-status-code counters they meet) and rendered on the main thread. Any thread may update a stat through the pointer it was given: updates are relaxed atomics
  * on memory that never moves, with no lock and no allocation. Text readouts are set on the
  * main thread only.
  *

@@ -57,7 +57,7 @@ struct dp_route;
 typedef struct dp_stream {
     dp_pool_t *pool;
     dp_wctx_t *w;
-    dp_snapshot_t *snap;           /* pinned by the connection for the stream's life */
+    dp_snapshot_t *snap;           /* the worker's current one at the request, pinned */
     const dp_accepted_t *conn;     /* the downstream connection: addresses, SNI */
     const dp_hcm_config_t *hcm;
     dp_http_head_t *req;           /* the request head (set before the first filter runs) */

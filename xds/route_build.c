@@ -233,7 +233,8 @@ static bool filter_conf_set(bctx_t *b, dp_route_filter_conf_t *e, const char *ke
         e->len = any->value.len;
     }
     e->conf = NULL;
-    handlers_config_ctx_t ctx = {.arena = a, .filter_name = e->filter_name, .per_route = true};
+    handlers_config_ctx_t ctx = {
+        .arena = a, .stats = b->s->stats, .filter_name = e->filter_name, .per_route = true};
     char *err = NULL;
     int rc = handlers_config_new(&ctx, e->type_url, e->value, e->len, &e->conf, &err);
     if (rc == -EINVAL) {

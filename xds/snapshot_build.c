@@ -301,8 +301,13 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     build_ctx_t *ctx = ud;
     dp_snapshot_t *s = ctx->snap;
     dp_cluster_t *dc = dp_snapshot_add_cluster(s);
-    if (ctx->stats)
-        cluster_stats(ctx->stats, c->alt_stat_name[0] ? c->alt_stat_name : c->name, dc);
+    if (ctx->stats) {
+        const char *obs = c->alt_stat_name[0] ? c->alt_stat_name : c->name;
+        cluster_stats(ctx->stats, obs, dc);
+        char prefix[512];
+        snprintf(prefix, sizeof(prefix), "cluster.%s.upstream_rq_", obs);
+        dc->stats.rq_code = dp_code_counters_new(s->arena, ctx->stats, prefix);
+    }
     dc->name = dp_arena_strdup(s->arena, c->name);
     dc->type = cluster_type(c);
     dc->lb_policy = lb_policy(c);
@@ -377,6 +382,7 @@ dp_snapshot_t *xds_snapshot_build(const Envoy__Config__Bootstrap__V3__Bootstrap 
                                   uint64_t generation, char **reterr_msg)
 {
     dp_snapshot_t *s = dp_snapshot_new(generation);
+    s->stats = stats;
     build_ctx_t ctx = {.snap = s, .stats = stats};
     const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = bootstrap->static_resources;
     for (size_t i = 0; sr && i < sr->n_clusters; i++)

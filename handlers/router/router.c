@@ -166,6 +166,9 @@ static void up_on_headers(void *ud, dp_http_head_t *h, bool end_stream)
     int k = h->status / 100;
     if (k >= 2 && k <= 5 && xx[k])
         dp_counter_inc(xx[k]);
+    dp_counter_t *code = dp_code_counter(cs->rq_code, h->status);
+    if (code)
+        dp_counter_inc(code);
     if (end_stream)
         timer_stop(r);
     dp_stream_encode_headers(s, h, end_stream);
@@ -365,8 +368,27 @@ static dp_filter_status_t router_on_request_headers(dp_stream_t *s, void *ctx, c
         return DP_FILTER_STOP;
     }
     r->cluster = c;
+    dp_str_t original_path = s->req->path;
     dp_route_apply_request(rc, vh, route, r->wc, s->req, s->pool);
+    /* Envoy keeps the path a rewrite replaced in x-envoy-original-path. */
+    if (s->req->path.p != original_path.p && original_path.p)
+        dp_headers_set(&s->req->headers, s->pool, "x-envoy-original-path", 21, original_path.p,
+                       original_path.n);
     r->timeout_ms = route->timeout_ms;
+    /* A trusted peer may set the timeout (the connection manager removed x-envoy-* headers of
+     * untrusted ones); Envoy does not pass the header on. */
+    const dp_header_t *th = DP_HDR_GET(&s->req->headers, "x-envoy-upstream-rq-timeout-ms");
+    if (th) {
+        uint64_t v = 0;
+        bool ok = th->value.n > 0 && th->value.n < 16;
+        for (size_t i = 0; ok && i < th->value.n; i++) {
+            ok = th->value.p[i] >= '0' && th->value.p[i] <= '9';
+            v = v * 10 + (uint64_t)(th->value.p[i] - '0');
+        }
+        if (ok)
+            r->timeout_ms = v;
+        DP_HDR_REMOVE(&s->req->headers, "x-envoy-upstream-rq-timeout-ms");
+    }
     if (r->timeout_ms) {
         char ms[24];
         int n = snprintf(ms, sizeof(ms), "%llu", (unsigned long long)r->timeout_ms);

@@ -333,7 +333,7 @@ class RateLimitTwoWorkers(RateLimitTest):
 
     def test_limit_across_workers(self):
         self.start(istio_limit("http_local_rate_limiter", 10), [route("/")])
-        self.assertEqual(self.proxy.stat("listener_manager.workers_started"), "2")
+        self.assertEqual(self.proxy.stat("server.concurrency"), "2")
         results = []
         lock = threading.Lock()
 
