@@ -1,5 +1,6 @@
 #include "dataplane/http1_parse.h"
 
+#include <pthread.h>
 #include <string.h>
 
 /* RFC 9110 §5.6.2 tchar. */
@@ -372,8 +373,18 @@ static dp_http_head_t *build_fail(dp_h1_head_parser_t *hp, const char *err)
     return NULL;
 }
 
+/* http-parser's own head limit (80 KiB by default) is process-wide; the scanner enforces the
+ * configured one, so lift http-parser's to Envoy's maximum (max_request_headers_kb 8192) once. */
+static pthread_once_t hp_limit_once = PTHREAD_ONCE_INIT;
+
+static void hp_limit_init(void)
+{
+    http_parser_set_max_header_size(8192u * 1024u + 1024u);
+}
+
 dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_pool_t *pool)
 {
+    pthread_once(&hp_limit_once, hp_limit_init);
     hp->pool = pool;
     hp->head = dp_pool_calloc(pool, sizeof(*hp->head));
     dp_http_head_t *h = hp->head;
