@@ -281,6 +281,11 @@ static void commit_field(dp_h1_head_parser_t *hp)
         for (size_t i = 0; i < hp->cur_name.n; i++)
             nm[i] = lower(nm[i]);
         dp_str_t v = hp->cur_value.p ? hp->cur_value : (dp_str_t){"", 0};
+        /* http-parser keeps trailing whitespace; RFC 9110 §5.5 excludes it from the value. */
+        while (v.n > 0 && (v.p[v.n - 1] == ' ' || v.p[v.n - 1] == '\t'))
+            v.n--;
+        if (v.n < hp->cur_value.n)
+            ((char *)v.p)[v.n] = '\0';
         dp_headers_add_ref(&hp->head->headers, hp->pool, hp->cur_name, v);
     }
     hp->cur_name = hp->cur_value = DP_STR_NULL;

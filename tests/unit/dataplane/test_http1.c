@@ -262,7 +262,8 @@ static const char *reply_for(int status);
 START_TEST(test_server_get_keepalive)
 {
     srv_t *t = srv_new(NULL);
-    PEER_SEND(t, "GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nFoo: Bar\r\nUser-Agent: x\r\n"
+    PEER_SEND(t, "GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nFoo: Bar \t\r\nUser-Agent: x\r\n"
+                 "X-Empty:\r\n"
                  "Connection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nTE: gzip\r\n\r\n");
     spin(t, 200);
     ck_assert_int_eq(t->streams, 1);
@@ -282,7 +283,8 @@ START_TEST(test_server_get_keepalive)
     ck_assert_ptr_null(hdr(h, "x-hop"));
     ck_assert_ptr_null(hdr(h, "keep-alive"));
     ck_assert_ptr_null(hdr(h, "te"));
-    ck_assert_uint_eq(h->headers.n, 2);
+    ck_assert_str_eq(hdr(h, "x-empty"), "");
+    ck_assert_uint_eq(h->headers.n, 3);
     ck_assert_str_eq(t->out, "HTTP/1.1 200 OK\r\nx-test: yes\r\ncontent-length: 5\r\n\r\nhello");
     ck_assert_int_eq(r->done, 1);
     ck_assert_int_eq(r->why, DP_RESET_NONE);
