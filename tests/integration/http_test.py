@@ -1032,6 +1032,7 @@ class Malformed(EnvCase):
             self.assertTrue(400 <= st < 500, out[:300])
         time.sleep(0.2)
         self.assertEqual(self.got("a"), [], "the backend received a request skiff must reject")
+        self.assertEqual(self.env.b["a"].record.bytes, 0, "bytes of it reached the backend")
         return out
 
     def test_content_length_and_transfer_encoding(self):
