@@ -6,7 +6,11 @@ route configurations over RDS or inline) over delta ADS on a unix socket, and re
 127.0.0.1 in front of the recording backends of backends.py.
 
 Every expectation is Envoy's documented behaviour (the exact local-reply bodies, header
-handling, status codes); each case is bounded in time and stops what it starts by pid."""
+handling, status codes); each case is bounded in time and stops what it starts by pid. The
+Backends cases check the test peers alone, without skiff.
+
+  meson test -C build integration-http
+  SKIFF=build/agent/skiff SRCDIR=. python3 tests/integration/http_test.py [Class[.test]]"""
 import http.client
 import json
 import os
