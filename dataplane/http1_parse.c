@@ -1,5 +1,6 @@
 #include "dataplane/http1_parse.h"
 
+#include <pthread.h>
 #include <string.h>
 
 /* RFC 9110 §5.6.2 tchar. */
@@ -280,6 +281,11 @@ static void commit_field(dp_h1_head_parser_t *hp)
         for (size_t i = 0; i < hp->cur_name.n; i++)
             nm[i] = lower(nm[i]);
         dp_str_t v = hp->cur_value.p ? hp->cur_value : (dp_str_t){"", 0};
+        /* http-parser keeps trailing whitespace; RFC 9110 §5.5 excludes it from the value. */
+        while (v.n > 0 && (v.p[v.n - 1] == ' ' || v.p[v.n - 1] == '\t'))
+            v.n--;
+        if (v.n < hp->cur_value.n)
+            ((char *)v.p)[v.n] = '\0';
         dp_headers_add_ref(&hp->head->headers, hp->pool, hp->cur_name, v);
     }
     hp->cur_name = hp->cur_value = DP_STR_NULL;
@@ -372,8 +378,18 @@ static dp_http_head_t *build_fail(dp_h1_head_parser_t *hp, const char *err)
     return NULL;
 }
 
+/* http-parser's own head limit (80 KiB by default) is process-wide; the scanner enforces the
+ * configured one, so lift http-parser's to Envoy's maximum (max_request_headers_kb 8192) once. */
+static pthread_once_t hp_limit_once = PTHREAD_ONCE_INIT;
+
+static void hp_limit_init(void)
+{
+    http_parser_set_max_header_size(8192u * 1024u + 1024u);
+}
+
 dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_pool_t *pool)
 {
+    pthread_once(&hp_limit_once, hp_limit_init);
     hp->pool = pool;
     hp->head = dp_pool_calloc(pool, sizeof(*hp->head));
     dp_http_head_t *h = hp->head;

@@ -408,13 +408,17 @@ static const dp_endpoint_t *lb_hash_pick(const dp_endpoint_t *eps, size_t n, uin
     return best;
 }
 
-/* A weighted random usable endpoint of priority prio (total: the sum of their weights). */
+/* A weighted random usable endpoint of priority prio other than `except` (total: the sum of
+ * their weights, or their number when not weighted). */
 static const dp_endpoint_t *lb_random(dp_upstreams_t *u, const dp_endpoint_t *eps, size_t n,
-                                      uint32_t prio, uint64_t total, bool weighted)
+                                      uint32_t prio, uint64_t total, bool weighted,
+                                      const dp_endpoint_t *except)
 {
+    if (total == 0)
+        return NULL;
     uint64_t x = u_random(u) % total;
     for (size_t i = 0; i < n; i++) {
-        if (!usable(&eps[i]) || eps[i].priority != prio)
+        if (!usable(&eps[i]) || eps[i].priority != prio || &eps[i] == except)
             continue;
         uint64_t w = weighted && eps[i].weight ? eps[i].weight : 1;
         if (x < w)
@@ -442,13 +446,12 @@ static const dp_endpoint_t *lb_least(cstate_t *cs, const dp_endpoint_t *eps, siz
         count++;
         total += w;
     }
-    const dp_endpoint_t *a = lb_random(cs->u, eps, n, prio, equal ? count : total, !equal);
-    if (count < 2)
+    const dp_endpoint_t *a = lb_random(cs->u, eps, n, prio, equal ? count : total, !equal, NULL);
+    if (count < 2 || a == NULL)
         return a;
-    const dp_endpoint_t *b = a;
-    for (int tries = 0; b == a && tries < 8; tries++)
-        b = lb_random(cs->u, eps, n, prio, equal ? count : total, !equal);
-    if (b == a)
+    uint64_t rest = equal ? count - 1 : total - (a->weight ? a->weight : 1);
+    const dp_endpoint_t *b = lb_random(cs->u, eps, n, prio, rest, !equal, a);
+    if (b == NULL)
         return a;
     /* load / weight compared as load_a * w_b against load_b * w_a */
     uint64_t la = host_load(cs, &a->addr, proto) + 1, lb = host_load(cs, &b->addr, proto) + 1;
@@ -481,7 +484,7 @@ static const dp_endpoint_t *lb_pick(cstate_t *cs, const dp_endpoint_t *eps, size
             if (usable(&eps[i]) && eps[i].priority == prio)
                 total += eps[i].weight ? eps[i].weight : 1;
         }
-        return lb_random(cs->u, eps, n, prio, total, true);
+        return lb_random(cs->u, eps, n, prio, total, true, NULL);
     }
     if (cs->rr_eps != eps || cs->rr_n != n) {
         free(cs->rr_cur);

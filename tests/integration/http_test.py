@@ -6,7 +6,11 @@ route configurations over RDS or inline) over delta ADS on a unix socket, and re
 127.0.0.1 in front of the recording backends of backends.py.
 
 Every expectation is Envoy's documented behaviour (the exact local-reply bodies, header
-handling, status codes); each case is bounded in time and stops what it starts by pid."""
+handling, status codes); each case is bounded in time and stops what it starts by pid. The
+Backends cases check the test peers alone, without skiff.
+
+  meson test -C build integration-http
+  SKIFF=build/agent/skiff SRCDIR=. python3 tests/integration/http_test.py [Class[.test]]"""
 import http.client
 import json
 import os
@@ -633,6 +637,22 @@ class Http1(EnvCase):
         self.assertEqual(out[1], "200 0", "the second request opened a new connection")
         self.assertEqual([r["path"] for r in self.got("a")], ["/a/one", "/a/two"])
 
+    def test_upstream_close_keeps_downstream_connection(self):
+        """The backend closes after each response (connection: close); skiff opens a new
+        upstream connection for the next request and keeps the client's connection."""
+        out = subprocess.run(["curl", "-sS", "--http1.1", "--max-time", "10", "-o", "/dev/null",
+                              "-o", "/dev/null", "-H", "x-backend-close: 1",
+                              "-w", "%{http_code} %{num_connects}\\n",
+                              self.env.url("/a/c1"), self.env.url("/a/c2")],
+                             capture_output=True, text=True, timeout=15).stdout.split("\n")
+        self.assertEqual(out[:2], ["200 1", "200 0"])
+        reqs = self.got("a")
+        self.assertEqual([r["path"] for r in reqs], ["/a/c1", "/a/c2"])
+        self.assertNotEqual(reqs[0]["conn"], reqs[1]["conn"])
+        # hop-by-hop: the backend's connection: close is not the client's business
+        r, _ = curl(self.env.url("/a/c3"), "--http1.1", "-H", "x-backend-close: 1")
+        self.assertNotEqual((r.h("connection") or "").lower(), "close")
+
     def test_chunked_upload(self):
         data = os.urandom(300_000)
         with tempfile.NamedTemporaryFile() as f:
@@ -743,6 +763,11 @@ class Routing(EnvCase):
         # binomial(1000, 0.8): sd 12.6; +-60 is more than 4.7 sd
         self.assertTrue(740 <= counts["a"] <= 860, counts)
         self.assertEqual(counts["a"] + counts["b"], 1000)
+
+    def test_upstream_status_passes_through(self):
+        r, _ = curl(self.env.url("/a/status"), "--http1.1", "-H", "x-backend-status: 503")
+        self.assertEqual((r.status, r.h("x-backend")), (503, "a"), r)
+        self.assertEqual(r.json()["path"], "/a/status")
 
     def test_direct_response(self):
         r, _ = curl(self.env.url("/direct"), "--http1.1")
@@ -1011,6 +1036,7 @@ class Malformed(EnvCase):
             self.assertTrue(400 <= st < 500, out[:300])
         time.sleep(0.2)
         self.assertEqual(self.got("a"), [], "the backend received a request skiff must reject")
+        self.assertEqual(self.env.b["a"].record.bytes, 0, "bytes of it reached the backend")
         return out
 
     def test_content_length_and_transfer_encoding(self):

@@ -31,6 +31,8 @@ static void check_head(const dp_h1_head_parser_t *hp, const dp_http_head_t *h)
             if (n.p[k] >= 'A' && n.p[k] <= 'Z')
                 abort();
         }
+        if (v.n && (v.p[0] == ' ' || v.p[0] == '\t' || v.p[v.n - 1] == ' ' || v.p[v.n - 1] == '\t'))
+            abort();
         for (size_t k = 0; k < v.n; k++) {
             unsigned char c = (unsigned char)v.p[k];
             if (c == '\r' || c == '\n' || c == 0)
