@@ -325,6 +325,12 @@ static int grpc_status_for(int http)
 
 void dp_stream_local_reply(dp_stream_t *s, int status, const char *body, uint32_t flag)
 {
+    dp_stream_local_reply_headers(s, status, body, flag, NULL, 0);
+}
+
+void dp_stream_local_reply_headers(dp_stream_t *s, int status, const char *body, uint32_t flag,
+                                   const dp_header_t *extra, size_t n_extra)
+{
     hcm_stream_t *hs = (hcm_stream_t *)s;
     s->response_flags |= flag;
     if (hs->enc == NULL)
@@ -336,6 +342,8 @@ void dp_stream_local_reply(dp_stream_t *s, int status, const char *body, uint32_
     size_t blen = body ? strlen(body) : 0;
     dp_http_head_t *h = dp_pool_calloc(s->pool, sizeof(*h));
     h->content_length = -1;
+    for (size_t i = 0; i < n_extra; i++)
+        dp_headers_add_ref(&h->headers, s->pool, extra[i].name, extra[i].value);
     bool head_req = s->req && DP_STR_EQ(s->req->method, "HEAD");
     if (s->grpc) {
         /* A trailers-only gRPC response. */

@@ -232,6 +232,8 @@ const char *dp_reset_reason_str(dp_reset_reason_t r)
         return "refused stream";
     case DP_RESET_OVERFLOW:
         return "overflow";
+    case DP_RESET_NO_HEALTHY_HOST:
+        return "no healthy upstream";
     }
     return "unknown";
 }

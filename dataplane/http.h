@@ -157,7 +157,8 @@ typedef enum dp_reset_reason {
     DP_RESET_CONN_TERMINATED, /* the connection closed before the stream ended */
     DP_RESET_PROTOCOL,       /* the peer broke the protocol */
     DP_RESET_REFUSED,        /* HTTP/2 REFUSED_STREAM, or GOAWAY before the stream started */
-    DP_RESET_OVERFLOW,       /* a buffer limit was passed */
+    DP_RESET_OVERFLOW,       /* a buffer limit, or a circuit breaker, was passed */
+    DP_RESET_NO_HEALTHY_HOST, /* upstream: the cluster has no host to send to */
 } dp_reset_reason_t;
 
 const char *dp_reset_reason_str(dp_reset_reason_t r);

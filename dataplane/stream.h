@@ -110,6 +110,9 @@ void dp_stream_continue(dp_stream_t *s);
  * grpc-status mapped from status as Envoy does (503 → UNAVAILABLE) and grpc-message = body.
  * After a response has started it resets the stream instead. The chain ends. */
 void dp_stream_local_reply(dp_stream_t *s, int status, const char *body, uint32_t flag);
+/* The same with headers to add to the reply (x-envoy-overloaded: true, x-envoy-ratelimited). */
+void dp_stream_local_reply_headers(dp_stream_t *s, int status, const char *body, uint32_t flag,
+                                   const dp_header_t *extra, size_t n_extra);
 
 /* The response from the terminal filter: head (through the filters' on_response_headers),
  * body and trailers to the downstream. Return 0, or a negative errno once the downstream can

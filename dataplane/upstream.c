@@ -1485,7 +1485,7 @@ dp_upstream_wait_t *dp_upstream_request(dp_upstreams_t *u, const dp_cluster_t *c
                                         const dp_upstream_cb_t *cb, void *ud)
 {
     if (u->closing) {
-        cb->on_failure(ud, DP_RESET_OVERFLOW, NULL);
+        cb->on_failure(ud, DP_RESET_NO_HEALTHY_HOST, NULL);
         return NULL;
     }
     cstate_t *cs = cs_get(u, c);
@@ -1509,7 +1509,7 @@ dp_upstream_wait_t *dp_upstream_request(dp_upstreams_t *u, const dp_cluster_t *c
     }
     if (host == NULL) {
         CINC(cs->cfg.st.cx_none_healthy);
-        cb->on_failure(ud, DP_RESET_OVERFLOW, NULL);
+        cb->on_failure(ud, DP_RESET_NO_HEALTHY_HOST, NULL);
         return NULL;
     }
     pool_t *p = pool_get(cs, host, proto);

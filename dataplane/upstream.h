@@ -51,9 +51,11 @@ typedef struct dp_upstream_cb {
      * returning (the slot is yours only during this call). host lives in the snapshot the
      * caller pinned, or (ORIGINAL_DST, DNS) as long as the pool has it. */
     void (*on_ready)(void *ud, dp_codec_conn_t *conn, const dp_addr_t *host);
-    /* No stream can be had: DP_RESET_CONNECT_FAIL, DP_RESET_CONNECT_TIMEOUT, or
-     * DP_RESET_OVERFLOW when the cluster has no host to send to (no endpoint, none healthy,
-     * DNS not resolved, no original destination). host is the one tried, or NULL. */
+    /* No stream can be had: DP_RESET_CONNECT_FAIL, DP_RESET_CONNECT_TIMEOUT,
+     * DP_RESET_NO_HEALTHY_HOST when the cluster has no host to send to (no endpoint, none
+     * healthy, DNS not resolved, no original destination: Envoy's 503 UH), or
+     * DP_RESET_OVERFLOW when a circuit breaker refused it (max_pending_requests,
+     * max_connections: 503 UO with x-envoy-overloaded). host is the one tried, or NULL. */
     void (*on_failure)(void *ud, dp_reset_reason_t why, const dp_addr_t *host);
 } dp_upstream_cb_t;
 
@@ -63,6 +65,11 @@ typedef struct dp_lb_ctx {
                                           * destination (or x-envoy-original-dst-host) */
     uint64_t hash;  /* for hash-based policies; has_hash false when the route gave none */
     bool has_hash;
+    /* Retries with retry_host_predicate previous_hosts: hosts to avoid (tried again only when
+     * host_selection_retry_max_attempts picks found nothing else). */
+    const dp_addr_t *const *exclude;
+    size_t n_exclude;
+    uint32_t host_selection_max_attempts; /* 0: Envoy's default, 1 */
 } dp_lb_ctx_t;
 
 /* Asks for a stream to a host of cluster c (in a snapshot the caller has pinned). May call
@@ -74,5 +81,21 @@ dp_upstream_wait_t *dp_upstream_request(dp_upstreams_t *u, const dp_cluster_t *c
 
 /* Withdraws a pending request; its callbacks will not be called. */
 void dp_upstream_cancel(dp_upstream_wait_t *w);
+
+/* ---- what the router tells the pools (outlier detection, circuit breakers) ---- */
+
+/* The outcome of one request on host: status is the upstream response's status, or 0 for a
+ * local-origin failure (connect failure or timeout, reset before a response: why says which).
+ * Feeds outlier detection. */
+void dp_upstream_host_result(dp_upstreams_t *u, const dp_cluster_t *c, const dp_addr_t *host,
+                             int status, dp_reset_reason_t why);
+
+/* The cluster's max_requests and max_retries circuit breakers, counted across all workers:
+ * admit returns false (and counts the overflow) when the breaker is open; every admitted one
+ * is released once. */
+bool dp_upstream_rq_admit(dp_upstreams_t *u, const dp_cluster_t *c);
+void dp_upstream_rq_release(dp_upstreams_t *u, const dp_cluster_t *c);
+bool dp_upstream_retry_admit(dp_upstreams_t *u, const dp_cluster_t *c);
+void dp_upstream_retry_release(dp_upstreams_t *u, const dp_cluster_t *c);
 
 #endif

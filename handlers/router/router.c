@@ -142,6 +142,11 @@ static void fail_before_headers(router_t *r, dp_reset_reason_t why)
              "upstream connect error or disconnect/reset before headers. reset reason: %s",
              reason);
     timer_stop(r);
+    if (why == DP_RESET_OVERFLOW) {
+        static const dp_header_t overloaded = {{"x-envoy-overloaded", 18}, {"true", 4}};
+        dp_stream_local_reply_headers(r->s, 503, body, flag, &overloaded, 1);
+        return;
+    }
     dp_stream_local_reply(r->s, 503, body, flag);
 }
 
@@ -291,7 +296,7 @@ static void pool_on_failure(void *ud, dp_reset_reason_t why, const dp_addr_t *ho
 {
     router_t *r = ud;
     r->wait = NULL;
-    if (why == DP_RESET_OVERFLOW) {
+    if (why == DP_RESET_NO_HEALTHY_HOST) {
         timer_stop(r);
         dp_stream_local_reply(r->s, 503, "no healthy upstream", DP_RF(UH));
         return;
