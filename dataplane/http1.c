@@ -398,8 +398,41 @@ static void message_in_done(h1_conn_t *c)
 
 static void stream_init(h1_conn_t *c, const dp_sink_ops_t *ops, void *ud, dp_pool_t *pool);
 
-/* A valid head is at b; returns the bytes consumed, 0 when the connection is closing. */
-static size_t server_head(h1_conn_t *c, const char *b)
+static bool discard_piece(void *ud, const uint8_t *p, size_t n)
+{
+    return true;
+}
+
+/* Whether the chunked body bytes already read after the head are well framed: a request whose
+ * framing is broken within what arrived with its head is refused before anything of it is
+ * handed on (and so before any byte of it can reach an upstream). */
+static bool chunked_prefix_ok(h1_conn_t *c, const char *body, size_t n)
+{
+    if (c->head.framing != DP_H1_BODY_CHUNKED || n == 0)
+        return true;
+    dp_pool_t *scratch = dp_pool_new();
+    dp_h1_body_parser_t bp;
+    dp_h1_body_init(&bp, c->head.framing, c->head.content_length, &c->lim, scratch);
+    bool ok = true;
+    size_t off = 0;
+    while (off < n && !bp.done) {
+        long k = dp_h1_body_feed(&bp, body + off, n - off, discard_piece, NULL);
+        if (k < 0) {
+            ok = false;
+            c->body.err_status = bp.err_status;
+            break;
+        }
+        if (k == 0)
+            break; /* an incomplete line: the rest comes later */
+        off += (size_t)k;
+    }
+    dp_pool_free(scratch);
+    return ok;
+}
+
+/* A valid head is at b, avail bytes read from there; returns the bytes consumed, 0 when the
+ * connection is closing. */
+static size_t server_head(h1_conn_t *c, const char *b, size_t avail)
 {
     h1_stream_t *s = &c->s;
     size_t len = c->head.head_len;
@@ -418,6 +451,10 @@ static size_t server_head(h1_conn_t *c, const char *b)
     dp_http_head_t *h = dp_h1_head_build(&c->head, b, pool);
     if (h == NULL) {
         local_reply(c, c->head.err_status);
+        return 0;
+    }
+    if (!chunked_prefix_ok(c, b + len, avail - len)) {
+        local_reply(c, c->body.err_status ? c->body.err_status : 400);
         return 0;
     }
     s->req_head = DP_STR_EQ(h->method, "HEAD");
@@ -560,7 +597,7 @@ static void process(h1_conn_t *c)
                         protocol_error(c);
                     break;
                 }
-                size_t k = c->server ? server_head(c, b) : client_head(c, b);
+                size_t k = c->server ? server_head(c, b, n) : client_head(c, b);
                 if (k == 0)
                     break;
                 pos += k;

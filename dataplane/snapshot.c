@@ -166,7 +166,8 @@ static int cluster_cmp(const void *a, const void *b)
 
 int dp_snapshot_seal(dp_snapshot_t *s)
 {
-    qsort(s->clusters, s->n_clusters, sizeof(dp_cluster_t), cluster_cmp);
+    if (s->n_clusters)
+        qsort(s->clusters, s->n_clusters, sizeof(dp_cluster_t), cluster_cmp);
     for (size_t i = 1; i < s->n_clusters; i++) {
         if (strcmp(s->clusters[i - 1].name, s->clusters[i].name) == 0)
             return -EEXIST;

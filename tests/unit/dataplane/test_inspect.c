@@ -33,7 +33,8 @@ static size_t build_hello(uint8_t *out, const uint8_t *ext, size_t ext_len)
     body[n++] = 0x13, body[n++] = 0x01;
     body[n++] = 1, body[n++] = 0; /* compression: null */
     body[n++] = (uint8_t)(ext_len >> 8), body[n++] = (uint8_t)ext_len;
-    memcpy(body + n, ext, ext_len), n += ext_len;
+    if (ext_len)
+        memcpy(body + n, ext, ext_len), n += ext_len;
     size_t k = 0;
     out[k++] = 0x16, out[k++] = 3, out[k++] = 1;
     out[k++] = (uint8_t)((n + 4) >> 8), out[k++] = (uint8_t)(n + 4);
