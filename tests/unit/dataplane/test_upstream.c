@@ -738,11 +738,11 @@ START_TEST(test_health_and_priority_failover)
         ck_assert_int_eq(r.done, 1);
         ck_assert_int_eq(r.port, ports[1]);
     }
-    /* no usable host: OVERFLOW at once, counted as none_healthy */
+    /* no usable host: NO_HEALTHY_HOST at once, counted as none_healthy */
     rq_clear(&r);
     ck_assert_ptr_null(dp_upstream_request(ups, none, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r));
     ck_assert_int_eq(r.failed, 1);
-    ck_assert_int_eq(r.why, DP_RESET_OVERFLOW);
+    ck_assert_int_eq(r.why, DP_RESET_NO_HEALTHY_HOST);
     ck_assert_ptr_null(r.host);
     ck_assert_uint_eq(dp_counter_value(none->stats.cx_none_healthy), 1);
     rq_clear(&r);
@@ -938,7 +938,7 @@ START_TEST(test_strict_dns)
     /* not resolved yet: no host */
     req_t r = {0};
     ck_assert_ptr_null(dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r));
-    ck_assert_int_eq(r.why, DP_RESET_OVERFLOW);
+    ck_assert_int_eq(r.why, DP_RESET_NO_HEALTHY_HOST);
     request_until_resolved(c, &r);
     ck_assert_int_eq(r.done, 1);
     ck_assert_int_eq(r.host->sa.sa_family, AF_INET);
@@ -1005,7 +1005,7 @@ START_TEST(test_original_dst)
     /* no original destination: no host */
     rq_clear(&r);
     ck_assert_ptr_null(dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r));
-    ck_assert_int_eq(r.why, DP_RESET_OVERFLOW);
+    ck_assert_int_eq(r.why, DP_RESET_NO_HEALTHY_HOST);
     rq_clear(&r);
     teardown_with(srv, 1);
     dp_snapshot_unref(s);
