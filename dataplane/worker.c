@@ -17,6 +17,8 @@ struct dp_worker {
     char name[32];
     uv_loop_t loop;
     uv_async_t wakeup;
+    uv_timer_t grace; /* at stop: how long connections get to close themselves */
+    bool stopping;    /* worker thread only */
     uv_thread_t thread;
     dp_worker_init_fn init;
     void *userdata;
@@ -42,6 +44,11 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
+static void on_grace(uv_timer_t *t)
+{
+    uv_walk(t->loop, close_walk_cb, NULL);
+}
+
 static void on_wakeup(uv_async_t *a)
 {
     dp_worker_t *w = a->data;
@@ -63,14 +70,21 @@ static void on_wakeup(uv_async_t *a)
             dp_listeners_apply(w->listeners, next);
         atomic_store(&w->generation, next->generation);
     }
-    if (atomic_load(&w->stop_requested)) {
+    if (atomic_load(&w->stop_requested) && !w->stopping) {
+        w->stopping = true;
         /* Listeners and connections free themselves from their close callbacks. */
         dp_listeners_close(w->listeners);
         w->listeners = NULL;
         dp_wctx_close_all(&w->ctx);
         dp_upstreams_close(w->ctx.up);
         w->ctx.up = NULL;
-        uv_walk(&w->loop, close_walk_cb, NULL);
+        /* Connections and pools close their own handles, through their close callbacks; the
+         * loop ends once the last is gone. A handle something failed to close is closed by
+         * worker_main's final walk, after a grace period. */
+        uv_unref((uv_handle_t *)&w->wakeup);
+        uv_timer_init(&w->loop, &w->grace);
+        uv_timer_start(&w->grace, on_grace, 2000, 0);
+        uv_unref((uv_handle_t *)&w->grace);
     }
 }
 

@@ -44,7 +44,7 @@ typedef struct dp_cors_matcher {
     const char *value;
     size_t value_len;
     bool ignore_case;  /* not for REGEX */
-    const void *regex; /* pcre2_code_8 in the snapshot's arena */
+    const void *regex; /* a dp_regex_t (dataplane/route.h), freed with the snapshot */
 } dp_cors_matcher_t;
 
 typedef struct dp_cors_percent {

@@ -3,8 +3,9 @@
 #include "handlers/cors/cors.h"
 
 #include <ctype.h>
-#include <pcre2.h>
 #include <string.h>
+
+#include "dataplane/route.h"
 
 static bool bytes_eq(const char *a, const char *b, size_t n, bool icase)
 {
@@ -17,22 +18,9 @@ static bool bytes_eq(const char *a, const char *b, size_t n, bool icase)
     return true;
 }
 
-/* Full-string match with per-thread match data; the match limits bound what a hostile origin
- * can cost a backtracking engine. Invalid UTF-8 does not match. */
-static bool regex_full_match(const void *code, dp_str_t v)
+static bool regex_full_match(const void *rx, dp_str_t v)
 {
-    static _Thread_local pcre2_match_data *md;
-    static _Thread_local pcre2_match_context *mc;
-    if (md == NULL) {
-        md = pcre2_match_data_create(1, NULL);
-        mc = pcre2_match_context_create(NULL);
-        if (md == NULL || mc == NULL)
-            return false;
-        pcre2_set_match_limit(mc, 100000);
-        pcre2_set_depth_limit(mc, 1000);
-    }
-    return pcre2_match((const pcre2_code *)code, (PCRE2_SPTR)(v.p ? v.p : ""), v.n, 0, 0, md, mc) >=
-           0;
+    return dp_regex_full_match(rx, v.p, v.n);
 }
 
 bool dp_cors_matcher_match(const dp_cors_matcher_t *m, dp_str_t s)

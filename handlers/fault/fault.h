@@ -62,7 +62,7 @@ typedef struct dp_fault_header_matcher {
     const char *value; /* the string to compare (lower case when ignore_case) */
     size_t value_len;
     bool ignore_case;
-    const void *regex; /* pcre2_code_8 in the snapshot's arena */
+    const void *regex; /* a dp_regex_t (dataplane/route.h), freed with the snapshot */
     int64_t range_start, range_end;
     bool present; /* present_match's value */
     bool invert;

@@ -4,13 +4,13 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <pcre2.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "envoy/extensions/filters/http/fault/v3/fault.pb-c.h"
+#include "dataplane/route.h"
 #include "handlers/config.h"
 #include "xds/pbwire.h"
 
@@ -40,16 +40,8 @@ static int fail(char **reterr_msg, const char *fmt, ...)
     return -EINVAL;
 }
 
-static void *arena_malloc(size_t n, void *data)
-{
-    return dp_arena_alloc(data, n ? n : 1);
-}
-
-static void arena_nofree(void *p, void *data)
-{
-}
-
-/* Compiles a full-match regex into the arena (freed with the snapshot). */
+/* A full-match regex (dataplane/route.h's, with its match limits), freed with the snapshot's
+ * arena. */
 static const void *regex_compile(dp_arena_t *a, const char *re, char **reterr_msg,
                                  const char *field)
 {
@@ -58,24 +50,15 @@ static const void *regex_compile(dp_arena_t *a, const char *re, char **reterr_ms
         fail(reterr_msg, "%s: regex longer than %d bytes", field, MAX_REGEX_LEN);
         return NULL;
     }
-    pcre2_general_context *gc = pcre2_general_context_create(arena_malloc, arena_nofree, a);
-    pcre2_compile_context *cc = gc ? pcre2_compile_context_create(gc) : NULL;
-    if (cc == NULL) {
-        fail(reterr_msg, "%s: out of memory", field);
+    char *why = NULL;
+    dp_regex_t *rx = dp_regex_new(re, n, &why);
+    if (rx == NULL) {
+        fail(reterr_msg, "%s: regex '%s': %s", field, re, why ? why : "invalid");
+        free(why);
         return NULL;
     }
-    int err;
-    PCRE2_SIZE off;
-    pcre2_code *code = pcre2_compile(
-        (PCRE2_SPTR)re, n, PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_UTF, &err, &off, cc);
-    if (code == NULL) {
-        PCRE2_UCHAR msg[160];
-        pcre2_get_error_message(err, msg, sizeof(msg));
-        fail(reterr_msg, "%s: regex '%s' at offset %zu: %s", field, re, (size_t)off,
-             (const char *)msg);
-        return NULL;
-    }
-    return code;
+    dp_arena_add_cleanup(a, (void (*)(void *))dp_regex_free, rx);
+    return rx;
 }
 
 static int percent_of(const Envoy__Type__V3__FractionalPercent *p, dp_fault_percent_t *out,

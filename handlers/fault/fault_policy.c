@@ -3,8 +3,9 @@
 #include "handlers/fault/fault.h"
 
 #include <ctype.h>
-#include <pcre2.h>
 #include <string.h>
+
+#include "dataplane/route.h"
 
 bool dp_fault_percent_hit(dp_fault_percent_t p, uint64_t random)
 {
@@ -174,22 +175,9 @@ static bool bytes_eq(const char *a, const char *b, size_t n, bool icase)
     return true;
 }
 
-/* The per-thread match data and limits for full-string regex matches. PCRE2 backtracks, so a
- * match limit bounds the work a hostile value can cause. */
-static bool regex_full_match(const void *code, dp_str_t v)
+static bool regex_full_match(const void *rx, dp_str_t v)
 {
-    static _Thread_local pcre2_match_data *md;
-    static _Thread_local pcre2_match_context *mc;
-    if (md == NULL) {
-        md = pcre2_match_data_create(1, NULL);
-        mc = pcre2_match_context_create(NULL);
-        if (md == NULL || mc == NULL)
-            return false;
-        pcre2_set_match_limit(mc, 100000);
-        pcre2_set_depth_limit(mc, 1000);
-    }
-    int rc = pcre2_match((const pcre2_code *)code, (PCRE2_SPTR)(v.p ? v.p : ""), v.n, 0, 0, md, mc);
-    return rc >= 0;
+    return dp_regex_full_match(rx, v.p, v.n);
 }
 
 static bool range_match(const dp_fault_header_matcher_t *m, dp_str_t v)
