@@ -39,6 +39,7 @@ typedef struct hcm_conn {
     int handles;      /* open uv handles */
     int fd;           /* ours until the codec takes it, then -1 */
     bool sniffing;    /* the poll handle is initialised */
+    bool sweeping;    /* the timer runs the stream timeouts' sweep (else: idle or sniff) */
     unsigned long id; /* for the logs */
     bool codec_closed;
     bool closing;
@@ -71,6 +72,7 @@ struct hcm_stream {
     bool held_end;
     dp_headers_t *held_trailers;
     int read_disabled;
+    uint64_t start_ms, last_ms; /* loop time at the stream's start and its last activity */
 };
 
 static void conn_maybe_free(hcm_conn_t *c);
@@ -234,6 +236,7 @@ static void status_stats(hcm_stream_t *hs, int status)
 int dp_stream_encode_headers(dp_stream_t *s, dp_http_head_t *h, bool end_stream)
 {
     hcm_stream_t *hs = (hcm_stream_t *)s;
+    hs->last_ms = uv_now(s->w->loop);
     if (hs->enc == NULL)
         return -EPIPE;
     if (h->status >= 200 || h->status == 101) {
@@ -260,6 +263,7 @@ int dp_stream_encode_headers(dp_stream_t *s, dp_http_head_t *h, bool end_stream)
 int dp_stream_encode_data(dp_stream_t *s, const uint8_t *p, size_t n, bool end_stream)
 {
     hcm_stream_t *hs = (hcm_stream_t *)s;
+    hs->last_ms = uv_now(s->w->loop);
     if (hs->enc == NULL)
         return -EPIPE;
     return hs->enc->ops->data(hs->enc, p, n, end_stream);
@@ -471,6 +475,7 @@ static void on_req_headers(void *ud, dp_http_head_t *h, bool end_stream)
 static void on_req_data(void *ud, const uint8_t *p, size_t n, bool end_stream)
 {
     hcm_stream_t *hs = ud;
+    hs->last_ms = uv_now(hs->c->w->loop);
     if (end_stream)
         hs->s.request_ended = true;
     if (hs->s.req == NULL)
@@ -598,10 +603,77 @@ static void on_idle_timeout(uv_timer_t *t)
     }
 }
 
+/* The stream timeouts: request_timeout (the whole request must arrive in time),
+ * stream_idle_timeout (no activity either way), max_stream_duration. One timer per connection
+ * sweeps its streams at a quarter of the shortest; each timed-out stream gets Envoy's 408
+ * before its response began, a reset after. */
+static uint64_t stream_timeout_min(const dp_hcm_config_t *cfg)
+{
+    uint64_t v[] = {cfg->request_timeout_ms, cfg->stream_idle_timeout_ms,
+                    cfg->max_stream_duration_ms};
+    uint64_t m = 0;
+    for (size_t i = 0; i < 3; i++) {
+        if (v[i] && (m == 0 || v[i] < m))
+            m = v[i];
+    }
+    return m;
+}
+
+static void sweep_arm(hcm_conn_t *c);
+
+static void on_sweep(uv_timer_t *t)
+{
+    hcm_conn_t *c = t->data;
+    const dp_hcm_config_t *cfg = c->cfg;
+    uint64_t now = uv_now(c->w->loop);
+    c->sweeping = false;
+    for (hcm_stream_t *hs = c->streams, *next; hs; hs = next) {
+        next = hs->next;
+        if (hs->finished || hs->enc == NULL)
+            continue;
+        const char *body = NULL;
+        dp_counter_t *ctr = NULL;
+        if (cfg->request_timeout_ms && !hs->s.request_ended &&
+            now - hs->start_ms >= cfg->request_timeout_ms) {
+            body = "request timeout";
+            ctr = cfg->stats.rq_timeout;
+        } else if (cfg->stream_idle_timeout_ms &&
+                   now - hs->last_ms >= cfg->stream_idle_timeout_ms) {
+            body = "stream timeout";
+            ctr = cfg->stats.rq_idle_timeout;
+        } else if (cfg->max_stream_duration_ms &&
+                   now - hs->start_ms >= cfg->max_stream_duration_ms) {
+            body = "downstream duration timeout";
+        }
+        if (body == NULL)
+            continue;
+        if (ctr)
+            dp_counter_inc(ctr);
+        DP_LOG(DP_LOG_HTTP, DP_LOG_DEBUG, "[C%lu] %s", c->id, body);
+        dp_stream_local_reply(&hs->s, 408, body, DP_RF(SI));
+    }
+    sweep_arm(c);
+}
+
+static void sweep_arm(hcm_conn_t *c)
+{
+    uint64_t m = stream_timeout_min(c->cfg);
+    if (m == 0 || c->closing || c->n_streams == 0)
+        return;
+    uint64_t every = m / 4 ? m / 4 : 1;
+    if (!c->sweeping || !uv_is_active((uv_handle_t *)&c->timer)) {
+        c->sweeping = true;
+        uv_timer_start(&c->timer, on_sweep, every, 0);
+    }
+}
+
 static void idle_arm(hcm_conn_t *c)
 {
+    c->sweeping = false;
     if (c->cfg->idle_timeout_ms && !c->closing)
         uv_timer_start(&c->timer, on_idle_timeout, c->cfg->idle_timeout_ms, 0);
+    else
+        uv_timer_stop(&c->timer);
 }
 
 static const dp_sink_ops_t *on_stream(void *ud, dp_enc_t *enc, void **ret_ud,
@@ -626,7 +698,10 @@ static const dp_sink_ops_t *on_stream(void *ud, dp_enc_t *enc, void **ret_ud,
         c->streams->prev = hs;
     c->streams = hs;
     c->n_streams++;
-    uv_timer_stop(&c->timer);
+    hs->start_ms = hs->last_ms = uv_now(c->w->loop);
+    if (!c->sweeping)
+        uv_timer_stop(&c->timer);
+    sweep_arm(c);
     if (c->cfg->stats.rq_active)
         dp_gauge_inc(c->cfg->stats.rq_active);
     *ret_ud = hs;

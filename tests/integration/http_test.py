@@ -378,6 +378,7 @@ class Env:
         self.grpc = GrpcBackend("g")
         self.port = free_port()
         self.edge_port = free_port()
+        self.timeouts_port = free_port()
         self.closed_port = free_port()  # nothing listens there
         self.clusters_file = os.path.join(d, "clusters.json")
         self.listeners_file = os.path.join(d, "listeners.json")
@@ -389,6 +390,7 @@ class Env:
         self.skiff = Skiff(d, ads_bootstrap(self.cp.sock))
         ok = self.skiff.wait(lambda: self.skiff.get("/ready")[0] == 200, timeout=20)
         ok = ok and wait_serving(self.port, "/a/ready") and wait_serving(self.edge_port, "/a/ready")
+        ok = ok and wait_serving(self.timeouts_port, "/a/ready")
         if not ok:
             log = open(self.skiff.logpath).read()[-3000:]
             self.stop()
@@ -407,8 +409,11 @@ class Env:
         edge = hcm("edge_http", rds="local", use_remote_address=True,
                    internal_address_config={"cidr_ranges": [
                        {"address_prefix": "10.0.0.0", "prefix_len": 8}]})
+        short = hcm("timeouts_http", rds="local", stream_idle_timeout="0.3s",
+                    request_timeout="0.6s")
         return [listener("ingress", self.port, hcm("ingress_http", rds="local")),
-                listener("edge", self.edge_port, edge)]
+                listener("edge", self.edge_port, edge),
+                listener("timeouts", self.timeouts_port, short)]
 
     def routes(self):
         main = [
@@ -688,6 +693,30 @@ class Http1(EnvCase):
 
 
 # --- 2. HTTP/2 (h2c prior knowledge) -------------------------------------------------------------
+
+class StreamTimeouts(EnvCase):
+    """The connection manager's stream_idle_timeout and request_timeout (the "timeouts"
+    listener: 300 ms and 600 ms): Envoy's 408 before a response began."""
+
+    def test_request_timeout_when_the_body_never_completes(self):
+        t0 = time.time()
+        out = raw(self.env.timeouts_port, b"POST /a/slow-body HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 10\r\n\r\nabc", timeout=5)
+        self.assertEqual(raw_status(out), 408, out[:300])
+        self.assertTrue(out.endswith(b"request timeout") or b"stream timeout" in out, out)
+        self.assertLess(time.time() - t0, 3)
+
+    def test_stream_idle_timeout_while_the_upstream_is_silent(self):
+        r, _ = curl(f"http://127.0.0.1:{self.env.timeouts_port}/a/idle", "--http1.1",
+                    "-H", "x-backend-delay-ms: 1500")
+        self.assertEqual((r.status, r.body), (408, b"stream timeout"), r)
+        self.assertGreaterEqual(self.env.skiff.stat_int("http.timeouts_http.downstream_rq_idle_timeout"), 1)
+
+    def test_a_quick_request_is_unaffected(self):
+        r, _ = curl(f"http://127.0.0.1:{self.env.timeouts_port}/a/quick", "--http1.1",
+                    "-H", "x-backend-delay-ms: 100")
+        self.assertEqual(r.status, 200, r)
+
 
 class Http2(EnvCase):
     def test_h2c_get_and_post(self):
