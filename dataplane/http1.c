@@ -106,6 +106,7 @@ struct h1_conn {
     int depth;
     size_t queued;
     size_t ppos; /* during process(): bytes of rbuf consumed so far; else 0 */
+    struct wreq *pending; /* a head held for its body's first bytes (see head_send) */
     int handles_open;
     dp_reset_reason_t close_why;
 };
@@ -195,12 +196,36 @@ static wreq_t *wreq_new(h1_conn_t *c, size_t len)
     return w;
 }
 
-static void wreq_send(h1_conn_t *c, wreq_t *w)
+/* Writes what the socket takes at once when nothing is queued ahead (uv_try_write: no copy,
+ * no write request, no poll change); returns the bytes written. A message head held back for
+ * its body (c->pending) goes first, in the same writev. What completes is noticed from the
+ * kick timer, never inside the owner's call. */
+static size_t write_now(h1_conn_t *c, const char *p, size_t n, size_t *ret_head_done)
 {
-    if (c->closing || c->shut_issued || c->write_failed) {
-        free(w);
-        return;
-    }
+    *ret_head_done = 0;
+    if (c->queued || c->closing || c->shut_issued || c->write_failed)
+        return 0;
+    uv_buf_t b[2];
+    unsigned nb = 0;
+    size_t head = c->pending ? c->pending->len : 0;
+    if (head)
+        b[nb++] = uv_buf_init(c->pending->data, (unsigned)head);
+    if (n)
+        b[nb++] = uv_buf_init((char *)p, (unsigned)n);
+    if (nb == 0)
+        return 0;
+    int r = uv_try_write(&c->h.stream, b, nb);
+    if (r <= 0)
+        return 0; /* EAGAIN, or an error uv_write will report */
+    size_t done = (size_t)r;
+    *ret_head_done = done < head ? done : head;
+    if (done == head + n)
+        schedule(c);
+    return done - *ret_head_done;
+}
+
+static void wreq_queue(h1_conn_t *c, wreq_t *w)
+{
     uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
     c->queued += w->len;
     if (uv_write(&w->req, &c->h.stream, &b, 1, on_write) < 0) {
@@ -214,13 +239,80 @@ static void wreq_send(h1_conn_t *c, wreq_t *w)
         c->over = true;
 }
 
+/* The held head: what write_now did not write of it is queued, ahead of anything else. */
+static void pending_settle(h1_conn_t *c, size_t head_done)
+{
+    wreq_t *h = c->pending;
+    if (h == NULL)
+        return;
+    c->pending = NULL;
+    if (head_done == h->len) {
+        free(h);
+        return;
+    }
+    if (head_done) {
+        memmove(h->data, h->data + head_done, h->len - head_done);
+        h->len -= head_done;
+    }
+    wreq_queue(c, h);
+}
+
+/* Writes p[0..n): own is the write request holding p (reused for what stays), or NULL when p
+ * is the caller's (the rest is copied). */
+static void out_write(h1_conn_t *c, const char *p, size_t n, wreq_t *own)
+{
+    if (c->closing || c->shut_issued || c->write_failed) {
+        free(own);
+        return;
+    }
+    size_t head_done;
+    size_t done = write_now(c, p, n, &head_done);
+    pending_settle(c, head_done);
+    if (done == n) {
+        free(own);
+        return;
+    }
+    if (own) {
+        memmove(own->data, own->data + done, n - done);
+        own->len = n - done;
+    } else {
+        own = wreq_new(c, n - done);
+        memcpy(own->data, p + done, n - done);
+    }
+    wreq_queue(c, own);
+}
+
+static void wreq_send(h1_conn_t *c, wreq_t *w)
+{
+    out_write(c, w->data, w->len, w);
+}
+
 static void send_bytes(h1_conn_t *c, const char *p, size_t n)
 {
-    if (n == 0)
+    if (n == 0 && c->pending == NULL)
         return;
-    wreq_t *w = wreq_new(c, n);
-    memcpy(w->data, p, n);
+    out_write(c, p, n, NULL);
+}
+
+/* A head with a body to follow waits for its first bytes (or the kick), so that head and body
+ * leave in one write. */
+static void head_send(h1_conn_t *c, wreq_t *w)
+{
+    h1_stream_t *s = &c->s;
+    bool body = s->out_started && (s->out_mode == OUT_LENGTH || s->out_mode == OUT_CHUNKED);
+    if (body && c->pending == NULL && c->queued == 0 && !c->closing && !c->shut_issued &&
+        !c->write_failed) {
+        c->pending = w;
+        schedule(c);
+        return;
+    }
     wreq_send(c, w);
+}
+
+static void pending_flush(h1_conn_t *c)
+{
+    if (c->pending)
+        send_bytes(c, NULL, 0);
 }
 
 /* ---- closing ---- */
@@ -232,6 +324,7 @@ static void on_handle_closed(uv_handle_t *h)
         return;
     if (c->cb.on_close)
         c->cb.on_close(c->ud, &c->base, c->close_why);
+    free(c->pending);
     free(c->rbuf);
     free(c);
 }
@@ -348,7 +441,7 @@ static void check_done(h1_conn_t *c)
     if (!c->active || c->closing)
         return;
     h1_stream_t *s = &c->s;
-    if (s->out_final && !s->out_done && c->queued == 0)
+    if (s->out_final && !s->out_done && c->queued == 0 && c->pending == NULL)
         s->out_done = true;
     if (s->tunnel) {
         if (s->in_done && s->in_end_sent && s->out_done)
@@ -721,6 +814,7 @@ static void on_kick(uv_timer_t *t)
     h1_conn_t *c = t->data;
     if (c->closing)
         return;
+    pending_flush(c);
     if (c->shutting) {
         if (c->lingering)
             conn_close(c, DP_RESET_CONN_TERMINATED, c->close_why);
@@ -831,7 +925,7 @@ static void send_head(h1_conn_t *c, const dp_http_head_t *h, const char *framing
     wreq_t *w = wreq_new(c, cnt.n);
     wb_t out = {w->data, 0};
     write_head(&out, c, h, framing, keep_upgrade, conn_value);
-    wreq_send(c, w);
+    head_send(c, w);
 }
 
 static void mark_final(h1_conn_t *c)
@@ -1144,6 +1238,7 @@ static const dp_codec_conn_ops_t conn_ops = {
 static void free_failed(uv_handle_t *h)
 {
     h1_conn_t *c = h->data;
+    free(c->pending);
     free(c->rbuf);
     free(c);
 }
@@ -1185,7 +1280,8 @@ dp_codec_conn_t *dp_h1_conn_new(uv_loop_t *loop, int fd, bool server,
     if (rc < 0) {
         close(fd);
         if (!opened) {
-            free(c->rbuf);
+            free(c->pending);
+    free(c->rbuf);
             free(c);
         }
         return NULL;

@@ -1399,6 +1399,16 @@ START_TEST(test_round_trip_1mib)
         if (i % 16 == 0)
             poll(NULL, 0, 1);
     }
+    /* The front codec may finish as its last bytes reach the socket: read what is still in
+     * flight. */
+    for (int i = 0; i < 50; i++) {
+        ssize_t k = recv(t->client, resp + got, cap - got, MSG_DONTWAIT);
+        if (k > 0)
+            got += (size_t)k;
+        else
+            poll(NULL, 0, 2);
+        uv_run(&t->loop, UV_RUN_NOWAIT);
+    }
     ck_assert_uint_eq(sent, total);
     ck_assert_uint_eq(t->origin_bytes, body);
     ck_assert(t->front_done && t->back_done && t->origin_done);
