@@ -1131,6 +1131,30 @@ static int enc_trailers(dp_enc_t *e, const dp_headers_t *t)
     return 0;
 }
 
+static void quiet_headers(void *ud, dp_http_head_t *h, bool end)
+{
+}
+
+static void quiet_data(void *ud, const uint8_t *p, size_t n, bool end)
+{
+}
+
+static void quiet_trailers(void *ud, dp_headers_t *t)
+{
+}
+
+static void quiet_event(void *ud)
+{
+}
+
+static void quiet_done(void *ud, dp_reset_reason_t why)
+{
+}
+
+/* Where a client stream's events go once its owner let go of a complete exchange. */
+static const dp_sink_ops_t quiet_sink = {quiet_headers, quiet_data, quiet_trailers, quiet_event,
+                                         quiet_done};
+
 static void enc_reset(dp_enc_t *e, dp_reset_reason_t why)
 {
     h1_stream_t *s = (h1_stream_t *)e;
@@ -1138,6 +1162,15 @@ static void enc_reset(dp_enc_t *e, dp_reset_reason_t why)
     (void)why;
     if (!c->active)
         return;
+    if (!c->server && s->in_done && s->in_end_sent && !s->tunnel) {
+        /* The whole response is in: an owner letting go now (its own stream ended while this
+         * one was delivering its last bytes) is no reset, and the connection stays reusable.
+         * The completion goes nowhere. */
+        s->sink = &quiet_sink;
+        s->sink_ud = NULL;
+        schedule(c);
+        return;
+    }
     c->active = false; /* no on_done for a stream its owner reset */
     conn_close(c, DP_RESET_LOCAL, DP_RESET_LOCAL);
 }
