@@ -673,8 +673,15 @@ void dp_health_checker_apply(dp_health_checker_t *hc, dp_snapshot_t *snap)
             if (t == NULL) {
                 target_add(hc, ch, e);
             } else if (!t->seen) {
+                /* t->ch is still valid: hc->snap holds the previous snapshot */
+                bool resched = t->probe == NULL &&
+                               (t->ch->check->interval_ms != ch->check->interval_ms ||
+                                t->ch->check->unhealthy_interval_ms !=
+                                    ch->check->unhealthy_interval_ms);
                 t->seen = true;
                 t->ch = ch;
+                if (resched)
+                    schedule_in(t, next_delay(t));
             }
         }
     }

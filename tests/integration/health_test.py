@@ -379,6 +379,24 @@ class NetworkRateLimitTest(Base):
         self.assertEqual(echo.conns, 3)
         p = self.proxy
         self.assertTrue(p.wait(lambda: p.stat("local_ratelimit.tcp_rl.rate_limited") == "1"))
+        # A rebuilt snapshot (a cluster more) keeps the bucket, and it is still empty.
+        clusters = int(p.stat("cluster_manager.active_clusters"))
+        res["resources"].append(cluster("other", [echo.port]))
+        with open(p.path + ".new", "w") as f:
+            json.dump(res, f)
+        os.replace(p.path + ".new", p.path)
+        self.assertTrue(p.wait(
+            lambda: int(p.stat("cluster_manager.active_clusters")) == clusters + 1))
+        time.sleep(0.2)  # the workers swap the new snapshot in
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            try:
+                s.sendall(b"after rebuild")
+                data = s.recv(100)
+            except (ConnectionResetError, BrokenPipeError):
+                data = b""
+            self.assertEqual(data, b"")
+        self.assertEqual(echo.conns, 3)
+        self.assertTrue(p.wait(lambda: p.stat("local_ratelimit.tcp_rl.rate_limited") == "2"))
 
     def test_http_connection_manager(self):
         a = Backend("a")
