@@ -230,6 +230,8 @@ dp_cluster_health_t *dp_health_cluster_new(dp_snapshot_t *s, dp_stats_t *st, con
         HC_STAT(gauge, healthy, "healthy");
 #undef HC_STAT
         dp_gauge_mark_used(ch->stats.healthy);
+        snprintf(name, sizeof(name), "cluster.%s.upstream_cx_total", stat_name);
+        ch->cx_total = dp_stats_counter(st, name);
     }
     return ch;
 }
@@ -409,11 +411,22 @@ static void schedule_in(target_t *t, uint64_t ms)
     uv_timer_start(&t->timer, on_timer, ms, 0);
 }
 
-static uint64_t next_delay(target_t *t)
+/* Envoy's choice of the next interval: edge is whether the last check changed the state. */
+static uint64_t next_delay(target_t *t, bool edge)
 {
     const dp_health_check_t *c = t->ch->check;
     bool healthy = atomic_load(&t->host->healthy) != 0;
-    uint64_t ms = !healthy && c->unhealthy_interval_ms ? c->unhealthy_interval_ms : c->interval_ms;
+    bool traffic = t->ch->cx_total == NULL || dp_counter_value(t->ch->cx_total) > 0;
+    uint64_t ms;
+    if (!traffic && c->no_traffic_interval_ms) {
+        ms = healthy && c->no_traffic_healthy_interval_ms ? c->no_traffic_healthy_interval_ms
+                                                          : c->no_traffic_interval_ms;
+    } else if (healthy) {
+        ms = edge && c->healthy_edge_interval_ms ? c->healthy_edge_interval_ms : c->interval_ms;
+    } else {
+        uint64_t unhealthy = c->unhealthy_interval_ms ? c->unhealthy_interval_ms : c->interval_ms;
+        ms = edge && c->unhealthy_edge_interval_ms ? c->unhealthy_edge_interval_ms : unhealthy;
+    }
     uint64_t jitter = c->interval_jitter_ms;
     if (c->interval_jitter_percent)
         jitter += ms * c->interval_jitter_percent / 100;
@@ -428,7 +441,7 @@ static void finish(target_t *t, result_t r)
     const dp_health_check_t *c = ch->check;
     probe_abandon(t);
     t->hc->rounds++;
-    bool healthy = atomic_load(&t->host->healthy) != 0;
+    bool healthy = atomic_load(&t->host->healthy) != 0, was = healthy;
     if (r == HC_PASS) {
         if (ch->stats.success)
             dp_counter_inc(ch->stats.success);
@@ -448,8 +461,9 @@ static void finish(target_t *t, result_t r)
             set_healthy(t, false);
         }
     }
+    bool edge = !t->first && was != (atomic_load(&t->host->healthy) != 0);
     t->first = false;
-    schedule_in(t, next_delay(t));
+    schedule_in(t, next_delay(t, edge));
 }
 
 static void on_timeout(uv_timer_t *h)
@@ -616,7 +630,7 @@ static void check_start(target_t *t)
             dp_counter_inc(t->ch->stats.failure);
         if (t->ch->stats.network_failure)
             dp_counter_inc(t->ch->stats.network_failure);
-        schedule_in(t, next_delay(t));
+        schedule_in(t, next_delay(t, false));
         return;
     }
     uv_timer_start(&t->timeout, on_timeout, c->timeout_ms, 0);
@@ -676,12 +690,14 @@ void dp_health_checker_apply(dp_health_checker_t *hc, dp_snapshot_t *snap)
                 /* t->ch is still valid: hc->snap holds the previous snapshot */
                 bool resched = t->probe == NULL &&
                                (t->ch->check->interval_ms != ch->check->interval_ms ||
+                                t->ch->check->no_traffic_interval_ms !=
+                                    ch->check->no_traffic_interval_ms ||
                                 t->ch->check->unhealthy_interval_ms !=
                                     ch->check->unhealthy_interval_ms);
                 t->seen = true;
                 t->ch = ch;
                 if (resched)
-                    schedule_in(t, next_delay(t));
+                    schedule_in(t, next_delay(t, false));
             }
         }
     }

@@ -23,8 +23,12 @@
  *   Stats   cluster.<name>.health_check.attempt, success, failure (every failed check),
  *           network_failure (those not answered with a status), healthy (gauge: healthy hosts).
  *
- * Not done: gRPC and custom checkers, no_traffic_interval (the interval applies whether or not
- * the cluster sees traffic), reuse_connection (each check connects anew), TLS to the host,
+ *   Pace    The next check of a host comes after interval (unhealthy_interval for an unhealthy
+ *           host, the edge intervals right after a change), or no_traffic_interval while the
+ *           cluster has never had an upstream connection, plus interval_jitter_percent of it
+ *           and a random 0..interval_jitter, as Envoy computes it.
+ *
+ * Not done: gRPC and custom checkers, reuse_connection (each check connects anew), TLS to the host,
  * health checks of hosts a DNS cluster resolves by name (they count as healthy), alt_port. */
 #ifndef SKIFF_DATAPLANE_HEALTH_CHECK_H
 #define SKIFF_DATAPLANE_HEALTH_CHECK_H
@@ -60,6 +64,13 @@ typedef struct dp_health_check {
     uint64_t timeout_ms;            /* > 0 */
     uint64_t interval_ms;           /* > 0 */
     uint64_t unhealthy_interval_ms; /* 0: interval_ms */
+    uint64_t unhealthy_edge_interval_ms; /* after turning unhealthy; 0: unhealthy_interval */
+    uint64_t healthy_edge_interval_ms;   /* after turning healthy; 0: interval_ms */
+    /* While the cluster has had no traffic (its upstream_cx_total is 0): 0 means the intervals
+     * above apply (xds/ sets Envoy's default, 60 s); no_traffic_healthy_interval_ms for a
+     * healthy host (0: no_traffic_interval_ms). */
+    uint64_t no_traffic_interval_ms;
+    uint64_t no_traffic_healthy_interval_ms;
     uint64_t interval_jitter_ms;    /* a random 0..jitter added to every interval */
     uint32_t interval_jitter_percent;
     uint64_t initial_jitter_ms; /* a random 0..initial_jitter before the first check */
@@ -96,6 +107,7 @@ typedef struct dp_cluster_health {
     size_t n_hosts;
     dp_hc_host_t **hosts;
     dp_health_stats_t stats; /* all NULL without a stats store */
+    const dp_counter_t *cx_total; /* cluster.<name>.upstream_cx_total: traffic seen; NULL: yes */
 } dp_cluster_health_t;
 
 /* Builds the health state of a cluster in s's arena: copies hc (its strings and arrays too),

@@ -343,6 +343,12 @@ static void health_checks(dp_snapshot_t *s, dp_stats_t *stats, const char *obs,
         .timeout_ms = duration_ms(h->timeout),
         .interval_ms = duration_ms(h->interval),
         .unhealthy_interval_ms = duration_ms(h->unhealthy_interval),
+        .unhealthy_edge_interval_ms = duration_ms(h->unhealthy_edge_interval),
+        .healthy_edge_interval_ms = duration_ms(h->healthy_edge_interval),
+        /* Envoy's default no_traffic_interval is 60 s */
+        .no_traffic_interval_ms = h->no_traffic_interval ? duration_ms(h->no_traffic_interval)
+                                                         : 60000,
+        .no_traffic_healthy_interval_ms = duration_ms(h->no_traffic_healthy_interval),
         .interval_jitter_ms = duration_ms(h->interval_jitter),
         .interval_jitter_percent = h->interval_jitter_percent,
         .initial_jitter_ms = duration_ms(h->initial_jitter),

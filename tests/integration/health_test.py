@@ -299,8 +299,9 @@ class HealthCheckTest(Base):
         self.backends = [a, b]
         b.health = 503
         port = free_port()
-        hc = {"timeout": "1s", "interval": "0.2s", "unhealthy_threshold": 1,
-              "healthy_threshold": 1, "http_health_check": {"path": "/healthz"}}
+        hc = {"timeout": "1s", "interval": "0.2s", "no_traffic_interval": "0.2s",
+              "unhealthy_threshold": 1, "healthy_threshold": 1,
+              "http_health_check": {"path": "/healthz"}}
         res = {"resources": [cluster("hc", [a.port, b.port], hc),
                              listener("hc_in", port, [
                                  {"name": "envoy.filters.network.http_connection_manager",
@@ -339,7 +340,8 @@ class HealthCheckTest(Base):
         a = Backend("a")
         self.backends = [a]
         dead, port = free_port(), free_port()
-        hc = {"timeout": "0.5s", "interval": "0.2s", "unhealthy_threshold": 2,
+        hc = {"timeout": "0.5s", "interval": "0.2s", "no_traffic_interval": "0.2s",
+              "unhealthy_threshold": 2,
               "healthy_threshold": 2, "tcp_health_check": {}}
         res = {"resources": [cluster("tcphc", [a.port, dead], hc),
                              listener("tcphc_in", port, [

@@ -452,6 +452,37 @@ START_TEST(test_state_survives_rebuild)
 }
 END_TEST
 
+/* no_traffic_interval paces the checks of a cluster without upstream connections; once its
+ * upstream_cx_total moves, interval does. */
+START_TEST(test_no_traffic_interval)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    server_t s = {.codes = {200}, .n_codes = 1};
+    int port = server_open(&loop, &s, 0);
+    dp_stats_t *st = dp_stats_new();
+    dp_endpoint_t e = ep(port);
+    dp_health_check_t c = http_check;
+    c.no_traffic_interval_ms = 300;
+    dp_snapshot_t *snap = snap_new(st, &c, &e, 1);
+    dp_health_checker_t *hc = dp_health_checker_new(&loop);
+    dp_health_checker_apply(hc, snap);
+    run_until(&loop, hc, 1);
+    uint64_t t1 = uv_hrtime();
+    run_until(&loop, hc, 2);
+    ck_assert_uint_ge(uv_hrtime() - t1, 250000000ull);
+    dp_counter_inc(dp_stats_counter(st, "cluster.c.upstream_cx_total"));
+    run_until(&loop, hc, 3); /* scheduled before the traffic */
+    uint64_t t3 = uv_hrtime();
+    run_until(&loop, hc, 4);
+    ck_assert_uint_lt(uv_hrtime() - t3, 200000000ull);
+    server_close(&s);
+    dp_snapshot_unref(snap);
+    finish_loop(&loop, hc);
+    dp_stats_free(st);
+}
+END_TEST
+
 START_TEST(test_invalid_config)
 {
     dp_snapshot_t *s = dp_snapshot_new(1);
@@ -486,6 +517,7 @@ int main(void)
     tcase_add_test(tc, test_tcp_send_receive);
     tcase_add_test(tc, test_timeout);
     tcase_add_test(tc, test_state_survives_rebuild);
+    tcase_add_test(tc, test_no_traffic_interval);
     tcase_add_test(tc, test_invalid_config);
     suite_add_tcase(s, tc);
     return check_run(s);
