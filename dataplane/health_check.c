@@ -220,7 +220,7 @@ dp_cluster_health_t *dp_health_cluster_new(dp_snapshot_t *s, dp_stats_t *st, con
     dp_arena_add_cleanup(a, cluster_health_cleanup, ch);
     if (st) {
         char name[512];
-#define HC_STAT(kind, field, suffix)                                                 \
+#define HC_STAT(kind, field, suffix)                                             \
     (snprintf(name, sizeof(name), "cluster.%s.health_check." suffix, stat_name), \
      ch->stats.field = dp_stats_##kind(st, name))
         HC_STAT(counter, attempt, "attempt");
@@ -281,10 +281,10 @@ typedef struct probe {
 struct target {
     dp_health_checker_t *hc;
     target_t *prev, *next;
-    dp_hc_host_t *host;             /* referenced */
-    const dp_cluster_health_t *ch;  /* in the checker's snapshot */
-    uv_timer_t timer;               /* the next check */
-    uv_timer_t timeout;             /* the check in flight */
+    dp_hc_host_t *host;            /* referenced */
+    const dp_cluster_health_t *ch; /* in the checker's snapshot */
+    uv_timer_t timer;              /* the next check */
+    uv_timer_t timeout;            /* the check in flight */
     int handles;
     probe_t *probe;
     uint32_t successes, failures;
@@ -546,10 +546,13 @@ static char *http_request(const dp_health_check_t *c, size_t *len)
 {
     size_t cap = DP_HC_MAX_REQUEST + 128;
     char *b = xcalloc(1, cap);
-    int n = snprintf(b, cap, "GET %s HTTP/1.1\r\nhost: %s\r\nuser-agent: Envoy/HC\r\n"
-                     "connection: close\r\n", c->path, c->host);
+    int n = snprintf(b, cap,
+                     "GET %s HTTP/1.1\r\nhost: %s\r\nuser-agent: Envoy/HC\r\n"
+                     "connection: close\r\n",
+                     c->path, c->host);
     for (size_t i = 0; i < c->n_headers && n > 0 && (size_t)n < cap; i++)
-        n += snprintf(b + n, cap - (size_t)n, "%s: %s\r\n", c->headers[i].name, c->headers[i].value);
+        n +=
+            snprintf(b + n, cap - (size_t)n, "%s: %s\r\n", c->headers[i].name, c->headers[i].value);
     if (n > 0 && (size_t)n < cap)
         n += snprintf(b + n, cap - (size_t)n, "\r\n");
     *len = n > 0 && (size_t)n < cap ? (size_t)n : 0;
@@ -688,12 +691,11 @@ void dp_health_checker_apply(dp_health_checker_t *hc, dp_snapshot_t *snap)
                 target_add(hc, ch, e);
             } else if (!t->seen) {
                 /* t->ch is still valid: hc->snap holds the previous snapshot */
-                bool resched = t->probe == NULL &&
-                               (t->ch->check->interval_ms != ch->check->interval_ms ||
-                                t->ch->check->no_traffic_interval_ms !=
-                                    ch->check->no_traffic_interval_ms ||
-                                t->ch->check->unhealthy_interval_ms !=
-                                    ch->check->unhealthy_interval_ms);
+                bool resched =
+                    t->probe == NULL &&
+                    (t->ch->check->interval_ms != ch->check->interval_ms ||
+                     t->ch->check->no_traffic_interval_ms != ch->check->no_traffic_interval_ms ||
+                     t->ch->check->unhealthy_interval_ms != ch->check->unhealthy_interval_ms);
                 t->seen = true;
                 t->ch = ch;
                 if (resched)

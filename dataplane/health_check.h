@@ -61,9 +61,9 @@ typedef struct dp_hc_header {
 
 typedef struct dp_health_check {
     dp_hc_kind_t kind;
-    uint64_t timeout_ms;            /* > 0 */
-    uint64_t interval_ms;           /* > 0 */
-    uint64_t unhealthy_interval_ms; /* 0: interval_ms */
+    uint64_t timeout_ms;                 /* > 0 */
+    uint64_t interval_ms;                /* > 0 */
+    uint64_t unhealthy_interval_ms;      /* 0: interval_ms */
     uint64_t unhealthy_edge_interval_ms; /* after turning unhealthy; 0: unhealthy_interval */
     uint64_t healthy_edge_interval_ms;   /* after turning healthy; 0: interval_ms */
     /* While the cluster has had no traffic (its upstream_cx_total is 0): 0 means the intervals
@@ -71,9 +71,9 @@ typedef struct dp_health_check {
      * healthy host (0: no_traffic_interval_ms). */
     uint64_t no_traffic_interval_ms;
     uint64_t no_traffic_healthy_interval_ms;
-    uint64_t interval_jitter_ms;    /* a random 0..jitter added to every interval */
+    uint64_t interval_jitter_ms; /* a random 0..jitter added to every interval */
     uint32_t interval_jitter_percent;
-    uint64_t initial_jitter_ms; /* a random 0..initial_jitter before the first check */
+    uint64_t initial_jitter_ms;   /* a random 0..initial_jitter before the first check */
     uint32_t unhealthy_threshold; /* >= 1 */
     uint32_t healthy_threshold;   /* >= 1 */
     /* HTTP: path, the Host header (the cluster's name when empty), expected statuses
@@ -106,7 +106,7 @@ typedef struct dp_cluster_health {
     const dp_endpoint_t *endpoints; /* the cluster's endpoints, hosts[i] is endpoints[i]'s */
     size_t n_hosts;
     dp_hc_host_t **hosts;
-    dp_health_stats_t stats; /* all NULL without a stats store */
+    dp_health_stats_t stats;      /* all NULL without a stats store */
     const dp_counter_t *cx_total; /* cluster.<name>.upstream_cx_total: traffic seen; NULL: yes */
 } dp_cluster_health_t;
 

@@ -18,9 +18,9 @@
 
 typedef struct dp_net_ratelimit {
     const char *stat_prefix;
-    dp_tokenbucket_t *bucket; /* from the registry */
-    bool enabled;             /* false: every connection passes */
-    dp_counter_t *rate_limited; /* NULL without stats */
+    dp_tokenbucket_t *bucket;            /* from the registry */
+    bool enabled;                        /* false: every connection passes */
+    dp_counter_t *rate_limited;          /* NULL without stats */
     const struct dp_net_ratelimit *next; /* the chain's next one, in filter order */
 } dp_net_ratelimit_t;
 

@@ -20,8 +20,8 @@
 typedef struct server {
     uv_tcp_t tcp;
     bool open;
-    bool echo;        /* TCP: echo what arrives */
-    int codes[8];     /* HTTP: the status of the n-th request (the last repeats) */
+    bool echo;    /* TCP: echo what arrives */
+    int codes[8]; /* HTTP: the status of the n-th request (the last repeats) */
     int n_codes;
     int requests;
     char last_request[1024];
@@ -81,9 +81,9 @@ static void on_client_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
     snprintf(s->last_request, sizeof(s->last_request), "%s", c->buf);
     int i = s->requests < s->n_codes ? s->requests : s->n_codes - 1;
     s->requests++;
-    int len = snprintf(c->out, sizeof(c->out),
-                       "HTTP/1.1 %d X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                       s->codes[i]);
+    int len =
+        snprintf(c->out, sizeof(c->out),
+                 "HTTP/1.1 %d X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", s->codes[i]);
     uv_buf_t ob = uv_buf_init(c->out, (unsigned)len);
     c->wr.data = c;
     uv_read_stop(st);
@@ -169,8 +169,7 @@ static void run_until(uv_loop_t *loop, dp_health_checker_t *hc, uint64_t rounds)
     uint64_t deadline = uv_hrtime() + 5000000000ull;
     while (dp_health_checker_rounds(hc) < rounds) {
         ck_assert_msg(uv_hrtime() < deadline, "only %llu of %llu checks done",
-                      (unsigned long long)dp_health_checker_rounds(hc),
-                      (unsigned long long)rounds);
+                      (unsigned long long)dp_health_checker_rounds(hc), (unsigned long long)rounds);
         uv_run(loop, UV_RUN_ONCE);
     }
 }
@@ -433,7 +432,7 @@ START_TEST(test_state_survives_rebuild)
     dp_snapshot_t *s2 = snap_new(NULL, &c, e, 2);
     ck_assert_uint_eq(dp_health_table_size(), 2);
     const dp_cluster_t *cl = dp_snapshot_find_cluster(s2, "c");
-    ck_assert(dp_health_host_ok(cl, &cl->endpoints[0].addr)); /* kept */
+    ck_assert(dp_health_host_ok(cl, &cl->endpoints[0].addr));  /* kept */
     ck_assert(!dp_health_host_ok(cl, &cl->endpoints[1].addr)); /* new: unhealthy */
     dp_health_checker_apply(hc, s2);
     dp_snapshot_unref(s1);
@@ -493,8 +492,11 @@ START_TEST(test_invalid_config)
     c = http_check;
     c.healthy_threshold = 0;
     ck_assert_ptr_null(dp_health_cluster_new(s, NULL, "c", "c", &c, &e, 1));
-    c = (dp_health_check_t){.kind = DP_HC_TCP, .timeout_ms = 1, .interval_ms = 1,
-                            .unhealthy_threshold = 1, .healthy_threshold = 1,
+    c = (dp_health_check_t){.kind = DP_HC_TCP,
+                            .timeout_ms = 1,
+                            .interval_ms = 1,
+                            .unhealthy_threshold = 1,
+                            .healthy_threshold = 1,
                             .send_len = DP_HC_MAX_PAYLOAD + 1};
     ck_assert_ptr_null(dp_health_cluster_new(s, NULL, "c", "c", &c, &e, 1));
     /* a cluster without checks is never filtered */
