@@ -243,8 +243,8 @@ static void dispatch(dp_listeners_t *ls, dp_accepted_t *a, const char *transport
     }
     if (!dp_net_ratelimit_allow(fc->rate_limit)) {
         /* envoy.filters.network.local_ratelimit: closed before any filter after it runs */
-        DP_LOG(DP_LOG_CONN_HANDLER, DP_LOG_DEBUG, "listener %s: chain '%s': rate limited",
-               l->name, fc->name);
+        DP_LOG(DP_LOG_CONN_HANDLER, DP_LOG_DEBUG, "listener %s: chain '%s': rate limited", l->name,
+               fc->name);
         if (l->cx_total)
             dp_counter_inc(l->cx_total);
         close_accepted(a);

@@ -199,9 +199,10 @@ static dp_net_ratelimit_t *build_net_ratelimit(dp_snapshot_t *s, dp_stats_t *sta
                                                size_t index, const Google__Protobuf__Any *tc)
 {
     const char *why;
-    Envoy__Extensions__Filters__Network__LocalRatelimit__V3__LocalRateLimit *m = (void *)
-        xds_pb_unpack(&envoy__extensions__filters__network__local_ratelimit__v3__local_rate_limit__descriptor,
-                      tc->value.data, tc->value.len, &why);
+    Envoy__Extensions__Filters__Network__LocalRatelimit__V3__LocalRateLimit *m =
+        (void *)xds_pb_unpack(
+            &envoy__extensions__filters__network__local_ratelimit__v3__local_rate_limit__descriptor,
+            tc->value.data, tc->value.len, &why);
     if (m == NULL) {
         DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "listener %s: local_ratelimit: %s", l->name, why);
         return NULL;
@@ -217,10 +218,10 @@ static dp_net_ratelimit_t *build_net_ratelimit(dp_snapshot_t *s, dp_stats_t *sta
     dp_tokenbucket_params_t p = {
         .max_tokens = tb->max_tokens,
         .tokens_per_fill = tb->tokens_per_fill ? tb->tokens_per_fill->value : 1,
-        .fill_interval_ns = (uint64_t)(tb->fill_interval->seconds > 0 ? tb->fill_interval->seconds
-                                                                       : 0) *
-                                1000000000ull +
-                            (uint64_t)(tb->fill_interval->nanos > 0 ? tb->fill_interval->nanos : 0),
+        .fill_interval_ns =
+            (uint64_t)(tb->fill_interval->seconds > 0 ? tb->fill_interval->seconds : 0) *
+                1000000000ull +
+            (uint64_t)(tb->fill_interval->nanos > 0 ? tb->fill_interval->nanos : 0),
     };
     char id[DP_TOKENBUCKET_MAX_ID + 1];
     const char *prefix = m->stat_prefix ? m->stat_prefix : "";
@@ -250,8 +251,7 @@ static dp_net_ratelimit_t *build_net_ratelimit(dp_snapshot_t *s, dp_stats_t *sta
                    m->runtime_enabled->default_value->value;
     if (n < 0 || (size_t)n >= sizeof(id) ||
         (rl = dp_net_ratelimit_new(s, stats, prefix, id, &p, enabled)) == NULL)
-        DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN,
-               "listener %s: local_ratelimit: %s", l->name,
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "listener %s: local_ratelimit: %s", l->name,
                n < 0 || (size_t)n >= sizeof(id) ? "names too long"
                : errno == ENOSPC                ? "too many rate-limit buckets"
                                                 : "invalid token_bucket (fill_interval >= 50ms)");

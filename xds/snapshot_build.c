@@ -346,8 +346,8 @@ static void health_checks(dp_snapshot_t *s, dp_stats_t *stats, const char *obs,
         .unhealthy_edge_interval_ms = duration_ms(h->unhealthy_edge_interval),
         .healthy_edge_interval_ms = duration_ms(h->healthy_edge_interval),
         /* Envoy's default no_traffic_interval is 60 s */
-        .no_traffic_interval_ms = h->no_traffic_interval ? duration_ms(h->no_traffic_interval)
-                                                         : 60000,
+        .no_traffic_interval_ms =
+            h->no_traffic_interval ? duration_ms(h->no_traffic_interval) : 60000,
         .no_traffic_healthy_interval_ms = duration_ms(h->no_traffic_healthy_interval),
         .interval_jitter_ms = duration_ms(h->interval_jitter),
         .interval_jitter_percent = h->interval_jitter_percent,
@@ -371,8 +371,8 @@ static void health_checks(dp_snapshot_t *s, dp_stats_t *stats, const char *obs,
         hc.expected = ranges;
         for (size_t i = 0; i < hh->n_request_headers_to_add && hc.n_headers < 32; i++) {
             const Envoy__Config__Core__V3__HeaderValue *hv = hh->request_headers_to_add[i]->header;
-            if (hv == NULL || hv->key == NULL || hv->key[0] == '\0' ||
-                strpbrk(hv->key, "\r\n:") || strpbrk(hv->value ? hv->value : "", "\r\n"))
+            if (hv == NULL || hv->key == NULL || hv->key[0] == '\0' || strpbrk(hv->key, "\r\n:") ||
+                strpbrk(hv->value ? hv->value : "", "\r\n"))
                 continue;
             headers[hc.n_headers].name = hv->key;
             headers[hc.n_headers++].value = hv->value ? hv->value : "";
@@ -399,8 +399,8 @@ static void health_checks(dp_snapshot_t *s, dp_stats_t *stats, const char *obs,
         hc.send = send;
         hc.receive = recv;
     }
-    dc->health = dp_health_cluster_new(s, stats, dc->name, obs, &hc, dc->endpoints,
-                                       dc->n_endpoints);
+    dc->health =
+        dp_health_cluster_new(s, stats, dc->name, obs, &hc, dc->endpoints, dc->n_endpoints);
     if (dc->health == NULL)
         DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN,
                "cluster %s: health check left out (timeout, interval and thresholds must be set)",
