@@ -75,6 +75,9 @@ typedef struct dp_filter_chain {
     const dp_tcp_proxy_t *tcp;
     const struct dp_hcm_config *hcm;
     bool tls; /* transport_socket is TLS (envoy.transport_sockets.tls) */
+    /* envoy.filters.network.local_ratelimit filters before the terminal one, in order
+     * (dataplane/net_ratelimit.h); NULL: none */
+    const struct dp_net_ratelimit *rate_limit;
 } dp_filter_chain_t;
 
 /* What a connection offers to matching. Addresses are AF_INET or AF_INET6 (others match only

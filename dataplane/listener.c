@@ -12,6 +12,7 @@
 #include "dataplane/filter_chain.h"
 #include "dataplane/inspect.h"
 #include "dataplane/log.h"
+#include "dataplane/net_ratelimit.h"
 
 /* linux/netfilter_ipv4.h and linux/netfilter_ipv6/ip6_tables.h; not included for their
  * clashes with the libc headers. */
@@ -237,6 +238,15 @@ static void dispatch(dp_listeners_t *ls, dp_accepted_t *a, const char *transport
         DP_LOG(DP_LOG_CONN_HANDLER, DP_LOG_DEBUG,
                "listener %s: chain '%s' has no network filter skiff runs: closing", l->name,
                fc->name);
+        close_accepted(a);
+        return;
+    }
+    if (!dp_net_ratelimit_allow(fc->rate_limit)) {
+        /* envoy.filters.network.local_ratelimit: closed before any filter after it runs */
+        DP_LOG(DP_LOG_CONN_HANDLER, DP_LOG_DEBUG, "listener %s: chain '%s': rate limited", l->name,
+               fc->name);
+        if (l->cx_total)
+            dp_counter_inc(l->cx_total);
         close_accepted(a);
         return;
     }

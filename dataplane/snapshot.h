@@ -185,6 +185,8 @@ typedef struct dp_cluster {
     dp_counter_t *cx_total, *cx_connect_fail;
     dp_gauge_t *cx_active;
     dp_cluster_stats_t stats;
+    /* Active health checks (dataplane/health_check.h); NULL when the cluster has none. */
+    const struct dp_cluster_health *health;
 } dp_cluster_t;
 
 /* A tcp_proxy target: one cluster of a weighted_clusters split (or the only one). */

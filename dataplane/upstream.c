@@ -32,6 +32,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "dataplane/health_check.h"
 #include "dataplane/log.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
@@ -358,10 +359,14 @@ static void cs_maybe_free(cstate_t *cs)
 
 /* ---- host choice ---- */
 
+/* The cluster of the host choice under way on this thread (for its active health checks). */
+static _Thread_local const dp_cluster_t *pick_cluster;
+
 static bool usable(const dp_endpoint_t *e)
 {
     return e->health != DP_HEALTH_UNHEALTHY && e->health != DP_HEALTH_DRAINING &&
-           e->health != DP_HEALTH_TIMEOUT && e->addr.sa.sa_family != AF_UNSPEC;
+           e->health != DP_HEALTH_TIMEOUT && e->addr.sa.sa_family != AF_UNSPEC &&
+           dp_health_host_ok(pick_cluster, &e->addr);
 }
 
 static uint64_t u_random(dp_upstreams_t *u)
@@ -1489,6 +1494,7 @@ dp_upstream_wait_t *dp_upstream_request(dp_upstreams_t *u, const dp_cluster_t *c
         return NULL;
     }
     cstate_t *cs = cs_get(u, c);
+    pick_cluster = c;
     const dp_addr_t *host = NULL;
     dp_addr_t odst;
     if (c->type == DP_CLUSTER_ORIGINAL_DST) {

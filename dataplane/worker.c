@@ -9,6 +9,7 @@
 
 #include "dataplane/conn.h"
 #include "dataplane/hcm.h"
+#include "dataplane/health_check.h"
 #include "dataplane/listener.h"
 #include "dataplane/upstream.h"
 
@@ -68,6 +69,8 @@ static void on_wakeup(uv_async_t *a)
             dp_upstreams_apply(w->ctx.up, next);
         if (w->listeners)
             dp_listeners_apply(w->listeners, next);
+        if (w->index == 0) /* the process's health checks run on worker 0 */
+            dp_health_checks_apply(&w->loop, next);
         atomic_store(&w->generation, next->generation);
     }
     if (atomic_load(&w->stop_requested) && !w->stopping) {
@@ -78,6 +81,8 @@ static void on_wakeup(uv_async_t *a)
         dp_wctx_close_all(&w->ctx);
         dp_upstreams_close(w->ctx.up);
         w->ctx.up = NULL;
+        if (w->index == 0)
+            dp_health_checks_apply(&w->loop, NULL);
         /* Connections and pools close their own handles, through their close callbacks; the
          * loop ends once the last is gone. A handle something failed to close is closed by
          * worker_main's final walk, after a grace period. */

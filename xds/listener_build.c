@@ -10,7 +10,9 @@
 #include "dataplane/hcm.h"
 #include "dataplane/listener.h"
 #include "dataplane/log.h"
+#include "dataplane/net_ratelimit.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
+#include "envoy/extensions/filters/network/local_ratelimit/v3/local_rate_limit.pb-c.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb-c.h"
 #include "xds/hcm_build.h"
 #include "xds/pbwire.h"
@@ -20,6 +22,8 @@
 #define HCM_TYPE                                                               \
     TYPE_PREFIX "envoy.extensions.filters.network.http_connection_manager.v3." \
                 "HttpConnectionManager"
+#define NET_LRL_TYPE \
+    TYPE_PREFIX "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit"
 #define PRED_MAX_DEPTH 16
 
 static uint64_t duration_ms(const Google__Protobuf__Duration *d)
@@ -186,6 +190,76 @@ static const dp_hcm_config_t *build_hcm(dp_snapshot_t *s, dp_stats_t *stats,
     return c;
 }
 
+/* envoy.filters.network.local_ratelimit: its bucket is named by share_key when set, else by
+ * the listener, the chain (its name, or a digest of its match), the filter's position and
+ * stat_prefix. Returns NULL (with a warning) when it cannot be built. */
+static dp_net_ratelimit_t *build_net_ratelimit(dp_snapshot_t *s, dp_stats_t *stats,
+                                               const Envoy__Config__Listener__V3__Listener *l,
+                                               const Envoy__Config__Listener__V3__FilterChain *fc,
+                                               size_t index, const Google__Protobuf__Any *tc)
+{
+    const char *why;
+    Envoy__Extensions__Filters__Network__LocalRatelimit__V3__LocalRateLimit *m =
+        (void *)xds_pb_unpack(
+            &envoy__extensions__filters__network__local_ratelimit__v3__local_rate_limit__descriptor,
+            tc->value.data, tc->value.len, &why);
+    if (m == NULL) {
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "listener %s: local_ratelimit: %s", l->name, why);
+        return NULL;
+    }
+    dp_net_ratelimit_t *rl = NULL;
+    const Envoy__Type__V3__TokenBucket *tb = m->token_bucket;
+    if (tb == NULL || tb->max_tokens == 0 || tb->fill_interval == NULL) {
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN,
+               "listener %s: local_ratelimit: token_bucket needs max_tokens and fill_interval",
+               l->name);
+        goto out;
+    }
+    dp_tokenbucket_params_t p = {
+        .max_tokens = tb->max_tokens,
+        .tokens_per_fill = tb->tokens_per_fill ? tb->tokens_per_fill->value : 1,
+        .fill_interval_ns =
+            (uint64_t)(tb->fill_interval->seconds > 0 ? tb->fill_interval->seconds : 0) *
+                1000000000ull +
+            (uint64_t)(tb->fill_interval->nanos > 0 ? tb->fill_interval->nanos : 0),
+    };
+    char id[DP_TOKENBUCKET_MAX_ID + 1];
+    const char *prefix = m->stat_prefix ? m->stat_prefix : "";
+    int n;
+    if (m->share_key && m->share_key[0]) {
+        n = snprintf(id, sizeof(id), "network.local_ratelimit|share|%s", m->share_key);
+    } else if (fc->name && fc->name[0]) {
+        n = snprintf(id, sizeof(id), "network.local_ratelimit|%s|%s|%zu|%s", l->name, fc->name,
+                     index, prefix);
+    } else {
+        /* an unnamed chain: the digest of its match, unique within the listener */
+        uint64_t h = 14695981039346656037ull;
+        if (fc->filter_chain_match) {
+            size_t len = protobuf_c_message_get_packed_size(&fc->filter_chain_match->base);
+            uint8_t *buf = malloc(len ? len : 1);
+            if (buf == NULL)
+                abort();
+            protobuf_c_message_pack(&fc->filter_chain_match->base, buf);
+            for (size_t i = 0; i < len; i++)
+                h = (h ^ buf[i]) * 1099511628211ull;
+            free(buf);
+        }
+        n = snprintf(id, sizeof(id), "network.local_ratelimit|%s|#%016llx|%zu|%s", l->name,
+                     (unsigned long long)h, index, prefix);
+    }
+    bool enabled = m->runtime_enabled == NULL || m->runtime_enabled->default_value == NULL ||
+                   m->runtime_enabled->default_value->value;
+    if (n < 0 || (size_t)n >= sizeof(id) ||
+        (rl = dp_net_ratelimit_new(s, stats, prefix, id, &p, enabled)) == NULL)
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "listener %s: local_ratelimit: %s", l->name,
+               n < 0 || (size_t)n >= sizeof(id) ? "names too long"
+               : errno == ENOSPC                ? "too many rate-limit buckets"
+                                                : "invalid token_bucket (fill_interval >= 50ms)");
+out:
+    protobuf_c_message_free_unpacked(&m->base, NULL);
+    return rl;
+}
+
 static bool is_tls_socket(const Envoy__Config__Core__V3__TransportSocket *ts)
 {
     if (ts == NULL)
@@ -207,7 +281,23 @@ static void build_chain(dp_snapshot_t *s, dp_stats_t *stats,
     out->tls = is_tls_socket(fc->transport_socket);
     if (fc->n_filters == 0)
         return;
-    /* The last network filter terminates the chain; those before it are passed over. */
+    /* Before the terminal filter: local_ratelimit filters run (one that cannot be built makes
+     * the chain refuse its connections rather than pass them unlimited); the others are passed
+     * over. */
+    const dp_net_ratelimit_t **rl_tail = &out->rate_limit;
+    for (size_t i = 0; i + 1 < fc->n_filters; i++) {
+        const Envoy__Config__Listener__V3__Filter *nf = fc->filters[i];
+        if (nf->config_type_case != ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG ||
+            nf->typed_config == NULL || nf->typed_config->type_url == NULL ||
+            strcmp(nf->typed_config->type_url, NET_LRL_TYPE) != 0)
+            continue;
+        dp_net_ratelimit_t *rl = build_net_ratelimit(s, stats, l, fc, i, nf->typed_config);
+        if (rl == NULL)
+            return;
+        *rl_tail = rl;
+        rl_tail = &rl->next;
+    }
+    /* The last network filter terminates the chain. */
     const Envoy__Config__Listener__V3__Filter *f = fc->filters[fc->n_filters - 1];
     if (f->config_type_case != ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG ||
         f->typed_config == NULL || f->typed_config->type_url == NULL) {

@@ -1,11 +1,13 @@
 #include "xds/snapshot_build.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
 
+#include "dataplane/health_check.h"
 #include "dataplane/log.h"
 #include "xds/listener_build.h"
 #include "xds/route_build.h"
@@ -294,6 +296,117 @@ static void dns_hosts(dp_arena_t *arena, const Envoy__Config__Cluster__V3__Clust
     dc->n_dns_hosts = k;
 }
 
+/* ---- health_checks (the first HTTP or TCP one; dataplane/health_check.h) ---- */
+
+/* Appends a HealthCheck.Payload (text: hex, as in Envoy; binary: raw) to buf[*len..cap).
+ * Returns false when it is not valid hex or does not fit. */
+static bool hc_payload(const Envoy__Config__Core__V3__HealthCheck__Payload *pl, uint8_t *buf,
+                       size_t *len, size_t cap)
+{
+    if (pl == NULL)
+        return true;
+    if (pl->payload_case == ENVOY__CONFIG__CORE__V3__HEALTH_CHECK__PAYLOAD__PAYLOAD_BINARY) {
+        if (pl->binary.len > cap - *len)
+            return false;
+        if (pl->binary.len)
+            memcpy(buf + *len, pl->binary.data, pl->binary.len);
+        *len += pl->binary.len;
+        return true;
+    }
+    if (pl->payload_case != ENVOY__CONFIG__CORE__V3__HEALTH_CHECK__PAYLOAD__PAYLOAD_TEXT)
+        return true;
+    size_t n = strlen(pl->text);
+    if (n % 2 || n / 2 > cap - *len)
+        return false;
+    for (size_t i = 0; i < n; i += 2) {
+        if (!isxdigit((unsigned char)pl->text[i]) || !isxdigit((unsigned char)pl->text[i + 1]))
+            return false;
+        char hex[3] = {pl->text[i], pl->text[i + 1], 0};
+        buf[(*len)++] = (uint8_t)strtoul(hex, NULL, 16);
+    }
+    return true;
+}
+
+static void health_checks(dp_snapshot_t *s, dp_stats_t *stats, const char *obs,
+                          const Envoy__Config__Cluster__V3__Cluster *c, dp_cluster_t *dc)
+{
+    const Envoy__Config__Core__V3__HealthCheck *h = NULL;
+    for (size_t i = 0; i < c->n_health_checks && h == NULL; i++) {
+        int k = c->health_checks[i]->health_checker_case;
+        if (k == ENVOY__CONFIG__CORE__V3__HEALTH_CHECK__HEALTH_CHECKER_HTTP_HEALTH_CHECK ||
+            k == ENVOY__CONFIG__CORE__V3__HEALTH_CHECK__HEALTH_CHECKER_TCP_HEALTH_CHECK)
+            h = c->health_checks[i];
+    }
+    if (h == NULL)
+        return;
+    dp_health_check_t hc = {
+        .timeout_ms = duration_ms(h->timeout),
+        .interval_ms = duration_ms(h->interval),
+        .unhealthy_interval_ms = duration_ms(h->unhealthy_interval),
+        .unhealthy_edge_interval_ms = duration_ms(h->unhealthy_edge_interval),
+        .healthy_edge_interval_ms = duration_ms(h->healthy_edge_interval),
+        /* Envoy's default no_traffic_interval is 60 s */
+        .no_traffic_interval_ms =
+            h->no_traffic_interval ? duration_ms(h->no_traffic_interval) : 60000,
+        .no_traffic_healthy_interval_ms = duration_ms(h->no_traffic_healthy_interval),
+        .interval_jitter_ms = duration_ms(h->interval_jitter),
+        .interval_jitter_percent = h->interval_jitter_percent,
+        .initial_jitter_ms = duration_ms(h->initial_jitter),
+        .unhealthy_threshold = h->unhealthy_threshold ? h->unhealthy_threshold->value : 0,
+        .healthy_threshold = h->healthy_threshold ? h->healthy_threshold->value : 0,
+    };
+    dp_hc_range_t ranges[16];
+    dp_hc_header_t headers[32];
+    uint8_t send[DP_HC_MAX_PAYLOAD], recv[DP_HC_MAX_PAYLOAD];
+    if (h->health_checker_case ==
+        ENVOY__CONFIG__CORE__V3__HEALTH_CHECK__HEALTH_CHECKER_HTTP_HEALTH_CHECK) {
+        const Envoy__Config__Core__V3__HealthCheck__HttpHealthCheck *hh = h->http_health_check;
+        hc.kind = DP_HC_HTTP;
+        hc.path = hh->path;
+        hc.host = hh->host;
+        for (size_t i = 0; i < hh->n_expected_statuses && hc.n_expected < 16; i++) {
+            ranges[hc.n_expected].start = hh->expected_statuses[i]->start;
+            ranges[hc.n_expected++].end = hh->expected_statuses[i]->end;
+        }
+        hc.expected = ranges;
+        for (size_t i = 0; i < hh->n_request_headers_to_add && hc.n_headers < 32; i++) {
+            const Envoy__Config__Core__V3__HeaderValue *hv = hh->request_headers_to_add[i]->header;
+            if (hv == NULL || hv->key == NULL || hv->key[0] == '\0' || strpbrk(hv->key, "\r\n:") ||
+                strpbrk(hv->value ? hv->value : "", "\r\n"))
+                continue;
+            headers[hc.n_headers].name = hv->key;
+            headers[hc.n_headers++].value = hv->value ? hv->value : "";
+        }
+        hc.headers = headers;
+        if (hc.path && strpbrk(hc.path, "\r\n "))
+            hc.path = NULL; /* an unusable path: the check is left out below */
+        if (hc.path == NULL || (hc.host && strpbrk(hc.host, "\r\n"))) {
+            DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "cluster %s: http_health_check: bad path or host",
+                   c->name);
+            return;
+        }
+    } else {
+        const Envoy__Config__Core__V3__HealthCheck__TcpHealthCheck *th = h->tcp_health_check;
+        hc.kind = DP_HC_TCP;
+        bool ok = hc_payload(th->send, send, &hc.send_len, sizeof(send));
+        for (size_t i = 0; ok && i < th->n_receive; i++)
+            ok = hc_payload(th->receive[i], recv, &hc.receive_len, sizeof(recv));
+        if (!ok) {
+            DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "cluster %s: tcp_health_check: bad payload",
+                   c->name);
+            return;
+        }
+        hc.send = send;
+        hc.receive = recv;
+    }
+    dc->health =
+        dp_health_cluster_new(s, stats, dc->name, obs, &hc, dc->endpoints, dc->n_endpoints);
+    if (dc->health == NULL)
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN,
+               "cluster %s: health check left out (timeout, interval and thresholds must be set)",
+               c->name);
+}
+
 static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
                         const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
                         bool added_via_api)
@@ -353,6 +466,7 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     }
     dc->endpoints = eps;
     dc->n_endpoints = k;
+    health_checks(s, ctx->stats, c->alt_stat_name[0] ? c->alt_stat_name : c->name, c, dc);
 }
 
 /* An RDS route configuration; one Envoy would refuse is left out (the listeners naming it then
