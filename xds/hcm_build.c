@@ -10,6 +10,7 @@
 #include "dataplane/route.h"
 #include "handlers/config.h"
 #include "handlers/registry.h"
+#include "xds/typed_struct.h"
 #include "xds/route_build.h"
 
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager hcm_t;
@@ -162,13 +163,31 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
                         hf->typed_config
                     ? hf->typed_config->type_url
                     : NULL;
+            const uint8_t *cbuf = type_url ? hf->typed_config->value.data : NULL;
+            size_t clen = type_url ? hf->typed_config->value.len : 0;
+            char *ts_type = NULL, *ts_err = NULL;
+            uint8_t *ts_buf = NULL;
+            int ts = xds_typed_struct_unwrap(type_url, cbuf, clen, &ts_type, &ts_buf, &clen,
+                                             &ts_err);
+            if (ts == -EINVAL) {
+                const dp_hcm_config_t *r = fail(reterr_msg,
+                    "http_connection_manager %s: http_filters[%zu] (%s): %s", sp, i, f[i].name,
+                    ts_err ? ts_err : "TypedStruct");
+                free(ts_err);
+                return r;
+            }
+            if (ts == 0) {
+                type_url = ts_type;
+                cbuf = ts_buf;
+            }
             f[i].type = handlers_http_filter_find(type_url);
             if (type_url) {
                 handlers_config_ctx_t cctx = {.arena = a, .stats = stats, .stat_prefix = sp,
                                               .filter_name = f[i].name};
                 char *err = NULL;
-                int rc = handlers_config_new(&cctx, type_url, hf->typed_config->value.data,
-                                             hf->typed_config->value.len, &f[i].conf, &err);
+                int rc = handlers_config_new(&cctx, type_url, cbuf, clen, &f[i].conf, &err);
+                free(ts_type);
+                free(ts_buf);
                 if (rc == -EINVAL) {
                     const dp_hcm_config_t *r = fail(reterr_msg,
                         "http_connection_manager %s: http_filters[%zu] (%s): %s", sp, i,

@@ -10,6 +10,7 @@
 
 #include "handlers/config.h"
 #include "xds/pbwire.h"
+#include "xds/typed_struct.h"
 
 #define RC(x) ENVOY__CONFIG__ROUTE__V3__##x
 
@@ -225,13 +226,30 @@ static bool filter_conf_set(bctx_t *b, dp_route_filter_conf_t *e, const char *ke
 {
     dp_arena_t *a = b->a;
     e->filter_name = dp_arena_strdup(a, key ? key : "");
-    e->type_url = dp_arena_strdup(a, any && any->type_url ? any->type_url : "");
-    if (any && any->value.len) {
-        uint8_t *p = dp_arena_alloc(a, any->value.len);
-        memcpy(p, any->value.data, any->value.len);
-        e->value = p;
-        e->len = any->value.len;
+    const char *type_url = any && any->type_url ? any->type_url : "";
+    const uint8_t *vbuf = any ? any->value.data : NULL;
+    size_t vlen = any ? any->value.len : 0;
+    char *ts_type = NULL, *ts_err = NULL;
+    uint8_t *ts_buf = NULL;
+    int ts = xds_typed_struct_unwrap(type_url, vbuf, vlen, &ts_type, &ts_buf, &vlen, &ts_err);
+    if (ts == -EINVAL) {
+        fail(b, "typed_per_filter_config['%s']: %s", e->filter_name, ts_err ? ts_err : "");
+        free(ts_err);
+        return false;
     }
+    if (ts == 0) {
+        type_url = ts_type;
+        vbuf = ts_buf;
+    }
+    e->type_url = dp_arena_strdup(a, type_url);
+    if (vlen) {
+        uint8_t *p = dp_arena_alloc(a, vlen);
+        memcpy(p, vbuf, vlen);
+        e->value = p;
+        e->len = vlen;
+    }
+    free(ts_type);
+    free(ts_buf);
     e->conf = NULL;
     handlers_config_ctx_t ctx = {
         .arena = a, .stats = b->s->stats, .filter_name = e->filter_name, .per_route = true};
