@@ -31,6 +31,9 @@ typedef int (*handlers_config_new_fn)(const handlers_config_ctx_t *ctx, const ui
 
 /* Builds the config of a type skiff implements: 0 with *ret_conf; -ENOENT when no filter of
  * skiff's takes that type (the caller passes it through); -EINVAL as above. */
+/* Whether some filter of skiff's reads configs of that type. */
+bool handlers_config_known(const char *type_url);
+
 int handlers_config_new(const handlers_config_ctx_t *ctx, const char *type_url,
                         const uint8_t *buf, size_t len, const void **ret_conf,
                         char **reterr_msg);

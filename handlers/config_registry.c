@@ -21,6 +21,15 @@ static const config_entry_t configs[] = {
     {DP_LRL_TYPE_URL, dp_local_ratelimit_config_new},
 };
 
+bool handlers_config_known(const char *type_url)
+{
+    for (size_t i = 0; type_url && i < sizeof(configs) / sizeof(configs[0]); i++) {
+        if (strcmp(configs[i].type_url, type_url) == 0)
+            return true;
+    }
+    return false;
+}
+
 int handlers_config_new(const handlers_config_ctx_t *ctx, const char *type_url,
                         const uint8_t *buf, size_t len, const void **ret_conf,
                         char **reterr_msg)

@@ -170,11 +170,18 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
             int ts = xds_typed_struct_unwrap(type_url, cbuf, clen, &ts_type, &ts_buf, &clen,
                                              &ts_err);
             if (ts == -EINVAL) {
-                const dp_hcm_config_t *r = fail(reterr_msg,
-                    "http_connection_manager %s: http_filters[%zu] (%s): %s", sp, i, f[i].name,
-                    ts_err ? ts_err : "TypedStruct");
+                /* Only a config skiff reads must convert; others pass through as they are. */
+                if (handlers_config_known(ts_type)) {
+                    const dp_hcm_config_t *r = fail(reterr_msg,
+                        "http_connection_manager %s: http_filters[%zu] (%s): %s", sp, i,
+                        f[i].name, ts_err ? ts_err : "TypedStruct");
+                    free(ts_err);
+                    free(ts_type);
+                    return r;
+                }
                 free(ts_err);
-                return r;
+                free(ts_type);
+                ts_type = NULL;
             }
             if (ts == 0) {
                 type_url = ts_type;

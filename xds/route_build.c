@@ -233,9 +233,15 @@ static bool filter_conf_set(bctx_t *b, dp_route_filter_conf_t *e, const char *ke
     uint8_t *ts_buf = NULL;
     int ts = xds_typed_struct_unwrap(type_url, vbuf, vlen, &ts_type, &ts_buf, &vlen, &ts_err);
     if (ts == -EINVAL) {
-        fail(b, "typed_per_filter_config['%s']: %s", e->filter_name, ts_err ? ts_err : "");
+        /* Only a config skiff reads must convert; others are kept as they are. */
+        bool known = handlers_config_known(ts_type);
+        if (known)
+            fail(b, "typed_per_filter_config['%s']: %s", e->filter_name, ts_err ? ts_err : "");
         free(ts_err);
-        return false;
+        free(ts_type);
+        ts_type = NULL;
+        if (known)
+            return false;
     }
     if (ts == 0) {
         type_url = ts_type;

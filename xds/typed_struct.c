@@ -34,6 +34,9 @@ int xds_typed_struct_unwrap(const char *type_url, const uint8_t *buf, size_t len
     if (ts == NULL)
         return fail(reterr_msg, "cannot decode", why);
     const char *inner = ts->type_url;
+    *ret_type_url = strdup(inner);
+    if (*ret_type_url == NULL)
+        abort();
     const ProtobufCMessageDescriptor *desc = pb_registry_find_type_url(inner);
     if (desc == NULL) {
         int rc = fail(reterr_msg, "type_url: not a type skiff declares", inner);
@@ -57,13 +60,11 @@ int xds_typed_struct_unwrap(const char *type_url, const uint8_t *buf, size_t len
     pbjson_diag_free(diag);
     size_t n = protobuf_c_message_get_packed_size(msg);
     uint8_t *out = malloc(n ? n : 1);
-    char *t = strdup(inner);
-    if (out == NULL || t == NULL)
+    if (out == NULL)
         abort();
     protobuf_c_message_pack(msg, out);
     protobuf_c_message_free_unpacked(msg, NULL);
     protobuf_c_message_free_unpacked(&ts->base, NULL);
-    *ret_type_url = t;
     *ret_buf = out;
     *ret_len = n;
     return 0;

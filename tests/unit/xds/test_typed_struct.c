@@ -73,6 +73,8 @@ START_TEST(test_refusals_and_other_types)
     uint8_t *b = typed_struct("{\"type_url\": \"" LRL "\", \"value\": {\"no_such_field\": 1}}", &len);
     ck_assert_int_eq(xds_typed_struct_unwrap(TS, b, len, &type, &out, &n, &err), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err, "no_such_field"));
+    ck_assert_str_eq(type, LRL); /* named even when it cannot convert */
+    free(type);
     free(err);
     err = NULL;
     free(b);
@@ -80,6 +82,7 @@ START_TEST(test_refusals_and_other_types)
     b = typed_struct("{\"type_url\": \"type.googleapis.com/x.Unknown\", \"value\": {}}", &len);
     ck_assert_int_eq(xds_typed_struct_unwrap(TS, b, len, &type, &out, &n, &err), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err, "x.Unknown"));
+    free(type);
     free(err);
     free(b);
 }
