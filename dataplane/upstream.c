@@ -266,6 +266,9 @@ static void cs_config(cstate_t *cs, const dp_cluster_t *c)
     /* A new snapshot: the balancer rebuilds (its endpoint array may reuse a freed one's
      * address). */
     dp_lb_config_from_cluster(&cs->lb_cfg, c);
+    /* The resolved hosts of DNS clusters carry no locality: one locality, unweighted. */
+    if (c->type == DP_CLUSTER_STRICT_DNS || c->type == DP_CLUSTER_LOGICAL_DNS)
+        cs->lb_cfg.locality_weighted = false;
     if (cs->lb)
         dp_lb_configure(cs->lb, &cs->lb_cfg);
     f->connect_timeout_ms = c->connect_timeout_ms;
