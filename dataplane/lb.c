@@ -164,7 +164,7 @@ typedef struct src {
 typedef struct loc {
     const char *region, *zone, *sub_zone;
     uint32_t weight;
-    size_t n_all;
+    size_t n_all, n_excluded;
     src_t all, healthy, degraded;
 } loc_t;
 
@@ -180,8 +180,10 @@ typedef struct level {
     size_t n_locs;
     bool has_loc_edf[2]; /* healthy, degraded */
     edf_t loc_edf[2];
-    double *loc_eff[2];              /* effective weight per scheduler item */
-    uint32_t *loc_idx[2];            /* locality index per scheduler item */
+    double *loc_eff[2];   /* effective weight per scheduler item */
+    uint32_t *loc_idx[2]; /* locality index per scheduler item */
+    size_t n_excluded;
+    uint64_t w_excluded;
     uint32_t health, degraded_avail; /* 0..100 */
     bool panic;
     uint32_t load_healthy, load_degraded;
@@ -272,6 +274,17 @@ static void levels_free(dp_lb_t *lb)
 
 /* ---- configuration ---- */
 
+static bool is_prime(uint64_t n)
+{
+    if (n < 2)
+        return false;
+    for (uint64_t d = 2; d * d <= n; d++) {
+        if (n % d == 0)
+            return false;
+    }
+    return true;
+}
+
 void dp_lb_config_from_cluster(dp_lb_config_t *cfg, const dp_cluster_t *c)
 {
     memset(cfg, 0, sizeof(*cfg));
@@ -284,7 +297,8 @@ void dp_lb_config_from_cluster(dp_lb_config_t *cfg, const dp_cluster_t *c)
         cfg->ring_min = cfg->ring_max;
     cfg->ring_murmur = c->lb_ring_murmur;
     cfg->maglev_size = c->lb_maglev_size ? c->lb_maglev_size : DP_LB_MAGLEV_SIZE_DEFAULT;
-    if (cfg->maglev_size < 2 || cfg->maglev_size > DP_LB_MAGLEV_SIZE_LIMIT)
+    /* Envoy refuses a table size that is not prime (the fill relies on it) */
+    if (cfg->maglev_size > DP_LB_MAGLEV_SIZE_LIMIT || !is_prime(cfg->maglev_size))
         cfg->maglev_size = DP_LB_MAGLEV_SIZE_DEFAULT;
     cfg->choice_count = c->lb_choice_count ? c->lb_choice_count : DP_LB_CHOICE_COUNT_DEFAULT;
     cfg->has_bias = c->lb_has_bias;
@@ -333,6 +347,10 @@ void dp_lb_set_random(dp_lb_t *lb, uint64_t (*fn)(void *ud), void *ud)
 {
     lb->rand_fn = fn;
     lb->rand_ud = ud;
+    if (fn) {
+        lb->seed = fn(ud);
+        lb->valid = false;
+    }
 }
 
 /* ---- host keys and hashes ---- */
@@ -396,14 +414,19 @@ uint64_t dp_lb_murmur2(const void *data, size_t len, uint64_t seed)
 
 /* ---- building ---- */
 
+/* Envoy's coarse health, and its excluded hosts: EDS DRAINING ones (EDS_STATUS_DRAINING) stay
+ * in the host set (and so in panic's "all hosts") but are not counted in its health. */
 enum {
     H_HEALTHY,
     H_DEGRADED,
-    H_UNHEALTHY
+    H_UNHEALTHY,
+    H_EXCLUDED
 };
 
 static int host_health(const dp_lb_t *lb, size_t i)
 {
+    if (lb->eps[i].health == DP_HEALTH_DRAINING)
+        return H_EXCLUDED;
     if (lb->ejected && lb->ejected[i])
         return H_UNHEALTHY;
     switch (lb->eps[i].health) {
@@ -503,9 +526,10 @@ static void src_schedule(dp_lb_t *lb, src_t *s)
 /* LocalityWrr::effectiveLocalityWeight */
 static double loc_effective(const dp_lb_t *lb, const loc_t *l, size_t eligible)
 {
-    if (l->n_all == 0)
+    const size_t count = l->n_all - l->n_excluded;
+    if (count == 0)
         return 0.0;
-    double ratio = 1.0 * (double)eligible / (double)l->n_all;
+    double ratio = 1.0 * (double)eligible / (double)count;
     double eff = (lb->cfg.overprovisioning / 100.0) * ratio;
     if (eff > 1.0)
         eff = 1.0;
@@ -676,7 +700,8 @@ static void level_maglev(dp_lb_t *lb, level_t *l, nhw_t *hw, size_t n, double ma
                 continue;
             m->target += max_w;
             uint64_t c = (m->offset + m->skip * m->next) % size;
-            while (used[c]) {
+            /* skip < size, size prime: the permutation visits every slot */
+            for (uint64_t guard = 0; used[c] && guard < size; guard++) {
                 m->next++;
                 c = (m->offset + m->skip * m->next) % size;
             }
@@ -733,10 +758,11 @@ static void compute_loads(dp_lb_t *lb)
                 dw += host_weight(&lb->eps[l->degraded.hosts[k]]);
             for (size_t k = 0; k < l->all.n; k++)
                 tw += host_weight(&lb->eps[l->all.hosts[k]]);
+            tw -= l->w_excluded;
         } else {
             hw = l->healthy.n;
             dw = l->degraded.n;
-            tw = l->all.n;
+            tw = l->all.n - l->n_excluded;
         }
         uint64_t h = tw ? factor * hw / tw : 0, d = tw ? factor * dw / tw : 0;
         l->health = h > 100 ? 100 : (uint32_t)h;
@@ -780,8 +806,9 @@ static void compute_loads(dp_lb_t *lb)
     bool total_panic = true;
     for (size_t i = 0; i < lb->n_levels; i++) {
         level_t *l = &lb->levels[i];
-        double hp = l->all.n ? 100.0 * (double)l->healthy.n / (double)l->all.n : 0.0;
-        double dp = l->all.n ? 100.0 * (double)l->degraded.n / (double)l->all.n : 0.0;
+        const size_t count = l->all.n - l->n_excluded;
+        double hp = count ? 100.0 * (double)l->healthy.n / (double)count : 0.0;
+        double dp = count ? 100.0 * (double)l->degraded.n / (double)count : 0.0;
         l->panic = total == 100 ? false : (hp + dp) < (double)threshold;
         total_panic = total_panic && l->panic;
     }
@@ -855,6 +882,10 @@ static void rebuild(dp_lb_t *lb, const dp_lb_hosts_t *hs)
             src_push(&l->healthy, (uint32_t)i);
         else if (h == H_DEGRADED)
             src_push(&l->degraded, (uint32_t)i);
+        else if (h == H_EXCLUDED) {
+            l->n_excluded++;
+            l->w_excluded += host_weight(e);
+        }
         /* its locality, kept sorted (insertion: localities are few) */
         const char *r = nz(e->region), *z = nz(e->zone), *sz = nz(e->sub_zone);
         size_t pos = 0;
@@ -895,6 +926,8 @@ static void rebuild(dp_lb_t *lb, const dp_lb_hosts_t *hs)
                 src_push(&lc->healthy, i);
             else if (h == H_DEGRADED)
                 src_push(&lc->degraded, i);
+            else if (h == H_EXCLUDED)
+                lc->n_excluded++;
         }
     }
     compute_loads(lb);

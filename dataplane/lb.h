@@ -8,9 +8,10 @@
  * another ejection flag, or dp_lb_invalidate().
  *
  * Health (Envoy's coarse health): UNKNOWN and HEALTHY hosts are healthy, DEGRADED ones
- * degraded, UNHEALTHY, DRAINING and TIMEOUT ones unhealthy, and so is any host the caller marks
- * ejected (outlier detection: Envoy's FAILED_OUTLIER_CHECK). Hosts without an address
- * (AF_UNSPEC) are left out altogether.
+ * degraded, UNHEALTHY and TIMEOUT ones unhealthy, and so is any host the caller marks ejected
+ * (outlier detection: Envoy's FAILED_OUTLIER_CHECK). DRAINING hosts are Envoy's excluded hosts
+ * (EDS_STATUS_DRAINING): not counted in a priority's health, never picked but in panic. Hosts
+ * without an address (AF_UNSPEC) are left out altogether.
  *
  * Priorities (LoadBalancerBase::recalculatePerPriorityState): each priority's health is
  * min(100, overprovisioning_factor * healthy / total) (counts, or weights with
@@ -93,7 +94,9 @@ void dp_lb_free(dp_lb_t *lb); /* accepts NULL */
 void dp_lb_configure(dp_lb_t *lb, const dp_lb_config_t *cfg);
 /* Forget the host set: the next pick rebuilds even if the endpoint array is the same. */
 void dp_lb_invalidate(dp_lb_t *lb);
-/* Tests: the random numbers come from fn(ud) instead (NULL: back to the built-in one). */
+/* Tests: the random numbers come from fn(ud) instead, starting with a new seed (Envoy's seed_,
+ * drawn at once, as Envoy draws it when the balancer is made); NULL: back to the built-in
+ * generator. */
 void dp_lb_set_random(dp_lb_t *lb, uint64_t (*fn)(void *ud), void *ud);
 
 /* The hosts to choose from. */

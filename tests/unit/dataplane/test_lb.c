@@ -160,8 +160,8 @@ START_TEST(test_ring_envoy_failover)
     dp_lb_invalidate(lb);
     ck_assert_uint_eq(pick(lb, eps, 2, NULL), 0);
     /* P0 with 1 of 2 healthy: 70% (1.4 * 50%) to P0, 30% to P1 */
-    const uint64_t r[] = {69, 71};
-    fixed_rand_t fr = {r, 2, 0};
+    const uint64_t r[] = {0, 69, 71}; /* the seed, then the draws */
+    fixed_rand_t fr = {r, 3, 0};
     dp_lb_set_random(lb, fixed_next, &fr);
     ck_assert_uint_eq(pick(lb, eps, 3, NULL), 0);
     ck_assert_uint_eq(pick(lb, eps, 3, NULL), 1);
@@ -498,6 +498,18 @@ START_TEST(test_round_robin)
         /* no host twice in a row but the heaviest */
         dp_lb_free(lb);
     }
+    /* Envoy's WeightedSeed: every random number 1 (the seed too), weights 1 and 2 */
+    {
+        dp_endpoint_t two[2] = {ep(80, 1, 0, DP_HEALTH_HEALTHY), ep(81, 2, 0, DP_HEALTH_HEALTHY)};
+        const uint64_t one[] = {1};
+        fixed_rand_t fr = {one, 1, 0};
+        dp_lb_t *lb = dp_lb_new(&cfg, 1);
+        dp_lb_set_random(lb, fixed_next, &fr);
+        const size_t want[6] = {0, 1, 1, 0, 1, 1};
+        for (int i = 0; i < 6; i++)
+            ck_assert_uint_eq(pick(lb, two, 2, NULL), want[i]);
+        dp_lb_free(lb);
+    }
     /* equal weights: plain round robin, every host once per cycle */
     for (int i = 0; i < 3; i++)
         eps[i].weight = 1;
@@ -602,8 +614,8 @@ START_TEST(test_priority_failover)
         ck_assert_uint_lt(counts[k], 5400 + 400);
     }
     /* the boundary: draws 45 (-> 46) to P0, 46 (-> 47) to P1 */
-    const uint64_t r[] = {45, 46};
-    fixed_rand_t fr = {r, 2, 0};
+    const uint64_t r[] = {0, 45, 46}; /* the seed, then the draws */
+    fixed_rand_t fr = {r, 3, 0};
     dp_lb_set_random(lb, fixed_next, &fr);
     ck_assert_uint_eq(pick(lb, eps, 6, NULL), 0);
     ck_assert_uint_ge(pick(lb, eps, 6, NULL), 3);
@@ -664,6 +676,27 @@ START_TEST(test_panic)
     /* P0 has 3 of 4 hosts: 75% */
     ck_assert_uint_gt(counts[3], 2000 - 200);
     ck_assert_uint_lt(counts[3], 2000 + 200);
+    dp_lb_free(lb);
+}
+END_TEST
+
+START_TEST(test_draining_excluded)
+{
+    /* a DRAINING host is excluded: the other one is the whole priority's health */
+    dp_endpoint_t eps[3] = {ep(1, 1, 0, DP_HEALTH_HEALTHY), ep(2, 1, 0, DP_HEALTH_DRAINING),
+                            ep(3, 1, 1, DP_HEALTH_HEALTHY)};
+    dp_lb_config_t cfg = config(DP_LB_ROUND_ROBIN);
+    dp_lb_t *lb = dp_lb_new(&cfg, 8);
+    for (int i = 0; i < 200; i++)
+        ck_assert_uint_eq(pick(lb, eps, 3, NULL), 0);
+    /* nothing healthy: panic uses all hosts, the excluded one too (Envoy's hosts()) */
+    eps[0].health = DP_HEALTH_UNHEALTHY;
+    uint32_t counts[2] = {0};
+    dp_lb_invalidate(lb);
+    for (int i = 0; i < 100; i++)
+        counts[pick(lb, eps, 2, NULL)]++;
+    ck_assert_uint_eq(counts[0], 50);
+    ck_assert_uint_eq(counts[1], 50);
     dp_lb_free(lb);
 }
 END_TEST
@@ -796,7 +829,9 @@ START_TEST(test_keys_and_config)
     c.lb_panic_threshold = 0;
     c.lb_has_bias = true;
     c.lb_active_request_bias = -1;
+    c.lb_maglev_size = 65536; /* not a prime: Envoy's default instead */
     dp_lb_config_from_cluster(&cfg, &c);
+    ck_assert_uint_eq(cfg.maglev_size, 65537);
     ck_assert_uint_eq(cfg.panic_threshold, 0);
     ck_assert_double_eq(cfg.active_request_bias, 1.0);
 }
@@ -821,6 +856,7 @@ static Suite *lb_suite(void)
     tcase_add_test(tc, test_random);
     tcase_add_test(tc, test_priority_failover);
     tcase_add_test(tc, test_panic);
+    tcase_add_test(tc, test_draining_excluded);
     tcase_add_test(tc, test_degraded);
     tcase_add_test(tc, test_locality_weights);
     tcase_add_test(tc, test_ejected_and_excluded);
