@@ -574,6 +574,65 @@ START_TEST(test_least_request)
 }
 END_TEST
 
+START_TEST(test_least_request_envoy)
+{
+    dp_lb_config_t cfg = config(DP_LB_LEAST_REQUEST);
+    /* Normal: draws 0 (the priority), 2 and 3 (hosts 0 and 1): the one with fewer requests */
+    dp_endpoint_t two[2] = {ep(80, 1, 0, DP_HEALTH_HEALTHY), ep(81, 1, 0, DP_HEALTH_HEALTHY)};
+    uint64_t act[4] = {1, 2, 0, 0};
+    dp_lb_hosts_t hs = {.eps = two, .n = 2, .active = active_of, .active_ud = act};
+    const uint64_t r1[] = {0, 0, 2, 3}; /* the seed, then the draws */
+    fixed_rand_t fr = {r1, 4, 0};
+    dp_lb_t *lb = dp_lb_new(&cfg, 1);
+    dp_lb_set_random(lb, fixed_next, &fr);
+    ck_assert_uint_eq(dp_lb_pick(lb, &hs, NULL), 0);
+    act[0] = 2;
+    act[1] = 1;
+    fr.i = 1;
+    ck_assert_uint_eq(dp_lb_pick(lb, &hs, NULL), 1);
+    dp_lb_free(lb);
+
+    /* PNC: five choices over hosts with 4, 3, 2, 1 requests; draws 0 3 0 3 2 1 */
+    dp_endpoint_t four[4];
+    for (int i = 0; i < 4; i++)
+        four[i] = ep((uint16_t)(80 + i), 1, 0, DP_HEALTH_HEALTHY);
+    uint64_t act4[4] = {4, 3, 2, 1};
+    dp_lb_hosts_t h4 = {.eps = four, .n = 4, .active = active_of, .active_ud = act4};
+    cfg.choice_count = 5;
+    const uint64_t zero[] = {0};
+    fixed_rand_t fz = {zero, 1, 0};
+    lb = dp_lb_new(&cfg, 1);
+    dp_lb_set_random(lb, fixed_next, &fz);
+    ck_assert_uint_eq(dp_lb_pick(lb, &h4, NULL), 0);
+    const uint64_t r5[] = {0, 0, 3, 0, 3, 2, 1};
+    fixed_rand_t f5 = {r5, 7, 0};
+    dp_lb_set_random(lb, fixed_next, &f5);
+    ck_assert_uint_eq(dp_lb_pick(lb, &h4, NULL), 3);
+    dp_lb_free(lb);
+
+    /* WeightImbalance: weights 1 and 2, every draw 0: EDF over weight / (active + 1) */
+    cfg.choice_count = 2;
+    two[1].weight = 2;
+    act[0] = act[1] = 0;
+    fz.i = 0;
+    lb = dp_lb_new(&cfg, 1);
+    dp_lb_set_random(lb, fixed_next, &fz);
+    const size_t w1[6] = {1, 0, 1, 1, 0, 1};
+    for (int i = 0; i < 6; i++)
+        ck_assert_uint_eq(dp_lb_pick(lb, &hs, NULL), w1[i]);
+    act[1] = 1; /* 1:1 */
+    const size_t w2[5] = {1, 0, 1, 0, 1};
+    for (int i = 0; i < 5; i++)
+        ck_assert_uint_eq(dp_lb_pick(lb, &hs, NULL), w2[i]);
+    act[0] = 1; /* 1:4 */
+    act[1] = 0;
+    const size_t w3[10] = {0, 1, 1, 1, 0, 1, 1, 1, 1, 0};
+    for (int i = 0; i < 10; i++)
+        ck_assert_uint_eq(dp_lb_pick(lb, &hs, NULL), w3[i]);
+    dp_lb_free(lb);
+}
+END_TEST
+
 START_TEST(test_random)
 {
     /* Envoy's RANDOM does not weigh hosts */
@@ -853,6 +912,7 @@ static Suite *lb_suite(void)
     tcase_add_test(tc, test_maglev_spread);
     tcase_add_test(tc, test_round_robin);
     tcase_add_test(tc, test_least_request);
+    tcase_add_test(tc, test_least_request_envoy);
     tcase_add_test(tc, test_random);
     tcase_add_test(tc, test_priority_failover);
     tcase_add_test(tc, test_panic);
