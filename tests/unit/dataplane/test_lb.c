@@ -703,6 +703,60 @@ START_TEST(test_priority_failover)
 }
 END_TEST
 
+/* The tables of Envoy's "Priority levels" page: 100 hosts per priority, `healthy` of them
+ * healthy; the load of each priority, counted over the draws 0..99. */
+static void priority_loads(const uint32_t *healthy, size_t n_prio, uint32_t *load)
+{
+    static dp_endpoint_t eps[300];
+    size_t n = 0;
+    for (size_t p = 0; p < n_prio; p++) {
+        for (uint32_t i = 0; i < 100; i++, n++)
+            eps[n] = ep((uint16_t)(1000 + n), 1, (uint32_t)p,
+                        i < healthy[p] ? DP_HEALTH_HEALTHY : DP_HEALTH_UNHEALTHY);
+    }
+    dp_lb_config_t cfg = config(DP_LB_RANDOM);
+    cfg.panic_threshold = 0; /* the page leaves panic aside */
+    dp_lb_t *lb = dp_lb_new(&cfg, 1);
+    static uint64_t draws[101];
+    for (uint64_t i = 0; i < 101; i++)
+        draws[i] = i == 0 ? 0 : i - 1; /* the seed, then 0..99 */
+    fixed_rand_t fr = {draws, 101, 0};
+    dp_lb_set_random(lb, fixed_next, &fr);
+    memset(load, 0, n_prio * sizeof(*load));
+    for (int i = 0; i < 100; i++)
+        load[eps[pick(lb, eps, n, NULL)].priority]++;
+    dp_lb_free(lb);
+}
+
+START_TEST(test_priority_tables)
+{
+    const struct {
+        uint32_t healthy[3];
+        size_t n;
+        uint32_t load[3];
+    } rows[] = {
+        {{100, 100}, 2, {100, 0}},         {{72, 100}, 2, {100, 0}},
+        {{71, 100}, 2, {99, 1}},           {{50, 100}, 2, {70, 30}},
+        {{25, 100}, 2, {35, 65}},          {{0, 100}, 2, {0, 100}},
+        {{72, 72}, 2, {100, 0}},           {{71, 71}, 2, {99, 1}},
+        {{50, 50}, 2, {70, 30}},           {{25, 25}, 2, {50, 50}},
+        {{100, 100, 100}, 3, {100, 0, 0}}, {{71, 71, 100}, 3, {99, 1, 0}},
+        {{50, 50, 100}, 3, {70, 30, 0}},   {{25, 100, 100}, 3, {35, 65, 0}},
+        {{25, 25, 100}, 3, {35, 35, 30}}, /* the page says 36, 36, 28; recalculatePerPriorityState
+                                           * gives the rounding remainder to the first healthy
+                                           * priority: 35 + 2, 35, 28 */
+        {{25, 25, 20}, 3, {37, 35, 28}},
+    };
+    for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
+        uint32_t load[3];
+        priority_loads(rows[r].healthy, rows[r].n, load);
+        for (size_t p = 0; p < rows[r].n; p++)
+            ck_assert_msg(load[p] == rows[r].load[p], "row %zu P%zu: %u, want %u", r, p, load[p],
+                          rows[r].load[p]);
+    }
+}
+END_TEST
+
 START_TEST(test_panic)
 {
     /* one of four healthy: 25% < 50%, 140 * 1 / 4 = 35% availability: panic, all four used */
@@ -915,6 +969,7 @@ static Suite *lb_suite(void)
     tcase_add_test(tc, test_least_request_envoy);
     tcase_add_test(tc, test_random);
     tcase_add_test(tc, test_priority_failover);
+    tcase_add_test(tc, test_priority_tables);
     tcase_add_test(tc, test_panic);
     tcase_add_test(tc, test_draining_excluded);
     tcase_add_test(tc, test_degraded);
