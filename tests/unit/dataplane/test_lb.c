@@ -870,6 +870,38 @@ START_TEST(test_locality_weights)
 }
 END_TEST
 
+START_TEST(test_locality_table)
+{
+    /* Envoy's "Locality weighted load balancing" page: X weighs 1, Y 2 (Y fully healthy);
+     * X's share as its healthy hosts go, with the overprovisioning factor 1.4 */
+    const struct {
+        uint32_t healthy; /* of X's 100 */
+        double share;     /* percent */
+    } rows[] = {{100, 33.3}, {70, 33.0}, {69, 32.6}, {50, 25.9}, {25, 14.9}, {0, 0}};
+    static dp_endpoint_t eps[200];
+    for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
+        for (uint32_t i = 0; i < 200; i++) {
+            bool x = i < 100;
+            eps[i] = ep((uint16_t)(2000 + i), 1, 0,
+                        !x || i < rows[r].healthy ? DP_HEALTH_HEALTHY : DP_HEALTH_UNHEALTHY);
+            eps[i].zone = x ? "x" : "y";
+            eps[i].locality_weight = x ? 1 : 2;
+        }
+        dp_lb_config_t cfg = config(DP_LB_ROUND_ROBIN);
+        cfg.locality_weighted = true;
+        dp_lb_t *lb = dp_lb_new(&cfg, 1 + r);
+        uint32_t to_x = 0;
+        for (int i = 0; i < 30000; i++)
+            to_x += pick(lb, eps, 200, NULL) < 100;
+        double pct = to_x / 300.0;
+        ck_assert_msg(pct > rows[r].share - 0.5 && pct < rows[r].share + 0.5,
+                      "X healthy %u%%: %.2f%% of traffic, want %.1f%%", rows[r].healthy, pct,
+                      rows[r].share);
+        dp_lb_free(lb);
+    }
+}
+END_TEST
+
 /* ---- ejected hosts, excluded hosts, keys, configuration ---- */
 
 START_TEST(test_ejected_and_excluded)
@@ -974,6 +1006,7 @@ static Suite *lb_suite(void)
     tcase_add_test(tc, test_draining_excluded);
     tcase_add_test(tc, test_degraded);
     tcase_add_test(tc, test_locality_weights);
+    tcase_add_test(tc, test_locality_table);
     tcase_add_test(tc, test_ejected_and_excluded);
     tcase_add_test(tc, test_keys_and_config);
     suite_add_tcase(s, tc);
