@@ -833,7 +833,68 @@ static int prio_cmp(const void *a, const void *b)
     return x->priority < y->priority ? -1 : x->priority > y->priority;
 }
 
+/* Round-robin positions kept across rebuilds, as Envoy keeps rr_indexes_ per host source
+ * (priority, kind, locality index) when the host set changes. */
+typedef struct rr_keep {
+    uint32_t priority;
+    uint64_t all, healthy, degraded;
+    size_t n_locs;
+    uint64_t *loc; /* healthy, degraded per locality index */
+} rr_keep_t;
+
+static rr_keep_t *rr_save(const dp_lb_t *lb, size_t *ret_n)
+{
+    *ret_n = lb->n_levels;
+    if (lb->n_levels == 0)
+        return NULL;
+    rr_keep_t *k = xcalloc(lb->n_levels, sizeof(*k));
+    for (size_t i = 0; i < lb->n_levels; i++) {
+        const level_t *l = &lb->levels[i];
+        k[i].priority = l->priority;
+        k[i].all = l->all.rr;
+        k[i].healthy = l->healthy.rr;
+        k[i].degraded = l->degraded.rr;
+        k[i].n_locs = l->n_locs;
+        k[i].loc = xcalloc(2 * l->n_locs, sizeof(uint64_t));
+        for (size_t j = 0; j < l->n_locs; j++) {
+            k[i].loc[2 * j] = l->locs[j].healthy.rr;
+            k[i].loc[2 * j + 1] = l->locs[j].degraded.rr;
+        }
+    }
+    return k;
+}
+
+static void rr_restore(dp_lb_t *lb, rr_keep_t *k, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (size_t x = 0; x < lb->n_levels; x++) {
+            level_t *l = &lb->levels[x];
+            if (l->priority != k[i].priority)
+                continue;
+            l->all.rr = k[i].all;
+            l->healthy.rr = k[i].healthy;
+            l->degraded.rr = k[i].degraded;
+            for (size_t j = 0; j < l->n_locs && j < k[i].n_locs; j++) {
+                l->locs[j].healthy.rr = k[i].loc[2 * j];
+                l->locs[j].degraded.rr = k[i].loc[2 * j + 1];
+            }
+        }
+        free(k[i].loc);
+    }
+    free(k);
+}
+
+static void rebuild_levels(dp_lb_t *lb, const dp_lb_hosts_t *hs);
+
 static void rebuild(dp_lb_t *lb, const dp_lb_hosts_t *hs)
+{
+    size_t n_keep;
+    rr_keep_t *keep = rr_save(lb, &n_keep);
+    rebuild_levels(lb, hs);
+    rr_restore(lb, keep, n_keep);
+}
+
+static void rebuild_levels(dp_lb_t *lb, const dp_lb_hosts_t *hs)
 {
     levels_free(lb);
     lb->eps = hs->eps;

@@ -517,6 +517,9 @@ START_TEST(test_round_robin)
     size_t first = pick(lb, eps, 3, NULL);
     for (int i = 1; i < 30; i++)
         ck_assert_uint_eq(pick(lb, eps, 3, NULL), (first + (size_t)i) % 3);
+    /* a rebuild (new snapshot, health change) keeps the position, as Envoy's rr_indexes_ */
+    dp_lb_invalidate(lb);
+    ck_assert_uint_eq(pick(lb, eps, 3, NULL), (first + 30) % 3);
     dp_lb_free(lb);
 }
 END_TEST
