@@ -5,7 +5,8 @@
  * worker: the priority loads, panic flags, EDF schedulers, round-robin positions, the
  * locality scheduler, and for RING_HASH / MAGLEV the ring or table of each priority. They are
  * rebuilt (allocation happens there only) when the host set changes: another endpoint array,
- * another ejection flag, or dp_lb_invalidate().
+ * another ejection flag, dp_lb_configure() or dp_lb_invalidate(); round-robin positions
+ * survive a rebuild, as Envoy's rr_indexes_ do. A pick allocates nothing.
  *
  * Health (Envoy's coarse health): UNKNOWN and HEALTHY hosts are healthy, DEGRADED ones
  * degraded, UNHEALTHY and TIMEOUT ones unhealthy, and so is any host the caller marks ejected
@@ -19,7 +20,8 @@
  * share health * 100 / min(100, sum of health and degraded availability); what is left goes
  * to degraded hosts the same way. A priority is in panic when the cluster's normalised
  * availability is under 100 and its healthy plus degraded share of hosts is under
- * healthy_panic_threshold; it then picks among all its hosts. When every priority is in panic,
+ * healthy_panic_threshold; it then picks among all its hosts, unhealthy ones too (threshold 0
+ * turns this off: no healthy host, no host). When every priority is in panic,
  * the load follows the number of hosts per priority. A request draws a number (the request's
  * hash for RING_HASH / MAGLEV, otherwise a random one) and takes priority p where
  * (number % 100 + 1) falls in p's cumulative load.
