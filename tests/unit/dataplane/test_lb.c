@@ -985,6 +985,72 @@ START_TEST(test_keys_and_config)
 }
 END_TEST
 
+/* Random host sets under every policy: each pick is an index of a host with an address, or
+ * none only when no host can be had; a healthy host is picked whenever every host is
+ * healthy. */
+START_TEST(test_random_host_sets)
+{
+    const dp_lb_policy_t policies[] = {DP_LB_ROUND_ROBIN, DP_LB_LEAST_REQUEST, DP_LB_RANDOM,
+                                       DP_LB_RING_HASH, DP_LB_MAGLEV};
+    const dp_health_t healths[] = {DP_HEALTH_UNKNOWN,  DP_HEALTH_HEALTHY, DP_HEALTH_UNHEALTHY,
+                                   DP_HEALTH_DRAINING, DP_HEALTH_TIMEOUT, DP_HEALTH_DEGRADED};
+    const char *zones[] = {NULL, "a", "b"};
+    static dp_endpoint_t eps[40];
+    static bool ej[40];
+    static uint64_t act[40];
+    for (int round = 0; round < 300; round++) {
+        size_t n = xs() % 40;
+        for (size_t i = 0; i < n; i++) {
+            eps[i] = ep((uint16_t)(3000 + i), (uint32_t)(xs() % 4), (uint32_t)(xs() % 3),
+                        healths[xs() % 6]);
+            eps[i].zone = zones[xs() % 3];
+            eps[i].locality_weight = (uint32_t)(xs() % 3);
+            if (xs() % 10 == 0)
+                eps[i].addr.sa.sa_family = AF_UNSPEC;
+            ej[i] = xs() % 5 == 0;
+            act[i] = xs() % 4;
+        }
+        dp_lb_config_t cfg = config(policies[round % 5]);
+        cfg.locality_weighted = xs() % 2;
+        cfg.panic_threshold = (uint32_t)(xs() % 101);
+        cfg.ring_min = 64;
+        cfg.maglev_size = 251;
+        cfg.has_bias = xs() % 2;
+        cfg.weighted_priority_health = xs() % 2;
+        dp_lb_t *lb = dp_lb_new(&cfg, xs());
+        dp_lb_hosts_t hs = {
+            .eps = eps, .n = n, .ejected = ej, .active = active_of, .active_ud = act};
+        const dp_addr_t *ex[2] = {n ? &eps[0].addr : NULL, n > 1 ? &eps[1].addr : NULL};
+        for (int k = 0; k < 50; k++) {
+            dp_lb_ctx_t ctx = {.hash = xs(),
+                               .has_hash = xs() % 2,
+                               .exclude = ex,
+                               .n_exclude = xs() % 3,
+                               .host_selection_max_attempts = xs() % 3};
+            size_t h = dp_lb_pick(lb, &hs, xs() % 4 ? &ctx : NULL);
+            if (h != DP_LB_NONE) {
+                ck_assert_uint_lt(h, n);
+                ck_assert_int_ne(eps[h].addr.sa.sa_family, AF_UNSPEC);
+            }
+            if (k == 25)
+                ej[xs() % (n ? n : 1)] ^= true;
+        }
+        dp_lb_free(lb);
+    }
+    /* all healthy: always a host */
+    for (size_t i = 0; i < 10; i++)
+        eps[i] =
+            ep((uint16_t)(4000 + i), (uint32_t)(1 + i % 3), (uint32_t)(i % 2), DP_HEALTH_HEALTHY);
+    for (int p = 0; p < 5; p++) {
+        dp_lb_config_t cfg = config(policies[p]);
+        dp_lb_t *lb = dp_lb_new(&cfg, 1);
+        for (int k = 0; k < 200; k++)
+            ck_assert_uint_eq(eps[pick_hash(lb, eps, 10, xs())].priority, 0);
+        dp_lb_free(lb);
+    }
+}
+END_TEST
+
 static Suite *lb_suite(void)
 {
     Suite *s = suite_create("lb");
@@ -1012,6 +1078,7 @@ static Suite *lb_suite(void)
     tcase_add_test(tc, test_locality_table);
     tcase_add_test(tc, test_ejected_and_excluded);
     tcase_add_test(tc, test_keys_and_config);
+    tcase_add_test(tc, test_random_host_sets);
     suite_add_tcase(s, tc);
     return s;
 }
