@@ -65,6 +65,11 @@ typedef struct dp_endpoint {
      * AF_UNSPEC, unless the name is an IP literal). NULL for other clusters. */
     const char *hostname;
     uint16_t port;
+    /* The LocalityLbEndpoints it came in: its locality (NULL parts read as "") and its
+     * load_balancing_weight (0 when unset: no traffic under locality-weighted balancing, as in
+     * Envoy). */
+    const char *region, *zone, *sub_zone;
+    uint32_t locality_weight;
 } dp_endpoint_t;
 
 typedef enum dp_cluster_type {
@@ -187,6 +192,23 @@ typedef struct dp_cluster {
     dp_cluster_stats_t stats;
     /* Active health checks (dataplane/health_check.h); NULL when the cluster has none. */
     const struct dp_cluster_health *health;
+    /* Load balancing (dataplane/lb.h); 0 / false means Envoy's default. ring_hash_lb_config
+     * minimum_ring_size / maximum_ring_size (1024 / 8M) and hash_function; maglev_lb_config
+     * table_size (65537); least_request_lb_config choice_count (2) and active_request_bias
+     * (1.0); common_lb_config healthy_panic_threshold (50%) and locality_weighted_lb_config;
+     * the load assignment's policy overprovisioning_factor (140) and
+     * weighted_priority_health. */
+    uint64_t lb_ring_min, lb_ring_max;
+    bool lb_ring_murmur;
+    uint64_t lb_maglev_size;
+    uint32_t lb_choice_count;
+    bool lb_has_bias;
+    double lb_active_request_bias;
+    bool lb_has_panic_threshold;
+    uint32_t lb_panic_threshold; /* percent, 0..100 */
+    bool lb_locality_weighted;
+    uint32_t lb_overprovisioning;
+    bool lb_weighted_priority_health;
 } dp_cluster_t;
 
 /* A tcp_proxy target: one cluster of a weighted_clusters split (or the only one). */

@@ -1,7 +1,7 @@
 /* Upstream pools (dataplane/upstream.h).
  *
  * Per worker, one cstate per cluster name (a hash table: the snapshot is immutable, so the
- * round-robin position, DNS answers and pools live here), and one pool per (cluster, host
+ * balancer state, DNS answers and pools live here), and one pool per (cluster, host
  * address, protocol) in a second hash table. A pool's connections sit in one of four lists:
  * connecting, ready (HTTP/1: idle, most recently used first; HTTP/2: can open a stream),
  * busy, draining. Requests that find no ready connection wait in the pool's FIFO queue, at
@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "dataplane/health_check.h"
+#include "dataplane/lb.h"
 #include "dataplane/log.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
@@ -81,7 +82,7 @@ typedef struct clcfg {
     dp_cluster_stats_t st;
 } clcfg_t;
 
-/* Per-worker state of one cluster (by name): its round-robin position, its DNS results, its
+/* Per-worker state of one cluster (by name): its balancer, its DNS results, its
  * pools. */
 struct cstate {
     dp_upstreams_t *u;
@@ -89,15 +90,16 @@ struct cstate {
     uint64_t hash;
     cstate_t *hnext;
     clcfg_t cfg;
-    /* smooth weighted round robin over rr_eps (the endpoint array it was built for) */
-    const dp_endpoint_t *rr_eps;
-    size_t rr_n;
-    int64_t *rr_cur;
+    /* the balancer (made at the first pick) and its settings from the latest snapshot */
+    dp_lb_t *lb;
+    dp_lb_config_t lb_cfg;
     pool_t *pools;      /* every pool of the cluster, draining ones too */
     uint32_t n_conns;   /* connections of all its pools (the max_connections breaker) */
     uint32_t n_pending; /* waits of all its pools (the max_pending_requests breaker) */
     bool overflowed;    /* a pool wanted a connection the breaker refused */
     dns_t *dns;
+    bool *ej; /* lb_ejected's flags, ej_cap of them */
+    size_t ej_cap;
     bool seen; /* marked during apply */
     bool dead; /* no longer in the snapshot: freed once its pools are gone */
 };
@@ -264,6 +266,14 @@ static void cs_config(cstate_t *cs, const dp_cluster_t *c)
     clcfg_t *f = &cs->cfg;
     f->type = c->type;
     f->lb_policy = c->lb_policy;
+    /* A new snapshot: the balancer rebuilds (its endpoint array may reuse a freed one's
+     * address). */
+    dp_lb_config_from_cluster(&cs->lb_cfg, c);
+    /* The resolved hosts of DNS clusters carry no locality: one locality, unweighted. */
+    if (c->type == DP_CLUSTER_STRICT_DNS || c->type == DP_CLUSTER_LOGICAL_DNS)
+        cs->lb_cfg.locality_weighted = false;
+    if (cs->lb)
+        dp_lb_configure(cs->lb, &cs->lb_cfg);
     f->connect_timeout_ms = c->connect_timeout_ms;
     f->idle_timeout_ms = c->idle_timeout_ms;
     f->max_duration_ms = c->max_connection_duration_ms;
@@ -351,23 +361,17 @@ static void cs_maybe_free(cstate_t *cs)
         }
     }
     u->n_cstates--;
-    free(cs->rr_cur);
+    dp_lb_free(cs->lb);
+    free(cs->ej);
     free(cs->name);
     free(cs);
     maybe_free_u(u);
 }
 
-/* ---- host choice ---- */
+/* ---- host choice (dataplane/lb.h) ---- */
 
 /* The cluster of the host choice under way on this thread (for its active health checks). */
 static _Thread_local const dp_cluster_t *pick_cluster;
-
-static bool usable(const dp_endpoint_t *e)
-{
-    return e->health != DP_HEALTH_UNHEALTHY && e->health != DP_HEALTH_DRAINING &&
-           e->health != DP_HEALTH_TIMEOUT && e->addr.sa.sa_family != AF_UNSPEC &&
-           dp_health_host_ok(pick_cluster, &e->addr);
-}
 
 static uint64_t u_random(dp_upstreams_t *u)
 {
@@ -380,136 +384,54 @@ static uint64_t u_random(dp_upstreams_t *u)
     return x * 2685821657736338717ull;
 }
 
-static uint64_t mix64(uint64_t x)
+/* Hosts of eps (n flags) that active health checks fail, or NULL when none does (or the
+ * cluster has none): the balancer counts them unhealthy, as Envoy's FAILED_ACTIVE_HC. */
+static const bool *lb_ejected(cstate_t *cs, const dp_endpoint_t *eps, size_t n)
 {
-    /* splitmix64's finalizer */
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
-/* RING_HASH / MAGLEV with a request hash: weighted rendezvous hashing. Each host scores
- * weight / -ln(u), u uniform in (0, 1) from (hash, host); the best score wins. A key keeps
- * its host while the host set stays, and only the keys of a host that goes move. (Envoy's
- * ring and Maglev table place keys differently; what they promise is the same.) */
-static const dp_endpoint_t *lb_hash_pick(const dp_endpoint_t *eps, size_t n, uint32_t prio,
-                                         uint64_t hash)
-{
-    const dp_endpoint_t *best = NULL;
-    double best_score = -1;
-    for (size_t i = 0; i < n; i++) {
-        if (!usable(&eps[i]) || eps[i].priority != prio)
-            continue;
-        uint64_t h = mix64(hash ^ mix64(addr_hash(FNV_INIT, &eps[i].addr)));
-        double u01 = ((double)(h >> 11) + 1.0) / 9007199254740993.0; /* (0, 1) */
-        double score = (eps[i].weight ? eps[i].weight : 1) / -log(u01);
-        if (score > best_score) {
-            best_score = score;
-            best = &eps[i];
-        }
-    }
-    return best;
-}
-
-/* A weighted random usable endpoint of priority prio other than `except` (total: the sum of
- * their weights, or their number when not weighted). */
-static const dp_endpoint_t *lb_random(dp_upstreams_t *u, const dp_endpoint_t *eps, size_t n,
-                                      uint32_t prio, uint64_t total, bool weighted,
-                                      const dp_endpoint_t *except)
-{
-    if (total == 0)
+    if (pick_cluster == NULL || pick_cluster->health == NULL || n == 0)
         return NULL;
-    uint64_t x = u_random(u) % total;
-    for (size_t i = 0; i < n; i++) {
-        if (!usable(&eps[i]) || eps[i].priority != prio || &eps[i] == except)
-            continue;
-        uint64_t w = weighted && eps[i].weight ? eps[i].weight : 1;
-        if (x < w)
-            return &eps[i];
-        x -= w;
+    if (cs->ej_cap < n) {
+        free(cs->ej);
+        cs->ej = xcalloc(n, sizeof(*cs->ej));
+        cs->ej_cap = n;
     }
-    return NULL;
+    bool any = false;
+    for (size_t i = 0; i < n; i++) {
+        cs->ej[i] = !dp_health_host_ok(pick_cluster, &eps[i].addr);
+        any |= cs->ej[i];
+    }
+    return any ? cs->ej : NULL;
 }
 
-/* LEAST_REQUEST: the less loaded (requests in flight and waiting, per unit of weight) of two
- * distinct random hosts, Envoy's power of two choices (choice_count 2). */
-static const dp_endpoint_t *lb_least(cstate_t *cs, const dp_endpoint_t *eps, size_t n,
-                                     uint32_t prio, dp_upstream_proto_t proto)
+typedef struct lb_load_ctx {
+    cstate_t *cs;
+    const dp_endpoint_t *eps;
+    dp_upstream_proto_t proto;
+} lb_load_ctx_t;
+
+static uint64_t lb_active(void *ud, size_t i)
 {
-    uint64_t count = 0, total = 0;
-    bool equal = true;
-    uint32_t w0 = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!usable(&eps[i]) || eps[i].priority != prio)
-            continue;
-        uint32_t w = eps[i].weight ? eps[i].weight : 1;
-        if (count == 0)
-            w0 = w;
-        equal = equal && w == w0;
-        count++;
-        total += w;
-    }
-    const dp_endpoint_t *a = lb_random(cs->u, eps, n, prio, equal ? count : total, !equal, NULL);
-    if (count < 2 || a == NULL)
-        return a;
-    uint64_t rest = equal ? count - 1 : total - (a->weight ? a->weight : 1);
-    const dp_endpoint_t *b = lb_random(cs->u, eps, n, prio, rest, !equal, a);
-    if (b == NULL)
-        return a;
-    /* load / weight compared as load_a * w_b against load_b * w_a */
-    uint64_t la = host_load(cs, &a->addr, proto) + 1, lb = host_load(cs, &b->addr, proto) + 1;
-    uint64_t wa = a->weight ? a->weight : 1, wb = b->weight ? b->weight : 1;
-    return la * wb <= lb * wa ? a : b;
+    const lb_load_ctx_t *c = ud;
+    return host_load(c->cs, &c->eps[i].addr, c->proto);
 }
 
-/* The usable endpoint of the lowest priority that has one: smooth weighted round robin (each
- * pick adds every candidate's weight to its current value, takes the largest and lowers it by
- * the total), a weighted random pick for RANDOM, two random choices for LEAST_REQUEST, and
- * rendezvous hashing for RING_HASH and MAGLEV when the route gave a hash. */
+/* The host for one request, chosen as Envoy does (dataplane/lb.h: priorities and panic,
+ * locality weights, and the cluster's policy), or NULL when there is none. */
 static const dp_endpoint_t *lb_pick(cstate_t *cs, const dp_endpoint_t *eps, size_t n,
                                     const dp_lb_ctx_t *lb, dp_upstream_proto_t proto)
 {
-    uint32_t prio = UINT32_MAX;
-    for (size_t i = 0; i < n; i++) {
-        if (usable(&eps[i]) && eps[i].priority < prio)
-            prio = eps[i].priority;
-    }
-    if (prio == UINT32_MAX)
-        return NULL;
-    if ((cs->cfg.lb_policy == DP_LB_RING_HASH || cs->cfg.lb_policy == DP_LB_MAGLEV) && lb &&
-        lb->has_hash)
-        return lb_hash_pick(eps, n, prio, lb->hash);
-    if (cs->cfg.lb_policy == DP_LB_LEAST_REQUEST)
-        return lb_least(cs, eps, n, prio, proto);
-    if (cs->cfg.lb_policy == DP_LB_RANDOM) {
-        uint64_t total = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (usable(&eps[i]) && eps[i].priority == prio)
-                total += eps[i].weight ? eps[i].weight : 1;
-        }
-        return lb_random(cs->u, eps, n, prio, total, true, NULL);
-    }
-    if (cs->rr_eps != eps || cs->rr_n != n) {
-        free(cs->rr_cur);
-        cs->rr_cur = xcalloc(n, sizeof(*cs->rr_cur));
-        cs->rr_eps = eps;
-        cs->rr_n = n;
-    }
-    int64_t total = 0;
-    size_t best = SIZE_MAX;
-    for (size_t i = 0; i < n; i++) {
-        if (!usable(&eps[i]) || eps[i].priority != prio)
-            continue;
-        int64_t w = eps[i].weight ? eps[i].weight : 1;
-        cs->rr_cur[i] += w;
-        total += w;
-        if (best == SIZE_MAX || cs->rr_cur[i] > cs->rr_cur[best])
-            best = i;
-    }
-    cs->rr_cur[best] -= total;
-    return &eps[best];
+    if (cs->lb == NULL)
+        cs->lb = dp_lb_new(&cs->lb_cfg, u_random(cs->u));
+    lb_load_ctx_t lc = {cs, eps, proto};
+    dp_lb_hosts_t hs = {
+        .eps = eps,
+        .n = n,
+        .ejected = lb_ejected(cs, eps, n),
+        .active = lb_active,
+        .active_ud = &lc,
+    };
+    size_t i = dp_lb_pick(cs->lb, &hs, lb);
+    return i == DP_LB_NONE ? NULL : &eps[i];
 }
 
 /* ---- the pool table ---- */
@@ -1215,7 +1137,7 @@ static void dns_rebuild(dns_t *d)
                eps[i].priority == d->eps[i].priority;
     }
     if (same) {
-        /* The same answer: keep the array, and with it the round-robin position. */
+        /* The same answer: keep the array, and with it the balancer's state. */
         free(eps);
         return;
     }
@@ -1230,6 +1152,8 @@ static void dns_rebuild(dns_t *d)
     free(d->eps);
     d->eps = eps;
     d->n_eps = k;
+    if (cs->lb)
+        dp_lb_invalidate(cs->lb);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 
 #include "dataplane/health_check.h"
+#include "dataplane/lb.h"
 #include "dataplane/log.h"
 #include "xds/listener_build.h"
 #include "xds/route_build.h"
@@ -253,6 +254,123 @@ static void bind_config(const Envoy__Config__Cluster__V3__Cluster *c, dp_cluster
     }
 }
 
+static bool is_prime(uint64_t n)
+{
+    if (n < 2)
+        return false;
+    for (uint64_t d = 2; d * d <= n; d++) {
+        if (n % d == 0)
+            return false;
+    }
+    return true;
+}
+
+/* The load-balancing settings (dataplane/lb.h): ring_hash_lb_config, maglev_lb_config,
+ * least_request_lb_config, common_lb_config's healthy_panic_threshold and
+ * locality_weighted_lb_config, and the load assignment's policy. A value Envoy's validation
+ * refuses is replaced by Envoy's default, with a warning. */
+static void lb_settings(const Envoy__Config__Cluster__V3__Cluster *c,
+                        const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
+                        dp_cluster_t *dc)
+{
+    if (c->lb_config_case == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_RING_HASH_LB_CONFIG &&
+        c->ring_hash_lb_config) {
+        const Envoy__Config__Cluster__V3__Cluster__RingHashLbConfig *r = c->ring_hash_lb_config;
+        uint64_t min = r->minimum_ring_size ? r->minimum_ring_size->value : DP_LB_RING_MIN_DEFAULT;
+        uint64_t max = r->maximum_ring_size ? r->maximum_ring_size->value : DP_LB_RING_MAX_DEFAULT;
+        if (min > DP_LB_RING_MAX_LIMIT || max > DP_LB_RING_MAX_LIMIT || min > max || min == 0) {
+            DP_LOG(DP_LOG_UPSTREAM, DP_LOG_WARN,
+                   "cluster '%s': ring hash minimum_ring_size %llu / maximum_ring_size %llu "
+                   "refused, using 1024 / 8388608",
+                   c->name, (unsigned long long)min, (unsigned long long)max);
+            min = DP_LB_RING_MIN_DEFAULT;
+            max = DP_LB_RING_MAX_DEFAULT;
+        }
+        dc->lb_ring_min = min;
+        dc->lb_ring_max = max;
+        dc->lb_ring_murmur =
+            r->hash_function ==
+            ENVOY__CONFIG__CLUSTER__V3__CLUSTER__RING_HASH_LB_CONFIG__HASH_FUNCTION__MURMUR_HASH_2;
+    }
+    if (c->lb_config_case == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_MAGLEV_LB_CONFIG &&
+        c->maglev_lb_config && c->maglev_lb_config->table_size) {
+        uint64_t size = c->maglev_lb_config->table_size->value;
+        if (size > DP_LB_MAGLEV_SIZE_LIMIT || !is_prime(size)) {
+            DP_LOG(DP_LOG_UPSTREAM, DP_LOG_WARN,
+                   "cluster '%s': maglev table_size %llu is not a prime up to 5000011, using "
+                   "65537",
+                   c->name, (unsigned long long)size);
+            size = DP_LB_MAGLEV_SIZE_DEFAULT;
+        }
+        dc->lb_maglev_size = size;
+    }
+    if (c->lb_config_case ==
+            ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_LEAST_REQUEST_LB_CONFIG &&
+        c->least_request_lb_config) {
+        const Envoy__Config__Cluster__V3__Cluster__LeastRequestLbConfig *l =
+            c->least_request_lb_config;
+        if (l->choice_count) {
+            uint32_t n = l->choice_count->value;
+            if (n < 2) {
+                DP_LOG(DP_LOG_UPSTREAM, DP_LOG_WARN,
+                       "cluster '%s': least request choice_count %u refused, using 2", c->name, n);
+                n = DP_LB_CHOICE_COUNT_DEFAULT;
+            }
+            dc->lb_choice_count = n;
+        }
+        if (l->active_request_bias) {
+            /* the runtime key is not read: skiff has no runtime layer */
+            dc->lb_has_bias = true;
+            dc->lb_active_request_bias = l->active_request_bias->default_value;
+        }
+    }
+    const Envoy__Config__Cluster__V3__Cluster__CommonLbConfig *common = c->common_lb_config;
+    if (common && common->healthy_panic_threshold) {
+        double v = common->healthy_panic_threshold->value;
+        /* PROTOBUF_PERCENT_TO_ROUNDED_INTEGER_OR_DEFAULT(.., 100, 50) */
+        dc->lb_has_panic_threshold = true;
+        dc->lb_panic_threshold = v <= 0 ? 0 : v >= 100 ? 100 : (uint32_t)(v + 0.5);
+    }
+    dc->lb_locality_weighted =
+        common &&
+        common->locality_config_specifier_case ==
+            ENVOY__CONFIG__CLUSTER__V3__CLUSTER__COMMON_LB_CONFIG__LOCALITY_CONFIG_SPECIFIER_LOCALITY_WEIGHTED_LB_CONFIG;
+    const Envoy__Config__Endpoint__V3__ClusterLoadAssignment__Policy *pol =
+        cla ? cla->policy : NULL;
+    if (pol && pol->overprovisioning_factor)
+        dc->lb_overprovisioning = pol->overprovisioning_factor->value;
+    dc->lb_weighted_priority_health = pol && pol->weighted_priority_health;
+}
+
+/* The locality of a LocalityLbEndpoints into endpoint e (strings shared by its endpoints). */
+typedef struct loc_strs {
+    const char *region, *zone, *sub_zone;
+    uint32_t weight;
+} loc_strs_t;
+
+static loc_strs_t loc_strs(dp_arena_t *arena,
+                           const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *lle)
+{
+    loc_strs_t l = {NULL, NULL, NULL, 0};
+    const Envoy__Config__Core__V3__Locality *loc = lle->locality;
+    if (loc) {
+        l.region = loc->region && loc->region[0] ? dp_arena_strdup(arena, loc->region) : NULL;
+        l.zone = loc->zone && loc->zone[0] ? dp_arena_strdup(arena, loc->zone) : NULL;
+        l.sub_zone =
+            loc->sub_zone && loc->sub_zone[0] ? dp_arena_strdup(arena, loc->sub_zone) : NULL;
+    }
+    l.weight = lle->load_balancing_weight ? lle->load_balancing_weight->value : 0;
+    return l;
+}
+
+static void set_locality(dp_endpoint_t *e, const loc_strs_t *l)
+{
+    e->region = l->region;
+    e->zone = l->zone;
+    e->sub_zone = l->sub_zone;
+    e->locality_weight = l->weight;
+}
+
 /* STRICT_DNS / LOGICAL_DNS: the hosts of load_assignment by name and port. */
 static void dns_hosts(dp_arena_t *arena, const Envoy__Config__Cluster__V3__Cluster *c,
                       const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
@@ -272,6 +390,7 @@ static void dns_hosts(dp_arena_t *arena, const Envoy__Config__Cluster__V3__Clust
     size_t k = 0;
     for (size_t e = 0; cla && e < cla->n_endpoints; e++) {
         const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *lle = cla->endpoints[e];
+        const loc_strs_t ls = loc_strs(arena, lle);
         for (size_t i = 0; i < lle->n_lb_endpoints; i++) {
             const Envoy__Config__Endpoint__V3__LbEndpoint *lb = lle->lb_endpoints[i];
             if (lb->host_identifier_case !=
@@ -289,6 +408,7 @@ static void dns_hosts(dp_arena_t *arena, const Envoy__Config__Cluster__V3__Clust
             hosts[k].weight = lb->load_balancing_weight ? lb->load_balancing_weight->value : 1;
             hosts[k].priority = lle->priority;
             hosts[k].health = (dp_health_t)lb->health_status;
+            set_locality(&hosts[k], &ls);
             k++;
         }
     }
@@ -427,6 +547,7 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     /* Envoy's default connect_timeout is 5 s. */
     dc->connect_timeout_ms = c->connect_timeout ? duration_ms(c->connect_timeout) : 5000;
     circuit_breakers(c, dc);
+    lb_settings(c, cla, dc);
     http_protocol(c, dc);
     bind_config(c, dc);
     if (dc->type == DP_CLUSTER_ORIGINAL_DST) {
@@ -452,6 +573,7 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     size_t k = 0;
     for (size_t e = 0; cla && e < cla->n_endpoints; e++) {
         const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *lle = cla->endpoints[e];
+        const loc_strs_t ls = loc_strs(s->arena, lle);
         for (size_t i = 0; i < lle->n_lb_endpoints; i++) {
             const Envoy__Config__Endpoint__V3__LbEndpoint *lb = lle->lb_endpoints[i];
             if (lb->host_identifier_case !=
@@ -461,6 +583,7 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
             eps[k].weight = lb->load_balancing_weight ? lb->load_balancing_weight->value : 1;
             eps[k].priority = lle->priority;
             eps[k].health = (dp_health_t)lb->health_status;
+            set_locality(&eps[k], &ls);
             k++;
         }
     }
