@@ -84,50 +84,40 @@ static uint32_t limit_of(const router_t *r)
     return r->s->hcm->limits.buffer_limit;
 }
 
-/* ---- the pools' breakers and outlier feedback ----
- * dp_upstream_host_result / rq_admit / retry_admit are the pools' side of outlier detection
- * and the max_requests / max_retries breakers. They are referenced weakly so that this file
- * links against pools that do not provide them yet (then: always admitted, no feedback). */
-#pragma weak dp_upstream_host_result
-#pragma weak dp_upstream_rq_admit
-#pragma weak dp_upstream_rq_release
-#pragma weak dp_upstream_retry_admit
-#pragma weak dp_upstream_retry_release
+/* ---- the pools' breakers and outlier feedback ---- */
 
 static void host_result(router_t *r, int status, dp_reset_reason_t why)
 {
-    if (r->host && dp_upstream_host_result)
+    if (r->host)
         dp_upstream_host_result(r->s->w->up, r->cluster, r->host, status, why);
 }
 
+/* The cluster's max_requests breaker, held for the length of one attempt (the pools count a
+ * refusal). */
 static bool rq_admit(router_t *r)
 {
-    if (!dp_upstream_rq_admit)
-        return true;
     r->rq_admitted = dp_upstream_rq_admit(r->s->w->up, r->cluster);
     return r->rq_admitted;
 }
 
 static void rq_release(router_t *r)
 {
-    if (r->rq_admitted && dp_upstream_rq_release)
+    if (r->rq_admitted)
         dp_upstream_rq_release(r->s->w->up, r->cluster);
     r->rq_admitted = false;
 }
 
+/* The max_retries breaker, held from a retry's scheduling until the next retry decision or
+ * the stream's end (Envoy's RetryStateImpl); the pools count upstream_rq_retry_overflow. */
 static bool retry_admit(router_t *r)
 {
-    if (!dp_upstream_retry_admit) {
-        r->retry_admitted = false;
-        return true;
-    }
     r->retry_admitted = dp_upstream_retry_admit(r->s->w->up, r->cluster);
     return r->retry_admitted;
 }
 
 static void retry_release(router_t *r)
 {
-    if (r->retry_admitted && dp_upstream_retry_release)
+    if (r->retry_admitted)
         dp_upstream_retry_release(r->s->w->up, r->cluster);
     r->retry_admitted = false;
 }
@@ -308,7 +298,6 @@ static bool retry_schedule(router_t *r, bool immediate, bool *overflow)
     }
     if (!retry_admit(r)) {
         *overflow = true;
-        cluster_count(r, "upstream_rq_retry_overflow");
         return false;
     }
     r->retries_left--;

@@ -207,6 +207,7 @@ def resources(listen_port, b, dead_port, grpc_port):
                 route("/mirror", "flaky", request_mirror_policies=[
                     {"cluster": "shadow",
                      "runtime_fraction": {"default_value": {"numerator": 100}}}]),
+                route("/tight", "tight", retry_policy=retry5),
                 route("/hash", "ring", hash_policy=[{"header": {"header_name": "x-user"}}]),
                 route("/", "flaky"),
             ]}]}
@@ -230,6 +231,8 @@ def resources(listen_port, b, dead_port, grpc_port):
         cluster("shadow", [b["shadow"].port]),
         cluster("ring", [b["r1"].port, b["r2"].port, b["r3"].port], lb="RING_HASH"),
         cluster("grpc", [grpc_port], h2=True),
+        dict(cluster("tight", [b["tight"].port]), circuit_breakers={"thresholds": [
+            {"max_retries": 0, "max_requests": 1}]}),
         listener, routes]}
 
 
@@ -310,7 +313,7 @@ class Router(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         tmp = cls.tmp.name
-        cls.b = {n: Flaky(n) for n in ("flaky", "live", "shadow", "r1", "r2", "r3")}
+        cls.b = {n: Flaky(n) for n in ("flaky", "live", "shadow", "r1", "r2", "r3", "tight")}
         cls.g = FlakyGrpc()
         cls.dead = free_port()  # nothing listens there
         cls.port = free_port()
@@ -504,6 +507,28 @@ class Router(unittest.TestCase):
             self.assertLess(time.time() - t0, 0.8)
         finally:
             self.b["shadow"].slow_ms = 0
+
+    def test_breakers(self):
+        # max_retries 0: the retry is refused, the 503 goes through, counted as an overflow
+        before = self.skiff.stat("cluster.tight.upstream_rq_retry_overflow")
+        status, _, body = self.get("/tight/a?fail=1")
+        self.assertEqual((status, body), (503, b"tight 1"))
+        self.assertEqual(self.b["tight"].count("/tight/a?fail=1"), 1)
+        self.assertEqual(self.skiff.stat("cluster.tight.upstream_rq_retry_overflow"), before + 1)
+        # max_requests 1: a second request while one is in flight is 503 UO
+        slow = threading.Thread(target=self.get, args=("/tight/slow?delay=800",))
+        slow.start()
+        deadline = time.time() + 3
+        while time.time() < deadline and self.b["tight"].count("/tight/slow?delay=800") == 0:
+            time.sleep(0.02)
+        status, h, _ = self.get("/tight/b")
+        slow.join()
+        self.assertEqual(status, 503)
+        self.assertEqual(h.get("x-envoy-overloaded"), "true")
+        self.assertEqual(self.b["tight"].count("/tight/b"), 0)
+        # released: the next one goes
+        status, _, _ = self.get("/tight/c")
+        self.assertEqual(status, 200)
 
     def test_hash_policy_sticky_and_spread(self):
         hosts = {}
