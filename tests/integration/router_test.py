@@ -78,6 +78,9 @@ class Flaky:
                 failing = k <= int(q.get("fail", "0"))
                 if failing and "hang" in q:
                     time.sleep(int(q["hang"]) / 1000)
+                if failing and q.get("drop") == "1":
+                    self.close_connection = True
+                    return
                 if failing and q.get("partial") == "1":
                     self.send_response(200)
                     self.send_header("content-length", "1000")
@@ -208,6 +211,8 @@ def resources(listen_port, b, dead_port, grpc_port):
                     {"cluster": "shadow",
                      "runtime_fraction": {"default_value": {"numerator": 100}}}]),
                 route("/tight", "tight", retry_policy=retry5),
+                route("/idle", "flaky", idle_timeout="0.3s"),
+                route("/duration", "flaky", max_stream_duration={"max_stream_duration": "0.3s"}),
                 route("/hash", "ring", hash_policy=[{"header": {"header_name": "x-user"}}]),
                 route("/", "flaky"),
             ]}]}
@@ -507,6 +512,23 @@ class Router(unittest.TestCase):
             self.assertLess(time.time() - t0, 0.8)
         finally:
             self.b["shadow"].slow_ms = 0
+
+    def test_reset_retried(self):
+        # the backend closes without answering: a reset before the response, retried on 5xx
+        status, _, body = self.get("/5xx/drop?fail=1&drop=1")
+        self.assertEqual((status, body), (200, b"flaky 2"))
+        status, _, body = self.get("/noretry/drop?fail=1&drop=1")
+        self.assertEqual(status, 503)
+        self.assertIn(b"reset reason", body)
+
+    def test_idle_and_duration_timeouts(self):
+        for path in ("/idle?delay=2000", "/duration?delay=2000"):
+            t0 = time.time()
+            status, _, _ = self.get(path)
+            self.assertEqual(status, 504, path)
+            self.assertLess(time.time() - t0, 1.5, path)
+        status, _, _ = self.get("/idle?delay=100")
+        self.assertEqual(status, 200)
 
     def test_breakers(self):
         # max_retries 0: the retry is refused, the 503 goes through, counted as an overflow
