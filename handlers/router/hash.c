@@ -175,8 +175,7 @@ bool dp_router_hash(const dp_hash_policy_t *p, size_t n, const dp_http_head_t *r
                 if (an + bn < sizeof(a)) {
                     memcpy(a + an, b, bn);
                     char hex[17];
-                    snprintf(hex, sizeof(hex), "%016llx",
-                             (unsigned long long)XXH64(a, an + bn, 0));
+                    snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)XXH64(a, an + bn, 0));
                     *ret_set_cookie = set_cookie(pool, p[i].name, hex, &p[i]);
                     h = XXH64(hex, 16, 0);
                     got = true;

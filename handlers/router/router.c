@@ -36,19 +36,19 @@ struct router {
 
     /* the current attempt */
     dp_upstream_wait_t *wait;
-    dp_enc_t *up;           /* its upstream stream, once open */
-    const dp_addr_t *host;  /* its host, once known */
-    bool rq_admitted;       /* holds the cluster's max_requests breaker */
-    bool retry_admitted;    /* holds the cluster's max_retries breaker */
+    dp_enc_t *up;          /* its upstream stream, once open */
+    const dp_addr_t *host; /* its host, once known */
+    bool rq_admitted;      /* holds the cluster's max_requests breaker */
+    bool retry_admitted;   /* holds the cluster's max_retries breaker */
     bool trailers_sent;
-    uint32_t attempts;      /* started so far (x-envoy-attempt-count) */
+    uint32_t attempts; /* started so far (x-envoy-attempt-count) */
 
     /* the retry policy in force (route's or vhost's, with the trusted request headers) */
     uint32_t retry_on;
     const uint32_t *retry_codes;
     size_t n_retry_codes;
     uint32_t retries_left;
-    bool retry_exhausted;   /* a retriable failure came with no retry left */
+    bool retry_exhausted; /* a retriable failure came with no retry left */
     bool previous_hosts;
     uint64_t backoff_interval, backoff_max;
     uint64_t per_try_ms, per_try_idle_ms;
@@ -245,8 +245,7 @@ static void fail_before_headers(router_t *r, dp_reset_reason_t why, uint32_t ext
     }
     char body[160];
     snprintf(body, sizeof(body),
-             "upstream connect error or disconnect/reset before headers. reset reason: %s",
-             reason);
+             "upstream connect error or disconnect/reset before headers. reset reason: %s", reason);
     timers_stop_all(r);
     if (why == DP_RESET_NO_HEALTHY_HOST) {
         dp_stream_local_reply(r->s, 503, "no healthy upstream", DP_RF(UH) | extra_flags);
@@ -264,8 +263,7 @@ static void fail_before_headers(router_t *r, dp_reset_reason_t why, uint32_t ext
  * of the response sent downstream. */
 static bool retry_possible(const router_t *r)
 {
-    return r->retry_on && r->keep && !r->finished && !r->s->response_started &&
-           !r->resp_headers;
+    return r->retry_on && r->keep && !r->finished && !r->s->response_started && !r->resp_headers;
 }
 
 static void remember_host(router_t *r)
@@ -311,8 +309,7 @@ static bool retry_schedule(router_t *r, bool immediate, bool *overflow)
     r->host = NULL;
     uint64_t ms = 0;
     if (!immediate)
-        ms = dp_router_backoff_next(&r->backoff_interval, r->backoff_max,
-                                    dp_wctx_random(r->s->w));
+        ms = dp_router_backoff_next(&r->backoff_interval, r->backoff_max, dp_wctx_random(r->s->w));
     DP_LOG(DP_LOG_ROUTER, DP_LOG_DEBUG, "retrying request to %s in %llu ms (attempt %u)",
            r->cluster->name, (unsigned long long)ms, r->attempts + 1);
     /* Always through the loop: never from inside a codec's or pool's callback. */
@@ -326,8 +323,8 @@ static void attempt_failed(router_t *r, dp_reset_reason_t why, bool per_try_time
     timer_stop(&r->t_per_try);
     rq_release(r);
     bool immediate = false;
-    bool retriable = dp_router_retry_reset(r->retry_on, per_try_timeout ? DP_RESET_LOCAL : why,
-                                           &immediate);
+    bool retriable =
+        dp_router_retry_reset(r->retry_on, per_try_timeout ? DP_RESET_LOCAL : why, &immediate);
     if (retriable && retry_possible(r)) {
         bool overflow;
         if (retry_schedule(r, immediate, &overflow))
@@ -750,8 +747,8 @@ static void retry_setup(router_t *r, const dp_route_t *route, dp_http_head_t *re
                 : 1;
         if (p->backoff_base_ms) {
             r->backoff_interval = p->backoff_base_ms;
-            r->backoff_max = p->backoff_max_ms >= p->backoff_base_ms ? p->backoff_max_ms
-                                                                     : p->backoff_base_ms;
+            r->backoff_max =
+                p->backoff_max_ms >= p->backoff_base_ms ? p->backoff_max_ms : p->backoff_base_ms;
         }
     }
     const dp_header_t *h = DP_HDR_GET(&req->headers, "x-envoy-retry-on");
@@ -799,8 +796,7 @@ static void timeouts_setup(router_t *r, const dp_route_t *route, dp_stream_t *s)
     if (expected) {
         char ms[24];
         int n = snprintf(ms, sizeof(ms), "%llu", (unsigned long long)expected);
-        dp_headers_set(&req->headers, s->pool, "x-envoy-expected-rq-timeout-ms", 30, ms,
-                       (size_t)n);
+        dp_headers_set(&req->headers, s->pool, "x-envoy-expected-rq-timeout-ms", 30, ms, (size_t)n);
         if (s->grpc && route->has_max_grpc_timeout) {
             char g[24];
             size_t gn = dp_router_grpc_timeout_fmt(expected, g, sizeof(g));
@@ -812,8 +808,7 @@ static void timeouts_setup(router_t *r, const dp_route_t *route, dp_stream_t *s)
     r->duration_ms = route->max_stream_duration_ms;
     if (s->grpc && route->has_grpc_timeout_header_max && grpc_ms >= 0) {
         uint64_t t = (uint64_t)grpc_ms;
-        if (route->grpc_timeout_header_max_ms &&
-            (t == 0 || t > route->grpc_timeout_header_max_ms))
+        if (route->grpc_timeout_header_max_ms && (t == 0 || t > route->grpc_timeout_header_max_ms))
             t = route->grpc_timeout_header_max_ms;
         if (route->grpc_timeout_header_offset_ms && route->grpc_timeout_header_offset_ms < t)
             t -= route->grpc_timeout_header_offset_ms;
@@ -912,10 +907,9 @@ static dp_filter_status_t router_on_request_headers(dp_stream_t *s, void *ctx, c
     r->body_end = end_stream;
     r->lb.original_dst = (const struct sockaddr *)&s->conn->local;
     if (route->n_hash)
-        r->lb.has_hash = dp_router_hash(route->hash, route->n_hash, s->req,
-                                        (const struct sockaddr *)&s->conn->remote,
-                                        (const struct sockaddr *)&s->conn->local, s->pool,
-                                        &r->lb.hash, &r->set_cookie);
+        r->lb.has_hash = dp_router_hash(
+            route->hash, route->n_hash, s->req, (const struct sockaddr *)&s->conn->remote,
+            (const struct sockaddr *)&s->conn->local, s->pool, &r->lb.hash, &r->set_cookie);
     if (r->idle_ms)
         timer_arm(r, &r->t_idle, r->idle_ms, on_idle_timeout);
     if (r->duration_ms)
@@ -979,8 +973,7 @@ static void router_on_request_data(dp_stream_t *s, void *ctx, const void *conf, 
     }
 }
 
-static void router_on_request_trailers(dp_stream_t *s, void *ctx, const void *conf,
-                                       dp_headers_t *t)
+static void router_on_request_trailers(dp_stream_t *s, void *ctx, const void *conf, dp_headers_t *t)
 {
     router_t *r = ctx;
     if (r->finished || r->cluster == NULL)

@@ -65,8 +65,11 @@ START_TEST(grpc_conditions)
     static const struct {
         const char *name;
         int code;
-    } t[] = {{"cancelled", 1},           {"deadline-exceeded", 4}, {"resource-exhausted", 8},
-             {"internal", 13},           {"unavailable", 14}};
+    } t[] = {{"cancelled", 1},
+             {"deadline-exceeded", 4},
+             {"resource-exhausted", 8},
+             {"internal", 13},
+             {"unavailable", 14}};
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
         uint32_t f = ON(t[i].name);
         for (int code = 0; code <= 16; code++)
