@@ -5,9 +5,9 @@
 #include "dataplane/route.h"
 
 bool dp_router_retry_status(uint32_t retry_on, const uint32_t *codes, size_t n_codes, int status,
-                            int grpc_status, bool overloaded)
+                            int grpc_status, bool ratelimited)
 {
-    if (overloaded)
+    if (ratelimited)
         return false;
     if ((retry_on & DP_RETRY_5XX) && status >= 500 && status <= 599)
         return true;
@@ -37,21 +37,18 @@ bool dp_router_retry_status(uint32_t retry_on, const uint32_t *codes, size_t n_c
     }
 }
 
-bool dp_router_retry_reset(uint32_t retry_on, dp_reset_reason_t why, bool *immediate)
+bool dp_router_retry_reset(uint32_t retry_on, dp_reset_reason_t why, bool started)
 {
-    *immediate = false;
     if (why == DP_RESET_OVERFLOW || why == DP_RESET_NO_HEALTHY_HOST || why == DP_RESET_NONE)
         return false;
     if ((why == DP_RESET_CONNECT_FAIL || why == DP_RESET_CONNECT_TIMEOUT) &&
         (retry_on & DP_RETRY_CONNECT_FAILURE))
         return true;
+    if ((retry_on & DP_RETRY_RESET_BEFORE_REQUEST) && !started)
+        return true;
     if (retry_on & (DP_RETRY_5XX | DP_RETRY_GATEWAY_ERROR | DP_RETRY_RESET))
         return true;
-    if ((retry_on & DP_RETRY_REFUSED_STREAM) && why == DP_RESET_REFUSED) {
-        *immediate = true;
-        return true;
-    }
-    return false;
+    return (retry_on & DP_RETRY_REFUSED_STREAM) && why == DP_RESET_REFUSED;
 }
 
 uint64_t dp_router_backoff_next(uint64_t *interval, uint64_t max_ms, uint64_t random)

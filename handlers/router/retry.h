@@ -19,19 +19,21 @@ enum {
     DP_GRPC_UNAVAILABLE = 14,
 };
 
-/* Whether a response head is retried under retry_on (DP_RETRY_* flags): status, grpc_status
- * (the grpc-status of the head, -1 when it has none: Envoy looks only at the headers, so
- * only a trailers-only gRPC response is retried), and whether it carries
- * x-envoy-overloaded (never retried). codes: retriable_status_codes (with
- * retriable-status-codes). */
+/* Whether a response head is retried under retry_on (DP_RETRY_* flags), as Envoy's
+ * RetryStateImpl::wouldRetryFromHeaders: status, grpc_status (the grpc-status of the head, -1
+ * when it has none: Envoy looks only at the headers, so only a trailers-only gRPC response is
+ * retried), and whether it carries x-envoy-ratelimited (an upstream Envoy's rate limit: never
+ * retried here, as skiff has no envoy-ratelimited condition). codes: retriable_status_codes
+ * (with retriable-status-codes). */
 bool dp_router_retry_status(uint32_t retry_on, const uint32_t *codes, size_t n_codes, int status,
-                            int grpc_status, bool overloaded);
+                            int grpc_status, bool ratelimited);
 
-/* Whether an attempt that ended before its response head is retried: connect failures and
- * timeouts under connect-failure, any reset (not an overflow) under 5xx, gateway-error and
- * reset, REFUSED_STREAM under refused-stream. A per-try timeout counts as a local reset.
- * *immediate: retried without back-off (refused-stream, as Envoy). */
-bool dp_router_retry_reset(uint32_t retry_on, dp_reset_reason_t why, bool *immediate);
+/* Whether an attempt that ended before its response head is retried (wouldRetryFromReset):
+ * never an overflow (or no healthy host); connect failures and timeouts under
+ * connect-failure; any reset under reset-before-request while nothing of the request went
+ * upstream (!started); any reset under reset, 5xx and gateway-error; REFUSED_STREAM under
+ * refused-stream. A per-try timeout is a local reset of a started request. */
+bool dp_router_retry_reset(uint32_t retry_on, dp_reset_reason_t why, bool started);
 
 /* The next back-off in ms (Envoy's JitteredExponentialBackOffStrategy): random % interval,
  * at most max_ms, where *interval starts at the base and doubles up to max_ms after each

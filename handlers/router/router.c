@@ -286,19 +286,21 @@ static void on_backoff(router_t *r)
 /* A retriable outcome of the current attempt (which is over). Schedules the next one and
  * returns true, or returns false (no retry left, or the max_retries breaker refused: then
  * *overflow). */
-static bool retry_schedule(router_t *r, bool immediate, bool *overflow)
+static bool retry_schedule(router_t *r, bool *overflow)
 {
     *overflow = false;
     retry_release(r);
     if (r->retries_left == 0) {
         r->retry_exhausted = true;
+        cluster_count(r, "upstream_rq_retry_limit_exceeded");
         return false;
     }
+    /* As Envoy: a retry the breaker refuses is used up all the same. */
+    r->retries_left--;
     if (!retry_admit(r)) {
         *overflow = true;
         return false;
     }
-    r->retries_left--;
     if (r->cluster->stats.rq_retry)
         dp_counter_inc(r->cluster->stats.rq_retry);
     remember_host(r);
@@ -307,9 +309,8 @@ static bool retry_schedule(router_t *r, bool immediate, bool *overflow)
     r->unsent = r->body.bytes;
     r->trailers_sent = false;
     r->host = NULL;
-    uint64_t ms = 0;
-    if (!immediate)
-        ms = dp_router_backoff_next(&r->backoff_interval, r->backoff_max, dp_wctx_random(r->s->w));
+    uint64_t ms =
+        dp_router_backoff_next(&r->backoff_interval, r->backoff_max, dp_wctx_random(r->s->w));
     DP_LOG(DP_LOG_ROUTER, DP_LOG_DEBUG, "retrying request to %s in %llu ms (attempt %u)",
            r->cluster->name, (unsigned long long)ms, r->attempts + 1);
     /* Always through the loop: never from inside a codec's or pool's callback. */
@@ -318,20 +319,20 @@ static bool retry_schedule(router_t *r, bool immediate, bool *overflow)
 }
 
 /* The current attempt ended before a response head: why, or a per-try timeout. */
-static void attempt_failed(router_t *r, dp_reset_reason_t why, bool per_try_timeout)
+static void attempt_failed(router_t *r, dp_reset_reason_t why, bool started, bool per_try_timeout)
 {
     timer_stop(&r->t_per_try);
     rq_release(r);
-    bool immediate = false;
-    bool retriable =
-        dp_router_retry_reset(r->retry_on, per_try_timeout ? DP_RESET_LOCAL : why, &immediate);
+    bool retriable = dp_router_retry_reset(r->retry_on, per_try_timeout ? DP_RESET_LOCAL : why,
+                                           started || per_try_timeout);
     if (retriable && retry_possible(r)) {
         bool overflow;
-        if (retry_schedule(r, immediate, &overflow))
+        if (retry_schedule(r, &overflow))
             return;
-        if (overflow) {
+        if (overflow)
             r->s->response_flags |= DP_RF(UO);
-        }
+    } else if (!retriable && r->attempts > 1) {
+        cluster_count(r, "upstream_rq_retry_success");
     }
     uint32_t extra = r->retry_exhausted ? DP_RF(URX) : 0;
     if (per_try_timeout) {
@@ -348,7 +349,7 @@ static void on_per_try_timeout(router_t *r)
     cluster_count(r, "upstream_rq_per_try_timeout");
     host_result(r, 0, DP_RESET_LOCAL);
     attempt_abort(r);
-    attempt_failed(r, DP_RESET_LOCAL, true);
+    attempt_failed(r, DP_RESET_LOCAL, true, true);
 }
 
 /* The per-try timeout runs once the request is all out and an attempt is under way; without
@@ -435,13 +436,13 @@ static void up_on_headers(void *ud, dp_http_head_t *h, bool end_stream)
         int64_t v = dp_router_parse_uint(gs->value);
         grpc_status = v >= 0 && v < 100 ? (int)v : -1;
     }
-    bool overloaded = DP_HDR_GET(&h->headers, "x-envoy-overloaded") != NULL;
-    if (r->retry_on && h->status != 101 &&
-        dp_router_retry_status(r->retry_on, r->retry_codes, r->n_retry_codes, h->status,
-                               grpc_status, overloaded) &&
-        retry_possible(r)) {
+    bool ratelimited = DP_HDR_GET(&h->headers, "x-envoy-ratelimited") != NULL;
+    bool retriable = r->retry_on && h->status != 101 &&
+                     dp_router_retry_status(r->retry_on, r->retry_codes, r->n_retry_codes,
+                                            h->status, grpc_status, ratelimited);
+    if (retriable && retry_possible(r)) {
         bool overflow;
-        if (retry_schedule(r, false, &overflow)) {
+        if (retry_schedule(r, &overflow)) {
             /* This response is dropped: its stream goes (no callback of it follows). */
             timer_stop(&r->t_per_try);
             rq_release(r);
@@ -459,7 +460,7 @@ static void up_on_headers(void *ud, dp_http_head_t *h, bool end_stream)
     }
     if (r->retry_exhausted)
         s->response_flags |= DP_RF(URX);
-    if (r->attempts > 1)
+    else if (!retriable && r->attempts > 1)
         cluster_count(r, "upstream_rq_retry_success");
     r->resp_headers = true;
     timer_stop(&r->t_per_try);
@@ -556,7 +557,7 @@ static void up_on_done(void *ud, dp_reset_reason_t why)
            dp_reset_reason_str(why));
     if (!r->resp_headers) {
         host_result(r, 0, why);
-        attempt_failed(r, why, false);
+        attempt_failed(r, why, true, false);
     } else {
         timers_stop_all(r);
         dp_stream_reset(r->s, DP_RF(UR));
@@ -612,7 +613,7 @@ static void pool_on_ready(void *ud, dp_codec_conn_t *conn, const dp_addr_t *host
     dp_stream_t *s = r->s;
     r->up = conn->ops->new_stream(conn, &upstream_sink, r, s->pool);
     if (r->up == NULL) {
-        attempt_failed(r, DP_RESET_CONN_TERMINATED, false);
+        attempt_failed(r, DP_RESET_CONN_TERMINATED, false, false);
         return;
     }
     const dp_cluster_stats_t *cs = &r->cluster->stats;
@@ -642,7 +643,7 @@ static void pool_on_failure(void *ud, dp_reset_reason_t why, const dp_addr_t *ho
     r->host = host;
     if (host)
         host_result(r, 0, why);
-    attempt_failed(r, why, false);
+    attempt_failed(r, why, false, false);
 }
 
 static const dp_upstream_cb_t pool_cb = {
@@ -790,6 +791,9 @@ static void timeouts_setup(router_t *r, const dp_route_t *route, dp_stream_t *s)
     int64_t v = take_uint_header(req, "x-envoy-upstream-rq-timeout-ms", 30);
     if (v >= 0)
         r->timeout_ms = (uint64_t)v;
+    /* A per-try timeout no shorter than the whole request's is none (Envoy's rule). */
+    if (r->timeout_ms && r->per_try_ms >= r->timeout_ms)
+        r->per_try_ms = 0;
     uint64_t expected = r->timeout_ms;
     if (r->per_try_ms && (expected == 0 || r->per_try_ms < expected))
         expected = r->per_try_ms;

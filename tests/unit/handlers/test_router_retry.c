@@ -33,7 +33,7 @@ START_TEST(status_conditions)
     ck_assert(dp_router_retry_status(f, NULL, 0, 503, -1, false));
     ck_assert(!dp_router_retry_status(f, NULL, 0, 404, -1, false));
     ck_assert(!dp_router_retry_status(f, NULL, 0, 200, -1, false));
-    /* an overloaded answer is never retried */
+    /* an upstream Envoy's rate limit is never retried */
     ck_assert(!dp_router_retry_status(f, NULL, 0, 503, -1, true));
     f = ON("gateway-error");
     ck_assert(dp_router_retry_status(f, NULL, 0, 502, -1, false));
@@ -82,25 +82,29 @@ END_TEST
 
 START_TEST(reset_conditions)
 {
-    bool imm;
     uint32_t f = ON("connect-failure");
-    ck_assert(dp_router_retry_reset(f, DP_RESET_CONNECT_FAIL, &imm) && !imm);
-    ck_assert(dp_router_retry_reset(f, DP_RESET_CONNECT_TIMEOUT, &imm));
-    ck_assert(!dp_router_retry_reset(f, DP_RESET_REMOTE, &imm));
-    ck_assert(!dp_router_retry_reset(f, DP_RESET_LOCAL, &imm)); /* a per-try timeout */
+    ck_assert(dp_router_retry_reset(f, DP_RESET_CONNECT_FAIL, false));
+    ck_assert(dp_router_retry_reset(f, DP_RESET_CONNECT_TIMEOUT, false));
+    ck_assert(!dp_router_retry_reset(f, DP_RESET_REMOTE, true));
+    ck_assert(!dp_router_retry_reset(f, DP_RESET_LOCAL, true)); /* a per-try timeout */
     f = ON("reset");
-    ck_assert(dp_router_retry_reset(f, DP_RESET_REMOTE, &imm));
-    ck_assert(dp_router_retry_reset(f, DP_RESET_CONN_TERMINATED, &imm));
-    ck_assert(dp_router_retry_reset(f, DP_RESET_CONNECT_FAIL, &imm));
-    ck_assert(dp_router_retry_reset(f, DP_RESET_LOCAL, &imm));
-    ck_assert(!dp_router_retry_reset(f, DP_RESET_OVERFLOW, &imm));
-    ck_assert(!dp_router_retry_reset(f, DP_RESET_NO_HEALTHY_HOST, &imm));
-    ck_assert(dp_router_retry_reset(ON("5xx"), DP_RESET_REMOTE, &imm));
-    ck_assert(dp_router_retry_reset(ON("gateway-error"), DP_RESET_LOCAL, &imm));
+    ck_assert(dp_router_retry_reset(f, DP_RESET_REMOTE, true));
+    ck_assert(dp_router_retry_reset(f, DP_RESET_CONN_TERMINATED, true));
+    ck_assert(dp_router_retry_reset(f, DP_RESET_CONNECT_FAIL, false));
+    ck_assert(dp_router_retry_reset(f, DP_RESET_LOCAL, true));
+    ck_assert(!dp_router_retry_reset(f, DP_RESET_OVERFLOW, false));
+    ck_assert(!dp_router_retry_reset(f, DP_RESET_NO_HEALTHY_HOST, false));
+    ck_assert(dp_router_retry_reset(ON("5xx"), DP_RESET_REMOTE, true));
+    ck_assert(dp_router_retry_reset(ON("gateway-error"), DP_RESET_LOCAL, true));
     f = ON("refused-stream");
-    ck_assert(dp_router_retry_reset(f, DP_RESET_REFUSED, &imm) && imm);
-    ck_assert(!dp_router_retry_reset(f, DP_RESET_REMOTE, &imm));
-    ck_assert(!dp_router_retry_reset(ON("retriable-4xx,unavailable"), DP_RESET_REMOTE, &imm));
+    ck_assert(dp_router_retry_reset(f, DP_RESET_REFUSED, true));
+    ck_assert(!dp_router_retry_reset(f, DP_RESET_REMOTE, true));
+    ck_assert(!dp_router_retry_reset(ON("retriable-4xx,unavailable"), DP_RESET_REMOTE, true));
+    /* reset-before-request: only while nothing went upstream */
+    f = ON("reset-before-request");
+    ck_assert(dp_router_retry_reset(f, DP_RESET_CONN_TERMINATED, false));
+    ck_assert(dp_router_retry_reset(f, DP_RESET_CONNECT_FAIL, false));
+    ck_assert(!dp_router_retry_reset(f, DP_RESET_REMOTE, true));
 }
 END_TEST
 
