@@ -9,10 +9,13 @@ zero client-visible failures; a 5xx retry with num_retries 2 against a backend t
 (the last 503 goes through, URX in the access log); per-try timeouts (504 UT after 3 tries); a
 POST body replayed intact; no retry once a response started; a trailers-only gRPC UNAVAILABLE
 retried; the route timeout from grpc-timeout and max_grpc_timeout; x-envoy-retry-on and
-x-envoy-max-retries from the (trusted) client, not forwarded; a mirror that gets the request
-with host "<host>-shadow" while the client's response does not wait for it; a header hash
-policy on a RING_HASH cluster (the same key always to one host, keys spread); and the
-upstream_rq_retry* stats.
+x-envoy-max-retries from the (trusted) client, not forwarded; a reset before the response
+retried; route idle_timeout and max_stream_duration; the max_retries and max_requests
+breakers; a body past the 1 MiB buffer limit not retried (but delivered whole); a mirror that
+gets the request with host "<host>-shadow" while the client's response does not wait for it,
+cluster_header mirrors and a 0% runtime_fraction; a header hash policy on a RING_HASH cluster
+(the same key always to one host, keys spread) and a cookie policy with a ttl (Set-Cookie,
+then sticky); and the upstream_rq_retry* / per_try_timeout stats.
 
 Run: SKIFF=build/agent/skiff SRCDIR=. python3 tests/integration/router_test.py"""
 import http.client
@@ -207,12 +210,19 @@ def resources(listen_port, b, dead_port, grpc_port):
                       retry_policy={"retry_on": "unavailable", "num_retries": 2}),
                 route("/grpc-timeout", "flaky", max_grpc_timeout="0s"),
                 route("/grpc-capped", "flaky", max_grpc_timeout="0.3s"),
-                route("/mirror", "flaky", request_mirror_policies=[
+                route("/mirror/", "flaky", request_mirror_policies=[
                     {"cluster": "shadow",
                      "runtime_fraction": {"default_value": {"numerator": 100}}}]),
                 route("/tight", "tight", retry_policy=retry5),
                 route("/idle", "flaky", idle_timeout="0.3s"),
                 route("/duration", "flaky", max_stream_duration={"max_stream_duration": "0.3s"}),
+                route("/mirror-header", "flaky", request_mirror_policies=[
+                    {"cluster_header": "x-mirror-to"}]),
+                route("/mirror-never", "flaky", request_mirror_policies=[
+                    {"cluster": "shadow",
+                     "runtime_fraction": {"default_value": {"numerator": 0}}}]),
+                route("/cookie", "ring", hash_policy=[
+                    {"cookie": {"name": "affinity", "ttl": "3600s", "path": "/"}}]),
                 route("/hash", "ring", hash_policy=[{"header": {"header_name": "x-user"}}]),
                 route("/", "flaky"),
             ]}]}
@@ -551,6 +561,54 @@ class Router(unittest.TestCase):
         # released: the next one goes
         status, _, _ = self.get("/tight/c")
         self.assertEqual(status, 200)
+
+    def test_mirror_cluster_header_and_fraction(self):
+        status, _, _ = self.get("/mirror-header/a", {"x-mirror-to": "shadow"})
+        self.assertEqual(status, 200)
+        deadline = time.time() + 5
+        while time.time() < deadline and not self.b["shadow"].requests("/mirror-header/a"):
+            time.sleep(0.05)
+        self.assertEqual(len(self.b["shadow"].requests("/mirror-header/a")), 1)
+        # an unknown cluster in the header: no shadow, the request is unharmed
+        status, _, _ = self.get("/mirror-header/b", {"x-mirror-to": "nope"})
+        self.assertEqual(status, 200)
+        for i in range(20):
+            self.assertEqual(self.get("/mirror-never/%d" % i)[0], 200)
+        time.sleep(0.3)
+        self.assertEqual(len(self.b["shadow"].requests("/mirror-header/b")), 0)
+        self.assertFalse([p for p, _, _ in self.b["shadow"].seen if p.startswith("/mirror-never")])
+
+    def test_large_body_not_retried(self):
+        payload = b"z" * (1536 * 1024)  # past the 1 MiB buffer limit
+        status, _, _ = request(self.port, "POST", "/5xx/big?fail=1", body=payload)
+        self.assertEqual(status, 503)
+        seen = self.b["flaky"].requests("/5xx/big?fail=1")
+        self.assertEqual(len(seen), 1)
+        self.assertEqual(seen[0][1], payload)
+
+    def test_retry_stats(self):
+        st = self.skiff.stat
+        rq_retry, limit = st("cluster.flaky.upstream_rq_retry"), \
+            st("cluster.flaky.upstream_rq_retry_limit_exceeded")
+        per_try = st("cluster.flaky.upstream_rq_per_try_timeout")
+        self.assertEqual(self.get("/5xx/stats?fail=10")[0], 503)
+        self.assertEqual(st("cluster.flaky.upstream_rq_retry"), rq_retry + 2)
+        self.assertEqual(st("cluster.flaky.upstream_rq_retry_limit_exceeded"), limit + 1)
+        self.assertEqual(self.get("/pertry/stats?fail=1&hang=600")[0], 200)
+        self.assertEqual(st("cluster.flaky.upstream_rq_per_try_timeout"), per_try + 1)
+
+    def test_cookie_hash_policy(self):
+        status, h, _ = self.get("/cookie")
+        self.assertEqual(status, 200)
+        cookie = h.get("set-cookie", "")
+        self.assertRegex(cookie, r'^affinity="[0-9a-f]{16}"; Max-Age=3600; Path=/; HttpOnly$')
+        value = cookie.split('"')[1]
+        hosts = set()
+        for i in range(20):
+            _, h2, _ = self.get("/cookie", {"cookie": "affinity=" + value})
+            self.assertNotIn("set-cookie", h2)
+            hosts.add(h2.get("x-backend"))
+        self.assertEqual(len(hosts), 1)
 
     def test_hash_policy_sticky_and_spread(self):
         hosts = {}
