@@ -37,6 +37,10 @@ static void mirror_maybe_free(dp_mirror_t *m)
     if (m->attached || !m->over || m->closing)
         return;
     m->closing = true;
+    /* A worker that stops closes every handle it still has: then m stays (the process is
+     * ending) rather than the handle being closed twice. */
+    if (uv_is_closing((uv_handle_t *)&m->timer))
+        return;
     uv_timer_stop(&m->timer);
     uv_close((uv_handle_t *)&m->timer, mirror_closed);
 }
