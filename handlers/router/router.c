@@ -346,18 +346,20 @@ static void attempt_failed(router_t *r, dp_reset_reason_t why, bool started, boo
 static void on_per_try_timeout(router_t *r)
 {
     timer_stop(&r->t_per_try);
-    cluster_count(r, "upstream_rq_per_try_timeout");
+    cluster_count(r, r->per_try_ms ? "upstream_rq_per_try_timeout"
+                                   : "upstream_rq_per_try_idle_timeout");
     host_result(r, 0, DP_RESET_LOCAL);
     attempt_abort(r);
     attempt_failed(r, DP_RESET_LOCAL, true, true);
 }
 
-/* The per-try timeout runs once the request is all out and an attempt is under way; without
+/* The per-try timeout runs once the request is complete and the attempt's stream is open (the
+ * connect is the cluster's connect_timeout's, as in Envoy); without
  * one, per_try_idle_timeout runs from the attempt's stream opening, restarted by each of its
  * bytes. */
 static void per_try_arm(router_t *r)
 {
-    if (r->t_per_try || !(r->up || r->wait))
+    if (r->t_per_try || r->up == NULL)
         return;
     if (r->per_try_ms && r->body_end)
         timer_arm(r, &r->t_per_try, r->per_try_ms, on_per_try_timeout);
@@ -676,8 +678,6 @@ static void attempt_start(router_t *r)
         lb.n_exclude = r->n_tried;
     }
     r->wait = dp_upstream_request(s->w->up, r->cluster, r->proto, &lb, &pool_cb, r);
-    if (r->wait)
-        per_try_arm(r);
 }
 
 /* ---- the filter callbacks ---- */

@@ -206,6 +206,8 @@ def resources(listen_port, b, dead_port, grpc_port):
                 route("/5xx", "flaky", retry_policy=retry5),
                 route("/pertry", "flaky", retry_policy=dict(retry5, per_try_timeout="0.2s")),
                 route("/noretry", "flaky"),
+                route("/idletry", "flaky",
+                      retry_policy=dict(retry5, per_try_idle_timeout="0.2s")),
                 route("/skiff.test.Flaky/", "grpc",
                       retry_policy={"retry_on": "unavailable", "num_retries": 2}),
                 route("/grpc-timeout", "flaky", max_grpc_timeout="0s"),
@@ -435,6 +437,15 @@ class Router(unittest.TestCase):
         # a slow first try, a quick second
         status, _, body = self.get("/pertry/b?fail=1&hang=1000")
         self.assertEqual((status, body), (200, b"flaky 2"))
+
+    def test_per_try_idle_timeout(self):
+        before = self.skiff.stat("cluster.flaky.upstream_rq_per_try_idle_timeout")
+        t0 = time.time()
+        status, _, body = self.get("/idletry/a?fail=1&hang=1000")
+        self.assertEqual((status, body), (200, b"flaky 2"))
+        self.assertLess(time.time() - t0, 0.9)
+        self.assertEqual(self.skiff.stat("cluster.flaky.upstream_rq_per_try_idle_timeout"),
+                         before + 1)
 
     def test_post_body_replayed(self):
         payload = bytes(range(256)) * 200
