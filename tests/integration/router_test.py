@@ -477,6 +477,16 @@ class Router(unittest.TestCase):
         status, _, _ = self.get("/noretry/b?fail=1")
         self.assertEqual(status, 503)
         self.assertEqual(self.b["flaky"].count("/noretry/b?fail=1"), 1)
+        # a per-try timeout from the client, with retries on reset
+        t0 = time.time()
+        status, _, body = self.get("/noretry/c?fail=1&hang=1500",
+                                   {"x-envoy-retry-on": "reset",
+                                    "x-envoy-upstream-rq-per-try-timeout-ms": "200"})
+        self.assertEqual((status, body), (200, b"flaky 2"))
+        self.assertLess(time.time() - t0, 1.2)
+        for hd, _ in self.b["flaky"].requests("/noretry/c?fail=1&hang=1500"):
+            self.assertNotIn("x-envoy-upstream-rq-per-try-timeout-ms", hd)
+            self.assertEqual(hd.get("x-envoy-expected-rq-timeout-ms"), "200")
 
     def test_grpc_unavailable_retried(self):
         import grpc
