@@ -139,7 +139,9 @@ class FlakyGrpc:
         self.lock = threading.Lock()
         ident = (lambda b: b)
         h = {"Call": grpc.unary_unary_rpc_method_handler(
-            self.call, request_deserializer=ident, response_serializer=ident)}
+            self.call, request_deserializer=ident, response_serializer=ident),
+             "Late": grpc.unary_unary_rpc_method_handler(
+            self.late, request_deserializer=ident, response_serializer=ident)}
         self.server = grpc.server(futures.ThreadPoolExecutor(8))
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("skiff.test.Flaky", h),))
@@ -155,6 +157,14 @@ class FlakyGrpc:
         if k <= int(n or "0"):
             context.abort(grpc.StatusCode.UNAVAILABLE, "not yet")
         return req
+
+    def late(self, req, context):
+        """UNAVAILABLE after the response headers: grpc-status only in the trailers."""
+        import grpc
+        with self.lock:
+            self.counts[req] = self.counts.get(req, 0) + 1
+        context.send_initial_metadata((("x-late", "1"),))
+        context.abort(grpc.StatusCode.UNAVAILABLE, "late")
 
     def stop(self):
         self.server.stop(0).wait(5)
@@ -499,6 +509,13 @@ class Router(unittest.TestCase):
                 call(b"k2:9", timeout=5)
             self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE)
             self.assertEqual(self.g.counts["k2"], 3)
+            # grpc-status in trailers after headers: not retried (Envoy reads the headers only)
+            late = ch.unary_unary("/skiff.test.Flaky/Late", request_serializer=lambda b: b,
+                                  response_deserializer=lambda b: b)
+            with self.assertRaises(grpc.RpcError) as e:
+                late(b"late-1", timeout=5)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE)
+            self.assertEqual(self.g.counts[b"late-1"], 1)
 
     def test_grpc_timeout(self):
         hdr = {"content-type": "application/grpc", "te": "trailers"}
