@@ -70,6 +70,9 @@ typedef struct dp_endpoint {
      * Envoy). */
     const char *region, *zone, *sub_zone;
     uint32_t locality_weight;
+    /* The host's outlier-detection state (dataplane/outlier.h), shared by every worker; NULL
+     * when the cluster has no outlier detection. */
+    struct dp_outlier_host *outlier;
 } dp_endpoint_t;
 
 typedef enum dp_cluster_type {
@@ -106,12 +109,16 @@ typedef enum dp_cluster_proto {
     DP_CLUSTER_PROTO_DOWNSTREAM, /* use_downstream_protocol_config */
 } dp_cluster_proto_t;
 
-/* circuit_breakers.thresholds of the DEFAULT priority; Envoy's defaults are 1024 each. */
+/* circuit_breakers.thresholds of one routing priority. Envoy's defaults: 1024 connections,
+ * pending requests and requests, 3 retries, unlimited pools (UINT32_MAX), no remaining_*
+ * gauges (dp_circuit_breakers_default() in dataplane/breaker.h). */
 typedef struct dp_circuit_breakers {
     uint32_t max_connections;
     uint32_t max_pending_requests;
     uint32_t max_requests;
     uint32_t max_retries;
+    uint32_t max_connection_pools;
+    bool track_remaining;
 } dp_circuit_breakers_t;
 
 /* Envoy's cluster.<name>.* HTTP stats, created on the main thread (they live in the stats
@@ -134,6 +141,8 @@ typedef struct dp_cluster_stats {
     dp_counter_t *cx_idle_timeout;
     dp_counter_t *cx_none_healthy;
     dp_counter_t *cx_overflow;
+    dp_counter_t *cx_pool_overflow; /* max_connection_pools refused a pool */
+    dp_counter_t *rq_retry_overflow; /* max_retries refused a retry (dp_upstream_retry_admit) */
     dp_counter_t *cx_rx_bytes_total, *cx_tx_bytes_total;
     struct dp_code_counters *rq_code; /* upstream_rq_<code>, made on first use */
 } dp_cluster_stats_t;
@@ -185,7 +194,18 @@ typedef struct dp_cluster {
     uint32_t max_requests_per_connection;
     uint64_t max_connection_duration_ms;
     uint32_t h2_max_concurrent_streams;
+    /* circuit_breakers.thresholds of the DEFAULT and HIGH priorities, and the counts shared by
+     * every worker (dataplane/breaker.h; NULL in a cluster built by hand: the pools then keep
+     * private ones with circuit_breakers' thresholds) */
     dp_circuit_breakers_t circuit_breakers;
+    dp_circuit_breakers_t circuit_breakers_high;
+    struct dp_breakers *breakers;
+    /* outlier_detection: the process-wide detector (dataplane/outlier.h), NULL without one */
+    struct dp_outlier *outlier;
+    /* upstream_connection_options.tcp_keepalive: SO_KEEPALIVE on upstream sockets, with
+     * TCP_KEEPCNT / TCP_KEEPIDLE / TCP_KEEPINTVL when non-zero (0: the system's value) */
+    bool tcp_keepalive;
+    uint32_t keepalive_probes, keepalive_time_s, keepalive_interval_s;
     /* Envoy's cluster.<name>.upstream_cx_* stats; live in the stats store, not the arena */
     dp_counter_t *cx_total, *cx_connect_fail;
     dp_gauge_t *cx_active;

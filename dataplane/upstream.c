@@ -32,6 +32,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "dataplane/breaker.h"
 #include "dataplane/health_check.h"
 #include "dataplane/lb.h"
 #include "dataplane/log.h"
@@ -75,7 +76,6 @@ typedef struct clcfg {
     uint32_t max_requests_per_conn;
     bool has_source;
     dp_addr_t source;
-    dp_circuit_breakers_t cb;
     dp_http_limits_t limits;
     dp_counter_t *cx_total, *cx_connect_fail;
     dp_gauge_t *cx_active;
@@ -94,8 +94,8 @@ struct cstate {
     dp_lb_t *lb;
     dp_lb_config_t lb_cfg;
     pool_t *pools;      /* every pool of the cluster, draining ones too */
-    uint32_t n_conns;   /* connections of all its pools (the max_connections breaker) */
-    uint32_t n_pending; /* waits of all its pools (the max_pending_requests breaker) */
+    /* the cluster's circuit breakers, shared with every worker (a reference) */
+    dp_breakers_t *br;
     bool overflowed;    /* a pool wanted a connection the breaker refused */
     dns_t *dns;
     bool *ej; /* lb_ejected's flags, ej_cap of them */
@@ -281,12 +281,6 @@ static void cs_config(cstate_t *cs, const dp_cluster_t *c)
     f->has_source = c->has_source_addr;
     f->source = c->source_addr;
     f->source.unix_path = NULL;
-    f->cb = c->circuit_breakers;
-    /* A hand-built cluster may leave the breakers zero: Envoy's defaults then. */
-    if (f->cb.max_connections == 0)
-        f->cb.max_connections = 1024;
-    if (f->cb.max_pending_requests == 0)
-        f->cb.max_pending_requests = 1024;
     f->limits = dp_http_limits_default();
     if (c->h2_max_concurrent_streams)
         f->limits.h2_max_concurrent_streams = c->h2_max_concurrent_streams;
@@ -342,6 +336,9 @@ static cstate_t *cs_get(dp_upstreams_t *u, const dp_cluster_t *c)
     if (cs->name == NULL)
         abort();
     cs->hash = h;
+    /* A cluster built by hand carries no shared breakers: this worker keeps its own. */
+    cs->br = c->breakers ? dp_breakers_ref(c->breakers)
+                         : dp_breakers_new_private(&c->circuit_breakers);
     cs_config(cs, c);
     cs->hnext = u->ctab[h & (u->ccap - 1)];
     u->ctab[h & (u->ccap - 1)] = cs;
@@ -363,6 +360,7 @@ static void cs_maybe_free(cstate_t *cs)
     u->n_cstates--;
     dp_lb_free(cs->lb);
     free(cs->ej);
+    dp_breakers_unref(cs->br);
     free(cs->name);
     free(cs);
     maybe_free_u(u);
@@ -493,6 +491,9 @@ static pool_t *pool_get(cstate_t *cs, const dp_addr_t *a, dp_upstream_proto_t pr
     pool_t *found = pool_find(cs, a, proto, h);
     if (found)
         return found;
+    /* max_connection_pools, counted across workers */
+    if (!dp_breakers_try(cs->br, DP_BR_DEFAULT, DP_BR_POOLS))
+        return NULL;
     if (u->n_pools + 1 > u->pcap)
         ptab_grow(u);
     pool_t *p = xcalloc(1, sizeof(*p));
@@ -553,7 +554,7 @@ static void wait_unlink(dp_upstream_wait_t *w)
     else
         p->wq_tail = w->prev;
     p->n_waits--;
-    p->cs->n_pending--;
+    dp_breakers_release(p->cs->br, DP_BR_DEFAULT, DP_BR_PENDING);
     GDEC(p->cs->cfg.st.rq_pending_active);
 }
 
@@ -655,7 +656,7 @@ static void conn_release(pconn_t *pc)
     pc->state = PC_CLOSED;
     pc->pool = NULL;
     p->n_conns--;
-    cs->n_conns--;
+    dp_breakers_release(cs->br, DP_BR_DEFAULT, DP_BR_CX);
     GDEC(cs->cfg.cx_active);
     CINC(cs->cfg.st.cx_destroy);
     if (pc->poll_open && !pc->handoff) {
@@ -929,7 +930,7 @@ static void conn_start(pool_t *p)
     list_add(pc, PC_CONNECTING);
     p->n_connecting++;
     p->n_conns++;
-    cs->n_conns++;
+    dp_breakers_take(cs->br, DP_BR_DEFAULT, DP_BR_CX);
     CINC(cs->cfg.cx_total);
     CINC(p->proto == DP_UPSTREAM_HTTP2 ? cs->cfg.st.cx_http2_total : cs->cfg.st.cx_http1_total);
     GINC(cs->cfg.cx_active);
@@ -1037,7 +1038,7 @@ static void pool_grow(pool_t *p)
             p->proto == DP_UPSTREAM_HTTP1 ? p->n_waits : (p->n_waits && p->n_connecting == 0);
         if (p->n_connecting >= need)
             return;
-        if (cs->n_conns >= cs->cfg.cb.max_connections && p->n_conns > 0) {
+        if (p->n_conns > 0 && dp_breakers_open(cs->br, DP_BR_DEFAULT, DP_BR_CX)) {
             CINC(cs->cfg.st.cx_overflow);
             cs->overflowed = true;
             return;
@@ -1060,6 +1061,7 @@ static void pool_maybe_free(pool_t *p)
             break;
         }
     }
+    dp_breakers_release(cs->br, DP_BR_DEFAULT, DP_BR_POOLS);
     free(p);
     cs_maybe_free(cs);
 }
@@ -1443,6 +1445,11 @@ dp_upstream_wait_t *dp_upstream_request(dp_upstreams_t *u, const dp_cluster_t *c
         return NULL;
     }
     pool_t *p = pool_get(cs, host, proto);
+    if (p == NULL) {
+        CINC(cs->cfg.st.cx_pool_overflow);
+        cb->on_failure(ud, DP_RESET_OVERFLOW, host == &odst ? NULL : host);
+        return NULL;
+    }
     /* DNS and ORIGINAL_DST hosts live in the pool; the others in the caller's snapshot. */
     if (host == &odst || is_dns(c->type))
         host = &p->addr;
@@ -1451,7 +1458,7 @@ dp_upstream_wait_t *dp_upstream_request(dp_upstreams_t *u, const dp_cluster_t *c
         conn_give(pc, cb, ud, host);
         return NULL;
     }
-    if (cs->n_pending >= cs->cfg.cb.max_pending_requests) {
+    if (!dp_breakers_try(cs->br, DP_BR_DEFAULT, DP_BR_PENDING)) {
         CINC(cs->cfg.st.rq_pending_overflow);
         cb->on_failure(ud, DP_RESET_OVERFLOW, host);
         pool_maybe_free(p);
@@ -1469,7 +1476,6 @@ dp_upstream_wait_t *dp_upstream_request(dp_upstreams_t *u, const dp_cluster_t *c
         p->wq = w;
     p->wq_tail = w;
     p->n_waits++;
-    cs->n_pending++;
     CINC(cs->cfg.st.rq_pending_total);
     GINC(cs->cfg.st.rq_pending_active);
     pool_grow(p);
@@ -1537,4 +1543,48 @@ void dp_upstreams_close(dp_upstreams_t *u)
     }
     u->handles--;
     maybe_free_u(u);
+}
+
+/* ---- what the router tells the pools ---- */
+
+static dp_breakers_t *breakers_of(dp_upstreams_t *u, const dp_cluster_t *c)
+{
+    return c->breakers ? c->breakers : cs_get(u, c)->br;
+}
+
+bool dp_upstream_rq_admit(dp_upstreams_t *u, const dp_cluster_t *c)
+{
+    if (dp_breakers_try(breakers_of(u, c), DP_BR_DEFAULT, DP_BR_RQ))
+        return true;
+    /* Envoy counts a max_requests overflow as upstream_rq_pending_overflow too. */
+    CINC(c->stats.rq_pending_overflow);
+    return false;
+}
+
+void dp_upstream_rq_release(dp_upstreams_t *u, const dp_cluster_t *c)
+{
+    dp_breakers_release(breakers_of(u, c), DP_BR_DEFAULT, DP_BR_RQ);
+}
+
+bool dp_upstream_retry_admit(dp_upstreams_t *u, const dp_cluster_t *c)
+{
+    if (dp_breakers_try(breakers_of(u, c), DP_BR_DEFAULT, DP_BR_RETRY))
+        return true;
+    CINC(c->stats.rq_retry_overflow);
+    return false;
+}
+
+void dp_upstream_retry_release(dp_upstreams_t *u, const dp_cluster_t *c)
+{
+    dp_breakers_release(breakers_of(u, c), DP_BR_DEFAULT, DP_BR_RETRY);
+}
+
+void dp_upstream_host_result(dp_upstreams_t *u, const dp_cluster_t *c, const dp_addr_t *host,
+                             int status, dp_reset_reason_t why)
+{
+    (void)u;
+    (void)c;
+    (void)host;
+    (void)status;
+    (void)why;
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/un.h>
 
+#include "dataplane/breaker.h"
 #include "dataplane/health_check.h"
 #include "dataplane/lb.h"
 #include "dataplane/log.h"
@@ -126,22 +127,32 @@ static void cluster_stats(dp_stats_t *st, const char *obs, dp_cluster_t *dc)
     CSTAT_C(stats.cx_idle_timeout, "upstream_cx_idle_timeout");
     CSTAT_C(stats.cx_none_healthy, "upstream_cx_none_healthy");
     CSTAT_C(stats.cx_overflow, "upstream_cx_overflow");
+    CSTAT_C(stats.cx_pool_overflow, "upstream_cx_pool_overflow");
+    CSTAT_C(stats.rq_retry_overflow, "upstream_rq_retry_overflow");
     CSTAT_C(stats.cx_rx_bytes_total, "upstream_cx_rx_bytes_total");
     CSTAT_C(stats.cx_tx_bytes_total, "upstream_cx_tx_bytes_total");
 #undef CSTAT_C
 #undef CSTAT_G
 }
 
-/* circuit_breakers.thresholds for the DEFAULT priority (Envoy's defaults: 1024 each). */
-static void circuit_breakers(const Envoy__Config__Cluster__V3__Cluster *c, dp_cluster_t *dc)
+/* circuit_breakers.thresholds of the DEFAULT and HIGH priorities (the first entry of each
+ * priority counts, as in Envoy; an unset field keeps Envoy's default), and the shared counts
+ * from the registry (dataplane/breaker.h), held until the snapshot goes. */
+static void circuit_breakers(const Envoy__Config__Cluster__V3__Cluster *c, dp_cluster_t *dc,
+                             dp_snapshot_t *s, dp_stats_t *stats, const char *obs)
 {
-    dp_circuit_breakers_t *cb = &dc->circuit_breakers;
-    cb->max_connections = cb->max_pending_requests = cb->max_requests = cb->max_retries = 1024;
+    dp_circuit_breakers_t th[DP_BR_NPRIO];
+    bool seen[DP_BR_NPRIO] = {false, false};
+    th[DP_BR_DEFAULT] = th[DP_BR_HIGH] = dp_circuit_breakers_default();
     for (size_t i = 0; c->circuit_breakers && i < c->circuit_breakers->n_thresholds; i++) {
         const Envoy__Config__Cluster__V3__CircuitBreakers__Thresholds *t =
             c->circuit_breakers->thresholds[i];
-        if (t->priority != ENVOY__CONFIG__CORE__V3__ROUTING_PRIORITY__DEFAULT)
+        int p = t->priority == ENVOY__CONFIG__CORE__V3__ROUTING_PRIORITY__HIGH ? DP_BR_HIGH
+                                                                               : DP_BR_DEFAULT;
+        if (seen[p])
             continue;
+        seen[p] = true;
+        dp_circuit_breakers_t *cb = &th[p];
         if (t->max_connections)
             cb->max_connections = t->max_connections->value;
         if (t->max_pending_requests)
@@ -150,8 +161,14 @@ static void circuit_breakers(const Envoy__Config__Cluster__V3__Cluster *c, dp_cl
             cb->max_requests = t->max_requests->value;
         if (t->max_retries)
             cb->max_retries = t->max_retries->value;
-        break;
+        if (t->max_connection_pools)
+            cb->max_connection_pools = t->max_connection_pools->value;
+        cb->track_remaining = t->track_remaining;
     }
+    dc->circuit_breakers = th[DP_BR_DEFAULT];
+    dc->circuit_breakers_high = th[DP_BR_HIGH];
+    dc->breakers = dp_breakers_get(c->name, obs, stats, th);
+    dp_arena_add_cleanup(s->arena, dp_breakers_unref_cb, dc->breakers);
 }
 
 static void common_http_options(const Envoy__Config__Core__V3__HttpProtocolOptions *o,
@@ -534,8 +551,8 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     build_ctx_t *ctx = ud;
     dp_snapshot_t *s = ctx->snap;
     dp_cluster_t *dc = dp_snapshot_add_cluster(s);
+    const char *obs = c->alt_stat_name[0] ? c->alt_stat_name : c->name;
     if (ctx->stats) {
-        const char *obs = c->alt_stat_name[0] ? c->alt_stat_name : c->name;
         cluster_stats(ctx->stats, obs, dc);
         char prefix[512];
         snprintf(prefix, sizeof(prefix), "cluster.%s.upstream_rq_", obs);
@@ -546,7 +563,7 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     dc->lb_policy = lb_policy(c);
     /* Envoy's default connect_timeout is 5 s. */
     dc->connect_timeout_ms = c->connect_timeout ? duration_ms(c->connect_timeout) : 5000;
-    circuit_breakers(c, dc);
+    circuit_breakers(c, dc, s, ctx->stats, obs);
     lb_settings(c, cla, dc);
     http_protocol(c, dc);
     bind_config(c, dc);

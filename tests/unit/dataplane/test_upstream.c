@@ -568,7 +568,10 @@ static dp_cluster_t *add_cluster(dp_snapshot_t *s, const char *name, size_t n,
     c->type = DP_CLUSTER_EDS;
     c->connect_timeout_ms = 1000;
     c->idle_timeout_ms = 3600 * 1000;
-    c->circuit_breakers = (dp_circuit_breakers_t){1024, 1024, 1024, 3};
+    c->circuit_breakers = (dp_circuit_breakers_t){.max_connections = 1024,
+                                                  .max_pending_requests = 1024,
+                                                  .max_requests = 1024,
+                                                  .max_retries = 3};
     dp_endpoint_t *eps = n ? dp_arena_alloc(s->arena, n * sizeof(*eps)) : NULL;
     for (size_t i = 0; i < n; i++) {
         uv_ip4_addr("127.0.0.1", ports[i], &eps[i].addr.in);

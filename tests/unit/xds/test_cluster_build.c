@@ -121,7 +121,7 @@ START_TEST(test_http_protocol_options_and_bind)
     ck_assert_uint_eq(g->idle_timeout_ms, 3600 * 1000); /* Envoy's default */
     ck_assert_uint_eq(g->circuit_breakers.max_connections, 1024);
     ck_assert_uint_eq(g->circuit_breakers.max_pending_requests, 1024);
-    ck_assert_uint_eq(g->circuit_breakers.max_retries, 1024);
+    ck_assert_uint_eq(g->circuit_breakers.max_retries, 3);
     ck_assert(!g->has_source_addr);
     ck_assert_str_eq(g->stats.rq_pending_overflow->base.name,
                      "cluster.grpc_alt.upstream_rq_pending_overflow");
