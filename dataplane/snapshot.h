@@ -116,6 +116,34 @@ typedef struct dp_circuit_breakers {
     bool track_remaining;
 } dp_circuit_breakers_t;
 
+/* cluster.outlier_detection with Envoy's defaults applied (dp_outlier_config_default() in
+ * dataplane/outlier.h). Times in milliseconds, enforcing_* and percentages 0..100,
+ * success_rate_stdev_factor in thousandths (1900: 1.9). */
+typedef struct dp_outlier_config {
+    uint32_t consecutive_5xx;                  /* 5 */
+    uint32_t consecutive_gateway_failure;      /* 5 */
+    uint32_t consecutive_local_origin_failure; /* 5 */
+    bool split_external_local_origin_errors;   /* false */
+    uint64_t interval_ms;                      /* 10 s */
+    uint64_t base_ejection_time_ms;            /* 30 s */
+    uint64_t max_ejection_time_ms;             /* 300 s */
+    uint32_t max_ejection_percent;             /* 10 */
+    bool always_eject_one_host;                /* false */
+    uint32_t enforcing_consecutive_5xx;                  /* 100 */
+    uint32_t enforcing_consecutive_gateway_failure;      /* 0 */
+    uint32_t enforcing_consecutive_local_origin_failure; /* 100 */
+    uint32_t enforcing_success_rate;                     /* 100 */
+    uint32_t enforcing_local_origin_success_rate;        /* 100 */
+    uint32_t enforcing_failure_percentage;               /* 0 */
+    uint32_t enforcing_failure_percentage_local_origin;  /* 0 */
+    uint32_t success_rate_minimum_hosts;                 /* 5 */
+    uint32_t success_rate_request_volume;                /* 100 */
+    uint32_t success_rate_stdev_factor;                  /* 1900 */
+    uint32_t failure_percentage_threshold;               /* 85 */
+    uint32_t failure_percentage_minimum_hosts;           /* 5 */
+    uint32_t failure_percentage_request_volume;          /* 50 */
+} dp_outlier_config_t;
+
 /* Envoy's cluster.<name>.* HTTP stats, created on the main thread (they live in the stats
  * store, not the arena). Every pointer is NULL when the snapshot was built without a stats
  * store. The connection pools (dataplane/upstream.c) count the upstream_cx_* ones and
@@ -195,7 +223,10 @@ typedef struct dp_cluster {
     dp_circuit_breakers_t circuit_breakers;
     dp_circuit_breakers_t circuit_breakers_high;
     struct dp_breakers *breakers;
-    /* outlier_detection: the process-wide detector (dataplane/outlier.h), NULL without one */
+    /* outlier_detection (has_outlier_detection) and the process-wide detector fed by every
+     * worker (dataplane/outlier.h); NULL without outlier_detection */
+    bool has_outlier_detection;
+    dp_outlier_config_t outlier_detection;
     struct dp_outlier *outlier;
     /* upstream_connection_options.tcp_keepalive: SO_KEEPALIVE on upstream sockets, with
      * TCP_KEEPCNT / TCP_KEEPIDLE / TCP_KEEPINTVL when non-zero (0: the system's value) */

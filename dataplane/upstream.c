@@ -34,6 +34,7 @@
 
 #include "dataplane/breaker.h"
 #include "dataplane/log.h"
+#include "dataplane/outlier.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -74,6 +75,8 @@ typedef struct clcfg {
     uint32_t max_requests_per_conn;
     bool has_source;
     dp_addr_t source;
+    bool keepalive;
+    uint32_t ka_probes, ka_time_s, ka_interval_s;
     dp_http_limits_t limits;
     dp_counter_t *cx_total, *cx_connect_fail;
     dp_gauge_t *cx_active;
@@ -270,6 +273,10 @@ static void cs_config(cstate_t *cs, const dp_cluster_t *c)
     f->has_source = c->has_source_addr;
     f->source = c->source_addr;
     f->source.unix_path = NULL;
+    f->keepalive = c->tcp_keepalive;
+    f->ka_probes = c->keepalive_probes;
+    f->ka_time_s = c->keepalive_time_s;
+    f->ka_interval_s = c->keepalive_interval_s;
     f->limits = dp_http_limits_default();
     if (c->h2_max_concurrent_streams)
         f->limits.h2_max_concurrent_streams = c->h2_max_concurrent_streams;
@@ -356,10 +363,17 @@ static void cs_maybe_free(cstate_t *cs)
 
 /* ---- host choice ---- */
 
+/* Panic mode of outlier detection: while set (by dp_upstream_request, when every host is
+ * ejected), host choice ignores ejections, as Envoy's panic threshold sends to every host. */
+static _Thread_local bool t_ignore_ejection;
+
+/* A host host choice may pick: healthy enough by EDS, with an address, and not ejected by
+ * outlier detection (unless in panic). */
 static bool usable(const dp_endpoint_t *e)
 {
     return e->health != DP_HEALTH_UNHEALTHY && e->health != DP_HEALTH_DRAINING &&
-           e->health != DP_HEALTH_TIMEOUT && e->addr.sa.sa_family != AF_UNSPEC;
+           e->health != DP_HEALTH_TIMEOUT && e->addr.sa.sa_family != AF_UNSPEC &&
+           (t_ignore_ejection || !dp_outlier_host_ejected(e->outlier));
 }
 
 static uint64_t u_random(dp_upstreams_t *u)
@@ -968,6 +982,19 @@ static int conn_connect(pconn_t *pc)
     if (fd < 0)
         return -errno;
     pc->fd = fd;
+    if (f->keepalive && family != AF_UNIX) {
+        /* upstream_connection_options.tcp_keepalive; an unset value keeps the system's. */
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+        int v;
+        if (f->ka_probes && (v = (int)(f->ka_probes > INT32_MAX ? INT32_MAX : f->ka_probes)))
+            setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &v, sizeof(v));
+        if (f->ka_time_s && (v = (int)(f->ka_time_s > INT32_MAX ? INT32_MAX : f->ka_time_s)))
+            setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, sizeof(v));
+        if (f->ka_interval_s &&
+            (v = (int)(f->ka_interval_s > INT32_MAX ? INT32_MAX : f->ka_interval_s)))
+            setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &v, sizeof(v));
+    }
     if (f->has_source && f->source.sa.sa_family == family) {
         /* Let connect() pick the port, so that many connections from one source address do
          * not exhaust the ephemeral ports bind() would reserve. */
@@ -1506,7 +1533,15 @@ dp_upstream_wait_t *dp_upstream_request(dp_upstreams_t *u, const dp_cluster_t *c
         const dp_endpoint_t *e = lb_pick(cs, cs->dns->eps, cs->dns->n_eps, lb, proto);
         host = e ? &e->addr : NULL;
     } else {
+        if (c->outlier)
+            dp_outlier_tick(c->outlier, uv_now(u->loop));
         const dp_endpoint_t *e = lb_pick(cs, c->endpoints, c->n_endpoints, lb, proto);
+        if (e == NULL && c->outlier) {
+            /* Every usable host is ejected: panic, send to them all. */
+            t_ignore_ejection = true;
+            e = lb_pick(cs, c->endpoints, c->n_endpoints, lb, proto);
+            t_ignore_ejection = false;
+        }
         host = e ? &e->addr : NULL;
     }
     if (host == NULL) {
@@ -1649,12 +1684,31 @@ void dp_upstream_retry_release(dp_upstreams_t *u, const dp_cluster_t *c)
     dp_breakers_release(breakers_of(u, c), DP_BR_DEFAULT, DP_BR_RETRY);
 }
 
+/* Outlier detection of a static or EDS cluster: host is one of its endpoints' addresses (the
+ * address is an endpoint's first member). The hosts the pools resolve (DNS) or take from the
+ * request (ORIGINAL_DST) have no outlier state. */
 void dp_upstream_host_result(dp_upstreams_t *u, const dp_cluster_t *c, const dp_addr_t *host,
                              int status, dp_reset_reason_t why)
 {
-    (void)u;
-    (void)c;
-    (void)host;
-    (void)status;
-    (void)why;
+    if (c->outlier == NULL || host == NULL || c->n_endpoints == 0)
+        return;
+    uintptr_t a = (uintptr_t)host, lo = (uintptr_t)c->endpoints;
+    uintptr_t hi = (uintptr_t)(c->endpoints + c->n_endpoints);
+    if (a < lo || a >= hi || (a - lo) % sizeof(dp_endpoint_t) != 0)
+        return;
+    const dp_endpoint_t *e = &c->endpoints[(a - lo) / sizeof(dp_endpoint_t)];
+    if (status > 0) {
+        dp_outlier_result(e->outlier, DP_OUTLIER_EXTERNAL, status, false, uv_now(u->loop));
+        return;
+    }
+    switch (why) {
+    case DP_RESET_OVERFLOW:
+    case DP_RESET_NO_HEALTHY_HOST:
+    case DP_RESET_NONE:
+        return; /* not the host's doing */
+    default:
+        break;
+    }
+    bool timeout = why == DP_RESET_CONNECT_TIMEOUT || why == DP_RESET_LOCAL;
+    dp_outlier_result(e->outlier, DP_OUTLIER_LOCAL_FAILURE, 0, timeout, uv_now(u->loop));
 }
