@@ -601,8 +601,6 @@ void dp_outlier_unref(dp_outlier_t *od)
             host_free(x);
         }
     }
-    if (od->st.active)
-        dp_gauge_set(od->st.active, 0);
     free(od->tab);
     pthread_mutex_destroy(&od->lock);
     free(od->name);

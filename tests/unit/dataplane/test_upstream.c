@@ -1492,8 +1492,8 @@ START_TEST(test_breaker_pending_overflow_at_one)
     ck_assert_uint_eq(gauge("cluster.bp.circuit_breakers.default.remaining_pending"), 1);
     for (int i = 0; i < 3; i++)
         rq_clear(&r[i]);
-    teardown_with(srv, 1);
     dp_snapshot_unref(s);
+    teardown_with(srv, 1);
     ck_assert_uint_eq(dp_breakers_registry_size(), 0);
 }
 END_TEST
@@ -1550,9 +1550,9 @@ START_TEST(test_breaker_requests_and_retries)
     ck_assert_int_eq(dp_upstream_retry_admit(ups, p) + dp_upstream_retry_admit(ups, p) +
                          dp_upstream_retry_admit(ups, p) + dp_upstream_retry_admit(ups, p),
                      3);
-    teardown_with(NULL, 0);
     dp_snapshot_unref(s);
     dp_snapshot_unref(s2);
+    teardown_with(NULL, 0);
 }
 END_TEST
 
@@ -1594,8 +1594,8 @@ START_TEST(test_breaker_istio_unlimited)
     /* a release without an admit never takes a count below zero */
     dp_upstream_retry_release(ups, c);
     ck_assert_uint_eq(gauge(name), 4294967295u);
-    teardown_with(NULL, 0);
     dp_snapshot_unref(s);
+    teardown_with(NULL, 0);
 }
 END_TEST
 
@@ -1661,8 +1661,8 @@ START_TEST(test_breaker_shared_across_workers)
     uv_loop_close(&l2);
     for (int i = 0; i < 2; i++)
         rq_clear(&r[i]);
-    teardown_with(srv, 1);
     dp_snapshot_unref(s);
+    teardown_with(srv, 1);
 }
 END_TEST
 
@@ -1689,8 +1689,8 @@ START_TEST(test_breaker_survives_rebuild)
     dp_upstream_rq_release(ups, c2);
     ck_assert(dp_upstream_rq_admit(ups, c2));
     ck_assert_uint_eq(dp_breakers_registry_size(), 1);
-    teardown_with(NULL, 0);
     dp_snapshot_unref(s2);
+    teardown_with(NULL, 0);
     ck_assert_uint_eq(dp_breakers_registry_size(), 0);
 }
 END_TEST
@@ -1823,8 +1823,8 @@ START_TEST(test_outlier_consecutive_5xx_and_back_off)
     dp_outlier_tick(c->outlier, uv_now(&loop));
     ck_assert(!dp_outlier_host_ejected(c->endpoints[0].outlier));
     ck_assert_uint_eq(od_stat("od", "ejections_enforced_consecutive_5xx"), 2);
-    teardown_with(srv, 2);
     dp_snapshot_unref(s);
+    teardown_with(srv, 2);
     ck_assert_uint_eq(dp_outlier_registry_size(), 0);
 }
 END_TEST
@@ -1869,8 +1869,8 @@ START_TEST(test_outlier_max_ejection_percent_and_panic)
     int one[1] = {0};
     spread(c, 2, one);
     ck_assert_int_eq(one[0], 2);
-    teardown_with(srv, 3);
     dp_snapshot_unref(s);
+    teardown_with(srv, 3);
 }
 END_TEST
 
@@ -1912,8 +1912,8 @@ START_TEST(test_outlier_gateway_failure_enforcing)
     /* overflow and no-host failures are not the host's */
     results(c, 0, 10, 0, DP_RESET_OVERFLOW);
     ck_assert(!dp_outlier_host_ejected(c->endpoints[0].outlier));
-    teardown_with(NULL, 0);
     dp_snapshot_unref(s2);
+    teardown_with(NULL, 0);
 }
 END_TEST
 
@@ -1951,9 +1951,9 @@ START_TEST(test_outlier_local_origin_split)
     results(c, 0, 1, 0, DP_RESET_CONNECT_TIMEOUT);
     ck_assert_uint_eq(od_stat("lo2", "ejections_enforced_consecutive_5xx"), 1);
     ck_assert_uint_eq(od_stat("lo2", "ejections_detected_consecutive_local_origin_failure"), 0);
-    teardown_with(NULL, 0);
     dp_snapshot_unref(s);
     dp_snapshot_unref(s2);
+    teardown_with(NULL, 0);
 }
 END_TEST
 
@@ -2003,8 +2003,8 @@ START_TEST(test_outlier_success_rate_and_failure_percentage)
     ck_assert_uint_eq(od_stat("sr", "ejections_active"), 1);
     ck_assert(dp_outlier_host_ejected(c->endpoints[0].outlier));
     ck_assert(!dp_outlier_host_ejected(c->endpoints[1].outlier));
-    teardown_with(NULL, 0);
     dp_snapshot_unref(s);
+    teardown_with(NULL, 0);
 }
 END_TEST
 
@@ -2037,8 +2037,8 @@ START_TEST(test_outlier_host_set_changes)
     dp_snapshot_unref(s2);
     ck_assert_uint_eq(od_stat("hs", "ejections_active"), 0);
     ck_assert_uint_eq(dp_outlier_host_count(dp_snapshot_find_cluster(s3, "hs")->outlier), 2);
-    teardown_with(NULL, 0);
     dp_snapshot_unref(s3);
+    teardown_with(NULL, 0);
     ck_assert_uint_eq(dp_outlier_registry_size(), 0);
 }
 END_TEST
@@ -2067,8 +2067,8 @@ START_TEST(test_tcp_keepalive)
     ck_assert_int_eq(r.done, 1);
     ck_assert_int_eq(ka_on, 0);
     rq_clear(&r);
-    teardown_with(srv, 1);
     dp_snapshot_unref(s);
+    teardown_with(srv, 1);
 }
 END_TEST
 
