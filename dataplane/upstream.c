@@ -6,7 +6,16 @@
  * connecting, ready (HTTP/1: idle, most recently used first; HTTP/2: can open a stream),
  * busy, draining. Requests that find no ready connection wait in the pool's FIFO queue, at
  * most max_pending_requests per cluster, while connections are made for them (HTTP/1: one per
- * waiting request; HTTP/2: one at a time), at most max_connections per cluster.
+ * waiting request; HTTP/2: one at a time), at most max_connections per cluster (a pool with
+ * no connection still makes one, as Envoy's do, counting upstream_cx_overflow), and at most
+ * max_connection_pools pools. Those counts, and the router's max_requests and max_retries
+ * (dp_upstream_rq_admit, dp_upstream_retry_admit), are the cluster's circuit breakers shared
+ * by every worker (dataplane/breaker.h); a cstate holds a reference to them.
+ *
+ * Outlier detection (dataplane/outlier.h): dp_upstream_host_result feeds the cluster's
+ * process-wide detector; host choice skips endpoints it has ejected (usable()), unless all of
+ * them are (panic: then they all are candidates). The detector's interval runs lazily, from
+ * the host choice of the first request after each interval boundary (no timer).
  *
  * Failures are reported from the loop, never from inside dp_upstream_request (except the
  * immediate OVERFLOW cases), so a caller never sees its callback before the call returns a
@@ -15,9 +24,11 @@
  * connection (streams get the codec's on_done(DP_RESET_CONN_TERMINATED)).
  *
  * Counted here: upstream_cx_total, _active, _connect_fail, _connect_timeout, _destroy,
- * _idle_timeout, _none_healthy, _overflow, _http1_total, _http2_total and
- * upstream_rq_pending_total, _active, _overflow. The router counts the other upstream_rq_*
- * stats and the bytes. */
+ * _idle_timeout, _none_healthy, _overflow, _pool_overflow, _http1_total, _http2_total and
+ * upstream_rq_pending_total, _active, _overflow (with max_requests overflows, as Envoy), and
+ * upstream_rq_retry_overflow. The router counts the other upstream_rq_* stats and the bytes.
+ * Upstream sockets get TCP_NODELAY and, with upstream_connection_options.tcp_keepalive,
+ * SO_KEEPALIVE and its TCP_KEEPCNT / TCP_KEEPIDLE / TCP_KEEPINTVL. */
 #include "dataplane/upstream.h"
 
 #include <errno.h>

@@ -1430,6 +1430,43 @@ START_TEST(test_random_operations)
 }
 END_TEST
 
+START_TEST(test_max_connection_duration)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    srv[0].hold = true;
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "md", 1, &srv[0].port, NULL, NULL, NULL);
+    cw->proto = DP_CLUSTER_PROTO_HTTP2;
+    cw->max_connection_duration_ms = 80;
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "md");
+    req_t r[2] = {{0}};
+    r[0].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP2, NULL, &rq_cb, &r[0]);
+    RUN_UNTIL(srv[0].lines == 1, 2000);
+    /* past the duration the connection goes away (GOAWAY): its stream goes on, a new
+     * request gets a new connection */
+    RUN_UNTIL(false, 120);
+    ck_assert_int_eq(r[0].done, 0);
+    r[1].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP2, NULL, &rq_cb, &r[1]);
+    RUN_UNTIL(srv[0].lines == 2, 2000);
+    ck_assert_int_eq(srv[0].accepts, 2);
+    srv[0].hold = false;
+    srv_release(&srv[0]);
+    RUN_UNTIL(r[0].done && r[1].done, 2000);
+    ck_assert_int_eq(r[0].done_why, DP_RESET_NONE);
+    ck_assert_int_eq(r[1].done, 1);
+    /* the first closed once its stream was done; the second closes at its duration, idle */
+    RUN_UNTIL(srv[0].closes == 2, 2000);
+    ck_assert_int_eq(srv[0].closes, 2);
+    for (int i = 0; i < 2; i++)
+        rq_clear(&r[i]);
+    dp_snapshot_unref(s);
+    teardown_with(srv, 1);
+}
+END_TEST
+
 /* ---- circuit breakers ---- */
 
 /* Gives c the registry's shared breakers with thresholds th (both priorities), held by s. */
@@ -2107,6 +2144,7 @@ int main(void)
     tcase_add_test(tc, test_outlier_success_rate_and_failure_percentage);
     tcase_add_test(tc, test_outlier_host_set_changes);
     tcase_add_test(tc, test_tcp_keepalive);
+    tcase_add_test(tc, test_max_connection_duration);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
