@@ -49,7 +49,8 @@ struct host {
     host_t *hnext;
     bool in_set;
     uint64_t ejected_at;
-    uint32_t backoff; /* the ejection time's multiplier */
+    uint64_t jitter_ms; /* added to this ejection's time */
+    uint32_t backoff;   /* the ejection time's multiplier */
 };
 
 typedef struct od_stats {
@@ -286,6 +287,9 @@ static void eject(dp_outlier_t *od, host_t *x, int kind, uint64_t now)
         return;
     atomic_store_explicit(&x->pub.ejected, true, memory_order_relaxed);
     x->ejected_at = now;
+    x->jitter_ms = c->max_ejection_time_jitter_ms
+                       ? od_random(od) % (c->max_ejection_time_jitter_ms + 1)
+                       : 0;
     if ((uint64_t)x->backoff * c->base_ejection_time_ms <
         c->max_ejection_time_ms + c->base_ejection_time_ms)
         x->backoff++;
@@ -403,7 +407,7 @@ static void evaluate(dp_outlier_t *od, uint64_t now)
                 uint64_t t = (uint64_t)x->backoff * c->base_ejection_time_ms;
                 if (t > c->max_ejection_time_ms)
                     t = c->max_ejection_time_ms;
-                if (now - x->ejected_at >= t)
+                if (now - x->ejected_at >= t + x->jitter_ms)
                     uneject(od, x);
             } else if (x->backoff > 0) {
                 x->backoff--;

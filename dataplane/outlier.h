@@ -26,7 +26,8 @@
  * boundary runs the interval's evaluation on that thread (dp_outlier_tick, under the lock; one
  * thread wins a compare-and-swap of the boundary). That is Envoy's interval timer as seen by
  * traffic: a host's ejection ends at the first interval boundary after base_ejection_time x
- * its back-off (capped by max_ejection_time), which is noticed by the next request. The
+ * its back-off (capped by max_ejection_time, plus a random 0..max_ejection_time_jitter), which
+ * is noticed by the next request. The
  * evaluation un-ejects those hosts, lowers the back-off of hosts that stayed in, and runs
  * success-rate (mean - stdev x success_rate_stdev_factor/1000 over the hosts with at least
  * success_rate_request_volume requests, when there are success_rate_minimum_hosts of them)

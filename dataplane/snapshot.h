@@ -127,6 +127,7 @@ typedef struct dp_outlier_config {
     uint64_t interval_ms;                      /* 10 s */
     uint64_t base_ejection_time_ms;            /* 30 s */
     uint64_t max_ejection_time_ms;             /* 300 s */
+    uint64_t max_ejection_time_jitter_ms;      /* 0: a random 0..jitter is added per ejection */
     uint32_t max_ejection_percent;             /* 10 */
     bool always_eject_one_host;                /* false */
     uint32_t enforcing_consecutive_5xx;                  /* 100 */

@@ -187,6 +187,7 @@ static void outlier_config(const Envoy__Config__Cluster__V3__OutlierDetection *o
     OD_MS(interval);
     OD_MS(base_ejection_time);
     OD_MS(max_ejection_time);
+    OD_MS(max_ejection_time_jitter);
     OD_U32(max_ejection_percent);
     OD_U32(always_eject_one_host);
     OD_U32(enforcing_consecutive_5xx);
