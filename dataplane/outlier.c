@@ -22,8 +22,12 @@ enum {
     K_N,
 };
 static const char *const kind_names[K_N] = {
-    "consecutive_5xx",    "consecutive_gateway_failure", "consecutive_local_origin_failure",
-    "success_rate",       "failure_percentage",          "local_origin_success_rate",
+    "consecutive_5xx",
+    "consecutive_gateway_failure",
+    "consecutive_local_origin_failure",
+    "success_rate",
+    "failure_percentage",
+    "local_origin_success_rate",
     "local_origin_failure_percentage",
 };
 
@@ -38,7 +42,7 @@ typedef struct host host_t;
 struct host {
     dp_outlier_host_t pub; /* first: a dp_outlier_host_t * is a host_t * */
     dp_outlier_t *od;
-    atomic_uint refs; /* one per snapshot endpoint that points here */
+    atomic_uint refs;                /* one per snapshot endpoint that points here */
     _Atomic uint32_t c5xx, cgw, clo; /* consecutive failures */
     /* this interval's results: external and local-origin, total and failed */
     _Atomic uint64_t ext_n, ext_fail, lo_n, lo_fail;
@@ -287,9 +291,8 @@ static void eject(dp_outlier_t *od, host_t *x, int kind, uint64_t now)
         return;
     atomic_store_explicit(&x->pub.ejected, true, memory_order_relaxed);
     x->ejected_at = now;
-    x->jitter_ms = c->max_ejection_time_jitter_ms
-                       ? od_random(od) % (c->max_ejection_time_jitter_ms + 1)
-                       : 0;
+    x->jitter_ms =
+        c->max_ejection_time_jitter_ms ? od_random(od) % (c->max_ejection_time_jitter_ms + 1) : 0;
     if ((uint64_t)x->backoff * c->base_ejection_time_ms <
         c->max_ejection_time_ms + c->base_ejection_time_ms)
         x->backoff++;
@@ -510,9 +513,8 @@ void dp_outlier_result(dp_outlier_host_t *h, dp_outlier_origin_t origin, int sta
 static void make_stats(dp_outlier_t *od, dp_stats_t *st, const char *stat_name)
 {
     char name[512];
-#define OD_NAME(suffix) (snprintf(name, sizeof(name), "cluster.%s.outlier_detection.%s", \
-                                  stat_name, suffix),                                    \
-                         name)
+#define OD_NAME(suffix) \
+    (snprintf(name, sizeof(name), "cluster.%s.outlier_detection.%s", stat_name, suffix), name)
     od->st.active = dp_stats_gauge(st, OD_NAME("ejections_active"));
     od->st.total = dp_stats_counter(st, OD_NAME("ejections_total"));
     od->st.overflow = dp_stats_counter(st, OD_NAME("ejections_overflow"));
@@ -563,11 +565,10 @@ dp_outlier_t *dp_outlier_get(const char *name, const char *stat_name, dp_stats_t
         od->cfg.max_ejection_time_ms = od->cfg.base_ejection_time_ms;
     atomic_store_explicit(&od->th_5xx, cfg->consecutive_5xx, memory_order_relaxed);
     atomic_store_explicit(&od->th_gw, cfg->consecutive_gateway_failure, memory_order_relaxed);
-    atomic_store_explicit(&od->th_lo,
-                          cfg->split_external_local_origin_errors
-                              ? cfg->consecutive_local_origin_failure
-                              : 0,
-                          memory_order_relaxed);
+    atomic_store_explicit(
+        &od->th_lo,
+        cfg->split_external_local_origin_errors ? cfg->consecutive_local_origin_failure : 0,
+        memory_order_relaxed);
     atomic_store_explicit(&od->split, cfg->split_external_local_origin_errors,
                           memory_order_relaxed);
     atomic_store_explicit(&od->interval_ms, od->cfg.interval_ms, memory_order_relaxed);

@@ -130,7 +130,7 @@ typedef struct dp_outlier_config {
     uint64_t max_ejection_time_jitter_ms;      /* 0: a random 0..jitter is added per ejection */
     uint32_t max_ejection_percent;             /* 10 */
     bool always_eject_one_host;                /* false */
-    uint32_t enforcing_consecutive_5xx;                  /* 100 */
+    uint32_t enforcing_consecutive_5xx;        /* 100 */
     uint32_t enforcing_consecutive_gateway_failure;      /* 0 */
     uint32_t enforcing_consecutive_local_origin_failure; /* 100 */
     uint32_t enforcing_success_rate;                     /* 100 */
@@ -165,7 +165,7 @@ typedef struct dp_cluster_stats {
     dp_counter_t *cx_idle_timeout;
     dp_counter_t *cx_none_healthy;
     dp_counter_t *cx_overflow;
-    dp_counter_t *cx_pool_overflow; /* max_connection_pools refused a pool */
+    dp_counter_t *cx_pool_overflow;  /* max_connection_pools refused a pool */
     dp_counter_t *rq_retry_overflow; /* max_retries refused a retry (dp_upstream_retry_admit) */
     dp_counter_t *cx_rx_bytes_total, *cx_tx_bytes_total;
     struct dp_code_counters *rq_code; /* upstream_rq_<code>, made on first use */

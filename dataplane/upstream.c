@@ -106,10 +106,10 @@ struct cstate {
     const dp_endpoint_t *rr_eps;
     size_t rr_n;
     int64_t *rr_cur;
-    pool_t *pools;      /* every pool of the cluster, draining ones too */
+    pool_t *pools; /* every pool of the cluster, draining ones too */
     /* the cluster's circuit breakers, shared with every worker (a reference) */
     dp_breakers_t *br;
-    bool overflowed;    /* a pool wanted a connection the breaker refused */
+    bool overflowed; /* a pool wanted a connection the breaker refused */
     dns_t *dns;
     bool seen; /* marked during apply */
     bool dead; /* no longer in the snapshot: freed once its pools are gone */
@@ -344,8 +344,8 @@ static cstate_t *cs_get(dp_upstreams_t *u, const dp_cluster_t *c)
         abort();
     cs->hash = h;
     /* A cluster built by hand carries no shared breakers: this worker keeps its own. */
-    cs->br = c->breakers ? dp_breakers_ref(c->breakers)
-                         : dp_breakers_new_private(&c->circuit_breakers);
+    cs->br =
+        c->breakers ? dp_breakers_ref(c->breakers) : dp_breakers_new_private(&c->circuit_breakers);
     cs_config(cs, c);
     cs->hnext = u->ctab[h & (u->ccap - 1)];
     u->ctab[h & (u->ccap - 1)] = cs;

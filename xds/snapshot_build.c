@@ -174,11 +174,11 @@ static void outlier_config(const Envoy__Config__Cluster__V3__OutlierDetection *o
                            dp_outlier_config_t *oc)
 {
     *oc = dp_outlier_config_default();
-#define OD_U32(field)          \
-    if (o->field)              \
+#define OD_U32(field) \
+    if (o->field)     \
         oc->field = o->field->value;
-#define OD_MS(field)                         \
-    if (o->field)                            \
+#define OD_MS(field) \
+    if (o->field)    \
         oc->field##_ms = duration_ms(o->field);
     OD_U32(consecutive_5xx);
     OD_U32(consecutive_gateway_failure);

@@ -1598,8 +1598,8 @@ START_TEST(test_breaker_istio_unlimited)
     setup();
     dp_snapshot_t *s = dp_snapshot_new(1);
     uint16_t port = 9;
-    dp_cluster_t *cw = add_cluster(s, "outbound|9080||reviews.default.svc.cluster.local", 1,
-                                   &port, NULL, NULL, NULL);
+    dp_cluster_t *cw = add_cluster(s, "outbound|9080||reviews.default.svc.cluster.local", 1, &port,
+                                   NULL, NULL, NULL);
     /* getDefaultCircuitBreakerThresholds: 4294967295 everywhere, track_remaining */
     dp_circuit_breakers_t th = {.max_connections = 4294967295u,
                                 .max_pending_requests = 4294967295u,
