@@ -114,6 +114,12 @@ typedef struct dp_circuit_breakers {
     uint32_t max_retries;
     uint32_t max_connection_pools;
     bool track_remaining;
+    /* retry_budget: when set, concurrent retries are limited to retry_budget_percent of the
+     * requests in flight and pending (at least min_retry_concurrency) instead of max_retries.
+     * Envoy's defaults: 20%, 3. */
+    bool has_retry_budget;
+    double retry_budget_percent;
+    uint32_t min_retry_concurrency;
 } dp_circuit_breakers_t;
 
 /* cluster.outlier_detection with Envoy's defaults applied (dp_outlier_config_default() in

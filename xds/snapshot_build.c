@@ -162,6 +162,18 @@ static void circuit_breakers(const Envoy__Config__Cluster__V3__Cluster *c, dp_cl
         if (t->max_connection_pools)
             cb->max_connection_pools = t->max_connection_pools->value;
         cb->track_remaining = t->track_remaining;
+        if (t->retry_budget) {
+            cb->has_retry_budget = true;
+            cb->retry_budget_percent =
+                t->retry_budget->budget_percent ? t->retry_budget->budget_percent->value : 20.0;
+            if (!(cb->retry_budget_percent >= 0)) /* NaN too */
+                cb->retry_budget_percent = 0;
+            if (cb->retry_budget_percent > 100)
+                cb->retry_budget_percent = 100;
+            cb->min_retry_concurrency = t->retry_budget->min_retry_concurrency
+                                            ? t->retry_budget->min_retry_concurrency->value
+                                            : 3;
+        }
     }
     dc->circuit_breakers = th[DP_BR_DEFAULT];
     dc->circuit_breakers_high = th[DP_BR_HIGH];

@@ -1636,6 +1636,42 @@ START_TEST(test_breaker_istio_unlimited)
 }
 END_TEST
 
+START_TEST(test_breaker_retry_budget)
+{
+    setup();
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    uint16_t port = 9;
+    dp_cluster_t *cw = add_cluster(s, "rbud", 1, &port, NULL, NULL, NULL);
+    dp_circuit_breakers_t th = dp_circuit_breakers_default();
+    th.has_retry_budget = true;
+    th.retry_budget_percent = 50;
+    th.min_retry_concurrency = 2;
+    th.track_remaining = true;
+    share_breakers(s, cw, th);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "rbud");
+    /* nothing in flight: min_retry_concurrency */
+    ck_assert(dp_upstream_retry_admit(ups, c));
+    ck_assert(dp_upstream_retry_admit(ups, c));
+    ck_assert(!dp_upstream_retry_admit(ups, c));
+    /* ten requests in flight: 50% of them */
+    for (int i = 0; i < 10; i++)
+        ck_assert(dp_upstream_rq_admit(ups, c));
+    int n = 0;
+    while (n < 10 && dp_upstream_retry_admit(ups, c))
+        n++;
+    ck_assert_int_eq(n, 3); /* five in all */
+    ck_assert_uint_eq(gauge("cluster.rbud.circuit_breakers.default.remaining_retries"), 0);
+    ck_assert_uint_eq(dp_counter_value(c->stats.rq_retry_overflow), 2);
+    for (int i = 0; i < 5; i++)
+        dp_upstream_retry_release(ups, c);
+    for (int i = 0; i < 10; i++)
+        dp_upstream_rq_release(ups, c);
+    dp_snapshot_unref(s);
+    teardown_with(NULL, 0);
+}
+END_TEST
+
 typedef struct admit_arg {
     const dp_cluster_t *c;
     int admitted;
@@ -2135,6 +2171,7 @@ int main(void)
     tcase_add_test(tc, test_breaker_pending_overflow_at_one);
     tcase_add_test(tc, test_breaker_requests_and_retries);
     tcase_add_test(tc, test_breaker_istio_unlimited);
+    tcase_add_test(tc, test_breaker_retry_budget);
     tcase_add_test(tc, test_breaker_shared_across_workers);
     tcase_add_test(tc, test_breaker_survives_rebuild);
     tcase_add_test(tc, test_outlier_consecutive_5xx_and_back_off);

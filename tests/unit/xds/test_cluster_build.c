@@ -275,7 +275,8 @@ static const char *const dr_bootstrap =
     " \"circuit_breakers\": {\"thresholds\": ["
     "   {\"max_connections\": 1, \"max_pending_requests\": 1, \"max_requests\": 4294967295,"
     "    \"max_retries\": 4294967295, \"track_remaining\": true},"
-    "   {\"priority\": \"HIGH\", \"max_requests\": 7, \"max_connection_pools\": 9}]},"
+    "   {\"priority\": \"HIGH\", \"max_requests\": 7, \"max_connection_pools\": 9,"
+    "    \"retry_budget\": {\"budget_percent\": {\"value\": 25}, \"min_retry_concurrency\": 4}}]},"
     " \"outlier_detection\": {\"consecutive_5xx\": 1, \"interval\": \"1s\","
     "   \"base_ejection_time\": \"180s\", \"max_ejection_percent\": 100,"
     "   \"enforcing_consecutive_5xx\": 100, \"enforcing_success_rate\": 0},"
@@ -311,6 +312,11 @@ START_TEST(test_destination_rule_resilience)
     ck_assert_uint_eq(c->circuit_breakers_high.max_connection_pools, 9);
     ck_assert_uint_eq(c->circuit_breakers_high.max_connections, 1024);
     ck_assert(!c->circuit_breakers_high.track_remaining);
+    ck_assert(!c->circuit_breakers.has_retry_budget);
+    ck_assert(c->circuit_breakers_high.has_retry_budget);
+    ck_assert(c->circuit_breakers_high.retry_budget_percent == 25.0);
+    ck_assert_uint_eq(c->circuit_breakers_high.min_retry_concurrency, 4);
+    ck_assert_uint_eq(dp_breakers_max(c->breakers, DP_BR_HIGH, DP_BR_RETRY), 4);
     ck_assert_uint_eq(c->max_requests_per_connection, 1);
     ck_assert_uint_eq(dp_breakers_max(c->breakers, DP_BR_DEFAULT, DP_BR_CX), 1);
     ck_assert_uint_eq(dp_breakers_max(c->breakers, DP_BR_HIGH, DP_BR_RQ), 7);
