@@ -250,8 +250,8 @@ void dp_breakers_release(dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t
     do {
         if (cur == 0)
             return; /* never below zero, whatever a caller does */
-    } while (!atomic_compare_exchange_weak_explicit(&br->count, &cur, cur - 1,
-                                                    memory_order_relaxed, memory_order_relaxed));
+    } while (!atomic_compare_exchange_weak_explicit(&br->count, &cur, cur - 1, memory_order_relaxed,
+                                                    memory_order_relaxed));
     br_gauges(b, p, r, cur - 1);
 }
 
