@@ -2116,6 +2116,68 @@ START_TEST(test_outlier_host_set_changes)
 }
 END_TEST
 
+typedef struct od_arg {
+    const dp_cluster_t *c;
+    uint64_t seed;
+} od_arg_t;
+
+static void *od_thread(void *p)
+{
+    od_arg_t *a = p;
+    uint64_t x = a->seed;
+    for (int i = 0; i < 30000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        size_t h = x % a->c->n_endpoints;
+        int status = (x >> 8) % 3 == 0 ? 200 : (x >> 8) % 3 == 1 ? 503 : 0;
+        dp_outlier_result(a->c->endpoints[h].outlier,
+                          status ? DP_OUTLIER_EXTERNAL : DP_OUTLIER_LOCAL_FAILURE, status,
+                          (x >> 20) & 1, uv_hrtime() / 1000000);
+    }
+    return NULL;
+}
+
+START_TEST(test_outlier_concurrent_results)
+{
+    setup();
+    uint16_t ports[3] = {9, 10, 11};
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "oc", 3, ports, NULL, NULL, NULL);
+    dp_outlier_config_t cfg = fast_od();
+    cfg.interval_ms = 1;
+    cfg.base_ejection_time_ms = 1;
+    cfg.max_ejection_time_ms = 3;
+    cfg.consecutive_5xx = 2;
+    cfg.enforcing_consecutive_gateway_failure = 100;
+    cfg.success_rate_minimum_hosts = 1;
+    cfg.success_rate_request_volume = 1;
+    cfg.failure_percentage_minimum_hosts = 1;
+    cfg.failure_percentage_request_volume = 1;
+    cfg.enforcing_failure_percentage = 100;
+    give_outlier(s, cw, &cfg);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "oc");
+    /* three threads feed results and run intervals at once: the detector stays consistent */
+    od_arg_t a[3] = {{c, 88172645463325252ull}, {c, 1181783497276652981ull}, {c, 7ull}};
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, od_thread, &a[i]), 0);
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    uint32_t n = dp_outlier_ejected_count(c->outlier);
+    ck_assert_uint_le(n, 3);
+    ck_assert_uint_eq(od_stat("oc", "ejections_active"), n);
+    uint32_t flagged = 0;
+    for (size_t i = 0; i < 3; i++)
+        flagged += dp_outlier_host_ejected(c->endpoints[i].outlier);
+    ck_assert_uint_eq(flagged, n);
+    ck_assert_uint_gt(od_stat("oc", "ejections_enforced_total"), 0);
+    dp_snapshot_unref(s);
+    teardown_with(NULL, 0);
+}
+END_TEST
+
 START_TEST(test_tcp_keepalive)
 {
     setup();
@@ -2180,6 +2242,7 @@ int main(void)
     tcase_add_test(tc, test_outlier_local_origin_split);
     tcase_add_test(tc, test_outlier_success_rate_and_failure_percentage);
     tcase_add_test(tc, test_outlier_host_set_changes);
+    tcase_add_test(tc, test_outlier_concurrent_results);
     tcase_add_test(tc, test_tcp_keepalive);
     tcase_add_test(tc, test_max_connection_duration);
     suite_add_tcase(s, tc);
