@@ -20,7 +20,8 @@ on 127.0.0.1 talk to skiff's listener in front of backends.py and a backend that
     reset reason: overflow"), the others succeed; cluster.<name>.upstream_rq_pending_overflow
     counts them in /stats and /stats/prometheus, with the circuit_breakers gauges;
   - a backend that answers 503 is ejected at its first 5xx and every later request goes to the
-    healthy one (outlier_detection.ejections_active 1).
+    healthy one (outlier_detection.ejections_active 1);
+  - both again with two workers, which share the counts and the ejections.
 
   meson test -C build integration-resilience
   SKIFF=build/agent/skiff SRCDIR=. python3 tests/integration/resilience_test.py"""
@@ -127,6 +128,8 @@ def router_reports_host_results():
 
 
 class Resilience(unittest.TestCase):
+    EXTRA_ARGS = ()
+
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
@@ -155,7 +158,7 @@ class Resilience(unittest.TestCase):
             "tag_name": "cluster_name",
             "regex": r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)"}]}
         try:
-            cls.skiff = Skiff(d, bootstrap)
+            cls.skiff = Skiff(d, bootstrap, cls.EXTRA_ARGS)
             ok = cls.skiff.wait(lambda: cls.skiff.get("/ready")[0] == 200, timeout=20)
             if not ok or not wait_serving(cls.port, "/reviews/ready"):
                 raise RuntimeError("skiff is not serving: " +
@@ -249,6 +252,14 @@ class Resilience(unittest.TestCase):
                 time.sleep(1.2)
         self.assertEqual(self.bad.count, 1)
         self.assertEqual(self.skiff.stat_int(pre + "ejections_active"), 1)
+
+
+class ResilienceTwoWorkers(Resilience):
+    """The same with two workers: the breakers' counts and the hosts' ejections are shared."""
+    EXTRA_ARGS = ("--concurrency", "2")
+
+    def test_0_two_workers(self):
+        self.assertEqual(self.skiff.stat("server.concurrency"), "2")
 
 
 if __name__ == "__main__":
