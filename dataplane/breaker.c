@@ -16,8 +16,16 @@ typedef struct breaker {
     _Atomic(dp_gauge_t *) remaining;
 } breaker_t;
 
+/* A retry budget: the retry breaker's threshold follows the requests in flight and pending. */
+typedef struct budget {
+    atomic_bool on;
+    _Atomic uint32_t ppm; /* budget_percent in millionths of the whole */
+    _Atomic uint32_t min;
+} budget_t;
+
 struct dp_breakers {
     breaker_t br[DP_BR_NPRIO][DP_BR_NRES];
+    budget_t budget[DP_BR_NPRIO];
     atomic_uint refs;
     bool registered; /* in the registry (under reg_lock) */
     char *name;
@@ -63,11 +71,25 @@ static uint32_t th_of(const dp_circuit_breakers_t *th, dp_breaker_res_t r)
     }
 }
 
+/* The threshold of resource r at priority p now. */
+static uint64_t max_of(const dp_breakers_t *bs, int p, int r)
+{
+    const budget_t *bu = &bs->budget[p];
+    if (r != DP_BR_RETRY || !atomic_load_explicit(&bu->on, memory_order_relaxed))
+        return atomic_load_explicit(&bs->br[p][r].max, memory_order_relaxed);
+    uint64_t base = atomic_load_explicit(&bs->br[p][DP_BR_RQ].count, memory_order_relaxed) +
+                    atomic_load_explicit(&bs->br[p][DP_BR_PENDING].count, memory_order_relaxed);
+    uint64_t n = base * atomic_load_explicit(&bu->ppm, memory_order_relaxed) / 1000000;
+    uint64_t min = atomic_load_explicit(&bu->min, memory_order_relaxed);
+    return n > min ? n : min;
+}
+
 /* The gauges after the count became `count`. Concurrent updaters may store in either order;
  * the next change corrects a stale value. */
-static void br_gauges(breaker_t *b, uint64_t count)
+static void br_gauges(const dp_breakers_t *bs, int p, int r, uint64_t count)
 {
-    uint64_t max = atomic_load_explicit(&b->max, memory_order_relaxed);
+    const breaker_t *b = &bs->br[p][r];
+    uint64_t max = max_of(bs, p, r);
     dp_gauge_t *g = atomic_load_explicit(&b->open, memory_order_acquire);
     if (g)
         dp_gauge_set(g, count >= max);
@@ -80,6 +102,11 @@ static void apply(dp_breakers_t *b, const dp_circuit_breakers_t th[DP_BR_NPRIO],
                   const char *stat_name)
 {
     for (int p = 0; p < DP_BR_NPRIO; p++) {
+        budget_t *bu = &b->budget[p];
+        atomic_store_explicit(&bu->ppm, (uint32_t)(th[p].retry_budget_percent * 10000),
+                              memory_order_relaxed);
+        atomic_store_explicit(&bu->min, th[p].min_retry_concurrency, memory_order_relaxed);
+        atomic_store_explicit(&bu->on, th[p].has_retry_budget, memory_order_relaxed);
         for (int r = 0; r < DP_BR_NRES; r++) {
             breaker_t *br = &b->br[p][r];
             atomic_store_explicit(&br->max, th_of(&th[p], (dp_breaker_res_t)r),
@@ -100,7 +127,7 @@ static void apply(dp_breakers_t *b, const dp_circuit_breakers_t th[DP_BR_NPRIO],
                                           memory_order_release);
                 }
             }
-            br_gauges(br, atomic_load_explicit(&br->count, memory_order_relaxed));
+            br_gauges(b, p, r, atomic_load_explicit(&br->count, memory_order_relaxed));
         }
     }
 }
@@ -195,25 +222,25 @@ void dp_breakers_unref_cb(void *b)
 bool dp_breakers_try(dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t r)
 {
     breaker_t *br = &b->br[p][r];
-    uint64_t max = atomic_load_explicit(&br->max, memory_order_relaxed);
+    uint64_t max = max_of(b, p, r);
     uint64_t cur = atomic_load_explicit(&br->count, memory_order_relaxed);
     for (;;) {
         if (cur >= max) {
-            br_gauges(br, cur);
+            br_gauges(b, p, r, cur);
             return false;
         }
         if (atomic_compare_exchange_weak_explicit(&br->count, &cur, cur + 1, memory_order_relaxed,
                                                   memory_order_relaxed))
             break;
     }
-    br_gauges(br, cur + 1);
+    br_gauges(b, p, r, cur + 1);
     return true;
 }
 
 void dp_breakers_take(dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t r)
 {
     breaker_t *br = &b->br[p][r];
-    br_gauges(br, atomic_fetch_add_explicit(&br->count, 1, memory_order_relaxed) + 1);
+    br_gauges(b, p, r, atomic_fetch_add_explicit(&br->count, 1, memory_order_relaxed) + 1);
 }
 
 void dp_breakers_release(dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t r)
@@ -223,14 +250,14 @@ void dp_breakers_release(dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t
     do {
         if (cur == 0)
             return; /* never below zero, whatever a caller does */
-    } while (!atomic_compare_exchange_weak_explicit(&br->count, &cur, cur - 1,
-                                                    memory_order_relaxed, memory_order_relaxed));
-    br_gauges(br, cur - 1);
+    } while (!atomic_compare_exchange_weak_explicit(&br->count, &cur, cur - 1, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    br_gauges(b, p, r, cur - 1);
 }
 
 bool dp_breakers_open(const dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t r)
 {
-    return dp_breakers_count(b, p, r) >= dp_breakers_max(b, p, r);
+    return dp_breakers_count(b, p, r) >= max_of(b, p, r);
 }
 
 uint64_t dp_breakers_count(const dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t r)
@@ -240,7 +267,8 @@ uint64_t dp_breakers_count(const dp_breakers_t *b, dp_breaker_prio_t p, dp_break
 
 uint32_t dp_breakers_max(const dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t r)
 {
-    return atomic_load_explicit(&b->br[p][r].max, memory_order_relaxed);
+    uint64_t m = max_of(b, p, r);
+    return m > UINT32_MAX ? UINT32_MAX : (uint32_t)m;
 }
 
 size_t dp_breakers_registry_size(void)

@@ -11,6 +11,9 @@
  *   DP_BR_RETRY    retries in flight         max_retries
  *   DP_BR_POOLS    connection pools          max_connection_pools
  *
+ * With a retry_budget the retry threshold is instead budget_percent of the requests in flight
+ * and pending (DP_BR_RQ + DP_BR_PENDING counts), at least min_retry_concurrency.
+ *
  * The counts are C11 atomics, updated lock-free from any thread (dp_breakers_try is a
  * compare-and-swap loop, so of N concurrent takers of a breaker with k left exactly min(N, k)
  * succeed). Thresholds are up to 2^32-1 (Istio's "unlimited" 4294967295), and a count never

@@ -119,7 +119,42 @@ typedef struct dp_circuit_breakers {
     uint32_t max_retries;
     uint32_t max_connection_pools;
     bool track_remaining;
+    /* retry_budget: when set, concurrent retries are limited to retry_budget_percent of the
+     * requests in flight and pending (at least min_retry_concurrency) instead of max_retries.
+     * Envoy's defaults: 20%, 3. */
+    bool has_retry_budget;
+    double retry_budget_percent;
+    uint32_t min_retry_concurrency;
 } dp_circuit_breakers_t;
+
+/* cluster.outlier_detection with Envoy's defaults applied (dp_outlier_config_default() in
+ * dataplane/outlier.h). Times in milliseconds, enforcing_* and percentages 0..100,
+ * success_rate_stdev_factor in thousandths (1900: 1.9). */
+typedef struct dp_outlier_config {
+    uint32_t consecutive_5xx;                  /* 5 */
+    uint32_t consecutive_gateway_failure;      /* 5 */
+    uint32_t consecutive_local_origin_failure; /* 5 */
+    bool split_external_local_origin_errors;   /* false */
+    uint64_t interval_ms;                      /* 10 s */
+    uint64_t base_ejection_time_ms;            /* 30 s */
+    uint64_t max_ejection_time_ms;             /* 300 s */
+    uint64_t max_ejection_time_jitter_ms;      /* 0: a random 0..jitter is added per ejection */
+    uint32_t max_ejection_percent;             /* 10 */
+    bool always_eject_one_host;                /* false */
+    uint32_t enforcing_consecutive_5xx;        /* 100 */
+    uint32_t enforcing_consecutive_gateway_failure;      /* 0 */
+    uint32_t enforcing_consecutive_local_origin_failure; /* 100 */
+    uint32_t enforcing_success_rate;                     /* 100 */
+    uint32_t enforcing_local_origin_success_rate;        /* 100 */
+    uint32_t enforcing_failure_percentage;               /* 0 */
+    uint32_t enforcing_failure_percentage_local_origin;  /* 0 */
+    uint32_t success_rate_minimum_hosts;                 /* 5 */
+    uint32_t success_rate_request_volume;                /* 100 */
+    uint32_t success_rate_stdev_factor;                  /* 1900 */
+    uint32_t failure_percentage_threshold;               /* 85 */
+    uint32_t failure_percentage_minimum_hosts;           /* 5 */
+    uint32_t failure_percentage_request_volume;          /* 50 */
+} dp_outlier_config_t;
 
 /* Envoy's cluster.<name>.* HTTP stats, created on the main thread (they live in the stats
  * store, not the arena). Every pointer is NULL when the snapshot was built without a stats
@@ -141,7 +176,7 @@ typedef struct dp_cluster_stats {
     dp_counter_t *cx_idle_timeout;
     dp_counter_t *cx_none_healthy;
     dp_counter_t *cx_overflow;
-    dp_counter_t *cx_pool_overflow; /* max_connection_pools refused a pool */
+    dp_counter_t *cx_pool_overflow;  /* max_connection_pools refused a pool */
     dp_counter_t *rq_retry_overflow; /* max_retries refused a retry (dp_upstream_retry_admit) */
     dp_counter_t *cx_rx_bytes_total, *cx_tx_bytes_total;
     struct dp_code_counters *rq_code; /* upstream_rq_<code>, made on first use */
@@ -200,7 +235,10 @@ typedef struct dp_cluster {
     dp_circuit_breakers_t circuit_breakers;
     dp_circuit_breakers_t circuit_breakers_high;
     struct dp_breakers *breakers;
-    /* outlier_detection: the process-wide detector (dataplane/outlier.h), NULL without one */
+    /* outlier_detection (has_outlier_detection) and the process-wide detector fed by every
+     * worker (dataplane/outlier.h); NULL without outlier_detection */
+    bool has_outlier_detection;
+    dp_outlier_config_t outlier_detection;
     struct dp_outlier *outlier;
     /* upstream_connection_options.tcp_keepalive: SO_KEEPALIVE on upstream sockets, with
      * TCP_KEEPCNT / TCP_KEEPIDLE / TCP_KEEPINTVL when non-zero (0: the system's value) */

@@ -6,7 +6,17 @@
  * connecting, ready (HTTP/1: idle, most recently used first; HTTP/2: can open a stream),
  * busy, draining. Requests that find no ready connection wait in the pool's FIFO queue, at
  * most max_pending_requests per cluster, while connections are made for them (HTTP/1: one per
- * waiting request; HTTP/2: one at a time), at most max_connections per cluster.
+ * waiting request; HTTP/2: one at a time), at most max_connections per cluster (a pool with
+ * no connection still makes one, as Envoy's do, counting upstream_cx_overflow), and at most
+ * max_connection_pools pools. Those counts, and the router's max_requests and max_retries
+ * (dp_upstream_rq_admit, dp_upstream_retry_admit), are the cluster's circuit breakers shared
+ * by every worker (dataplane/breaker.h); a cstate holds a reference to them.
+ *
+ * Outlier detection (dataplane/outlier.h): dp_upstream_host_result feeds the cluster's
+ * process-wide detector; the balancer counts the hosts it has ejected as unhealthy (lb_ejected),
+ * so that Envoy's panic threshold sends to every host once too few are left. The detector's
+ * interval runs lazily, from
+ * the host choice of the first request after each interval boundary (no timer).
  *
  * Failures are reported from the loop, never from inside dp_upstream_request (except the
  * immediate OVERFLOW cases), so a caller never sees its callback before the call returns a
@@ -15,9 +25,11 @@
  * connection (streams get the codec's on_done(DP_RESET_CONN_TERMINATED)).
  *
  * Counted here: upstream_cx_total, _active, _connect_fail, _connect_timeout, _destroy,
- * _idle_timeout, _none_healthy, _overflow, _http1_total, _http2_total and
- * upstream_rq_pending_total, _active, _overflow. The router counts the other upstream_rq_*
- * stats and the bytes. */
+ * _idle_timeout, _none_healthy, _overflow, _pool_overflow, _http1_total, _http2_total and
+ * upstream_rq_pending_total, _active, _overflow (with max_requests overflows, as Envoy), and
+ * upstream_rq_retry_overflow. The router counts the other upstream_rq_* stats and the bytes.
+ * Upstream sockets get TCP_NODELAY and, with upstream_connection_options.tcp_keepalive,
+ * SO_KEEPALIVE and its TCP_KEEPCNT / TCP_KEEPIDLE / TCP_KEEPINTVL. */
 #include "dataplane/upstream.h"
 
 #include <errno.h>
@@ -36,6 +48,7 @@
 #include "dataplane/health_check.h"
 #include "dataplane/lb.h"
 #include "dataplane/log.h"
+#include "dataplane/outlier.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -76,6 +89,8 @@ typedef struct clcfg {
     uint32_t max_requests_per_conn;
     bool has_source;
     dp_addr_t source;
+    bool keepalive;
+    uint32_t ka_probes, ka_time_s, ka_interval_s;
     dp_http_limits_t limits;
     dp_counter_t *cx_total, *cx_connect_fail;
     dp_gauge_t *cx_active;
@@ -96,7 +111,7 @@ struct cstate {
     pool_t *pools;      /* every pool of the cluster, draining ones too */
     /* the cluster's circuit breakers, shared with every worker (a reference) */
     dp_breakers_t *br;
-    bool overflowed;    /* a pool wanted a connection the breaker refused */
+    bool overflowed; /* a pool wanted a connection the breaker refused */
     dns_t *dns;
     bool *ej; /* lb_ejected's flags, ej_cap of them */
     size_t ej_cap;
@@ -281,6 +296,10 @@ static void cs_config(cstate_t *cs, const dp_cluster_t *c)
     f->has_source = c->has_source_addr;
     f->source = c->source_addr;
     f->source.unix_path = NULL;
+    f->keepalive = c->tcp_keepalive;
+    f->ka_probes = c->keepalive_probes;
+    f->ka_time_s = c->keepalive_time_s;
+    f->ka_interval_s = c->keepalive_interval_s;
     f->limits = dp_http_limits_default();
     if (c->h2_max_concurrent_streams)
         f->limits.h2_max_concurrent_streams = c->h2_max_concurrent_streams;
@@ -337,8 +356,8 @@ static cstate_t *cs_get(dp_upstreams_t *u, const dp_cluster_t *c)
         abort();
     cs->hash = h;
     /* A cluster built by hand carries no shared breakers: this worker keeps its own. */
-    cs->br = c->breakers ? dp_breakers_ref(c->breakers)
-                         : dp_breakers_new_private(&c->circuit_breakers);
+    cs->br =
+        c->breakers ? dp_breakers_ref(c->breakers) : dp_breakers_new_private(&c->circuit_breakers);
     cs_config(cs, c);
     cs->hnext = u->ctab[h & (u->ccap - 1)];
     u->ctab[h & (u->ccap - 1)] = cs;
@@ -382,11 +401,14 @@ static uint64_t u_random(dp_upstreams_t *u)
     return x * 2685821657736338717ull;
 }
 
-/* Hosts of eps (n flags) that active health checks fail, or NULL when none does (or the
- * cluster has none): the balancer counts them unhealthy, as Envoy's FAILED_ACTIVE_HC. */
+/* Hosts of eps (n flags) that active health checks fail or outlier detection has ejected, or
+ * NULL when none is: the balancer counts them unhealthy, as Envoy's FAILED_ACTIVE_HC and
+ * FAILED_OUTLIER_CHECK. */
 static const bool *lb_ejected(cstate_t *cs, const dp_endpoint_t *eps, size_t n)
 {
-    if (pick_cluster == NULL || pick_cluster->health == NULL || n == 0)
+    bool hc = pick_cluster && pick_cluster->health;
+    bool od = pick_cluster && pick_cluster->outlier;
+    if ((!hc && !od) || n == 0)
         return NULL;
     if (cs->ej_cap < n) {
         free(cs->ej);
@@ -395,7 +417,8 @@ static const bool *lb_ejected(cstate_t *cs, const dp_endpoint_t *eps, size_t n)
     }
     bool any = false;
     for (size_t i = 0; i < n; i++) {
-        cs->ej[i] = !dp_health_host_ok(pick_cluster, &eps[i].addr);
+        cs->ej[i] = (hc && !dp_health_host_ok(pick_cluster, &eps[i].addr)) ||
+                    (od && dp_outlier_host_ejected(eps[i].outlier));
         any |= cs->ej[i];
     }
     return any ? cs->ej : NULL;
@@ -895,6 +918,19 @@ static int conn_connect(pconn_t *pc)
     if (fd < 0)
         return -errno;
     pc->fd = fd;
+    if (f->keepalive && family != AF_UNIX) {
+        /* upstream_connection_options.tcp_keepalive; an unset value keeps the system's. */
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+        int v;
+        if (f->ka_probes && (v = (int)(f->ka_probes > INT32_MAX ? INT32_MAX : f->ka_probes)))
+            setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &v, sizeof(v));
+        if (f->ka_time_s && (v = (int)(f->ka_time_s > INT32_MAX ? INT32_MAX : f->ka_time_s)))
+            setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, sizeof(v));
+        if (f->ka_interval_s &&
+            (v = (int)(f->ka_interval_s > INT32_MAX ? INT32_MAX : f->ka_interval_s)))
+            setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &v, sizeof(v));
+    }
     if (f->has_source && f->source.sa.sa_family == family) {
         /* Let connect() pick the port, so that many connections from one source address do
          * not exhaust the ephemeral ports bind() would reserve. */
@@ -1436,6 +1472,8 @@ dp_upstream_wait_t *dp_upstream_request(dp_upstreams_t *u, const dp_cluster_t *c
         const dp_endpoint_t *e = lb_pick(cs, cs->dns->eps, cs->dns->n_eps, lb, proto);
         host = e ? &e->addr : NULL;
     } else {
+        if (c->outlier)
+            dp_outlier_tick(c->outlier, uv_now(u->loop));
         const dp_endpoint_t *e = lb_pick(cs, c->endpoints, c->n_endpoints, lb, proto);
         host = e ? &e->addr : NULL;
     }
@@ -1579,12 +1617,31 @@ void dp_upstream_retry_release(dp_upstreams_t *u, const dp_cluster_t *c)
     dp_breakers_release(breakers_of(u, c), DP_BR_DEFAULT, DP_BR_RETRY);
 }
 
+/* Outlier detection of a static or EDS cluster: host is one of its endpoints' addresses (the
+ * address is an endpoint's first member). The hosts the pools resolve (DNS) or take from the
+ * request (ORIGINAL_DST) have no outlier state. */
 void dp_upstream_host_result(dp_upstreams_t *u, const dp_cluster_t *c, const dp_addr_t *host,
                              int status, dp_reset_reason_t why)
 {
-    (void)u;
-    (void)c;
-    (void)host;
-    (void)status;
-    (void)why;
+    if (c->outlier == NULL || host == NULL || c->n_endpoints == 0)
+        return;
+    uintptr_t a = (uintptr_t)host, lo = (uintptr_t)c->endpoints;
+    uintptr_t hi = (uintptr_t)(c->endpoints + c->n_endpoints);
+    if (a < lo || a >= hi || (a - lo) % sizeof(dp_endpoint_t) != 0)
+        return;
+    const dp_endpoint_t *e = &c->endpoints[(a - lo) / sizeof(dp_endpoint_t)];
+    if (status > 0) {
+        dp_outlier_result(e->outlier, DP_OUTLIER_EXTERNAL, status, false, uv_now(u->loop));
+        return;
+    }
+    switch (why) {
+    case DP_RESET_OVERFLOW:
+    case DP_RESET_NO_HEALTHY_HOST:
+    case DP_RESET_NONE:
+        return; /* not the host's doing */
+    default:
+        break;
+    }
+    bool timeout = why == DP_RESET_CONNECT_TIMEOUT || why == DP_RESET_LOCAL;
+    dp_outlier_result(e->outlier, DP_OUTLIER_LOCAL_FAILURE, 0, timeout, uv_now(u->loop));
 }

@@ -11,6 +11,7 @@
 #include "dataplane/health_check.h"
 #include "dataplane/lb.h"
 #include "dataplane/log.h"
+#include "dataplane/outlier.h"
 #include "xds/listener_build.h"
 #include "xds/route_build.h"
 #include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb-c.h"
@@ -164,11 +165,114 @@ static void circuit_breakers(const Envoy__Config__Cluster__V3__Cluster *c, dp_cl
         if (t->max_connection_pools)
             cb->max_connection_pools = t->max_connection_pools->value;
         cb->track_remaining = t->track_remaining;
+        if (t->retry_budget) {
+            cb->has_retry_budget = true;
+            cb->retry_budget_percent =
+                t->retry_budget->budget_percent ? t->retry_budget->budget_percent->value : 20.0;
+            if (!(cb->retry_budget_percent >= 0)) /* NaN too */
+                cb->retry_budget_percent = 0;
+            if (cb->retry_budget_percent > 100)
+                cb->retry_budget_percent = 100;
+            cb->min_retry_concurrency = t->retry_budget->min_retry_concurrency
+                                            ? t->retry_budget->min_retry_concurrency->value
+                                            : 3;
+        }
     }
     dc->circuit_breakers = th[DP_BR_DEFAULT];
     dc->circuit_breakers_high = th[DP_BR_HIGH];
     dc->breakers = dp_breakers_get(c->name, obs, stats, th);
     dp_arena_add_cleanup(s->arena, dp_breakers_unref_cb, dc->breakers);
+}
+
+/* cluster.outlier_detection with Envoy's defaults for what is unset. */
+static void outlier_config(const Envoy__Config__Cluster__V3__OutlierDetection *o,
+                           dp_outlier_config_t *oc)
+{
+    *oc = dp_outlier_config_default();
+#define OD_U32(field) \
+    if (o->field)     \
+        oc->field = o->field->value;
+#define OD_MS(field) \
+    if (o->field)    \
+        oc->field##_ms = duration_ms(o->field);
+    OD_U32(consecutive_5xx);
+    OD_U32(consecutive_gateway_failure);
+    OD_U32(consecutive_local_origin_failure);
+    oc->split_external_local_origin_errors = o->split_external_local_origin_errors;
+    OD_MS(interval);
+    OD_MS(base_ejection_time);
+    OD_MS(max_ejection_time);
+    OD_MS(max_ejection_time_jitter);
+    OD_U32(max_ejection_percent);
+    OD_U32(always_eject_one_host);
+    OD_U32(enforcing_consecutive_5xx);
+    OD_U32(enforcing_consecutive_gateway_failure);
+    OD_U32(enforcing_consecutive_local_origin_failure);
+    OD_U32(enforcing_success_rate);
+    OD_U32(enforcing_local_origin_success_rate);
+    OD_U32(enforcing_failure_percentage);
+    OD_U32(enforcing_failure_percentage_local_origin);
+    OD_U32(success_rate_minimum_hosts);
+    OD_U32(success_rate_request_volume);
+    OD_U32(success_rate_stdev_factor);
+    OD_U32(failure_percentage_threshold);
+    OD_U32(failure_percentage_minimum_hosts);
+    OD_U32(failure_percentage_request_volume);
+#undef OD_U32
+#undef OD_MS
+    if (oc->interval_ms == 0)
+        oc->interval_ms = 10000;
+    /* Envoy refuses a max_ejection_time below base_ejection_time; the base wins here. */
+    if (oc->max_ejection_time_ms < oc->base_ejection_time_ms)
+        oc->max_ejection_time_ms = oc->base_ejection_time_ms;
+}
+
+/* The cluster's endpoints' references to their outlier state, dropped with the snapshot. */
+typedef struct od_hosts {
+    dp_endpoint_t *eps;
+    size_t n;
+} od_hosts_t;
+
+static void od_hosts_cleanup(void *p)
+{
+    od_hosts_t *h = p;
+    dp_outlier_hosts_unref(h->eps, h->n);
+}
+
+/* outlier_detection: the shared detector, and each endpoint's host state in it. */
+static void outlier_detection(const Envoy__Config__Cluster__V3__Cluster *c, dp_cluster_t *dc,
+                              dp_endpoint_t *eps, size_t n, dp_snapshot_t *s, dp_stats_t *stats,
+                              const char *obs)
+{
+    if (c->outlier_detection == NULL)
+        return;
+    dc->has_outlier_detection = true;
+    outlier_config(c->outlier_detection, &dc->outlier_detection);
+    /* ORIGINAL_DST and DNS hosts are the pools' own: no outlier state for them. */
+    if (dc->type == DP_CLUSTER_ORIGINAL_DST || dc->type == DP_CLUSTER_STRICT_DNS ||
+        dc->type == DP_CLUSTER_LOGICAL_DNS)
+        return;
+    dc->outlier = dp_outlier_get(c->name, obs, stats, &dc->outlier_detection);
+    /* Cleanups run newest first: the hosts' references go before the detector's. */
+    dp_arena_add_cleanup(s->arena, dp_outlier_unref_cb, dc->outlier);
+    dp_outlier_set_hosts(dc->outlier, eps, n);
+    od_hosts_t *h = dp_arena_alloc(s->arena, sizeof(*h));
+    h->eps = eps;
+    h->n = n;
+    dp_arena_add_cleanup(s->arena, od_hosts_cleanup, h);
+}
+
+/* upstream_connection_options.tcp_keepalive */
+static void tcp_keepalive(const Envoy__Config__Cluster__V3__Cluster *c, dp_cluster_t *dc)
+{
+    const Envoy__Config__Core__V3__TcpKeepalive *k =
+        c->upstream_connection_options ? c->upstream_connection_options->tcp_keepalive : NULL;
+    if (k == NULL)
+        return;
+    dc->tcp_keepalive = true;
+    dc->keepalive_probes = k->keepalive_probes ? k->keepalive_probes->value : 0;
+    dc->keepalive_time_s = k->keepalive_time ? k->keepalive_time->value : 0;
+    dc->keepalive_interval_s = k->keepalive_interval ? k->keepalive_interval->value : 0;
 }
 
 static void common_http_options(const Envoy__Config__Core__V3__HttpProtocolOptions *o,
@@ -567,6 +671,7 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     lb_settings(c, cla, dc);
     http_protocol(c, dc);
     bind_config(c, dc);
+    tcp_keepalive(c, dc);
     if (dc->type == DP_CLUSTER_ORIGINAL_DST) {
         dc->lb_policy = DP_LB_CLUSTER_PROVIDED;
         const Envoy__Config__Cluster__V3__Cluster__OriginalDstLbConfig *od =
@@ -607,6 +712,7 @@ static void add_cluster(void *ud, const Envoy__Config__Cluster__V3__Cluster *c,
     dc->endpoints = eps;
     dc->n_endpoints = k;
     health_checks(s, ctx->stats, c->alt_stat_name[0] ? c->alt_stat_name : c->name, c, dc);
+    outlier_detection(c, dc, eps, k, s, ctx->stats, obs);
 }
 
 /* An RDS route configuration; one Envoy would refuse is left out (the listeners naming it then

@@ -2,7 +2,8 @@
  * (weighted round robin, health, priority failover), connection reuse, the pending queue and
  * its overflow, connect failure and timeout, the source address, STRICT_DNS, ORIGINAL_DST, the
  * idle timeout, draining on a snapshot change, HTTP/2-style multiplexing and
- * max_requests_per_connection.
+ * max_requests_per_connection; the circuit breakers shared by every worker
+ * (dataplane/breaker.h), outlier detection (dataplane/outlier.h) and TCP keepalive.
  *
  * The pools take their codecs as constructors; these tests give them a small line codec: a
  * request stream writes "Q <id>\n", the server answers "R <id>\n", and that completes the
@@ -17,6 +18,12 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+
+#include "dataplane/breaker.h"
+#include "dataplane/outlier.h"
 #include "dataplane/upstream.h"
 #include "tests/unit/check_run.h"
 
@@ -230,6 +237,8 @@ static void tc_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
 }
 
 static int codecs_made;
+/* The keepalive options of the last TCP socket a codec was given. */
+static int ka_on, ka_cnt, ka_idle, ka_intvl;
 
 static dp_codec_conn_t *tc_new(uv_loop_t *l, int fd, const dp_codec_cb_t *cb, void *ud,
                                uint32_t max)
@@ -242,6 +251,13 @@ static dp_codec_conn_t *tc_new(uv_loop_t *l, int fd, const dp_codec_cb_t *cb, vo
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     bool unix_sock = getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX;
+    if (!unix_sock) {
+        socklen_t il = sizeof(int);
+        getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &ka_on, &il);
+        getsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &ka_cnt, &il);
+        getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &ka_idle, &il);
+        getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &ka_intvl, &il);
+    }
     if (unix_sock)
         uv_pipe_init(l, &c->pipe, 0);
     else
@@ -599,6 +615,8 @@ static dp_cluster_t *add_cluster(dp_snapshot_t *s, const char *name, size_t n,
     TSTAT_G(stats.rq_pending_active, "upstream_rq_pending_active");
     TSTAT_C(stats.rq_pending_overflow, "upstream_rq_pending_overflow");
     TSTAT_C(stats.cx_overflow, "upstream_cx_overflow");
+    TSTAT_C(stats.rq_retry_overflow, "upstream_rq_retry_overflow");
+    TSTAT_C(stats.cx_pool_overflow, "upstream_cx_pool_overflow");
     return c;
 }
 
@@ -1422,6 +1440,787 @@ START_TEST(test_random_operations)
 }
 END_TEST
 
+START_TEST(test_max_connection_duration)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    srv[0].hold = true;
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "md", 1, &srv[0].port, NULL, NULL, NULL);
+    cw->proto = DP_CLUSTER_PROTO_HTTP2;
+    cw->max_connection_duration_ms = 80;
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "md");
+    req_t r[2] = {{0}};
+    r[0].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP2, NULL, &rq_cb, &r[0]);
+    RUN_UNTIL(srv[0].lines == 1, 2000);
+    /* past the duration the connection goes away (GOAWAY): its stream goes on, a new
+     * request gets a new connection */
+    RUN_UNTIL(false, 120);
+    ck_assert_int_eq(r[0].done, 0);
+    r[1].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP2, NULL, &rq_cb, &r[1]);
+    RUN_UNTIL(srv[0].lines == 2, 2000);
+    ck_assert_int_eq(srv[0].accepts, 2);
+    srv[0].hold = false;
+    srv_release(&srv[0]);
+    RUN_UNTIL(r[0].done && r[1].done, 2000);
+    ck_assert_int_eq(r[0].done_why, DP_RESET_NONE);
+    ck_assert_int_eq(r[1].done, 1);
+    /* the first closed once its stream was done; the second closes at its duration, idle */
+    RUN_UNTIL(srv[0].closes == 2, 2000);
+    ck_assert_int_eq(srv[0].closes, 2);
+    for (int i = 0; i < 2; i++)
+        rq_clear(&r[i]);
+    dp_snapshot_unref(s);
+    teardown_with(srv, 1);
+}
+END_TEST
+
+/* ---- circuit breakers ---- */
+
+/* Gives c the registry's shared breakers with thresholds th (both priorities), held by s. */
+static void share_breakers(dp_snapshot_t *s, dp_cluster_t *c, dp_circuit_breakers_t th)
+{
+    dp_circuit_breakers_t both[DP_BR_NPRIO] = {th, th};
+    c->circuit_breakers = th;
+    c->breakers = dp_breakers_get(c->name, NULL, stats, both);
+    dp_arena_add_cleanup(s->arena, dp_breakers_unref_cb, c->breakers);
+}
+
+static uint64_t gauge(const char *name)
+{
+    return dp_gauge_value(dp_stats_gauge(stats, name));
+}
+
+static uint64_t counter(const char *name)
+{
+    return dp_counter_value(dp_stats_counter(stats, name));
+}
+
+START_TEST(test_breaker_pending_overflow_at_one)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    srv[0].hold = true;
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "bp", 1, &srv[0].port, NULL, NULL, NULL);
+    dp_circuit_breakers_t th = dp_circuit_breakers_default();
+    th.max_connections = 1;
+    th.max_pending_requests = 1;
+    th.track_remaining = true;
+    share_breakers(s, cw, th);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "bp");
+    req_t r[3] = {{0}};
+    /* the first takes the one connection, the second waits for it, the third overflows */
+    r[0].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[0]);
+    RUN_UNTIL(r[0].ready, 2000);
+    ck_assert_int_eq(r[0].ready, 1);
+    ck_assert_uint_eq(gauge("cluster.bp.circuit_breakers.default.cx_open"), 1);
+    ck_assert_uint_eq(gauge("cluster.bp.circuit_breakers.default.remaining_cx"), 0);
+    r[1].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[1]);
+    ck_assert_ptr_nonnull(r[1].w);
+    ck_assert_uint_eq(dp_counter_value(c->stats.cx_overflow), 1);
+    ck_assert_uint_eq(gauge("cluster.bp.circuit_breakers.default.rq_pending_open"), 1);
+    ck_assert_uint_eq(gauge("cluster.bp.circuit_breakers.default.remaining_pending"), 0);
+    ck_assert_ptr_null(dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[2]));
+    ck_assert_int_eq(r[2].failed, 1);
+    ck_assert_int_eq(r[2].why, DP_RESET_OVERFLOW);
+    ck_assert_uint_eq(dp_counter_value(c->stats.rq_pending_overflow), 1);
+    /* the waiting one gets the connection when the first is done */
+    srv[0].hold = false;
+    srv_release(&srv[0]);
+    RUN_UNTIL(r[0].done && r[1].done, 2000);
+    ck_assert_int_eq(r[1].done, 1);
+    ck_assert_int_eq(srv[0].accepts, 1);
+    ck_assert_uint_eq(gauge("cluster.bp.circuit_breakers.default.rq_pending_open"), 0);
+    ck_assert_uint_eq(gauge("cluster.bp.circuit_breakers.default.remaining_pending"), 1);
+    for (int i = 0; i < 3; i++)
+        rq_clear(&r[i]);
+    dp_snapshot_unref(s);
+    teardown_with(srv, 1);
+    ck_assert_uint_eq(dp_breakers_registry_size(), 0);
+}
+END_TEST
+
+START_TEST(test_breaker_requests_and_retries)
+{
+    setup();
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    uint16_t port = 9;
+    dp_cluster_t *cw = add_cluster(s, "br", 1, &port, NULL, NULL, NULL);
+    dp_circuit_breakers_t th = dp_circuit_breakers_default();
+    th.max_requests = 2;
+    th.max_retries = 1;
+    th.track_remaining = true;
+    share_breakers(s, cw, th);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "br");
+    ck_assert_uint_eq(gauge("cluster.br.circuit_breakers.default.remaining_rq"), 2);
+    ck_assert(dp_upstream_rq_admit(ups, c));
+    ck_assert(dp_upstream_rq_admit(ups, c));
+    ck_assert_uint_eq(gauge("cluster.br.circuit_breakers.default.rq_open"), 1);
+    ck_assert_uint_eq(gauge("cluster.br.circuit_breakers.default.remaining_rq"), 0);
+    ck_assert(!dp_upstream_rq_admit(ups, c));
+    /* Envoy counts a max_requests overflow as a pending overflow */
+    ck_assert_uint_eq(dp_counter_value(c->stats.rq_pending_overflow), 1);
+    dp_upstream_rq_release(ups, c);
+    ck_assert_uint_eq(gauge("cluster.br.circuit_breakers.default.rq_open"), 0);
+    ck_assert(dp_upstream_rq_admit(ups, c));
+    dp_upstream_rq_release(ups, c);
+    dp_upstream_rq_release(ups, c);
+    ck_assert_uint_eq(gauge("cluster.br.circuit_breakers.default.remaining_rq"), 2);
+
+    ck_assert(dp_upstream_retry_admit(ups, c));
+    ck_assert_uint_eq(gauge("cluster.br.circuit_breakers.default.rq_retry_open"), 1);
+    ck_assert_uint_eq(gauge("cluster.br.circuit_breakers.default.remaining_retries"), 0);
+    ck_assert(!dp_upstream_retry_admit(ups, c));
+    ck_assert_uint_eq(dp_counter_value(c->stats.rq_retry_overflow), 1);
+    dp_upstream_retry_release(ups, c);
+    ck_assert(dp_upstream_retry_admit(ups, c));
+    dp_upstream_retry_release(ups, c);
+    ck_assert_uint_eq(gauge("cluster.br.circuit_breakers.default.remaining_retries"), 1);
+    /* the HIGH priority's gauges exist too, untouched */
+    ck_assert_uint_eq(gauge("cluster.br.circuit_breakers.high.remaining_rq"), 2);
+
+    /* a cluster built without shared breakers gets Envoy's defaults privately */
+    dp_snapshot_t *s2 = dp_snapshot_new(2);
+    add_cluster(s2, "priv", 1, &port, NULL, NULL, NULL);
+    seal(s2);
+    const dp_cluster_t *p = dp_snapshot_find_cluster(s2, "priv");
+    int n = 0;
+    while (n < 5000 && dp_upstream_rq_admit(ups, p))
+        n++;
+    ck_assert_int_eq(n, 1024);
+    ck_assert_int_eq(dp_upstream_retry_admit(ups, p) + dp_upstream_retry_admit(ups, p) +
+                         dp_upstream_retry_admit(ups, p) + dp_upstream_retry_admit(ups, p),
+                     3);
+    dp_snapshot_unref(s);
+    dp_snapshot_unref(s2);
+    teardown_with(NULL, 0);
+}
+END_TEST
+
+START_TEST(test_breaker_istio_unlimited)
+{
+    setup();
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    uint16_t port = 9;
+    dp_cluster_t *cw = add_cluster(s, "outbound|9080||reviews.default.svc.cluster.local", 1, &port,
+                                   NULL, NULL, NULL);
+    /* getDefaultCircuitBreakerThresholds: 4294967295 everywhere, track_remaining */
+    dp_circuit_breakers_t th = {.max_connections = 4294967295u,
+                                .max_pending_requests = 4294967295u,
+                                .max_requests = 4294967295u,
+                                .max_retries = 4294967295u,
+                                .max_connection_pools = UINT32_MAX,
+                                .track_remaining = true};
+    share_breakers(s, cw, th);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, cw->name);
+    const char *pre = "cluster.outbound|9080||reviews.default.svc.cluster.local.circuit_breakers."
+                      "default.";
+    char name[256];
+    snprintf(name, sizeof(name), "%sremaining_rq", pre);
+    ck_assert_uint_eq(gauge(name), 4294967295u);
+    for (int i = 0; i < 100000; i++)
+        ck_assert(dp_upstream_rq_admit(ups, c));
+    ck_assert_uint_eq(gauge(name), 4294967295u - 100000);
+    snprintf(name, sizeof(name), "%srq_open", pre);
+    ck_assert_uint_eq(gauge(name), 0);
+    for (int i = 0; i < 100000; i++)
+        dp_upstream_rq_release(ups, c);
+    snprintf(name, sizeof(name), "%sremaining_rq", pre);
+    ck_assert_uint_eq(gauge(name), 4294967295u);
+    snprintf(name, sizeof(name), "%sremaining_cx", pre);
+    ck_assert_uint_eq(gauge(name), 4294967295u);
+    snprintf(name, sizeof(name), "%sremaining_retries", pre);
+    ck_assert_uint_eq(gauge(name), 4294967295u);
+    /* a release without an admit never takes a count below zero */
+    dp_upstream_retry_release(ups, c);
+    ck_assert_uint_eq(gauge(name), 4294967295u);
+    dp_snapshot_unref(s);
+    teardown_with(NULL, 0);
+}
+END_TEST
+
+START_TEST(test_breaker_retry_budget)
+{
+    setup();
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    uint16_t port = 9;
+    dp_cluster_t *cw = add_cluster(s, "rbud", 1, &port, NULL, NULL, NULL);
+    dp_circuit_breakers_t th = dp_circuit_breakers_default();
+    th.has_retry_budget = true;
+    th.retry_budget_percent = 50;
+    th.min_retry_concurrency = 2;
+    th.track_remaining = true;
+    share_breakers(s, cw, th);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "rbud");
+    /* nothing in flight: min_retry_concurrency */
+    ck_assert(dp_upstream_retry_admit(ups, c));
+    ck_assert(dp_upstream_retry_admit(ups, c));
+    ck_assert(!dp_upstream_retry_admit(ups, c));
+    /* ten requests in flight: 50% of them */
+    for (int i = 0; i < 10; i++)
+        ck_assert(dp_upstream_rq_admit(ups, c));
+    int n = 0;
+    while (n < 10 && dp_upstream_retry_admit(ups, c))
+        n++;
+    ck_assert_int_eq(n, 3); /* five in all */
+    ck_assert_uint_eq(gauge("cluster.rbud.circuit_breakers.default.remaining_retries"), 0);
+    ck_assert_uint_eq(dp_counter_value(c->stats.rq_retry_overflow), 2);
+    for (int i = 0; i < 5; i++)
+        dp_upstream_retry_release(ups, c);
+    for (int i = 0; i < 10; i++)
+        dp_upstream_rq_release(ups, c);
+    dp_snapshot_unref(s);
+    teardown_with(NULL, 0);
+}
+END_TEST
+
+typedef struct admit_arg {
+    const dp_cluster_t *c;
+    int admitted;
+} admit_arg_t;
+
+static void *admit_thread(void *p)
+{
+    admit_arg_t *a = p;
+    uv_loop_t l;
+    uv_loop_init(&l);
+    dp_upstreams_t *u = dp_upstreams_new(&l, tc_h1_new, tc_h2_new);
+    /* churn: admit and release, then keep what can be had */
+    for (int i = 0; i < 20000; i++) {
+        if (dp_upstream_rq_admit(u, a->c))
+            dp_upstream_rq_release(u, a->c);
+    }
+    for (int i = 0; i < 2000; i++)
+        a->admitted += dp_upstream_rq_admit(u, a->c);
+    dp_upstreams_close(u);
+    uv_run(&l, UV_RUN_DEFAULT);
+    uv_loop_close(&l);
+    return NULL;
+}
+
+START_TEST(test_breaker_shared_across_workers)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    srv[0].hold = true;
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "bw", 1, &srv[0].port, NULL, NULL, NULL);
+    dp_circuit_breakers_t th = dp_circuit_breakers_default();
+    th.max_requests = 1500;
+    th.max_pending_requests = 1;
+    share_breakers(s, cw, th);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "bw");
+    /* two workers' pools on two threads: of 4000 tries, exactly 1500 get in */
+    admit_arg_t a[2] = {{c, 0}, {c, 0}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, admit_thread, &a[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    ck_assert_int_eq(a[0].admitted + a[1].admitted, 1500);
+    ck_assert_uint_eq(dp_breakers_count(c->breakers, DP_BR_DEFAULT, DP_BR_RQ), 1500);
+    ck_assert_uint_ge(dp_counter_value(c->stats.rq_pending_overflow), 4000 - 1500);
+    /* one worker's waiting request fills the other's pending breaker */
+    uv_loop_t l2;
+    uv_loop_init(&l2);
+    dp_upstreams_t *u2 = dp_upstreams_new(&l2, tc_h1_new, tc_h2_new);
+    req_t r[2] = {{0}};
+    r[0].w = dp_upstream_request(ups, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[0]);
+    ck_assert_ptr_nonnull(r[0].w);
+    ck_assert_ptr_null(dp_upstream_request(u2, c, DP_UPSTREAM_HTTP1, NULL, &rq_cb, &r[1]));
+    ck_assert_int_eq(r[1].why, DP_RESET_OVERFLOW);
+    dp_upstreams_close(u2);
+    uv_run(&l2, UV_RUN_DEFAULT);
+    uv_loop_close(&l2);
+    for (int i = 0; i < 2; i++)
+        rq_clear(&r[i]);
+    dp_snapshot_unref(s);
+    teardown_with(srv, 1);
+}
+END_TEST
+
+START_TEST(test_breaker_survives_rebuild)
+{
+    setup();
+    uint16_t port = 9;
+    dp_circuit_breakers_t th = dp_circuit_breakers_default();
+    th.max_requests = 3;
+    dp_snapshot_t *s1 = dp_snapshot_new(1);
+    share_breakers(s1, add_cluster(s1, "rb", 1, &port, NULL, NULL, NULL), th);
+    seal(s1);
+    const dp_cluster_t *c1 = dp_snapshot_find_cluster(s1, "rb");
+    ck_assert(dp_upstream_rq_admit(ups, c1));
+    ck_assert(dp_upstream_rq_admit(ups, c1));
+    /* the next generation shares the counts; its threshold applies */
+    th.max_requests = 2;
+    dp_snapshot_t *s2 = dp_snapshot_new(2);
+    share_breakers(s2, add_cluster(s2, "rb", 1, &port, NULL, NULL, NULL), th);
+    seal(s2);
+    dp_snapshot_unref(s1);
+    const dp_cluster_t *c2 = dp_snapshot_find_cluster(s2, "rb");
+    ck_assert(!dp_upstream_rq_admit(ups, c2));
+    dp_upstream_rq_release(ups, c2);
+    ck_assert(dp_upstream_rq_admit(ups, c2));
+    ck_assert_uint_eq(dp_breakers_registry_size(), 1);
+    dp_snapshot_unref(s2);
+    teardown_with(NULL, 0);
+    ck_assert_uint_eq(dp_breakers_registry_size(), 0);
+}
+END_TEST
+
+/* ---- outlier detection ---- */
+
+typedef struct od_hold {
+    dp_endpoint_t *eps;
+    size_t n;
+} od_hold_t;
+
+static void od_hold_cleanup(void *p)
+{
+    od_hold_t *h = p;
+    dp_outlier_hosts_unref(h->eps, h->n);
+}
+
+/* Gives c a detector with cfg, as xds/snapshot_build.c does. */
+static void give_outlier(dp_snapshot_t *s, dp_cluster_t *c, const dp_outlier_config_t *cfg)
+{
+    c->has_outlier_detection = true;
+    c->outlier_detection = *cfg;
+    c->outlier = dp_outlier_get(c->name, NULL, stats, cfg);
+    dp_arena_add_cleanup(s->arena, dp_outlier_unref_cb, c->outlier);
+    od_hold_t *h = dp_arena_alloc(s->arena, sizeof(*h));
+    h->eps = (dp_endpoint_t *)c->endpoints;
+    h->n = c->n_endpoints;
+    dp_outlier_set_hosts(c->outlier, h->eps, h->n);
+    dp_arena_add_cleanup(s->arena, od_hold_cleanup, h);
+}
+
+static void results(const dp_cluster_t *c, size_t host, int n, int status, dp_reset_reason_t why)
+{
+    for (int i = 0; i < n; i++)
+        dp_upstream_host_result(ups, c, &c->endpoints[host].addr, status, why);
+}
+
+/* The ports n requests went to: counts per endpoint index. */
+static void spread(const dp_cluster_t *c, int n, int *per)
+{
+    req_t r = {0};
+    for (int i = 0; i < n; i++) {
+        one_request(c, NULL, &r);
+        ck_assert_int_eq(r.done, 1);
+        for (size_t k = 0; k < c->n_endpoints; k++) {
+            if (ntohs(c->endpoints[k].addr.in.sin_port) == r.port)
+                per[k]++;
+        }
+    }
+    rq_clear(&r);
+}
+
+static uint64_t od_stat(const char *cl, const char *suffix)
+{
+    char name[256];
+    snprintf(name, sizeof(name), "cluster.%s.outlier_detection.%s", cl, suffix);
+    if (strcmp(suffix, "ejections_active") == 0)
+        return gauge(name);
+    return counter(name);
+}
+
+static dp_outlier_config_t fast_od(void)
+{
+    dp_outlier_config_t cfg = dp_outlier_config_default();
+    cfg.interval_ms = 50;
+    cfg.base_ejection_time_ms = 100;
+    cfg.max_ejection_percent = 100;
+    return cfg;
+}
+
+START_TEST(test_outlier_consecutive_5xx_and_back_off)
+{
+    setup();
+    srv_t srv[2];
+    uint16_t ports[2];
+    for (int i = 0; i < 2; i++) {
+        srv_start(&srv[i]);
+        ports[i] = srv[i].port;
+    }
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "od", 2, ports, NULL, NULL, NULL);
+    dp_outlier_config_t cfg = fast_od();
+    cfg.max_ejection_percent = 10; /* Envoy's default: the first of two may go */
+    give_outlier(s, cw, &cfg);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "od");
+    /* four 5xx and a success: nothing */
+    results(c, 0, 4, 503, DP_RESET_NONE);
+    results(c, 0, 1, 200, DP_RESET_NONE);
+    results(c, 0, 4, 500, DP_RESET_NONE);
+    ck_assert_uint_eq(od_stat("od", "ejections_active"), 0);
+    /* the fifth in a row ejects at once */
+    results(c, 0, 1, 500, DP_RESET_NONE);
+    ck_assert_uint_eq(od_stat("od", "ejections_active"), 1);
+    ck_assert_uint_eq(od_stat("od", "ejections_detected_consecutive_5xx"), 1);
+    ck_assert_uint_eq(od_stat("od", "ejections_enforced_consecutive_5xx"), 1);
+    ck_assert_uint_eq(od_stat("od", "ejections_enforced_total"), 1);
+    ck_assert_uint_eq(od_stat("od", "ejections_total"), 1);
+    ck_assert(dp_outlier_host_ejected(c->endpoints[0].outlier));
+    int per[2] = {0, 0};
+    spread(c, 6, per);
+    ck_assert_int_eq(per[0], 0);
+    ck_assert_int_eq(per[1], 6);
+    /* the other host may not go too: 50% ejected is over 10% (both its consecutive-5xx and
+     * its gateway-failure detection overflow, as in Envoy, which checks the percentage before
+     * enforcing) */
+    results(c, 1, 5, 502, DP_RESET_NONE);
+    ck_assert_uint_eq(od_stat("od", "ejections_active"), 1);
+    ck_assert_uint_eq(od_stat("od", "ejections_overflow"), 2);
+    ck_assert_uint_eq(od_stat("od", "ejections_detected_consecutive_gateway_failure"), 1);
+    results(c, 1, 1, 200, DP_RESET_NONE);
+    /* after base_ejection_time (100 ms), the next interval brings it back */
+    RUN_UNTIL(false, 60);
+    dp_outlier_tick(c->outlier, uv_now(&loop));
+    ck_assert(dp_outlier_host_ejected(c->endpoints[0].outlier));
+    RUN_UNTIL(false, 60);
+    memset(per, 0, sizeof(per));
+    spread(c, 4, per);
+    ck_assert_uint_eq(od_stat("od", "ejections_active"), 0);
+    ck_assert_int_eq(per[0], 2);
+    /* ejected again at once: twice as long this time (200 ms) */
+    results(c, 0, 5, 503, DP_RESET_NONE);
+    ck_assert_uint_eq(od_stat("od", "ejections_active"), 1);
+    uint64_t t0 = uv_now(&loop);
+    RUN_UNTIL(false, 130);
+    dp_outlier_tick(c->outlier, uv_now(&loop));
+    ck_assert(dp_outlier_host_ejected(c->endpoints[0].outlier));
+    RUN_UNTIL(false, 100);
+    ck_assert_uint_ge(uv_now(&loop) - t0, 200);
+    dp_outlier_tick(c->outlier, uv_now(&loop));
+    ck_assert(!dp_outlier_host_ejected(c->endpoints[0].outlier));
+    ck_assert_uint_eq(od_stat("od", "ejections_enforced_consecutive_5xx"), 2);
+    dp_snapshot_unref(s);
+    teardown_with(srv, 2);
+    ck_assert_uint_eq(dp_outlier_registry_size(), 0);
+}
+END_TEST
+
+START_TEST(test_outlier_max_ejection_percent_and_panic)
+{
+    setup();
+    srv_t srv[3];
+    uint16_t ports[3];
+    for (int i = 0; i < 3; i++) {
+        srv_start(&srv[i]);
+        ports[i] = srv[i].port;
+    }
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "mp", 3, ports, NULL, NULL, NULL);
+    /* Without a panic threshold the balancer skips the ejected hosts (with Envoy's 50%, one
+     * healthy host of three is under it, and all three would take traffic). */
+    cw->lb_has_panic_threshold = true;
+    cw->lb_panic_threshold = 0;
+    dp_outlier_config_t cfg = fast_od();
+    cfg.base_ejection_time_ms = 60000;
+    cfg.max_ejection_percent = 40;
+    give_outlier(s, cw, &cfg);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "mp");
+    results(c, 0, 5, 500, DP_RESET_NONE); /* 0% < 40%: ejected */
+    results(c, 1, 5, 500, DP_RESET_NONE); /* 33% < 40%: ejected */
+    results(c, 2, 5, 500, DP_RESET_NONE); /* 66%: no */
+    ck_assert_uint_eq(od_stat("mp", "ejections_active"), 2);
+    ck_assert_uint_eq(od_stat("mp", "ejections_overflow"), 1);
+    ck_assert_uint_eq(od_stat("mp", "ejections_detected_consecutive_5xx"), 3);
+    int per[3] = {0, 0, 0};
+    spread(c, 3, per);
+    ck_assert_int_eq(per[2], 3);
+    dp_snapshot_unref(s);
+
+    /* one host, 100%: ejected, and still sent to (panic) */
+    s = dp_snapshot_new(2);
+    cw = add_cluster(s, "pa", 1, ports, NULL, NULL, NULL);
+    cfg.max_ejection_percent = 100;
+    give_outlier(s, cw, &cfg);
+    seal(s);
+    c = dp_snapshot_find_cluster(s, "pa");
+    results(c, 0, 5, 500, DP_RESET_NONE);
+    ck_assert_uint_eq(od_stat("pa", "ejections_active"), 1);
+    int one[1] = {0};
+    spread(c, 2, one);
+    ck_assert_int_eq(one[0], 2);
+    dp_snapshot_unref(s);
+    teardown_with(srv, 3);
+}
+END_TEST
+
+START_TEST(test_outlier_gateway_failure_enforcing)
+{
+    setup();
+    uint16_t ports[2] = {9, 10};
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "gw", 2, ports, NULL, NULL, NULL);
+    dp_outlier_config_t cfg = fast_od();
+    cfg.consecutive_5xx = 1000;
+    cfg.consecutive_gateway_failure = 3;
+    give_outlier(s, cw, &cfg); /* enforcing_consecutive_gateway_failure: Envoy's 0 */
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "gw");
+    /* a 500 between gateway errors breaks the run */
+    results(c, 0, 2, 502, DP_RESET_NONE);
+    results(c, 0, 1, 500, DP_RESET_NONE);
+    results(c, 0, 2, 504, DP_RESET_NONE);
+    ck_assert_uint_eq(od_stat("gw", "ejections_detected_consecutive_gateway_failure"), 0);
+    /* detected, not enforced */
+    results(c, 0, 1, 503, DP_RESET_NONE);
+    ck_assert_uint_eq(od_stat("gw", "ejections_detected_consecutive_gateway_failure"), 1);
+    ck_assert_uint_eq(od_stat("gw", "ejections_enforced_consecutive_gateway_failure"), 0);
+    ck_assert_uint_eq(od_stat("gw", "ejections_active"), 0);
+    /* a connect failure counts as a gateway error without split */
+    dp_snapshot_t *s2 = dp_snapshot_new(2);
+    cw = add_cluster(s2, "gw", 2, ports, NULL, NULL, NULL);
+    cfg.enforcing_consecutive_gateway_failure = 100;
+    give_outlier(s2, cw, &cfg);
+    seal(s2);
+    dp_snapshot_unref(s);
+    c = dp_snapshot_find_cluster(s2, "gw");
+    results(c, 1, 2, 502, DP_RESET_NONE);
+    results(c, 1, 1, 0, DP_RESET_CONNECT_FAIL);
+    ck_assert_uint_eq(od_stat("gw", "ejections_enforced_consecutive_gateway_failure"), 1);
+    ck_assert_uint_eq(od_stat("gw", "ejections_active"), 1);
+    ck_assert(dp_outlier_host_ejected(c->endpoints[1].outlier));
+    /* overflow and no-host failures are not the host's */
+    results(c, 0, 10, 0, DP_RESET_OVERFLOW);
+    ck_assert(!dp_outlier_host_ejected(c->endpoints[0].outlier));
+    dp_snapshot_unref(s2);
+    teardown_with(NULL, 0);
+}
+END_TEST
+
+START_TEST(test_outlier_local_origin_split)
+{
+    setup();
+    uint16_t ports[2] = {9, 10};
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "lo", 2, ports, NULL, NULL, NULL);
+    dp_outlier_config_t cfg = fast_od();
+    cfg.split_external_local_origin_errors = true;
+    cfg.consecutive_5xx = 3;
+    cfg.consecutive_local_origin_failure = 4;
+    give_outlier(s, cw, &cfg);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "lo");
+    /* with split, local failures do not count as 5xx, and a response resets their run */
+    results(c, 0, 3, 0, DP_RESET_CONNECT_FAIL);
+    results(c, 0, 1, 500, DP_RESET_NONE);
+    results(c, 0, 3, 0, DP_RESET_CONNECT_TIMEOUT);
+    ck_assert_uint_eq(od_stat("lo", "ejections_active"), 0);
+    ck_assert_uint_eq(od_stat("lo", "ejections_detected_consecutive_5xx"), 0);
+    results(c, 0, 1, 0, DP_RESET_REMOTE);
+    ck_assert_uint_eq(od_stat("lo", "ejections_detected_consecutive_local_origin_failure"), 1);
+    ck_assert_uint_eq(od_stat("lo", "ejections_enforced_consecutive_local_origin_failure"), 1);
+    ck_assert_uint_eq(od_stat("lo", "ejections_active"), 1);
+    /* without split, they are 5xx */
+    dp_snapshot_t *s2 = dp_snapshot_new(2);
+    cw = add_cluster(s2, "lo2", 2, ports, NULL, NULL, NULL);
+    cfg.split_external_local_origin_errors = false;
+    give_outlier(s2, cw, &cfg);
+    seal(s2);
+    c = dp_snapshot_find_cluster(s2, "lo2");
+    results(c, 0, 2, 0, DP_RESET_CONNECT_FAIL);
+    results(c, 0, 1, 0, DP_RESET_CONNECT_TIMEOUT);
+    ck_assert_uint_eq(od_stat("lo2", "ejections_enforced_consecutive_5xx"), 1);
+    ck_assert_uint_eq(od_stat("lo2", "ejections_detected_consecutive_local_origin_failure"), 0);
+    dp_snapshot_unref(s);
+    dp_snapshot_unref(s2);
+    teardown_with(NULL, 0);
+}
+END_TEST
+
+START_TEST(test_outlier_success_rate_and_failure_percentage)
+{
+    setup();
+    uint16_t ports[5] = {9, 10, 11, 12, 13};
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "sr", 5, ports, NULL, NULL, NULL);
+    dp_outlier_config_t cfg = fast_od();
+    cfg.consecutive_5xx = 0; /* off */
+    cfg.consecutive_gateway_failure = 0;
+    cfg.success_rate_request_volume = 20;
+    cfg.failure_percentage_request_volume = 20;
+    cfg.enforcing_success_rate = 0;
+    cfg.enforcing_failure_percentage = 100;
+    give_outlier(s, cw, &cfg);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "sr");
+    /* host 0 fails 90%, host 1 20% (below the 85% threshold), the others never; host 4 has
+     * too few requests to count */
+    for (int i = 0; i < 20; i++) {
+        results(c, 0, 1, i < 18 ? 500 : 200, DP_RESET_NONE);
+        results(c, 1, 1, i < 4 ? 500 : 200, DP_RESET_NONE);
+        results(c, 2, 1, 200, DP_RESET_NONE);
+        results(c, 3, 1, 200, DP_RESET_NONE);
+    }
+    results(c, 4, 5, 200, DP_RESET_NONE);
+    ck_assert_uint_eq(od_stat("sr", "ejections_active"), 0);
+    RUN_UNTIL(false, 60);
+    dp_outlier_tick(c->outlier, uv_now(&loop));
+    /* 4 hosts with the volume: fewer than success_rate_minimum_hosts (5), nothing */
+    ck_assert_uint_eq(od_stat("sr", "ejections_detected_success_rate"), 0);
+    ck_assert_uint_eq(od_stat("sr", "ejections_active"), 0);
+    /* now five: success rate detects host 0 (not enforced), failure percentage ejects it */
+    for (int i = 0; i < 20; i++) {
+        results(c, 0, 1, i < 18 ? 500 : 200, DP_RESET_NONE);
+        for (size_t h = 1; h < 5; h++)
+            results(c, h, 1, 200, DP_RESET_NONE);
+    }
+    RUN_UNTIL(false, 60);
+    dp_outlier_tick(c->outlier, uv_now(&loop));
+    ck_assert_uint_eq(od_stat("sr", "ejections_detected_success_rate"), 1);
+    ck_assert_uint_eq(od_stat("sr", "ejections_enforced_success_rate"), 0);
+    ck_assert_uint_eq(od_stat("sr", "ejections_detected_failure_percentage"), 1);
+    ck_assert_uint_eq(od_stat("sr", "ejections_enforced_failure_percentage"), 1);
+    ck_assert_uint_eq(od_stat("sr", "ejections_active"), 1);
+    ck_assert(dp_outlier_host_ejected(c->endpoints[0].outlier));
+    ck_assert(!dp_outlier_host_ejected(c->endpoints[1].outlier));
+    dp_snapshot_unref(s);
+    teardown_with(NULL, 0);
+}
+END_TEST
+
+START_TEST(test_outlier_host_set_changes)
+{
+    setup();
+    uint16_t ports[3] = {9, 10, 11};
+    dp_outlier_config_t cfg = fast_od();
+    cfg.base_ejection_time_ms = 60000;
+    dp_snapshot_t *s1 = dp_snapshot_new(1);
+    give_outlier(s1, add_cluster(s1, "hs", 2, ports, NULL, NULL, NULL), &cfg);
+    seal(s1);
+    const dp_cluster_t *c1 = dp_snapshot_find_cluster(s1, "hs");
+    results(c1, 1, 5, 500, DP_RESET_NONE);
+    ck_assert_uint_eq(od_stat("hs", "ejections_active"), 1);
+    /* the next generation keeps host 1 (and its ejection), adds host 2 */
+    dp_snapshot_t *s2 = dp_snapshot_new(2);
+    give_outlier(s2, add_cluster(s2, "hs", 3, ports, NULL, NULL, NULL), &cfg);
+    seal(s2);
+    const dp_cluster_t *c2 = dp_snapshot_find_cluster(s2, "hs");
+    ck_assert_ptr_eq(c2->endpoints[1].outlier, c1->endpoints[1].outlier);
+    ck_assert(dp_outlier_host_ejected(c2->endpoints[1].outlier));
+    ck_assert_uint_eq(dp_outlier_host_count(c2->outlier), 3);
+    dp_snapshot_unref(s1);
+    /* one without host 1: its ejection ends with it */
+    dp_snapshot_t *s3 = dp_snapshot_new(3);
+    uint16_t p3[2] = {9, 11};
+    give_outlier(s3, add_cluster(s3, "hs", 2, p3, NULL, NULL, NULL), &cfg);
+    seal(s3);
+    dp_snapshot_unref(s2);
+    ck_assert_uint_eq(od_stat("hs", "ejections_active"), 0);
+    ck_assert_uint_eq(dp_outlier_host_count(dp_snapshot_find_cluster(s3, "hs")->outlier), 2);
+    dp_snapshot_unref(s3);
+    teardown_with(NULL, 0);
+    ck_assert_uint_eq(dp_outlier_registry_size(), 0);
+}
+END_TEST
+
+typedef struct od_arg {
+    const dp_cluster_t *c;
+    uint64_t seed;
+} od_arg_t;
+
+static void *od_thread(void *p)
+{
+    od_arg_t *a = p;
+    uint64_t x = a->seed;
+    for (int i = 0; i < 30000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        size_t h = x % a->c->n_endpoints;
+        int status = (x >> 8) % 3 == 0 ? 200 : (x >> 8) % 3 == 1 ? 503 : 0;
+        dp_outlier_result(a->c->endpoints[h].outlier,
+                          status ? DP_OUTLIER_EXTERNAL : DP_OUTLIER_LOCAL_FAILURE, status,
+                          (x >> 20) & 1, uv_hrtime() / 1000000);
+    }
+    return NULL;
+}
+
+START_TEST(test_outlier_concurrent_results)
+{
+    setup();
+    uint16_t ports[3] = {9, 10, 11};
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "oc", 3, ports, NULL, NULL, NULL);
+    dp_outlier_config_t cfg = fast_od();
+    cfg.interval_ms = 1;
+    cfg.base_ejection_time_ms = 1;
+    cfg.max_ejection_time_ms = 3;
+    cfg.consecutive_5xx = 2;
+    cfg.enforcing_consecutive_gateway_failure = 100;
+    cfg.success_rate_minimum_hosts = 1;
+    cfg.success_rate_request_volume = 1;
+    cfg.failure_percentage_minimum_hosts = 1;
+    cfg.failure_percentage_request_volume = 1;
+    cfg.enforcing_failure_percentage = 100;
+    give_outlier(s, cw, &cfg);
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "oc");
+    /* three threads feed results and run intervals at once: the detector stays consistent */
+    od_arg_t a[3] = {{c, 88172645463325252ull}, {c, 1181783497276652981ull}, {c, 7ull}};
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, od_thread, &a[i]), 0);
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    uint32_t n = dp_outlier_ejected_count(c->outlier);
+    ck_assert_uint_le(n, 3);
+    ck_assert_uint_eq(od_stat("oc", "ejections_active"), n);
+    uint32_t flagged = 0;
+    for (size_t i = 0; i < 3; i++)
+        flagged += dp_outlier_host_ejected(c->endpoints[i].outlier);
+    ck_assert_uint_eq(flagged, n);
+    ck_assert_uint_gt(od_stat("oc", "ejections_enforced_total"), 0);
+    dp_snapshot_unref(s);
+    teardown_with(NULL, 0);
+}
+END_TEST
+
+START_TEST(test_tcp_keepalive)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "ka", 1, &srv[0].port, NULL, NULL, NULL);
+    cw->tcp_keepalive = true;
+    cw->keepalive_probes = 3;
+    cw->keepalive_time_s = 17;
+    cw->keepalive_interval_s = 5;
+    add_cluster(s, "noka", 1, &srv[0].port, NULL, NULL, NULL);
+    seal(s);
+    req_t r = {0};
+    one_request(dp_snapshot_find_cluster(s, "ka"), NULL, &r);
+    ck_assert_int_eq(r.done, 1);
+    ck_assert_int_ne(ka_on, 0);
+    ck_assert_int_eq(ka_cnt, 3);
+    ck_assert_int_eq(ka_idle, 17);
+    ck_assert_int_eq(ka_intvl, 5);
+    one_request(dp_snapshot_find_cluster(s, "noka"), NULL, &r);
+    ck_assert_int_eq(r.done, 1);
+    ck_assert_int_eq(ka_on, 0);
+    rq_clear(&r);
+    dp_snapshot_unref(s);
+    teardown_with(srv, 1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("upstream");
@@ -1445,6 +2244,21 @@ int main(void)
     tcase_add_test(tc, test_hash_and_random_policies);
     tcase_add_test(tc, test_least_request);
     tcase_add_test(tc, test_random_operations);
+    tcase_add_test(tc, test_breaker_pending_overflow_at_one);
+    tcase_add_test(tc, test_breaker_requests_and_retries);
+    tcase_add_test(tc, test_breaker_istio_unlimited);
+    tcase_add_test(tc, test_breaker_retry_budget);
+    tcase_add_test(tc, test_breaker_shared_across_workers);
+    tcase_add_test(tc, test_breaker_survives_rebuild);
+    tcase_add_test(tc, test_outlier_consecutive_5xx_and_back_off);
+    tcase_add_test(tc, test_outlier_max_ejection_percent_and_panic);
+    tcase_add_test(tc, test_outlier_gateway_failure_enforcing);
+    tcase_add_test(tc, test_outlier_local_origin_split);
+    tcase_add_test(tc, test_outlier_success_rate_and_failure_percentage);
+    tcase_add_test(tc, test_outlier_host_set_changes);
+    tcase_add_test(tc, test_outlier_concurrent_results);
+    tcase_add_test(tc, test_tcp_keepalive);
+    tcase_add_test(tc, test_max_connection_duration);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

@@ -1,7 +1,9 @@
 /* Cluster translation (xds_snapshot_build's add_cluster) from JSON bootstraps: the upstream
  * protocol and connection options of HttpProtocolOptions (typed_extension_protocol_options)
  * and the legacy fields, upstream_bind_config, circuit breakers, DNS hosts and options,
- * ORIGINAL_DST, and the per-cluster HTTP stats with alt_stat_name. */
+ * ORIGINAL_DST, the per-cluster HTTP stats with alt_stat_name, the shared breakers and
+ * outlier detector a DestinationRule's connectionPool and outlierDetection give, and
+ * upstream_connection_options.tcp_keepalive. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <dirent.h>
@@ -9,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dataplane/breaker.h"
+#include "dataplane/outlier.h"
 #include "dataplane/upstream.h"
 #include "envoy/config/bootstrap/v3/bootstrap.pb-c.h"
 #include "protos/registry.h"
@@ -247,12 +251,135 @@ START_TEST(test_real_istio_clusters)
     ck_assert_ptr_nonnull(hp);
     ck_assert_int_eq(hp->proto, DP_CLUSTER_PROTO_DOWNSTREAM);
     ck_assert_uint_eq(hp->circuit_breakers.max_connections, 4294967295u);
+    /* Istio's default thresholds, with remaining_* tracked */
+    ck_assert(hp->circuit_breakers.track_remaining);
+    ck_assert_uint_eq(hp->circuit_breakers.max_retries, 4294967295u);
+    ck_assert_ptr_nonnull(hp->breakers);
+    ck_assert_uint_eq(dp_breakers_max(hp->breakers, DP_BR_DEFAULT, DP_BR_PENDING), 4294967295u);
     const dp_cluster_t *ip = dp_snapshot_find_cluster(s, "InboundPassthroughClusterIpv4");
     ck_assert(ip->has_source_addr);
     ck_assert_uint_eq(ip->idle_timeout_ms, 300000);
     dp_snapshot_unref(s);
     for (size_t i = 0; i < n; i++)
         protobuf_c_message_free_unpacked(&cl[i]->base, NULL);
+}
+END_TEST
+
+/* bookinfo's DestinationRule of Istio's circuit-breaking task, as istiod translates it
+ * (cluster_traffic_policy.go): connectionPool {tcp.maxConnections 1, http.http1MaxPendingRequests
+ * 1, http.maxRequestsPerConnection 1, tcp.tcpKeepalive}, outlierDetection {consecutive5xxErrors
+ * 1, interval 1s, baseEjectionTime 3m, maxEjectionPercent 100}. */
+static const char *const dr_bootstrap =
+    "{\"static_resources\": {\"clusters\": ["
+    "{\"name\": \"outbound|8000||httpbin.default.svc.cluster.local\", \"type\": \"STATIC\","
+    " \"circuit_breakers\": {\"thresholds\": ["
+    "   {\"max_connections\": 1, \"max_pending_requests\": 1, \"max_requests\": 4294967295,"
+    "    \"max_retries\": 4294967295, \"track_remaining\": true},"
+    "   {\"priority\": \"HIGH\", \"max_requests\": 7, \"max_connection_pools\": 9,"
+    "    \"retry_budget\": {\"budget_percent\": {\"value\": 25}, \"min_retry_concurrency\": 4}}]},"
+    " \"outlier_detection\": {\"consecutive_5xx\": 1, \"interval\": \"1s\","
+    "   \"base_ejection_time\": \"180s\", \"max_ejection_percent\": 100,"
+    "   \"enforcing_consecutive_5xx\": 100, \"enforcing_success_rate\": 0},"
+    " \"upstream_connection_options\": {\"tcp_keepalive\": {\"keepalive_probes\": 3,"
+    "   \"keepalive_time\": 60, \"keepalive_interval\": 10}},"
+    " \"typed_extension_protocol_options\": "
+    "{\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\":"
+    "   {\"@type\": \"type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\","
+    "    \"common_http_protocol_options\": {\"max_requests_per_connection\": 1},"
+    "    \"use_downstream_protocol_config\": {\"http_protocol_options\": {},"
+    "      \"http2_protocol_options\": {}}}},"
+    " \"load_assignment\": {\"cluster_name\": \"x\", \"endpoints\": [{\"lb_endpoints\": ["
+    "   {\"endpoint\": {\"address\": {\"socket_address\": {\"address\": \"127.0.0.1\","
+    "    \"port_value\": 81}}}},"
+    "   {\"endpoint\": {\"address\": {\"socket_address\": {\"address\": \"127.0.0.1\","
+    "    \"port_value\": 82}}}}]}]}},"
+    "{\"name\": \"plain\", \"type\": \"STATIC\"}"
+    "]}}";
+
+START_TEST(test_destination_rule_resilience)
+{
+    dp_stats_t *st = dp_stats_new();
+    dp_snapshot_t *s = build(dr_bootstrap, st);
+    const char *name = "outbound|8000||httpbin.default.svc.cluster.local";
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, name);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_uint_eq(c->circuit_breakers.max_connections, 1);
+    ck_assert_uint_eq(c->circuit_breakers.max_pending_requests, 1);
+    ck_assert_uint_eq(c->circuit_breakers.max_requests, 4294967295u);
+    ck_assert_uint_eq(c->circuit_breakers.max_connection_pools, UINT32_MAX);
+    ck_assert(c->circuit_breakers.track_remaining);
+    ck_assert_uint_eq(c->circuit_breakers_high.max_requests, 7);
+    ck_assert_uint_eq(c->circuit_breakers_high.max_connection_pools, 9);
+    ck_assert_uint_eq(c->circuit_breakers_high.max_connections, 1024);
+    ck_assert(!c->circuit_breakers_high.track_remaining);
+    ck_assert(!c->circuit_breakers.has_retry_budget);
+    ck_assert(c->circuit_breakers_high.has_retry_budget);
+    ck_assert(c->circuit_breakers_high.retry_budget_percent == 25.0);
+    ck_assert_uint_eq(c->circuit_breakers_high.min_retry_concurrency, 4);
+    ck_assert_uint_eq(dp_breakers_max(c->breakers, DP_BR_HIGH, DP_BR_RETRY), 4);
+    ck_assert_uint_eq(c->max_requests_per_connection, 1);
+    ck_assert_uint_eq(dp_breakers_max(c->breakers, DP_BR_DEFAULT, DP_BR_CX), 1);
+    ck_assert_uint_eq(dp_breakers_max(c->breakers, DP_BR_HIGH, DP_BR_RQ), 7);
+    /* the gauges, under the cluster's stat name */
+    char g[256];
+    snprintf(g, sizeof(g), "cluster.%s.circuit_breakers.default.remaining_pending", name);
+    ck_assert_uint_eq(dp_gauge_value(dp_stats_gauge(st, g)), 1);
+    snprintf(g, sizeof(g), "cluster.%s.circuit_breakers.default.cx_open", name);
+    ck_assert_uint_eq(dp_gauge_value(dp_stats_gauge(st, g)), 0);
+    snprintf(g, sizeof(g), "cluster.%s.circuit_breakers.high.rq_open", name);
+    ck_assert_uint_eq(dp_gauge_value(dp_stats_gauge(st, g)), 0);
+    /* keepalive */
+    ck_assert(c->tcp_keepalive);
+    ck_assert_uint_eq(c->keepalive_probes, 3);
+    ck_assert_uint_eq(c->keepalive_time_s, 60);
+    ck_assert_uint_eq(c->keepalive_interval_s, 10);
+    /* outlier detection: Envoy's defaults for what the rule leaves out */
+    ck_assert(c->has_outlier_detection);
+    const dp_outlier_config_t *o = &c->outlier_detection;
+    ck_assert_uint_eq(o->consecutive_5xx, 1);
+    ck_assert_uint_eq(o->interval_ms, 1000);
+    ck_assert_uint_eq(o->base_ejection_time_ms, 180000);
+    ck_assert_uint_eq(o->max_ejection_time_ms, 300000);
+    ck_assert_uint_eq(o->max_ejection_percent, 100);
+    ck_assert_uint_eq(o->enforcing_consecutive_5xx, 100);
+    ck_assert_uint_eq(o->enforcing_success_rate, 0);
+    ck_assert_uint_eq(o->consecutive_gateway_failure, 5);
+    ck_assert_uint_eq(o->enforcing_consecutive_gateway_failure, 0);
+    ck_assert_uint_eq(o->success_rate_stdev_factor, 1900);
+    ck_assert_uint_eq(o->failure_percentage_threshold, 85);
+    ck_assert(!o->split_external_local_origin_errors);
+    ck_assert_ptr_nonnull(c->outlier);
+    ck_assert_uint_eq(dp_outlier_host_count(c->outlier), 2);
+    ck_assert_ptr_nonnull(c->endpoints[0].outlier);
+    ck_assert_ptr_nonnull(c->endpoints[1].outlier);
+    snprintf(g, sizeof(g), "cluster.%s.outlier_detection.ejections_active", name);
+    dp_gauge_t *active = dp_stats_gauge(st, g);
+    /* a rebuild shares the counts and the hosts' state */
+    ck_assert(dp_breakers_try(c->breakers, DP_BR_DEFAULT, DP_BR_CX));
+    dp_outlier_result(c->endpoints[1].outlier, DP_OUTLIER_EXTERNAL, 503, false, 0);
+    ck_assert_uint_eq(dp_gauge_value(active), 1);
+    dp_snapshot_t *s2 = build(dr_bootstrap, st);
+    const dp_cluster_t *c2 = dp_snapshot_find_cluster(s2, name);
+    ck_assert_ptr_eq(c2->breakers, c->breakers);
+    ck_assert_ptr_eq(c2->outlier, c->outlier);
+    ck_assert_ptr_eq(c2->endpoints[1].outlier, c->endpoints[1].outlier);
+    ck_assert(dp_outlier_host_ejected(c2->endpoints[1].outlier));
+    ck_assert(!dp_breakers_try(c2->breakers, DP_BR_DEFAULT, DP_BR_CX));
+    dp_breakers_release(c2->breakers, DP_BR_DEFAULT, DP_BR_CX);
+    /* a cluster without outlier_detection has no detector, and Envoy's default breakers */
+    const dp_cluster_t *p = dp_snapshot_find_cluster(s2, "plain");
+    ck_assert(!p->has_outlier_detection);
+    ck_assert_ptr_null(p->outlier);
+    ck_assert(!p->tcp_keepalive);
+    ck_assert_ptr_nonnull(p->breakers);
+    ck_assert_uint_eq(dp_breakers_max(p->breakers, DP_BR_DEFAULT, DP_BR_RETRY), 3);
+    ck_assert_uint_eq(dp_breakers_registry_size(), 2);
+    ck_assert_uint_eq(dp_outlier_registry_size(), 1);
+    dp_snapshot_unref(s);
+    dp_snapshot_unref(s2);
+    ck_assert_uint_eq(dp_breakers_registry_size(), 0);
+    ck_assert_uint_eq(dp_outlier_registry_size(), 0);
+    dp_stats_free(st);
 }
 END_TEST
 
@@ -263,6 +390,7 @@ int main(void)
     tcase_add_test(tc, test_http_protocol_options_and_bind);
     tcase_add_test(tc, test_dns_and_original_dst);
     tcase_add_test(tc, test_real_istio_clusters);
+    tcase_add_test(tc, test_destination_rule_resilience);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
