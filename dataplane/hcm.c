@@ -111,12 +111,18 @@ const char *dp_response_flags_str(uint32_t flags, char *buf, size_t len)
 /* A version-4 UUID from the worker's generator, as Envoy's x-request-id. */
 static void uuid4(dp_wctx_t *w, char out[37])
 {
+    static const char hex[] = "0123456789abcdef";
     uint64_t hi = dp_wctx_random(w), lo = dp_wctx_random(w);
     hi = (hi & ~0xf000ull) | 0x4000ull;
     lo = (lo & 0x3fffffffffffffffull) | 0x8000000000000000ull;
-    snprintf(out, 37, "%08" PRIx32 "-%04" PRIx32 "-%04" PRIx32 "-%04" PRIx32 "-%012" PRIx64,
-             (uint32_t)(hi >> 32), (uint32_t)(hi >> 16) & 0xffff, (uint32_t)hi & 0xffff,
-             (uint32_t)(lo >> 48), (uint64_t)(lo & 0xffffffffffffull));
+    size_t k = 0;
+    for (int i = 0; i < 32; i++) {
+        if (i == 8 || i == 12 || i == 16 || i == 20)
+            out[k++] = '-';
+        uint64_t v = i < 16 ? hi : lo;
+        out[k++] = hex[(v >> (60 - 4 * (i % 16))) & 0xf];
+    }
+    out[k] = '\0';
 }
 
 /* The Date header value, formatted once a second per thread. */

@@ -87,6 +87,22 @@ static inline bool dp_str_eq(dp_str_t a, const char *lit, size_t n)
 }
 #define DP_STR_EQ(s, lit) dp_str_eq((s), (lit), sizeof(lit) - 1)
 
+/* Writes v in decimal at buf (at least 21 bytes), NUL-terminated; returns the length. For the
+ * numbers every request formats (lengths, statuses, milliseconds), without printf. */
+static inline size_t dp_u64_fmt(char *buf, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = tmp[n - 1 - i];
+    buf[n] = '\0';
+    return n;
+}
+
 /* Case-insensitive comparison (ASCII), for header values such as "chunked" or "upgrade". */
 bool dp_str_ieq(dp_str_t a, const char *b, size_t n);
 

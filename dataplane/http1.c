@@ -219,7 +219,9 @@ static size_t write_now(h1_conn_t *c, const char *p, size_t n, size_t *ret_head_
         return 0; /* EAGAIN, or an error uv_write will report */
     size_t done = (size_t)r;
     *ret_head_done = done < head ? done : head;
-    if (done == head + n)
+    /* A final message's completion is noticed by the kick mark_final starts; other writes
+     * that leave nothing queued need no follow-up. */
+    if (done == head + n && (!c->active || c->s.out_final || c->shutting))
         schedule(c);
     return done - *ret_head_done;
 }
@@ -885,8 +887,10 @@ static void write_head(wb_t *b, h1_conn_t *c, const dp_http_head_t *h, const cha
 {
     char num[32];
     if (c->server) {
-        int n = snprintf(num, sizeof(num), "HTTP/1.1 %d ", h->status);
-        put(b, num, (size_t)n);
+        put(b, "HTTP/1.1 ", 9);
+        size_t n = dp_u64_fmt(num, (uint64_t)h->status);
+        num[n++] = ' ';
+        put(b, num, n);
         puts_(b, dp_h1_reason(h->status));
         put(b, "\r\n", 2);
     } else {
@@ -935,6 +939,14 @@ static void mark_final(h1_conn_t *c)
         schedule(c);
 }
 
+/* "content-length: <cl>\r\n" into buf (64 bytes). */
+static void framing_length(char *buf, int64_t cl)
+{
+    memcpy(buf, "content-length: ", 16);
+    size_t n = 16 + dp_u64_fmt(buf + 16, (uint64_t)cl);
+    memcpy(buf + n, "\r\n", 3);
+}
+
 static int enc_headers(dp_enc_t *e, const dp_http_head_t *h, bool end)
 {
     h1_stream_t *s = (h1_stream_t *)e;
@@ -970,7 +982,7 @@ static int enc_headers(dp_enc_t *e, const dp_http_head_t *h, bool end)
         } else if (cl >= 0) {
             s->out_mode = OUT_LENGTH;
             s->out_remaining = cl;
-            snprintf(framing, sizeof(framing), "content-length: %" PRId64 "\r\n", cl);
+            framing_length(framing, cl);
         } else {
             s->out_mode = OUT_CHUNKED;
             snprintf(framing, sizeof(framing), "transfer-encoding: chunked\r\n");
@@ -1014,14 +1026,14 @@ static int enc_headers(dp_enc_t *e, const dp_http_head_t *h, bool end)
     if (no_body) {
         s->out_mode = OUT_NONE;
         if (cl >= 0 && st != 204)
-            snprintf(framing, sizeof(framing), "content-length: %" PRId64 "\r\n", cl);
+            framing_length(framing, cl);
     } else if (end) {
         s->out_mode = OUT_NONE;
         snprintf(framing, sizeof(framing), "content-length: 0\r\n");
     } else if (cl >= 0) {
         s->out_mode = OUT_LENGTH;
         s->out_remaining = cl;
-        snprintf(framing, sizeof(framing), "content-length: %" PRId64 "\r\n", cl);
+        framing_length(framing, cl);
     } else if (!s->http10) {
         s->out_mode = OUT_CHUNKED;
         snprintf(framing, sizeof(framing), "transfer-encoding: chunked\r\n");

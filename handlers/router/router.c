@@ -480,8 +480,7 @@ static void up_on_headers(void *ud, dp_http_head_t *h, bool end_stream)
         dp_route_apply_response(s->rc, s->vh, s->route, r->wc, h, s->pool);
     /* Envoy's x-envoy-upstream-service-time: ms from sending upstream to the response head. */
     char ms[24];
-    int n = snprintf(ms, sizeof(ms), "%llu",
-                     (unsigned long long)(dp_stream_now_ms(s) - r->up_start_ms));
+    int n = (int)dp_u64_fmt(ms, dp_stream_now_ms(s) - r->up_start_ms);
     dp_headers_add(&h->headers, s->pool, "x-envoy-upstream-service-time", 29, ms, (size_t)n);
     if (s->vh && s->vh->include_attempt_count_in_response) {
         n = snprintf(ms, sizeof(ms), "%u", r->attempts);
@@ -799,7 +798,7 @@ static void timeouts_setup(router_t *r, const dp_route_t *route, dp_stream_t *s)
         expected = r->per_try_ms;
     if (expected) {
         char ms[24];
-        int n = snprintf(ms, sizeof(ms), "%llu", (unsigned long long)expected);
+        int n = (int)dp_u64_fmt(ms, expected);
         dp_headers_set(&req->headers, s->pool, "x-envoy-expected-rq-timeout-ms", 30, ms, (size_t)n);
         if (s->grpc && route->has_max_grpc_timeout) {
             char g[24];
