@@ -386,22 +386,6 @@ static void conn_start_write(h2_conn_t *c)
 {
     if (c->writing || c->wfill.len == 0 || c->closing)
         return;
-    /* What the socket takes at once needs no write request (and no poll change). */
-    uv_buf_t tb = uv_buf_init((char *)c->wfill.p, (unsigned)c->wfill.len);
-    int done = uv_try_write(&c->io.stream, &tb, 1);
-    if (done > 0) {
-        if ((size_t)done == c->wfill.len) {
-            c->wfill.len = 0;
-            return;
-        }
-        memmove(c->wfill.p, c->wfill.p + done, c->wfill.len - (size_t)done);
-        c->wfill.len -= (size_t)done;
-    }
-    if (c->wsend.p == NULL) {
-        c->wsend.p = malloc(H2_WBUF_CAP);
-        if (c->wsend.p == NULL)
-            abort();
-    }
     h2_wbuf_t t = c->wsend;
     c->wsend = c->wfill;
     c->wfill = t;
@@ -421,10 +405,7 @@ static void conn_flush(h2_conn_t *c)
 {
     if (c->closing || c->close_req)
         return;
-    /* A write the socket takes whole (uv_try_write) leaves the buffer free at once: go on
-     * pulling frames until nghttp2 has none or a write is in flight (whose callback flushes
-     * again). Bounded, so one connection cannot hold the loop. */
-    for (int round = 0; round < 256; round++) {
+    for (int round = 0; round < 2; round++) {
         int rv = nghttp2_session_send(c->session);
         if (rv != 0) {
             DP_LOG(DP_LOG_HTTP2, DP_LOG_DEBUG, "h2 send: %s", nghttp2_strerror(rv));
@@ -435,8 +416,6 @@ static void conn_flush(h2_conn_t *c)
         if (c->writing || c->wfill.len == 0)
             break;
         conn_start_write(c);
-        if (c->writing || c->close_req)
-            break;
     }
 }
 
@@ -446,7 +425,8 @@ static void conn_wbufs(h2_conn_t *c)
     if (c->wfill.p != NULL)
         return;
     c->wfill.p = malloc(H2_WBUF_CAP);
-    if (c->wfill.p == NULL)
+    c->wsend.p = malloc(H2_WBUF_CAP);
+    if (c->wfill.p == NULL || c->wsend.p == NULL)
         abort();
 }
 
@@ -1259,11 +1239,10 @@ static void conn_after(h2_conn_t *c)
     }
     /* Idle: the write buffers and the spare chunks go back to malloc rather than sit in every
      * quiet connection. */
-    if (!c->writing && c->wfill.len == 0 && c->wsend.p != NULL) {
-        /* The fill buffer stays (only its touched pages are resident): a connection that
-         * sends again soon does not allocate again. */
+    if (!c->writing && c->wfill.len == 0 && c->wfill.p != NULL) {
+        free(c->wfill.p);
         free(c->wsend.p);
-        c->wsend.p = NULL;
+        c->wfill.p = c->wsend.p = NULL;
         h2_chunk_t *k;
         while ((k = c->free_chunks) != NULL) {
             c->free_chunks = k->next;
