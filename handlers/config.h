@@ -31,6 +31,17 @@ typedef int (*handlers_config_new_fn)(const handlers_config_ctx_t *ctx, const ui
 
 /* Builds the config of a type skiff implements: 0 with *ret_conf; -ENOENT when no filter of
  * skiff's takes that type (the caller passes it through); -EINVAL as above. */
+/* ---- for the config halves ---- */
+
+/* Sets *reterr_msg (when not NULL) to the formatted message, malloc'd; returns -EINVAL. */
+int handlers_config_fail(char **reterr_msg, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* A full-match regex (dataplane/route.h's dp_regex_t, with its match limits) of at most 4 KiB,
+ * freed with the arena; NULL with *reterr_msg naming field when it does not compile. */
+const void *handlers_config_regex(dp_arena_t *a, const char *re, const char *field,
+                                  char **reterr_msg);
+
 /* Whether some filter of skiff's reads configs of that type. */
 bool handlers_config_known(const char *type_url);
 

@@ -4,7 +4,6 @@
 #include "handlers/cors/cors.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,49 +13,12 @@
 #include "handlers/config.h"
 #include "xds/pbwire.h"
 
-#define MAX_REGEX_LEN 4096
 #define MAX_ORIGINS   1024
 
 typedef Envoy__Extensions__Filters__Http__Cors__V3__CorsPolicy pb_policy_t;
 typedef Envoy__Type__Matcher__V3__StringMatcher pb_sm_t;
 
-static int fail(char **reterr_msg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-static int fail(char **reterr_msg, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *m = NULL;
-    if (vasprintf(&m, fmt, ap) < 0)
-        m = NULL;
-    va_end(ap);
-    if (reterr_msg)
-        *reterr_msg = m;
-    else
-        free(m);
-    return -EINVAL;
-}
-
-/* A full-match regex (dataplane/route.h's, with its match limits), freed with the snapshot's
- * arena. */
-static const void *regex_compile(dp_arena_t *a, const char *re, const char *field,
-                                 char **reterr_msg)
-{
-    size_t n = strlen(re);
-    if (n > MAX_REGEX_LEN) {
-        fail(reterr_msg, "%s: regex longer than %d bytes", field, MAX_REGEX_LEN);
-        return NULL;
-    }
-    char *why = NULL;
-    dp_regex_t *rx = dp_regex_new(re, n, &why);
-    if (rx == NULL) {
-        fail(reterr_msg, "%s: regex '%s': %s", field, re, why ? why : "invalid");
-        free(why);
-        return NULL;
-    }
-    dp_arena_add_cleanup(a, (void (*)(void *))dp_regex_free, rx);
-    return rx;
-}
 
 static int matcher_of(dp_arena_t *a, const pb_sm_t *sm, dp_cors_matcher_t *m, size_t i,
                       char **reterr_msg)
@@ -86,13 +48,13 @@ static int matcher_of(dp_arena_t *a, const pb_sm_t *sm, dp_cors_matcher_t *m, si
         m->kind = DP_CORS_MATCH_REGEX;
         m->ignore_case = false;
         if (sm->safe_regex == NULL || sm->safe_regex->regex == NULL)
-            return fail(reterr_msg, "%s.safe_regex: regex required", field);
-        m->regex = regex_compile(a, sm->safe_regex->regex, field, reterr_msg);
+            return handlers_config_fail(reterr_msg, "%s.safe_regex: regex required", field);
+        m->regex = handlers_config_regex(a, sm->safe_regex->regex, field, reterr_msg);
         return m->regex ? 0 : -EINVAL;
     case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CUSTOM:
-        return fail(reterr_msg, "%s.custom: not supported", field);
+        return handlers_config_fail(reterr_msg, "%s.custom: not supported", field);
     default:
-        return fail(reterr_msg, "%s: a match pattern is required", field);
+        return handlers_config_fail(reterr_msg, "%s: a match pattern is required", field);
     }
     m->value = dp_arena_strdup(a, v ? v : "");
     m->value_len = strlen(m->value);
@@ -118,7 +80,7 @@ static int percent_of(const Envoy__Config__Core__V3__RuntimeFractionalPercent *r
         out->denominator = 1000000;
         break;
     default:
-        return fail(reterr_msg, "%s.default_value.denominator: unknown value %d", field,
+        return handlers_config_fail(reterr_msg, "%s.default_value.denominator: unknown value %d", field,
                     (int)p->denominator);
     }
     return 0;
@@ -137,7 +99,7 @@ static int policy_build(dp_arena_t *a, const pb_policy_t *pb, dp_cors_policy_t *
 {
     int r;
     if (pb->n_allow_origin_string_match > MAX_ORIGINS)
-        return fail(reterr_msg, "allow_origin_string_match: more than %d", MAX_ORIGINS);
+        return handlers_config_fail(reterr_msg, "allow_origin_string_match: more than %d", MAX_ORIGINS);
     if (pb->n_allow_origin_string_match) {
         dp_cors_matcher_t *m = dp_arena_alloc(a, pb->n_allow_origin_string_match * sizeof(*m));
         for (size_t i = 0; i < pb->n_allow_origin_string_match; i++) {
@@ -173,14 +135,14 @@ int dp_cors_policy_config_new(const handlers_config_ctx_t *ctx, const uint8_t *b
                               const void **ret_conf, char **reterr_msg)
 {
     if (!ctx->per_route)
-        return fail(reterr_msg, "CorsPolicy: a route-level config, not an http_filters one");
+        return handlers_config_fail(reterr_msg, "CorsPolicy: a route-level config, not an http_filters one");
     const char *why = NULL;
     if (buf == NULL)
         buf = (const uint8_t *)"", len = 0;
     pb_policy_t *pb = (pb_policy_t *)xds_pb_unpack(
         &envoy__extensions__filters__http__cors__v3__cors_policy__descriptor, buf, len, &why);
     if (pb == NULL)
-        return fail(reterr_msg, "CorsPolicy: %s", why ? why : "malformed");
+        return handlers_config_fail(reterr_msg, "CorsPolicy: %s", why ? why : "malformed");
     dp_cors_policy_t *p = dp_arena_alloc(ctx->arena, sizeof(*p));
     int r = policy_build(ctx->arena, pb, p, reterr_msg);
     protobuf_c_message_free_unpacked(&pb->base, NULL);
@@ -195,14 +157,14 @@ int dp_cors_config_new(const handlers_config_ctx_t *ctx, const uint8_t *buf, siz
                        const void **ret_conf, char **reterr_msg)
 {
     if (ctx->per_route)
-        return fail(reterr_msg, "Cors: an http_filters config; routes take a CorsPolicy");
+        return handlers_config_fail(reterr_msg, "Cors: an http_filters config; routes take a CorsPolicy");
     const char *why = NULL;
     if (buf == NULL)
         buf = (const uint8_t *)"", len = 0;
     ProtobufCMessage *pb = xds_pb_unpack(
         &envoy__extensions__filters__http__cors__v3__cors__descriptor, buf, len, &why);
     if (pb == NULL)
-        return fail(reterr_msg, "Cors: %s", why ? why : "malformed");
+        return handlers_config_fail(reterr_msg, "Cors: %s", why ? why : "malformed");
     protobuf_c_message_free_unpacked(pb, NULL);
     dp_cors_conf_t *c = dp_arena_alloc(ctx->arena, sizeof(*c));
     c->magic = DP_CORS_MAGIC_CONF;

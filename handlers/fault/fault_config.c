@@ -4,7 +4,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +14,6 @@
 #include "xds/pbwire.h"
 
 /* Bounds on what a config may ask for. */
-#define MAX_REGEX_LEN 4096
 #define MAX_DELAY_MS  (365ull * 24 * 3600 * 1000) /* a year: far past any stream timeout */
 #define MAX_MATCHERS  1024
 
@@ -23,43 +21,7 @@ typedef Envoy__Extensions__Filters__Http__Fault__V3__HTTPFault pb_fault_t;
 typedef Envoy__Config__Route__V3__HeaderMatcher pb_hm_t;
 typedef Envoy__Type__Matcher__V3__StringMatcher pb_sm_t;
 
-static int fail(char **reterr_msg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-static int fail(char **reterr_msg, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *m = NULL;
-    if (vasprintf(&m, fmt, ap) < 0)
-        m = NULL;
-    va_end(ap);
-    if (reterr_msg)
-        *reterr_msg = m;
-    else
-        free(m);
-    return -EINVAL;
-}
-
-/* A full-match regex (dataplane/route.h's, with its match limits), freed with the snapshot's
- * arena. */
-static const void *regex_compile(dp_arena_t *a, const char *re, char **reterr_msg,
-                                 const char *field)
-{
-    size_t n = strlen(re);
-    if (n > MAX_REGEX_LEN) {
-        fail(reterr_msg, "%s: regex longer than %d bytes", field, MAX_REGEX_LEN);
-        return NULL;
-    }
-    char *why = NULL;
-    dp_regex_t *rx = dp_regex_new(re, n, &why);
-    if (rx == NULL) {
-        fail(reterr_msg, "%s: regex '%s': %s", field, re, why ? why : "invalid");
-        free(why);
-        return NULL;
-    }
-    dp_arena_add_cleanup(a, (void (*)(void *))dp_regex_free, rx);
-    return rx;
-}
 
 static int percent_of(const Envoy__Type__V3__FractionalPercent *p, dp_fault_percent_t *out,
                       const char *field, char **reterr_msg)
@@ -80,7 +42,7 @@ static int percent_of(const Envoy__Type__V3__FractionalPercent *p, dp_fault_perc
         out->denominator = 1000000;
         break;
     default:
-        return fail(reterr_msg, "%s.denominator: unknown value %d", field, (int)p->denominator);
+        return handlers_config_fail(reterr_msg, "%s.denominator: unknown value %d", field, (int)p->denominator);
     }
     return 0;
 }
@@ -119,11 +81,11 @@ static int string_matcher_of(dp_arena_t *a, const pb_sm_t *sm, dp_fault_header_m
         m->kind = DP_FAULT_HM_REGEX;
         m->ignore_case = false;
         if (sm->safe_regex == NULL || sm->safe_regex->regex == NULL)
-            return fail(reterr_msg, "%s.safe_regex: regex required", field);
-        m->regex = regex_compile(a, sm->safe_regex->regex, reterr_msg, field);
+            return handlers_config_fail(reterr_msg, "%s.safe_regex: regex required", field);
+        m->regex = handlers_config_regex(a, sm->safe_regex->regex, field, reterr_msg);
         return m->regex ? 0 : -EINVAL;
     default:
-        return fail(reterr_msg,
+        return handlers_config_fail(reterr_msg,
                     "%s: a match pattern (exact, prefix, suffix, contains, "
                     "safe_regex) is required",
                     field);
@@ -139,7 +101,7 @@ static int header_matcher_of(dp_arena_t *a, const pb_hm_t *hm, dp_fault_header_m
     char field[48];
     snprintf(field, sizeof(field), "headers[%zu]", idx);
     if (hm->name == NULL || hm->name[0] == '\0')
-        return fail(reterr_msg, "%s.name: required", field);
+        return handlers_config_fail(reterr_msg, "%s.name: required", field);
     m->name = lower_dup(a, hm->name);
     m->name_len = strlen(m->name);
     m->invert = hm->invert_match;
@@ -176,12 +138,12 @@ static int header_matcher_of(dp_arena_t *a, const pb_hm_t *hm, dp_fault_header_m
     case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_SAFE_REGEX_MATCH:
         m->kind = DP_FAULT_HM_REGEX;
         if (hm->safe_regex_match == NULL || hm->safe_regex_match->regex == NULL)
-            return fail(reterr_msg, "%s.safe_regex_match: regex required", field);
-        m->regex = regex_compile(a, hm->safe_regex_match->regex, reterr_msg, field);
+            return handlers_config_fail(reterr_msg, "%s.safe_regex_match: regex required", field);
+        m->regex = handlers_config_regex(a, hm->safe_regex_match->regex, field, reterr_msg);
         return m->regex ? 0 : -EINVAL;
     case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_STRING_MATCH:
         if (hm->string_match == NULL)
-            return fail(reterr_msg, "%s.string_match: empty", field);
+            return handlers_config_fail(reterr_msg, "%s.string_match: empty", field);
         return string_matcher_of(a, hm->string_match, m, field, reterr_msg);
     default:
         /* No specifier: Envoy's HeaderMatcher then checks presence. */
@@ -208,9 +170,9 @@ static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb, d
             int64_t sec = du ? du->seconds : 0;
             int32_t ns = du ? du->nanos : 0;
             if (sec < 0 || ns < 0 || ns > 999999999)
-                return fail(reterr_msg, "delay.fixed_delay: negative or malformed duration");
+                return handlers_config_fail(reterr_msg, "delay.fixed_delay: negative or malformed duration");
             if ((uint64_t)sec > MAX_DELAY_MS / 1000)
-                return fail(reterr_msg, "delay.fixed_delay: longer than a year");
+                return handlers_config_fail(reterr_msg, "delay.fixed_delay: longer than a year");
             c->delay_ms = (uint64_t)sec * 1000 + (uint64_t)ns / 1000000;
             break;
         }
@@ -218,7 +180,7 @@ static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb, d
             c->delay_from_header = true;
             break;
         default:
-            return fail(reterr_msg, "delay: fixed_delay or header_delay is required");
+            return handlers_config_fail(reterr_msg, "delay: fixed_delay or header_delay is required");
         }
         if ((r = percent_of(d->percentage, &c->delay_percent, "delay.percentage", reterr_msg)))
             return r;
@@ -228,7 +190,7 @@ static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb, d
         switch (ab->error_type_case) {
         case ENVOY__EXTENSIONS__FILTERS__HTTP__FAULT__V3__FAULT_ABORT__ERROR_TYPE_HTTP_STATUS:
             if (ab->http_status < 200 || ab->http_status >= 600)
-                return fail(reterr_msg, "abort.http_status: %u is not in [200, 600)",
+                return handlers_config_fail(reterr_msg, "abort.http_status: %u is not in [200, 600)",
                             ab->http_status);
             c->abort_kind = DP_FAULT_ABORT_HTTP;
             c->abort_http_status = ab->http_status;
@@ -241,17 +203,17 @@ static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb, d
             c->abort_kind = DP_FAULT_ABORT_HEADER;
             break;
         default:
-            return fail(reterr_msg, "abort: http_status, grpc_status or header_abort is required");
+            return handlers_config_fail(reterr_msg, "abort: http_status, grpc_status or header_abort is required");
         }
         if ((r = percent_of(ab->percentage, &c->abort_percent, "abort.percentage", reterr_msg)))
             return r;
     }
     if (pb->upstream_cluster && pb->upstream_cluster[0])
-        return fail(reterr_msg, "upstream_cluster: not supported (faults per cluster)");
+        return handlers_config_fail(reterr_msg, "upstream_cluster: not supported (faults per cluster)");
     if (pb->response_rate_limit)
-        return fail(reterr_msg, "response_rate_limit: not supported");
+        return handlers_config_fail(reterr_msg, "response_rate_limit: not supported");
     if (pb->n_headers > MAX_MATCHERS)
-        return fail(reterr_msg, "headers: more than %d matchers", MAX_MATCHERS);
+        return handlers_config_fail(reterr_msg, "headers: more than %d matchers", MAX_MATCHERS);
     if (pb->n_headers) {
         dp_fault_header_matcher_t *hm = dp_arena_alloc(a, pb->n_headers * sizeof(*hm));
         for (size_t i = 0; i < pb->n_headers; i++) {
@@ -291,7 +253,7 @@ int dp_fault_config_new(const handlers_config_ctx_t *ctx, const uint8_t *buf, si
     pb_fault_t *pb = (pb_fault_t *)xds_pb_unpack(
         &envoy__extensions__filters__http__fault__v3__httpfault__descriptor, buf, len, &why);
     if (pb == NULL)
-        return fail(reterr_msg, "HTTPFault: %s", why ? why : "malformed");
+        return handlers_config_fail(reterr_msg, "HTTPFault: %s", why ? why : "malformed");
     dp_fault_conf_t *c = dp_arena_alloc(ctx->arena, sizeof(*c));
     int r = fault_build(ctx, pb, c, reterr_msg);
     protobuf_c_message_free_unpacked(&pb->base, NULL);
