@@ -477,6 +477,8 @@ static size_t time_fmt(const char *fmt, size_t flen, int64_t wall_us, char *buf,
 /* RESPONSE_CODE_DETAILS when nothing set it: derived from the response flags. */
 static const char *details_of(const dp_stream_t *s)
 {
+    if (s->req == NULL)
+        return s->details; /* a TCP connection: Envoy has no details to give */
     uint32_t f = s->response_flags;
     /* A reset after the response began says more than how it began. */
     if (s->details && !(f & (DP_RF(UR) | DP_RF(UC) | DP_RF(UT) | DP_RF(SI) | DP_RF(DC))))

@@ -2,14 +2,15 @@
 """Envoy's file access log end to end: skiff configured by tools/xds-files over ADS with a
 listener whose http_connection_manager carries access_log entries of envoy.access_loggers.file
 (Istio's TEXT format in log_format.text_format_source.inline_string, as istiod sends for
-meshConfig.accessLogFile, and a JSON format to a second file), started with
+meshConfig.accessLogFile, and a JSON format to a second file), and on tcp_proxy, started with
 --file-flush-interval-msec 100 as pilot-agent starts Envoy (with 1000), in front of the
 recording backend of backends.py.
 
 Covered: a 200 over HTTP/1.1 and over h2c (method, path, protocol, code, "-" flags,
 via_upstream, body bytes, upstream host and cluster, addresses, route name), a 404 NR
 route_not_found, a 503 UF to a closed port with its upstream host, a 503 UH for a cluster
-without endpoints, a fault abort with FI, the JSON line's keys and types, each line within
+without endpoints, a fault abort with FI, the JSON line's keys and types, a tcp_proxy connection ("- - -" 0, bytes both ways, upstream
+host and cluster) and one to a closed port (UF), each line within
 about a second, and POST /reopen_logs after the file was renamed making a new one.
 
   meson test -C build integration-accesslog
@@ -90,7 +91,18 @@ def file_log(path, fmt):
             "typed_config": {"@type": FILE_LOG, "path": path, "log_format": log_format}}
 
 
-def resources(backend_port, dead_port, listen_port, text_path, json_path):
+def tcp_listener(name, port, cluster, path):
+    """A listener whose only chain is tcp_proxy to cluster, logging to path."""
+    tp = {"@type": TYPE + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+          "stat_prefix": name, "cluster": cluster, "access_log": [file_log(path, ISTIO_TEXT)]}
+    return {"@type": TYPE + "envoy.config.listener.v3.Listener", "name": name,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [
+                {"name": "envoy.filters.network.tcp_proxy", "typed_config": tp}]}]}
+
+
+def resources(backend_port, dead_port, listen_port, text_path, json_path, tcp_port=None,
+              tcp_dead_port=None, tcp_path=None):
     def static(name, *ports):
         return {"@type": TYPE + "envoy.config.cluster.v3.Cluster", "name": name,
                 "type": "STATIC", "connect_timeout": "1s",
@@ -134,8 +146,12 @@ def resources(backend_port, dead_port, listen_port, text_path, json_path):
             route("abort", "/abort", backend, {"envoy.filters.http.fault": {
                 "@type": FAULT, "abort": {"http_status": 503, "percentage": million(100)}}}),
         ]}]}
-    return {"resources": [static(backend, backend_port), static("dead", dead_port),
-                          static("empty"), listener, routes]}
+    res = [static(backend, backend_port), static("dead", dead_port), static("empty"), listener,
+           routes]
+    if tcp_port:
+        res.append(tcp_listener("tcp-ok", tcp_port, backend, tcp_path))
+        res.append(tcp_listener("tcp-dead", tcp_dead_port, "dead", tcp_path))
+    return {"resources": res}
 
 
 class Skiff:
@@ -229,10 +245,13 @@ class AccessLog(unittest.TestCase):
         cls.port = free_port()
         cls.text = os.path.join(tmp, "access.log")
         cls.json = os.path.join(tmp, "access.json")
+        cls.tcp_port = free_port()
+        cls.tcp_dead_port = free_port()
+        cls.tcp_log = os.path.join(tmp, "tcp.log")
         res = os.path.join(tmp, "resources.json")
         with open(res, "w") as f:
-            json.dump(resources(cls.backend.port, cls.dead_port, cls.port, cls.text, cls.json),
-                      f, indent=1)
+            json.dump(resources(cls.backend.port, cls.dead_port, cls.port, cls.text, cls.json,
+                                cls.tcp_port, cls.tcp_dead_port, cls.tcp_log), f, indent=1)
         sock = os.path.join(tmp, "xds.sock")
         cls.events = os.path.join(tmp, "events.jsonl")
         cls.cp_log = open(os.path.join(tmp, "cp.log"), "w")
@@ -372,6 +391,49 @@ class AccessLog(unittest.TestCase):
         self.assertIsNone(j["upstream_transport_failure_reason"])
         self.assertEqual(j["upstream_cluster"], "outbound|80||backend.default.svc.cluster.local")
         self.assertRegex(j["start_time"], START)
+
+    def tcp_line(self, needle):
+        line, took = wait_line(self.tcp_log, needle)
+        m = TEXT_LINE.match(line)
+        self.assertIsNotNone(m, line)
+        self.assertLess(took, 1.5, "the line took %.2fs to appear" % took)
+        return m.groupdict()
+
+    def test_tcp_proxy(self):
+        req = b"GET /tcp HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        deadline = time.time() + 10
+        resp = b""
+        while time.time() < deadline and not resp:
+            try:
+                with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=5) as so:
+                    so.sendall(req)
+                    while True:
+                        b = so.recv(65536)
+                        if not b:
+                            break
+                        resp += b
+            except OSError:
+                time.sleep(0.1)
+        self.assertTrue(resp.startswith(b"HTTP/1.1 200"), resp[:100])
+        f = self.tcp_line("127.0.0.1:%d " % self.tcp_port)
+        self.assertEqual((f["method"], f["path"], f["proto"]), ("-", "-", "-"))
+        self.assertEqual((f["code"], f["flags"], f["details"]), ("0", "-", "-"))
+        self.assertEqual((f["rx"], f["tx"]), (str(len(req)), str(len(resp))))
+        self.assertEqual(f["uhost"], "127.0.0.1:%d" % self.backend.port)
+        self.assertEqual(f["ucluster"], "outbound|80||backend.default.svc.cluster.local")
+
+    def test_tcp_proxy_connect_failure(self):
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.tcp_dead_port), timeout=5) as so:
+                    self.assertEqual(so.recv(100), b"")
+                break
+            except OSError:
+                time.sleep(0.1)
+        f = self.tcp_line("127.0.0.1:%d " % self.tcp_dead_port)
+        self.assertEqual((f["code"], f["flags"]), ("0", "UF"))
+        self.assertEqual((f["uhost"], f["ucluster"]), ("127.0.0.1:%d" % self.dead_port, "dead"))
 
     def test_zz_reopen(self):
         self.assertEqual(http1(self.port, "/ok/before-rotate")[0], 200)
