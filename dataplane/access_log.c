@@ -20,78 +20,82 @@
 #include "dataplane/stream.h"
 
 /* Limits on what a config controls. */
-#define MAX_PIECES   256  /* operators and literals in one format */
-#define MAX_ARG      256  /* the text inside an operator's parentheses */
+#define MAX_PIECES   256   /* operators and literals in one format */
+#define MAX_ARG      256   /* the text inside an operator's parentheses */
 #define LINE_MAX_LEN 16384 /* a longer line is cut */
 #define MAX_FILES    64
 
 /* ---- operators ---- */
 
-#define AL_OPS(X)                                                                                  \
-    X(START_TIME, "START_TIME", ARG_OPT)                                                           \
-    X(REQ, "REQ", ARG_HEADER)                                                                      \
-    X(RESP, "RESP", ARG_HEADER)                                                                    \
-    X(TRAILER, "TRAILER", ARG_HEADER)                                                              \
-    X(REQ_WITHOUT_QUERY, "REQ_WITHOUT_QUERY", ARG_HEADER)                                          \
-    X(PROTOCOL, "PROTOCOL", ARG_NONE)                                                              \
-    X(RESPONSE_CODE, "RESPONSE_CODE", ARG_NONE)                                                    \
-    X(RESPONSE_FLAGS, "RESPONSE_FLAGS", ARG_NONE)                                                  \
-    X(RESPONSE_CODE_DETAILS, "RESPONSE_CODE_DETAILS", ARG_NONE)                                    \
-    X(CONNECTION_TERMINATION_DETAILS, "CONNECTION_TERMINATION_DETAILS", ARG_NONE)                  \
-    X(UPSTREAM_TRANSPORT_FAILURE_REASON, "UPSTREAM_TRANSPORT_FAILURE_REASON", ARG_NONE)            \
-    X(BYTES_RECEIVED, "BYTES_RECEIVED", ARG_NONE)                                                  \
-    X(BYTES_SENT, "BYTES_SENT", ARG_NONE)                                                          \
-    X(DURATION, "DURATION", ARG_NONE)                                                              \
-    X(REQUEST_DURATION, "REQUEST_DURATION", ARG_NONE)                                              \
-    X(RESPONSE_DURATION, "RESPONSE_DURATION", ARG_NONE)                                            \
-    X(RESPONSE_TX_DURATION, "RESPONSE_TX_DURATION", ARG_NONE)                                      \
-    X(UPSTREAM_HOST, "UPSTREAM_HOST", ARG_NONE)                                                    \
-    X(UPSTREAM_CLUSTER, "UPSTREAM_CLUSTER", ARG_NONE)                                              \
-    X(UPSTREAM_CLUSTER_RAW, "UPSTREAM_CLUSTER_RAW", ARG_NONE)                                      \
-    X(UPSTREAM_LOCAL_ADDRESS, "UPSTREAM_LOCAL_ADDRESS", ARG_NONE)                                  \
-    X(DOWNSTREAM_LOCAL_ADDRESS, "DOWNSTREAM_LOCAL_ADDRESS", ARG_NONE)                              \
-    X(DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT, "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT", ARG_NONE)    \
-    X(DOWNSTREAM_LOCAL_PORT, "DOWNSTREAM_LOCAL_PORT", ARG_NONE)                                    \
-    X(DOWNSTREAM_REMOTE_ADDRESS, "DOWNSTREAM_REMOTE_ADDRESS", ARG_NONE)                            \
-    X(DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", ARG_NONE)  \
-    X(DOWNSTREAM_REMOTE_PORT, "DOWNSTREAM_REMOTE_PORT", ARG_NONE)                                  \
-    X(DOWNSTREAM_DIRECT_REMOTE_ADDRESS, "DOWNSTREAM_DIRECT_REMOTE_ADDRESS", ARG_NONE)              \
-    X(DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT,                                               \
-      "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT", ARG_NONE)                                   \
-    X(REQUESTED_SERVER_NAME, "REQUESTED_SERVER_NAME", ARG_NONE)                                    \
-    X(ROUTE_NAME, "ROUTE_NAME", ARG_NONE)                                                          \
-    X(HOSTNAME, "HOSTNAME", ARG_NONE)                                                              \
-    X(GRPC_STATUS, "GRPC_STATUS", ARG_OPT)                                                         \
-    /* Accepted, printed as "-": skiff keeps no metadata, filter state or TLS peer facts. */       \
-    X(DASH_METADATA, "METADATA", ARG_ANY)                                                          \
-    X(DASH_DYNAMIC_METADATA, "DYNAMIC_METADATA", ARG_ANY)                                          \
-    X(DASH_CLUSTER_METADATA, "CLUSTER_METADATA", ARG_ANY)                                          \
-    X(DASH_UPSTREAM_METADATA, "UPSTREAM_METADATA", ARG_ANY)                                        \
-    X(DASH_FILTER_STATE, "FILTER_STATE", ARG_ANY)                                                  \
-    X(DASH_UPSTREAM_FILTER_STATE, "UPSTREAM_FILTER_STATE", ARG_ANY)                                \
-    X(DASH_CEL, "CEL", ARG_ANY)                                                                    \
-    X(DASH_DOWNSTREAM_PEER_URI_SAN, "DOWNSTREAM_PEER_URI_SAN", ARG_NONE)                           \
-    X(DASH_DOWNSTREAM_LOCAL_URI_SAN, "DOWNSTREAM_LOCAL_URI_SAN", ARG_NONE)                         \
-    X(DASH_DOWNSTREAM_TLS_VERSION, "DOWNSTREAM_TLS_VERSION", ARG_NONE)                             \
+#define AL_OPS(X)                                                                                 \
+    X(START_TIME, "START_TIME", ARG_OPT)                                                          \
+    X(REQ, "REQ", ARG_HEADER)                                                                     \
+    X(RESP, "RESP", ARG_HEADER)                                                                   \
+    X(TRAILER, "TRAILER", ARG_HEADER)                                                             \
+    X(REQ_WITHOUT_QUERY, "REQ_WITHOUT_QUERY", ARG_HEADER)                                         \
+    X(PROTOCOL, "PROTOCOL", ARG_NONE)                                                             \
+    X(RESPONSE_CODE, "RESPONSE_CODE", ARG_NONE)                                                   \
+    X(RESPONSE_FLAGS, "RESPONSE_FLAGS", ARG_NONE)                                                 \
+    X(RESPONSE_CODE_DETAILS, "RESPONSE_CODE_DETAILS", ARG_NONE)                                   \
+    X(CONNECTION_TERMINATION_DETAILS, "CONNECTION_TERMINATION_DETAILS", ARG_NONE)                 \
+    X(UPSTREAM_TRANSPORT_FAILURE_REASON, "UPSTREAM_TRANSPORT_FAILURE_REASON", ARG_NONE)           \
+    X(BYTES_RECEIVED, "BYTES_RECEIVED", ARG_NONE)                                                 \
+    X(BYTES_SENT, "BYTES_SENT", ARG_NONE)                                                         \
+    X(DURATION, "DURATION", ARG_NONE)                                                             \
+    X(REQUEST_DURATION, "REQUEST_DURATION", ARG_NONE)                                             \
+    X(RESPONSE_DURATION, "RESPONSE_DURATION", ARG_NONE)                                           \
+    X(RESPONSE_TX_DURATION, "RESPONSE_TX_DURATION", ARG_NONE)                                     \
+    X(UPSTREAM_HOST, "UPSTREAM_HOST", ARG_NONE)                                                   \
+    X(UPSTREAM_CLUSTER, "UPSTREAM_CLUSTER", ARG_NONE)                                             \
+    X(UPSTREAM_CLUSTER_RAW, "UPSTREAM_CLUSTER_RAW", ARG_NONE)                                     \
+    X(UPSTREAM_LOCAL_ADDRESS, "UPSTREAM_LOCAL_ADDRESS", ARG_NONE)                                 \
+    X(DOWNSTREAM_LOCAL_ADDRESS, "DOWNSTREAM_LOCAL_ADDRESS", ARG_NONE)                             \
+    X(DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT, "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT", ARG_NONE)   \
+    X(DOWNSTREAM_LOCAL_PORT, "DOWNSTREAM_LOCAL_PORT", ARG_NONE)                                   \
+    X(DOWNSTREAM_REMOTE_ADDRESS, "DOWNSTREAM_REMOTE_ADDRESS", ARG_NONE)                           \
+    X(DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", ARG_NONE) \
+    X(DOWNSTREAM_REMOTE_PORT, "DOWNSTREAM_REMOTE_PORT", ARG_NONE)                                 \
+    X(DOWNSTREAM_DIRECT_REMOTE_ADDRESS, "DOWNSTREAM_DIRECT_REMOTE_ADDRESS", ARG_NONE)             \
+    X(DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT,                                              \
+      "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT", ARG_NONE)                                  \
+    X(REQUESTED_SERVER_NAME, "REQUESTED_SERVER_NAME", ARG_NONE)                                   \
+    X(ROUTE_NAME, "ROUTE_NAME", ARG_NONE)                                                         \
+    X(HOSTNAME, "HOSTNAME", ARG_NONE)                                                             \
+    X(GRPC_STATUS, "GRPC_STATUS", ARG_OPT)                                                        \
+    /* Accepted, printed as "-": skiff keeps no metadata, filter state or TLS peer facts. */      \
+    X(DASH_METADATA, "METADATA", ARG_ANY)                                                         \
+    X(DASH_DYNAMIC_METADATA, "DYNAMIC_METADATA", ARG_ANY)                                         \
+    X(DASH_CLUSTER_METADATA, "CLUSTER_METADATA", ARG_ANY)                                         \
+    X(DASH_UPSTREAM_METADATA, "UPSTREAM_METADATA", ARG_ANY)                                       \
+    X(DASH_FILTER_STATE, "FILTER_STATE", ARG_ANY)                                                 \
+    X(DASH_UPSTREAM_FILTER_STATE, "UPSTREAM_FILTER_STATE", ARG_ANY)                               \
+    X(DASH_CEL, "CEL", ARG_ANY)                                                                   \
+    X(DASH_DOWNSTREAM_PEER_URI_SAN, "DOWNSTREAM_PEER_URI_SAN", ARG_NONE)                          \
+    X(DASH_DOWNSTREAM_LOCAL_URI_SAN, "DOWNSTREAM_LOCAL_URI_SAN", ARG_NONE)                        \
+    X(DASH_DOWNSTREAM_TLS_VERSION, "DOWNSTREAM_TLS_VERSION", ARG_NONE)                            \
     X(DASH_UPSTREAM_TRANSPORT_FAILURE, "UPSTREAM_TRANSPORT_FAILURE", ARG_NONE)
 
-enum { ARG_NONE, ARG_OPT, ARG_HEADER, ARG_ANY };
+enum {
+    ARG_NONE,
+    ARG_OPT,
+    ARG_HEADER,
+    ARG_ANY
+};
 
 typedef enum al_op {
     OP_LITERAL = 0,
 #define AL_OP_ENUM_(id, name, arg) OP_##id,
     AL_OPS(AL_OP_ENUM_)
 #undef AL_OP_ENUM_
-        OP_COUNT
+    OP_COUNT
 } al_op_t;
 
 static const struct {
     const char *name;
     int arg;
-} op_table[OP_COUNT] = {
-    [OP_LITERAL] = {"", ARG_NONE},
+} op_table[OP_COUNT] = {[OP_LITERAL] = {"", ARG_NONE},
 #define AL_OP_ROW_(id, nm, a) [OP_##id] = {nm, a},
-    AL_OPS(AL_OP_ROW_)
+                        AL_OPS(AL_OP_ROW_)
 #undef AL_OP_ROW_
 };
 
@@ -150,14 +154,14 @@ int dp_access_format_compile(dp_arena_t *a, const char *text, const dp_access_fo
     size_t litlen = 0;
     char *litbuf = dp_arena_alloc(a, strlen(text) + 1); /* literals, "%%" folded */
     char *lw = litbuf;
-#define FLUSH_LIT()                                                                                \
-    do {                                                                                           \
-        if (litlen) {                                                                              \
-            if (n == MAX_PIECES)                                                                   \
-                return fail(reterr_msg, "format has more than %d parts", MAX_PIECES);             \
-            tmp[n++] = (al_piece_t){.op = OP_LITERAL, .text = lit, .len = litlen};                \
-            litlen = 0;                                                                            \
-        }                                                                                          \
+#define FLUSH_LIT()                                                                   \
+    do {                                                                              \
+        if (litlen) {                                                                 \
+            if (n == MAX_PIECES)                                                      \
+                return fail(reterr_msg, "format has more than %d parts", MAX_PIECES); \
+            tmp[n++] = (al_piece_t){.op = OP_LITERAL, .text = lit, .len = litlen};    \
+            litlen = 0;                                                               \
+        }                                                                             \
     } while (0)
     lit = lw;
     while (*p) {
@@ -193,8 +197,8 @@ int dp_access_format_compile(dp_arena_t *a, const char *text, const dp_access_fo
             arglen = (size_t)(close - arg);
             has_arg = true;
             if (arglen > MAX_ARG)
-                return fail(reterr_msg, "command operator %.*s: argument longer than %d",
-                            (int)nlen, name, MAX_ARG);
+                return fail(reterr_msg, "command operator %.*s: argument longer than %d", (int)nlen,
+                            name, MAX_ARG);
             q = close + 1;
         }
         size_t max_len = 0;
@@ -205,8 +209,8 @@ int dp_access_format_compile(dp_arena_t *a, const char *text, const dp_access_fo
                             name);
             while (isdigit((unsigned char)*q)) {
                 if (max_len > 100000000)
-                    return fail(reterr_msg, "command operator %.*s: length too large",
-                                (int)nlen, name);
+                    return fail(reterr_msg, "command operator %.*s: length too large", (int)nlen,
+                                name);
                 max_len = max_len * 10 + (size_t)(*q - '0');
                 q++;
             }
@@ -228,8 +232,7 @@ int dp_access_format_compile(dp_arena_t *a, const char *text, const dp_access_fo
         if (kind == ARG_NONE && has_arg)
             return fail(reterr_msg, "command operator %.*s takes no argument", (int)nlen, name);
         if (kind == ARG_HEADER && (!has_arg || arglen == 0))
-            return fail(reterr_msg, "command operator %.*s needs a header name", (int)nlen,
-                        name);
+            return fail(reterr_msg, "command operator %.*s needs a header name", (int)nlen, name);
         FLUSH_LIT();
         lit = lw;
         if (n == MAX_PIECES)
@@ -318,7 +321,11 @@ static void put_u64(out_t *o, uint64_t v)
     put(o, b, (size_t)k);
 }
 
-typedef enum { V_ABSENT, V_STR, V_NUM } vkind_t;
+typedef enum {
+    V_ABSENT,
+    V_STR,
+    V_NUM
+} vkind_t;
 
 typedef struct val {
     vkind_t kind;
@@ -569,8 +576,8 @@ static val_t op_value(const al_piece_t *pc, const dp_stream_t *s, uint64_t now_m
         return h ? str_val(h->value.p, h->value.n) : (val_t){.kind = V_ABSENT};
     }
     case OP_GRPC_STATUS: {
-        const dp_header_t *h = s->resp_trailers ? DP_HDR_GET(s->resp_trailers, "grpc-status")
-                                                : NULL;
+        const dp_header_t *h =
+            s->resp_trailers ? DP_HDR_GET(s->resp_trailers, "grpc-status") : NULL;
         if (h == NULL && s->resp)
             h = DP_HDR_GET(&s->resp->headers, "grpc-status");
         return h ? str_val(h->value.p, h->value.n) : (val_t){.kind = V_ABSENT};
@@ -607,7 +614,7 @@ static val_t op_value(const al_piece_t *pc, const dp_stream_t *s, uint64_t now_m
         if (s->response_start_ms == 0)
             return (val_t){.kind = V_ABSENT};
         return num_val(s->response_start_ms >= s->start_ms ? s->response_start_ms - s->start_ms
-                                                          : 0);
+                                                           : 0);
     case OP_RESPONSE_TX_DURATION:
         if (s->response_start_ms == 0)
             return (val_t){.kind = V_ABSENT};
@@ -624,8 +631,7 @@ static val_t op_value(const al_piece_t *pc, const dp_stream_t *s, uint64_t now_m
         if (c == NULL)
             return (val_t){.kind = V_ABSENT};
         return str_val(scratch, sockaddr_fmt((const struct sockaddr *)&c->local,
-                                             pc->op == OP_DOWNSTREAM_LOCAL_ADDRESS, scratch,
-                                             scap));
+                                             pc->op == OP_DOWNSTREAM_LOCAL_ADDRESS, scratch, scap));
     case OP_DOWNSTREAM_REMOTE_ADDRESS:
     case OP_DOWNSTREAM_DIRECT_REMOTE_ADDRESS:
     case OP_DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT:
@@ -672,8 +678,7 @@ static void put_text_val(out_t *o, const al_piece_t *pc, val_t v)
     }
 }
 
-static void text_line(const dp_access_format_t *f, const dp_stream_t *s, uint64_t now_ms,
-                      out_t *o)
+static void text_line(const dp_access_format_t *f, const dp_stream_t *s, uint64_t now_ms, out_t *o)
 {
     char scratch[512];
     for (size_t i = 0; i < f->n_pieces; i++) {

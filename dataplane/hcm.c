@@ -582,8 +582,7 @@ static void stream_finish(hcm_stream_t *hs, dp_reset_reason_t why)
     if (why == DP_RESET_NONE && st->rq_completed)
         dp_counter_inc(st->rq_completed);
     if (c->cfg->n_access_logs && hs->s.req)
-        dp_access_log_write(c->cfg->access_logs, c->cfg->n_access_logs, &hs->s,
-                            uv_now(c->w->loop));
+        dp_access_log_write(c->cfg->access_logs, c->cfg->n_access_logs, &hs->s, uv_now(c->w->loop));
     if (DP_LOG_ON(DP_LOG_HTTP, DP_LOG_DEBUG) && hs->s.req) {
         char fl[64];
         DP_LOG(DP_LOG_HTTP, DP_LOG_DEBUG, "[C%lu] " DP_STR_FMT " " DP_STR_FMT " %d %s %s",

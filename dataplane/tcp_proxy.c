@@ -68,8 +68,7 @@ static void conn_close(tcp_conn_t *c)
         return;
     c->closing = true;
     if (c->tp && c->tp->n_access_logs)
-        dp_access_log_write(c->tp->access_logs, c->tp->n_access_logs, &c->info,
-                            uv_now(c->w->loop));
+        dp_access_log_write(c->tp->access_logs, c->tp->n_access_logs, &c->info, uv_now(c->w->loop));
     uv_close((uv_handle_t *)&c->down, conn_on_close);
     uv_close((uv_handle_t *)&c->up, conn_on_close);
     uv_close((uv_handle_t *)&c->idle, conn_on_close);

@@ -40,8 +40,7 @@ static int json_fields(dp_arena_t *a, const Google__Protobuf__Struct *st, int de
                        char **reterr_msg)
 {
     if (depth > MAX_JSON_DEPTH)
-        return fail(reterr_msg, "%s: json_format: nested deeper than %d", where,
-                    MAX_JSON_DEPTH);
+        return fail(reterr_msg, "%s: json_format: nested deeper than %d", where, MAX_JSON_DEPTH);
     if (st->n_fields > MAX_JSON_FIELDS)
         return fail(reterr_msg, "%s: json_format: more than %d keys", where, MAX_JSON_FIELDS);
     dp_access_json_field_t *f = dp_arena_alloc(a, (st->n_fields ? st->n_fields : 1) * sizeof(*f));
@@ -65,8 +64,7 @@ static int json_fields(dp_arena_t *a, const Google__Protobuf__Struct *st, int de
         }
         case KIND(NUMBER_VALUE):
             if (!isfinite(v->number_value))
-                return fail(reterr_msg, "%s: json_format.%s: not a finite number", where,
-                            f[i].key);
+                return fail(reterr_msg, "%s: json_format.%s: not a finite number", where, f[i].key);
             snprintf(raw, sizeof(raw), "%.17g", v->number_value);
             f[i].kind = DP_ACCESS_JSON_RAW;
             f[i].raw = dp_arena_strdup(a, raw);
@@ -87,8 +85,7 @@ static int json_fields(dp_arena_t *a, const Google__Protobuf__Struct *st, int de
             break;
         }
         case KIND(LIST_VALUE):
-            return fail(reterr_msg, "%s: json_format.%s: lists are not supported", where,
-                        f[i].key);
+            return fail(reterr_msg, "%s: json_format.%s: lists are not supported", where, f[i].key);
         default:
             f[i].kind = DP_ACCESS_JSON_RAW;
             f[i].raw = dp_arena_strdup(a, "null");
@@ -129,8 +126,8 @@ static int file_format(dp_arena_t *a, const file_log_t *fl, const char *where,
 {
     switch (fl->access_log_format_case) {
     case FAL(ACCESS_LOG_FORMAT_FORMAT):
-        return text_format(a, fl->format && fl->format[0] ? fl->format
-                                                           : DP_ACCESS_LOG_DEFAULT_FORMAT,
+        return text_format(a,
+                           fl->format && fl->format[0] ? fl->format : DP_ACCESS_LOG_DEFAULT_FORMAT,
                            where, "format", ret_fmt, reterr_msg);
     case FAL(ACCESS_LOG_FORMAT_JSON_FORMAT):
         return json_format(a, fl->json_format, where, ret_fmt, reterr_msg);
@@ -169,14 +166,14 @@ static int file_format(dp_arena_t *a, const file_log_t *fl, const char *where,
                         where);
         }
         default:
-            return fail(reterr_msg, "%s: log_format: one of text_format, json_format or "
-                                    "text_format_source is required",
+            return fail(reterr_msg,
+                        "%s: log_format: one of text_format, json_format or "
+                        "text_format_source is required",
                         where);
         }
     }
     default:
-        return text_format(a, DP_ACCESS_LOG_DEFAULT_FORMAT, where, "format", ret_fmt,
-                           reterr_msg);
+        return text_format(a, DP_ACCESS_LOG_DEFAULT_FORMAT, where, "format", ret_fmt, reterr_msg);
     }
 }
 
@@ -196,7 +193,8 @@ int xds_access_logs_build(dp_arena_t *a, Envoy__Config__Accesslog__V3__AccessLog
         char where[300];
         snprintf(where, sizeof(where), "access_log[%zu] (%s)", i, name);
         const Google__Protobuf__Any *tc =
-            al->config_type_case == ENVOY__CONFIG__ACCESSLOG__V3__ACCESS_LOG__CONFIG_TYPE_TYPED_CONFIG
+            al->config_type_case ==
+                    ENVOY__CONFIG__ACCESSLOG__V3__ACCESS_LOG__CONFIG_TYPE_TYPED_CONFIG
                 ? al->typed_config
                 : NULL;
         if (tc == NULL || tc->type_url == NULL || strcmp(tc->type_url, XDS_FILE_ACCESS_LOG_TYPE))

@@ -11,7 +11,7 @@
 #include "dataplane/snapshot.h"
 #include "envoy/config/accesslog/v3/accesslog.pb-c.h"
 
-#define XDS_FILE_ACCESS_LOG_TYPE                                                                   \
+#define XDS_FILE_ACCESS_LOG_TYPE \
     "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 /* Builds the n entries into arena a: *ret_logs (NULL when none writes) and *ret_n. Opens each

@@ -19,13 +19,13 @@
 #include "tests/unit/check_run.h"
 #include "xds/access_log_build.h"
 
-#define ISTIO_TEXT                                                                                 \
-    "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" "            \
+#define ISTIO_TEXT                                                                               \
+    "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" "           \
     "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% " \
     "\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "          \
-    "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" "     \
-    "\"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% "   \
-    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "            \
+    "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" "    \
+    "\"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% "  \
+    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "           \
     "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
 
 /* A finished stream as the connection manager and router leave it. */
@@ -165,33 +165,46 @@ START_TEST(test_operators)
                      "abcd|ab|-");
     ck_assert_str_eq(line_of(a, "100%% %REQ(:PATH)% %REQ_WITHOUT_QUERY(:PATH)% %REQ(HOST)%", &f),
                      "100% /api/x?y=1 /api/x svc.ns:8080");
-    ck_assert_str_eq(line_of(a, "%REQ(:SCHEME)% %REQ(:METHOD)% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%"
-                                " %RESP(NOPE)%", &f),
+    ck_assert_str_eq(line_of(a,
+                             "%REQ(:SCHEME)% %REQ(:METHOD)% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%"
+                             " %RESP(NOPE)%",
+                             &f),
                      "http GET 7 -");
-    ck_assert_str_eq(line_of(a, "%START_TIME(%Y/%m/%d %H:%M:%S)% %START_TIME(%s.%3f)% "
-                                "%START_TIME(%6f|%f)%", &f),
+    ck_assert_str_eq(line_of(a,
+                             "%START_TIME(%Y/%m/%d %H:%M:%S)% %START_TIME(%s.%3f)% "
+                             "%START_TIME(%6f|%f)%",
+                             &f),
                      "2023/11/14 22:13:20 1700000000.123 123456|123456000");
-    ck_assert_str_eq(line_of(a, "%DURATION% %REQUEST_DURATION% %RESPONSE_DURATION% "
-                                "%RESPONSE_TX_DURATION% %BYTES_RECEIVED% %BYTES_SENT%", &f),
+    ck_assert_str_eq(line_of(a,
+                             "%DURATION% %REQUEST_DURATION% %RESPONSE_DURATION% "
+                             "%RESPONSE_TX_DURATION% %BYTES_RECEIVED% %BYTES_SENT%",
+                             &f),
                      "12 2 9 3 5 11");
-    ck_assert_str_eq(line_of(a, "%UPSTREAM_HOST% %UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW% "
-                                "%UPSTREAM_LOCAL_ADDRESS% %UPSTREAM_TRANSPORT_FAILURE_REASON% "
-                                "%CONNECTION_TERMINATION_DETAILS%", &f),
+    ck_assert_str_eq(line_of(a,
+                             "%UPSTREAM_HOST% %UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW% "
+                             "%UPSTREAM_LOCAL_ADDRESS% %UPSTREAM_TRANSPORT_FAILURE_REASON% "
+                             "%CONNECTION_TERMINATION_DETAILS%",
+                             &f),
                      "127.0.0.1:9000 outbound|80||svc.ns.svc.cluster.local "
                      "outbound|80||svc.ns.svc.cluster.local - - -");
-    ck_assert_str_eq(line_of(a, "%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
-                                "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% "
-                                "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_REMOTE_PORT%",
+    ck_assert_str_eq(line_of(a,
+                             "%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+                             "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% "
+                             "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_REMOTE_PORT%",
                              &f),
                      "127.0.0.1:15001 127.0.0.1:40000 127.0.0.1 127.0.0.1 40000");
-    ck_assert_str_eq(line_of(a, "%PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% "
-                                "%RESPONSE_CODE_DETAILS% %ROUTE_NAME% %REQUESTED_SERVER_NAME%", &f),
+    ck_assert_str_eq(line_of(a,
+                             "%PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% "
+                             "%RESPONSE_CODE_DETAILS% %ROUTE_NAME% %REQUESTED_SERVER_NAME%",
+                             &f),
                      "HTTP/1.1 200 - via_upstream default -");
     snprintf(f.conn.sni, sizeof(f.conn.sni), "svc.example.com");
     ck_assert_str_eq(line_of(a, "%REQUESTED_SERVER_NAME%", &f), "svc.example.com");
     /* Accepted but not kept: "-". */
-    ck_assert_str_eq(line_of(a, "%METADATA(ROUTE:a:b)% %FILTER_STATE(upstream_peer)% "
-                                "%CEL(request.path)% %DYNAMIC_METADATA(x)%", &f),
+    ck_assert_str_eq(line_of(a,
+                             "%METADATA(ROUTE:a:b)% %FILTER_STATE(upstream_peer)% "
+                             "%CEL(request.path)% %DYNAMIC_METADATA(x)%",
+                             &f),
                      "- - - -");
     char host[256] = "";
     gethostname(host, sizeof(host) - 1);
@@ -229,15 +242,33 @@ START_TEST(test_json)
     dp_arena_t *a = dp_arena_new();
     fixture_t f;
     fixture_init(&f);
-    const char *keys[] = {"start_time", "method", "path", "protocol", "response_code",
-                          "response_flags", "bytes_received", "duration", "upstream_host",
-                          "upstream_cluster", "upstream_service_time", "authority",
-                          "upstream_transport_failure_reason", "mixed"};
-    const char *ops[] = {"%START_TIME%", "%REQ(:METHOD)%", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-                         "%PROTOCOL%", "%RESPONSE_CODE%", "%RESPONSE_FLAGS%",
-                         "%BYTES_RECEIVED%", "%DURATION%", "%UPSTREAM_HOST%",
-                         "%UPSTREAM_CLUSTER_RAW%", "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-                         "%REQ(:AUTHORITY)%", "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    const char *keys[] = {"start_time",
+                          "method",
+                          "path",
+                          "protocol",
+                          "response_code",
+                          "response_flags",
+                          "bytes_received",
+                          "duration",
+                          "upstream_host",
+                          "upstream_cluster",
+                          "upstream_service_time",
+                          "authority",
+                          "upstream_transport_failure_reason",
+                          "mixed"};
+    const char *ops[] = {"%START_TIME%",
+                         "%REQ(:METHOD)%",
+                         "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                         "%PROTOCOL%",
+                         "%RESPONSE_CODE%",
+                         "%RESPONSE_FLAGS%",
+                         "%BYTES_RECEIVED%",
+                         "%DURATION%",
+                         "%UPSTREAM_HOST%",
+                         "%UPSTREAM_CLUSTER_RAW%",
+                         "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+                         "%REQ(:AUTHORITY)%",
+                         "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
                          "code=%RESPONSE_CODE% \"q\""};
     size_t n = sizeof(keys) / sizeof(keys[0]);
     dp_access_json_field_t fields[16];
@@ -385,7 +416,8 @@ START_TEST(test_build)
     ds.inline_string = "%RESPONSE_CODE% %UPSTREAM_CLUSTER%\n";
     Envoy__Config__Core__V3__SubstitutionFormatString sfs =
         ENVOY__CONFIG__CORE__V3__SUBSTITUTION_FORMAT_STRING__INIT;
-    sfs.format_case = ENVOY__CONFIG__CORE__V3__SUBSTITUTION_FORMAT_STRING__FORMAT_TEXT_FORMAT_SOURCE;
+    sfs.format_case =
+        ENVOY__CONFIG__CORE__V3__SUBSTITUTION_FORMAT_STRING__FORMAT_TEXT_FORMAT_SOURCE;
     sfs.text_format_source = &ds;
     fl.access_log_format_case =
         ENVOY__EXTENSIONS__ACCESS_LOGGERS__FILE__V3__FILE_ACCESS_LOG__ACCESS_LOG_FORMAT_LOG_FORMAT;
