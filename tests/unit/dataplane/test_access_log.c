@@ -364,6 +364,50 @@ START_TEST(test_file_flush_reopen)
 }
 END_TEST
 
+/* Malformed and edge-case formats: refused or formatted, never read out of bounds. */
+START_TEST(test_edges)
+{
+    dp_arena_t *a = dp_arena_new();
+    fixture_t f;
+    fixture_init(&f);
+    static const char *const bad[] = {"%", "%%%", "%REQ()%", "%REQ(?X)%", "%REQ(X?)%",
+                                      "%REQ(A?B?C)%", "%DURATION:%", "%DURATION:x%",
+                                      "%duration%", "%REQ(X)", "%START_TIME(%Y"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        free(compile_error(a, bad[i]));
+    char big[2048];
+    snprintf(big, sizeof(big), "%%REQ(%0300d)%%", 0);
+    free(compile_error(a, big));
+    /* More parts than a format may have. */
+    char many[4096] = "";
+    for (int i = 0; i < 300; i++)
+        strcat(many, "%DURATION%,");
+    free(compile_error(a, many));
+    /* Odd START_TIME formats still give a bounded line. */
+    ck_assert_str_eq(line_of(a, "%START_TIME(%9f %1f %%)%", &f), "123456000 1 %");
+    ck_assert_str_eq(line_of(a, "", &f), "");
+    ck_assert_str_eq(line_of(a, "plain", &f), "plain");
+    /* A line longer than the buffer is cut, NUL ended. */
+    const dp_access_format_t *fmt;
+    char *err = NULL;
+    ck_assert_int_eq(dp_access_format_compile(a, "%REQ(USER-AGENT)%%REQ(USER-AGENT)%", &fmt, &err),
+                     0);
+    char small[8];
+    ck_assert_uint_eq(dp_access_format_line(fmt, &f.s, 1012, small, sizeof(small)), 7);
+    ck_assert_str_eq(small, "curl/8c");
+    /* No request (a TCP connection): the HTTP operators print "-", the code 0. */
+    f.s.req = NULL;
+    f.s.resp = NULL;
+    f.s.details = NULL;
+    ck_assert_str_eq(line_of(a, "\"%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%\" %RESPONSE_CODE% "
+                                "%RESPONSE_CODE_DETAILS%",
+                             &f),
+                     "\"- - -\" 200 -");
+    fixture_done(&f);
+    dp_arena_free(a);
+}
+END_TEST
+
 /* FileAccessLog translation: a packed FileAccessLog in an AccessLog. */
 static int build_one(dp_arena_t *a, Envoy__Extensions__AccessLoggers__File__V3__FileAccessLog *fl,
                      const dp_access_log_t **ret, size_t *ret_n, char **err)
@@ -473,6 +517,7 @@ int main(void)
     tcase_add_test(tc, test_default_and_istio_lines);
     tcase_add_test(tc, test_operators);
     tcase_add_test(tc, test_json);
+    tcase_add_test(tc, test_edges);
     tcase_add_test(tc, test_file_flush_reopen);
     tcase_add_test(tc, test_build);
     suite_add_tcase(s, tc);
