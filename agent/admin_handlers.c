@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "dataplane/access_log.h"
 #include "dataplane/log.h"
 #include "envoy/admin/v3/config_dump.pb-c.h"
 #include "envoy/admin/v3/server_info.pb-c.h"
@@ -630,6 +631,7 @@ static void h_reopen_logs(const agent_admin_request_t *req, agent_admin_response
                           void *ud)
 {
     dp_log_reopen();
+    dp_access_log_reopen();
     fputs("OK\n", resp->body);
 }
 

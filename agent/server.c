@@ -9,6 +9,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "dataplane/access_log.h"
 #include "dataplane/log.h"
 #include "skiff_build.h"
 #include "xds/snapshot_build.h"
@@ -107,6 +108,8 @@ static void on_signal(uv_signal_t *h, int signum)
         break;
     case SIGUSR1:
         DP_LOG(DP_LOG_MAIN, DP_LOG_INFO, "caught SIGUSR1: reopening log files");
+        if (dp_access_log_reopen() < 0)
+            DP_LOG(DP_LOG_MAIN, DP_LOG_ERROR, "cannot reopen an access log file");
         if (dp_log_reopen() < 0)
             DP_LOG(DP_LOG_MAIN, DP_LOG_ERROR, "cannot reopen the log file: %s", strerror(errno));
         else
@@ -408,6 +411,7 @@ int agent_server_run(const agent_options_t *opts, agent_bootstrap_t *bootstrap)
     uv_timer_init(&s->loop, &s->drain_timer);
     s->drain_timer.data = s;
     uv_timer_start(&s->flush_timer, on_flush_timer, STATS_FLUSH_MS, STATS_FLUSH_MS);
+    dp_access_log_start(&s->loop, opts->file_flush_interval_msec, opts->file_flush_min_size_kb);
 
     if (server_listen_admin(s) < 0)
         goto out;
@@ -444,6 +448,7 @@ out:
     for (uint32_t i = 0; i < s->n_workers; i++)
         dp_worker_join_free(s->workers[i]);
     free(s->workers);
+    dp_access_log_flush();
     dp_snapshot_unref(s->snapshot);
     rc = uv_loop_close(&s->loop);
     if (rc < 0)

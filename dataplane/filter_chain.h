@@ -64,6 +64,9 @@ typedef struct dp_tcp_proxy {
     size_t n_weighted;
     uint32_t total_weight;
     uint64_t idle_timeout_ms; /* 0: none; Envoy's default is 1 h */
+    /* access_log: a line each when a connection ends (dataplane/access_log.h). */
+    const struct dp_access_log *access_logs;
+    size_t n_access_logs;
 } dp_tcp_proxy_t;
 
 typedef struct dp_filter_chain {

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dataplane/access_log.h"
 #include "dataplane/conn.h"
 #include "dataplane/filter_chain.h"
 #include "dataplane/log.h"
@@ -261,6 +262,8 @@ int dp_stream_encode_headers(dp_stream_t *s, dp_http_head_t *h, bool end_stream)
             dp_headers_add_ref(&h->headers, s->pool, DP_STR("date"), http_date());
         s->response_started = true;
         s->response_status = h->status;
+        s->resp = h;
+        s->response_start_ms = hs->last_ms;
         status_stats(hs, h->status);
     }
     return hs->enc->ops->headers(hs->enc, h, end_stream);
@@ -272,6 +275,7 @@ int dp_stream_encode_data(dp_stream_t *s, const uint8_t *p, size_t n, bool end_s
     hs->last_ms = uv_now(s->w->loop);
     if (hs->enc == NULL)
         return -EPIPE;
+    s->bytes_sent += n;
     return hs->enc->ops->data(hs->enc, p, n, end_stream);
 }
 
@@ -280,6 +284,7 @@ int dp_stream_encode_trailers(dp_stream_t *s, dp_headers_t *t)
     hcm_stream_t *hs = (hcm_stream_t *)s;
     if (hs->enc == NULL)
         return -EPIPE;
+    s->resp_trailers = t;
     return hs->enc->ops->trailers(hs->enc, t);
 }
 
@@ -440,8 +445,13 @@ static void on_req_headers(void *ud, dp_http_head_t *h, bool end_stream)
         return;
     hs->s.req = h;
     hs->s.start_ms = uv_now(hs->c->w->loop);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    hs->s.start_wall_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
     hs->head_ended = end_stream;
     hs->s.request_ended = end_stream;
+    if (end_stream)
+        hs->s.request_end_ms = hs->s.start_ms;
     if (st->rq_total)
         dp_counter_inc(st->rq_total);
     dp_counter_t *vt = h->version == DP_HTTP_2 ? st->rq_http2_total : st->rq_http1_total;
@@ -482,8 +492,11 @@ static void on_req_data(void *ud, const uint8_t *p, size_t n, bool end_stream)
 {
     hcm_stream_t *hs = ud;
     hs->last_ms = uv_now(hs->c->w->loop);
-    if (end_stream)
+    hs->s.bytes_received += n;
+    if (end_stream) {
         hs->s.request_ended = true;
+        hs->s.request_end_ms = hs->last_ms;
+    }
     if (hs->s.req == NULL)
         return;
     if (hs->at_terminal) {
@@ -504,6 +517,7 @@ static void on_req_trailers(void *ud, dp_headers_t *t)
 {
     hcm_stream_t *hs = ud;
     hs->s.request_ended = true;
+    hs->s.request_end_ms = uv_now(hs->c->w->loop);
     if (hs->s.req == NULL)
         return;
     if (hs->at_terminal) {
@@ -573,6 +587,8 @@ static void stream_finish(hcm_stream_t *hs, dp_reset_reason_t why)
         dp_gauge_dec(st->rq_active);
     if (why == DP_RESET_NONE && st->rq_completed)
         dp_counter_inc(st->rq_completed);
+    if (c->cfg->n_access_logs && hs->s.req)
+        dp_access_log_write(c->cfg->access_logs, c->cfg->n_access_logs, &hs->s, uv_now(c->w->loop));
     if (DP_LOG_ON(DP_LOG_HTTP, DP_LOG_DEBUG) && hs->s.req) {
         char fl[64];
         DP_LOG(DP_LOG_HTTP, DP_LOG_DEBUG, "[C%lu] " DP_STR_FMT " " DP_STR_FMT " %d %s %s",

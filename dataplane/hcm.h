@@ -17,6 +17,7 @@ struct dp_route_config;     /* dataplane/route.h */
 struct dp_http_filter_type; /* dataplane/filter.h */
 struct dp_accepted;         /* dataplane/conn.h */
 struct dp_wctx;             /* dataplane/conn.h */
+struct dp_access_log;       /* dataplane/access_log.h */
 
 typedef enum dp_codec_type {
     DP_CODEC_AUTO, /* HTTP/2 when the connection starts with the preface, else HTTP/1.1 */
@@ -66,6 +67,9 @@ typedef struct dp_hcm_config {
     bool inbound;                      /* the listener's traffic_direction is INBOUND */
     dp_http_limits_t limits; /* max_request_headers_kb, max_headers_count, HTTP/2 options */
     dp_hcm_stats_t stats;
+    /* access_log: a line each when a stream ends (envoy.access_loggers.file). */
+    const struct dp_access_log *access_logs;
+    size_t n_access_logs;
 } dp_hcm_config_t;
 
 /* Takes over an accepted connection whose filter chain ends in this connection manager

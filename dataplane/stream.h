@@ -72,6 +72,21 @@ typedef struct dp_stream {
     const struct dp_route_config *rc;
     const struct dp_vhost *vh;
     const struct dp_route *route;
+    /* What the access log reads (dataplane/access_log.h). Set by the connection manager:
+     * the wall clock at the request head (us since the epoch), the loop times the request
+     * ended and the response head went out (0: not yet), the body bytes each way, the final
+     * response head and trailers sent. Set by the router when it opens an upstream stream:
+     * the host and the cluster's name. details: RESPONSE_CODE_DETAILS when known ("via_upstream",
+     * "direct_response"); NULL lets the log derive it from the response flags. */
+    int64_t start_wall_us;
+    uint64_t request_end_ms, response_start_ms;
+    uint64_t bytes_received, bytes_sent;
+    const dp_http_head_t *resp;
+    const dp_headers_t *resp_trailers;
+    bool has_upstream_host;
+    dp_addr_t upstream_host;
+    const char *upstream_cluster;
+    const char *details;
 } dp_stream_t;
 
 /* What a filter callback returns. */

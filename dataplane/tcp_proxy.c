@@ -7,11 +7,14 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "dataplane/access_log.h"
 #include "dataplane/conn.h"
 #include "dataplane/filter_chain.h"
 #include "dataplane/log.h"
+#include "dataplane/stream.h"
 
 #define RELAY_BUF (16 * 1024)
 
@@ -39,6 +42,10 @@ struct tcp_conn {
     relay_t d2u, u2d;
     int open_handles;
     bool closing;
+    /* The access log's view of the connection (no request: the HTTP operators print "-"). */
+    const dp_tcp_proxy_t *tp; /* in snap */
+    dp_accepted_t a;
+    dp_stream_t info;
 };
 
 static void conn_on_close(uv_handle_t *h)
@@ -60,6 +67,8 @@ static void conn_close(tcp_conn_t *c)
     if (c->closing)
         return;
     c->closing = true;
+    if (c->tp && c->tp->n_access_logs)
+        dp_access_log_write(c->tp->access_logs, c->tp->n_access_logs, &c->info, uv_now(c->w->loop));
     uv_close((uv_handle_t *)&c->down, conn_on_close);
     uv_close((uv_handle_t *)&c->up, conn_on_close);
     uv_close((uv_handle_t *)&c->idle, conn_on_close);
@@ -127,6 +136,10 @@ static void relay_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     }
     if (c->idle_ms)
         uv_timer_again(&c->idle);
+    if (r == &c->d2u)
+        c->info.bytes_received += (uint64_t)n;
+    else
+        c->info.bytes_sent += (uint64_t)n;
     /* One write in flight per direction: stop reading until it completes. */
     uv_read_stop(s);
     uv_buf_t out = uv_buf_init(buf->base, (unsigned)n);
@@ -145,6 +158,7 @@ static void on_upstream_connected(uv_connect_t *req, int status)
                uv_strerror(status));
         if (c->cluster->cx_connect_fail)
             dp_counter_inc(c->cluster->cx_connect_fail);
+        c->info.response_flags |= DP_RF(UF);
         conn_close(c);
         return;
     }
@@ -201,6 +215,15 @@ void dp_tcp_proxy_start(dp_wctx_t *w, dp_accepted_t *a)
     c->w = w;
     c->snap = a->snap;
     c->listener = a->listener;
+    c->tp = tp;
+    c->a = *a;
+    c->info.conn = &c->a;
+    c->info.w = w;
+    c->info.snap = a->snap;
+    c->info.start_ms = uv_now(w->loop);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    c->info.start_wall_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
     uv_tcp_init(w->loop, &c->down);
     uv_tcp_init(w->loop, &c->up);
     uv_timer_init(w->loop, &c->idle);
@@ -219,10 +242,16 @@ void dp_tcp_proxy_start(dp_wctx_t *w, dp_accepted_t *a)
         /* No route to an upstream: close, as tcp_proxy does (UH / NR). */
         DP_LOG(DP_LOG_CONNECTION, DP_LOG_DEBUG, "tcp_proxy: no upstream for %s",
                tp && tp->cluster ? tp->cluster : "(none)");
+        if (cl)
+            c->info.upstream_cluster = cl->name;
+        c->info.response_flags |= cl ? DP_RF(UH) : DP_RF(NC);
         conn_close(c);
         return;
     }
     c->cluster = cl;
+    c->info.upstream_cluster = cl->name;
+    c->info.upstream_host = ep->addr;
+    c->info.has_upstream_host = true;
     c->idle_ms = tp->idle_timeout_ms;
     if (c->idle_ms)
         uv_timer_start(&c->idle, on_idle, c->idle_ms, c->idle_ms);

@@ -10,6 +10,7 @@
 #include "dataplane/route.h"
 #include "handlers/config.h"
 #include "handlers/registry.h"
+#include "xds/access_log_build.h"
 #include "xds/typed_struct.h"
 #include "xds/route_build.h"
 
@@ -289,6 +290,14 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
                         "65535..2147483647",
                         sp, v);
         c->limits.h2_initial_connection_window = v;
+    }
+
+    char *alerr = NULL;
+    if (xds_access_logs_build(a, hcm->access_log, hcm->n_access_log, &c->access_logs,
+                              &c->n_access_logs, &alerr) < 0) {
+        fail(reterr_msg, "http_connection_manager %s: %s", sp, alerr ? alerr : "access_log");
+        free(alerr);
+        return NULL;
     }
 
     if (stats)

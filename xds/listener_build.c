@@ -14,6 +14,7 @@
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
 #include "envoy/extensions/filters/network/local_ratelimit/v3/local_rate_limit.pb-c.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb-c.h"
+#include "xds/access_log_build.h"
 #include "xds/hcm_build.h"
 #include "xds/pbwire.h"
 
@@ -160,8 +161,15 @@ static const dp_tcp_proxy_t *build_tcp_proxy(dp_arena_t *arena, const Google__Pr
     }
     /* Envoy's tcp_proxy idle_timeout defaults to 1 h; 0s disables it. */
     t->idle_timeout_ms = tp->idle_timeout ? duration_ms(tp->idle_timeout) : 3600 * 1000;
+    char *err = NULL;
+    int rc = xds_access_logs_build(arena, tp->access_log, tp->n_access_log, &t->access_logs,
+                                   &t->n_access_logs, &err);
+    if (rc < 0)
+        DP_LOG(DP_LOG_CONFIG, DP_LOG_WARN, "tcp_proxy %s: %s", t->stat_prefix,
+               err ? err : "access_log");
+    free(err);
     protobuf_c_message_free_unpacked(&tp->base, NULL);
-    return t;
+    return rc < 0 ? NULL : t;
 }
 
 /* The HTTP connection manager ending a chain, through xds_hcm_build. NULL (the chain then

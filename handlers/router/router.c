@@ -498,6 +498,7 @@ static void up_on_headers(void *ud, dp_http_head_t *h, bool end_stream)
         dp_counter_inc(code);
     if (end_stream)
         timers_stop_all(r);
+    s->details = "via_upstream";
     dp_stream_encode_headers(s, h, end_stream);
 }
 
@@ -612,6 +613,10 @@ static void pool_on_ready(void *ud, dp_codec_conn_t *conn, const dp_addr_t *host
     r->wait = NULL;
     r->host = host;
     dp_stream_t *s = r->s;
+    if (host) {
+        s->upstream_host = *host;
+        s->has_upstream_host = true;
+    }
     r->up = conn->ops->new_stream(conn, &upstream_sink, r, s->pool);
     if (r->up == NULL) {
         attempt_failed(r, DP_RESET_CONN_TERMINATED, false, false);
@@ -642,8 +647,11 @@ static void pool_on_failure(void *ud, dp_reset_reason_t why, const dp_addr_t *ho
     router_t *r = ud;
     r->wait = NULL;
     r->host = host;
-    if (host)
+    if (host) {
+        r->s->upstream_host = *host;
+        r->s->has_upstream_host = true;
         host_result(r, 0, why);
+    }
     attempt_failed(r, why, false, false);
 }
 
@@ -690,6 +698,7 @@ static void reply_redirect(dp_stream_t *s, const dp_route_t *route)
     h->content_length = 0;
     dp_headers_add_ref(&h->headers, s->pool, DP_STR("location"), loc);
     dp_headers_add_ref(&h->headers, s->pool, DP_STR("content-length"), DP_STR("0"));
+    s->details = "direct_response";
     dp_stream_encode_headers(s, h, true);
 }
 
@@ -707,6 +716,7 @@ static void reply_direct(dp_stream_t *s, const dp_route_t *route)
     if (s->route)
         dp_route_apply_response(s->rc, s->vh, route, NULL, h, s->pool);
     bool head = DP_STR_EQ(s->req->method, "HEAD");
+    s->details = "direct_response";
     if (dp_stream_encode_headers(s, h, blen == 0 || head) == 0 && blen && !head)
         dp_stream_encode_data(s, (const uint8_t *)route->direct_body.p, blen, true);
 }
@@ -893,6 +903,7 @@ static dp_filter_status_t router_on_request_headers(dp_stream_t *s, void *ctx, c
         return DP_FILTER_STOP;
     }
     r->cluster = c;
+    s->upstream_cluster = c->name;
     dp_str_t original_path = s->req->path;
     dp_route_apply_request(rc, vh, route, r->wc, s->req, s->pool);
     /* Envoy keeps the path a rewrite replaced in x-envoy-original-path. */
