@@ -23,12 +23,12 @@ typedef struct dp_conn_link {
 
 typedef struct dp_wctx {
     uv_loop_t *loop;
-    unsigned index;             /* the worker's number */
-    dp_snapshot_t *snap;        /* the current snapshot (borrowed; connections ref their own) */
-    struct dp_upstreams *up;    /* this worker's upstream connection pools */
+    unsigned index;          /* the worker's number */
+    dp_snapshot_t *snap;     /* the current snapshot (borrowed; connections ref their own) */
+    struct dp_upstreams *up; /* this worker's upstream connection pools */
     dp_conn_link_t *conns;
-    uint64_t rng;               /* xorshift state for random choices */
-    uint64_t rr;                /* a counter for even spreading (weighted clusters) */
+    uint64_t rng; /* xorshift state for random choices */
+    uint64_t rr;  /* a counter for even spreading (weighted clusters) */
     /* Where an accepted connection goes, by the network filter ending its chain. Set by the
      * worker; a NULL one closes such connections. */
     void (*hcm_start)(struct dp_wctx *w, struct dp_accepted *a);
@@ -51,9 +51,9 @@ typedef struct dp_accepted {
     const dp_listener_t *listener;
     const struct dp_filter_chain *chain;
     struct sockaddr_storage local, remote;
-    char sni[256];   /* server name from tls_inspector, "" when none */
-    char alpn[64];   /* the first ALPN protocol offered (tls_inspector) or detected
-                      * (http_inspector: "http/1.1", "http/1.0", "h2c"), "" when none */
+    char sni[256]; /* server name from tls_inspector, "" when none */
+    char alpn[64]; /* the first ALPN protocol offered (tls_inspector) or detected
+                    * (http_inspector: "http/1.1", "http/1.0", "h2c"), "" when none */
 } dp_accepted_t;
 
 /* tcp_proxy: relays the connection to the chain's cluster. Takes ownership of a->fd and

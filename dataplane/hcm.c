@@ -34,7 +34,7 @@ typedef struct hcm_conn {
     const dp_hcm_config_t *cfg;
     dp_codec_conn_t *codec;
     uv_poll_t sniff;
-    uv_timer_t timer; /* sniff timeout, then the connection idle timeout */
+    uv_timer_t timer;  /* sniff timeout, then the connection idle timeout */
     uv_check_t reaper; /* frees ended streams after the callbacks that ended them return */
     hcm_stream_t *dead;
     int handles;      /* open uv handles */
@@ -65,8 +65,8 @@ struct hcm_stream {
     dp_enc_t *enc; /* the downstream codec stream; NULL once it is over */
     chain_entry_t *chain;
     size_t n_chain, next_filter;
-    bool at_terminal;   /* the request head has reached the terminal filter */
-    bool head_ended;    /* the request head carried end_stream */
+    bool at_terminal; /* the request head has reached the terminal filter */
+    bool head_ended;  /* the request head carried end_stream */
     bool finished;
     /* body and trailers that arrived while the chain was paused before the terminal filter */
     dp_bufq_t held;
@@ -425,8 +425,7 @@ static void mutate_request(hcm_stream_t *hs, dp_http_head_t *h)
     /* No request is internal (see above), so a client's claim to be one is dropped. */
     DP_HDR_REMOVE(&h->headers, "x-envoy-internal");
     const dp_header_t *rid = DP_HDR_GET(&h->headers, "x-request-id");
-    if (cfg->generate_request_id &&
-        (rid == NULL || (edge && !cfg->preserve_external_request_id))) {
+    if (cfg->generate_request_id && (rid == NULL || (edge && !cfg->preserve_external_request_id))) {
         char id[37];
         uuid4(hs->c->w, id);
         dp_headers_set(&h->headers, p, "x-request-id", 12, id, 36);
@@ -591,9 +590,8 @@ static void stream_finish(hcm_stream_t *hs, dp_reset_reason_t why)
         dp_access_log_write(c->cfg->access_logs, c->cfg->n_access_logs, &hs->s, uv_now(c->w->loop));
     if (DP_LOG_ON(DP_LOG_HTTP, DP_LOG_DEBUG) && hs->s.req) {
         char fl[64];
-        DP_LOG(DP_LOG_HTTP, DP_LOG_DEBUG, "[C%lu] " DP_STR_FMT " " DP_STR_FMT " %d %s %s",
-               c->id, DP_STR_ARG(hs->s.req->method), DP_STR_ARG(hs->s.req->path),
-               hs->s.response_status,
+        DP_LOG(DP_LOG_HTTP, DP_LOG_DEBUG, "[C%lu] " DP_STR_FMT " " DP_STR_FMT " %d %s %s", c->id,
+               DP_STR_ARG(hs->s.req->method), DP_STR_ARG(hs->s.req->path), hs->s.response_status,
                dp_response_flags_str(hs->s.response_flags, fl, sizeof(fl)),
                dp_reset_reason_str(why));
     }
@@ -698,8 +696,7 @@ static void idle_arm(hcm_conn_t *c)
         uv_timer_stop(&c->timer);
 }
 
-static const dp_sink_ops_t *on_stream(void *ud, dp_enc_t *enc, void **ret_ud,
-                                      dp_pool_t **ret_pool)
+static const dp_sink_ops_t *on_stream(void *ud, dp_enc_t *enc, void **ret_ud, dp_pool_t **ret_pool)
 {
     hcm_conn_t *c = ud;
     if (c->closing)

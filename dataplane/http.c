@@ -153,8 +153,8 @@ static dp_header_t *headers_slot(dp_headers_t *h, dp_pool_t *p)
     return &h->v[h->n++];
 }
 
-void dp_headers_add(dp_headers_t *h, dp_pool_t *p, const char *name, size_t nlen,
-                    const char *value, size_t vlen)
+void dp_headers_add(dp_headers_t *h, dp_pool_t *p, const char *name, size_t nlen, const char *value,
+                    size_t vlen)
 {
     dp_header_t *e = headers_slot(h, p);
     e->name = (dp_str_t){dp_pool_strndup(p, name, nlen), nlen};
@@ -192,8 +192,8 @@ size_t dp_headers_remove(dp_headers_t *h, const char *name, size_t nlen)
     return removed;
 }
 
-void dp_headers_set(dp_headers_t *h, dp_pool_t *p, const char *name, size_t nlen,
-                    const char *value, size_t vlen)
+void dp_headers_set(dp_headers_t *h, dp_pool_t *p, const char *name, size_t nlen, const char *value,
+                    size_t vlen)
 {
     for (uint32_t i = 0; i < h->n; i++) {
         if (h->v[i].name.n == nlen && memcmp(h->v[i].name.p, name, nlen) == 0) {

@@ -39,11 +39,11 @@
 
 typedef struct dp_pool dp_pool_t;
 
-dp_pool_t *dp_pool_new(void);                              /* aborts on OOM */
-void *dp_pool_alloc(dp_pool_t *p, size_t n);               /* 16-byte aligned, not zeroed */
-void *dp_pool_calloc(dp_pool_t *p, size_t n);              /* zeroed */
+dp_pool_t *dp_pool_new(void);                                 /* aborts on OOM */
+void *dp_pool_alloc(dp_pool_t *p, size_t n);                  /* 16-byte aligned, not zeroed */
+void *dp_pool_calloc(dp_pool_t *p, size_t n);                 /* zeroed */
 char *dp_pool_strndup(dp_pool_t *p, const char *s, size_t n); /* NUL-terminated copy */
-void dp_pool_free(dp_pool_t *p);                           /* accepts NULL */
+void dp_pool_free(dp_pool_t *p);                              /* accepts NULL */
 
 /* A FIFO of copied byte chunks: a body held while its next hop is not ready (the upstream
  * stream not open yet, a paused filter chain). */
@@ -70,9 +70,9 @@ typedef struct dp_str {
     size_t n;
 } dp_str_t;
 
-#define DP_STR(lit)  ((dp_str_t){(lit), sizeof(lit) - 1})
-#define DP_STR_NULL  ((dp_str_t){NULL, 0})
-#define DP_STR_FMT   "%.*s"
+#define DP_STR(lit)   ((dp_str_t){(lit), sizeof(lit) - 1})
+#define DP_STR_NULL   ((dp_str_t){NULL, 0})
+#define DP_STR_FMT    "%.*s"
 #define DP_STR_ARG(s) (int)(s).n, (s).p
 
 static inline bool dp_str_eq(dp_str_t a, const char *lit, size_t n)
@@ -120,14 +120,14 @@ typedef struct dp_headers {
 } dp_headers_t;
 
 /* Appends a header, copying name and value into the pool. */
-void dp_headers_add(dp_headers_t *h, dp_pool_t *p, const char *name, size_t nlen,
-                    const char *value, size_t vlen);
+void dp_headers_add(dp_headers_t *h, dp_pool_t *p, const char *name, size_t nlen, const char *value,
+                    size_t vlen);
 /* Appends a header that refers to name and value without copying them (they must outlive the
  * stream: string literals, or snapshot memory the stream has pinned). */
 void dp_headers_add_ref(dp_headers_t *h, dp_pool_t *p, dp_str_t name, dp_str_t value);
 /* Replaces every header of that name with one (copied), or appends it. */
-void dp_headers_set(dp_headers_t *h, dp_pool_t *p, const char *name, size_t nlen,
-                    const char *value, size_t vlen);
+void dp_headers_set(dp_headers_t *h, dp_pool_t *p, const char *name, size_t nlen, const char *value,
+                    size_t vlen);
 /* The first header of that (lower-case) name, or NULL. */
 const dp_header_t *dp_headers_get(const dp_headers_t *h, const char *name, size_t nlen);
 /* Removes every header of that name; returns how many. */
@@ -165,15 +165,15 @@ typedef struct dp_http_head {
 
 /* Why a stream ended early. */
 typedef enum dp_reset_reason {
-    DP_RESET_NONE = 0,       /* normal completion (on_done only) */
-    DP_RESET_LOCAL,          /* this side reset it */
-    DP_RESET_REMOTE,         /* the peer reset it (RST_STREAM, or HTTP/1 close mid-message) */
-    DP_RESET_CONNECT_FAIL,   /* the upstream connection could not be made */
+    DP_RESET_NONE = 0,     /* normal completion (on_done only) */
+    DP_RESET_LOCAL,        /* this side reset it */
+    DP_RESET_REMOTE,       /* the peer reset it (RST_STREAM, or HTTP/1 close mid-message) */
+    DP_RESET_CONNECT_FAIL, /* the upstream connection could not be made */
     DP_RESET_CONNECT_TIMEOUT,
     DP_RESET_CONN_TERMINATED, /* the connection closed before the stream ended */
-    DP_RESET_PROTOCOL,       /* the peer broke the protocol */
-    DP_RESET_REFUSED,        /* HTTP/2 REFUSED_STREAM, or GOAWAY before the stream started */
-    DP_RESET_OVERFLOW,       /* a buffer limit, or a circuit breaker, was passed */
+    DP_RESET_PROTOCOL,        /* the peer broke the protocol */
+    DP_RESET_REFUSED,         /* HTTP/2 REFUSED_STREAM, or GOAWAY before the stream started */
+    DP_RESET_OVERFLOW,        /* a buffer limit, or a circuit breaker, was passed */
     DP_RESET_NO_HEALTHY_HOST, /* upstream: the cluster has no host to send to */
 } dp_reset_reason_t;
 
@@ -181,11 +181,11 @@ const char *dp_reset_reason_str(dp_reset_reason_t r);
 
 /* Limits a peer cannot push past (RELIABILITY.md). Defaults: dp_http_limits_default(). */
 typedef struct dp_http_limits {
-    uint32_t max_header_bytes;   /* request/response head, 60 KiB (Envoy's default): 431 */
-    uint32_t max_headers;        /* header count, 100: 431 */
-    uint32_t buffer_limit;       /* per-stream high watermark, 1 MiB */
-    uint32_t h2_max_concurrent_streams;   /* 100 */
-    uint32_t h2_initial_stream_window;    /* 256 KiB */
+    uint32_t max_header_bytes;          /* request/response head, 60 KiB (Envoy's default): 431 */
+    uint32_t max_headers;               /* header count, 100: 431 */
+    uint32_t buffer_limit;              /* per-stream high watermark, 1 MiB */
+    uint32_t h2_max_concurrent_streams; /* 100 */
+    uint32_t h2_initial_stream_window;  /* 256 KiB */
     uint32_t h2_initial_connection_window; /* 1 MiB */
 } dp_http_limits_t;
 
@@ -265,8 +265,7 @@ typedef struct dp_codec_cb {
     /* Server: a request stream began (its head is on the way, through the sink). Returns the
      * sink ops for its events, with *ret_ud and the pool the codec allocates its heads from in
      * *ret_pool; NULL refuses it (HTTP/2: RST_STREAM REFUSED_STREAM; HTTP/1: 503 and close). */
-    const dp_sink_ops_t *(*on_stream)(void *ud, dp_enc_t *enc, void **ret_ud,
-                                      dp_pool_t **ret_pool);
+    const dp_sink_ops_t *(*on_stream)(void *ud, dp_enc_t *enc, void **ret_ud, dp_pool_t **ret_pool);
     /* Client: the connection can take a stream again (an HTTP/1 response completed on a
      * keep-alive connection; an HTTP/2 stream ended). May be NULL. */
     void (*on_ready)(void *ud, dp_codec_conn_t *c);
@@ -281,11 +280,9 @@ typedef struct dp_codec_cb {
  * requests and send responses; else the reverse. limits is copied. Returns NULL only on an
  * fd libuv refuses (the fd is then closed). */
 dp_codec_conn_t *dp_h1_conn_new(uv_loop_t *loop, int fd, bool server,
-                                const dp_http_limits_t *limits, const dp_codec_cb_t *cb,
-                                void *ud);
+                                const dp_http_limits_t *limits, const dp_codec_cb_t *cb, void *ud);
 dp_codec_conn_t *dp_h2_conn_new(uv_loop_t *loop, int fd, bool server,
-                                const dp_http_limits_t *limits, const dp_codec_cb_t *cb,
-                                void *ud);
+                                const dp_http_limits_t *limits, const dp_codec_cb_t *cb, void *ud);
 
 /* The 24 bytes every HTTP/2 connection with prior knowledge starts with (RFC 9113 §3.4). */
 #define DP_H2_PREFACE     "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

@@ -105,7 +105,7 @@ struct h1_conn {
     bool write_failed, over, again, lingering;
     int depth;
     size_t queued;
-    size_t ppos; /* during process(): bytes of rbuf consumed so far; else 0 */
+    size_t ppos;          /* during process(): bytes of rbuf consumed so far; else 0 */
     struct wreq *pending; /* a head held for its body's first bytes (see head_send) */
     int handles_open;
     dp_reset_reason_t close_why;
@@ -1326,7 +1326,7 @@ dp_codec_conn_t *dp_h1_conn_new(uv_loop_t *loop, int fd, bool server,
         close(fd);
         if (!opened) {
             free(c->pending);
-    free(c->rbuf);
+            free(c->rbuf);
             free(c);
         }
         return NULL;

@@ -78,7 +78,7 @@ void dp_log_write(dp_log_component_t c, dp_log_level_t l, const char *file, int 
                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* Whether a line at that level would be written: to skip preparing arguments. */
-#define DP_LOG_ON(comp, level)                                                                     \
+#define DP_LOG_ON(comp, level) \
     ((int)(level) >= atomic_load_explicit(&dp_log_levels[comp], memory_order_relaxed))
 
 #define DP_LOG(comp, level, ...)                                                                   \

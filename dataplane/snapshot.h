@@ -94,7 +94,7 @@ typedef enum dp_lb_policy {
 
 /* dns_lookup_family (Envoy's numbering). */
 typedef enum dp_dns_family {
-    DP_DNS_AUTO = 0,         /* IPv6 addresses when there are any, else IPv4 */
+    DP_DNS_AUTO = 0, /* IPv6 addresses when there are any, else IPv4 */
     DP_DNS_V4_ONLY = 1,
     DP_DNS_V6_ONLY = 2,
     DP_DNS_V4_PREFERRED = 3, /* IPv4 addresses when there are any, else IPv6 */

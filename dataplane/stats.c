@@ -1,9 +1,9 @@
 #include "dataplane/stats.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -278,8 +278,7 @@ static dp_stat_t *find_or_create_locked(dp_stats_t *st, const char *name, dp_sta
     return s;
 }
 
-static dp_stat_t *find_or_create(dp_stats_t *st, const char *name, dp_stat_kind_t kind,
-                                 size_t size)
+static dp_stat_t *find_or_create(dp_stats_t *st, const char *name, dp_stat_kind_t kind, size_t size)
 {
     pthread_mutex_lock(&st->mu);
     dp_stat_t *s = find_or_create_locked(st, name, kind, size);

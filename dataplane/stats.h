@@ -3,9 +3,9 @@
  * /stats/prometheus.
  *
  * Threads: stats are created (find-or-create by name, under a lock: workers create the
- * per-status-code counters they meet) and rendered on the main thread. Any thread may update a stat through the pointer it was given: updates are relaxed atomics
- * on memory that never moves, with no lock and no allocation. Text readouts are set on the
- * main thread only.
+ * per-status-code counters they meet) and rendered on the main thread. Any thread may update a stat
+ * through the pointer it was given: updates are relaxed atomics on memory that never moves, with no
+ * lock and no allocation. Text readouts are set on the main thread only.
  *
  * Tags: each tag extractor is (tag name, regex), Envoy's TagExtractorImpl: the regex runs on
  * the full name; the first capture group is removed from the name, and the second capture

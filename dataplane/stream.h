@@ -22,22 +22,22 @@
 #include "dataplane/http.h"
 
 /* Envoy's response flags (%RESPONSE_FLAGS% in access logs), a bit each. */
-#define DP_RESPONSE_FLAGS(X)                                                                       \
-    X(NR, "NR") /* no route */                                                                     \
-    X(NC, "NC") /* no cluster */                                                                   \
-    X(UH, "UH") /* no healthy upstream host */                                                     \
-    X(UF, "UF") /* upstream connection failure */                                                  \
-    X(UO, "UO") /* upstream overflow (circuit breaker) */                                          \
-    X(UT, "UT") /* upstream request timeout */                                                     \
-    X(UR, "UR") /* upstream remote reset */                                                        \
-    X(UC, "UC") /* upstream connection termination */                                              \
-    X(URX, "URX") /* upstream retry limit exceeded */                                              \
-    X(LR, "LR")   /* local reset */                                                                \
-    X(DC, "DC")   /* downstream connection termination */                                          \
-    X(SI, "SI")   /* stream idle timeout */                                                        \
-    X(DI, "DI")   /* delay injected */                                                             \
-    X(FI, "FI")   /* fault injected */                                                             \
-    X(RL, "RL")   /* rate limited locally */                                                       \
+#define DP_RESPONSE_FLAGS(X)                                \
+    X(NR, "NR")   /* no route */                            \
+    X(NC, "NC")   /* no cluster */                          \
+    X(UH, "UH")   /* no healthy upstream host */            \
+    X(UF, "UF")   /* upstream connection failure */         \
+    X(UO, "UO")   /* upstream overflow (circuit breaker) */ \
+    X(UT, "UT")   /* upstream request timeout */            \
+    X(UR, "UR")   /* upstream remote reset */               \
+    X(UC, "UC")   /* upstream connection termination */     \
+    X(URX, "URX") /* upstream retry limit exceeded */       \
+    X(LR, "LR")   /* local reset */                         \
+    X(DC, "DC")   /* downstream connection termination */   \
+    X(SI, "SI")   /* stream idle timeout */                 \
+    X(DI, "DI")   /* delay injected */                      \
+    X(FI, "FI")   /* fault injected */                      \
+    X(RL, "RL")   /* rate limited locally */                \
     X(DPE, "DPE") /* downstream protocol error */
 
 enum {
@@ -57,16 +57,16 @@ struct dp_route;
 typedef struct dp_stream {
     dp_pool_t *pool;
     dp_wctx_t *w;
-    dp_snapshot_t *snap;           /* the worker's current one at the request, pinned */
-    const dp_accepted_t *conn;     /* the downstream connection: addresses, SNI */
+    dp_snapshot_t *snap;       /* the worker's current one at the request, pinned */
+    const dp_accepted_t *conn; /* the downstream connection: addresses, SNI */
     const dp_hcm_config_t *hcm;
-    dp_http_head_t *req;           /* the request head (set before the first filter runs) */
-    bool grpc;                     /* content-type application/grpc… */
-    bool request_ended;            /* the whole request has arrived */
-    bool response_started;         /* a final response head went downstream */
-    int response_status;           /* the final status sent (0 before) */
+    dp_http_head_t *req;   /* the request head (set before the first filter runs) */
+    bool grpc;             /* content-type application/grpc… */
+    bool request_ended;    /* the whole request has arrived */
+    bool response_started; /* a final response head went downstream */
+    int response_status;   /* the final status sent (0 before) */
     uint32_t response_flags;
-    uint64_t start_ms;             /* uv_now at the request head */
+    uint64_t start_ms; /* uv_now at the request head */
     /* The route, chosen by the connection manager before the first filter runs (NULL: no
      * route; the router answers 404 NR). */
     const struct dp_route_config *rc;
@@ -104,8 +104,8 @@ typedef struct dp_http_filter_type {
     dp_filter_status_t (*on_request_headers)(dp_stream_t *s, void *ctx, const void *conf,
                                              bool end_stream);
     /* Terminal filter only: the request body and trailers. */
-    void (*on_request_data)(dp_stream_t *s, void *ctx, const void *conf, const uint8_t *p,
-                            size_t n, bool end_stream);
+    void (*on_request_data)(dp_stream_t *s, void *ctx, const void *conf, const uint8_t *p, size_t n,
+                            bool end_stream);
     void (*on_request_trailers)(dp_stream_t *s, void *ctx, const void *conf, dp_headers_t *t);
     /* Terminal filter only: the downstream's send queue drained below its low watermark. */
     void (*on_downstream_drained)(dp_stream_t *s, void *ctx, const void *conf);

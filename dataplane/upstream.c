@@ -108,7 +108,7 @@ struct cstate {
     /* the balancer (made at the first pick) and its settings from the latest snapshot */
     dp_lb_t *lb;
     dp_lb_config_t lb_cfg;
-    pool_t *pools;      /* every pool of the cluster, draining ones too */
+    pool_t *pools; /* every pool of the cluster, draining ones too */
     /* the cluster's circuit breakers, shared with every worker (a reference) */
     dp_breakers_t *br;
     bool overflowed; /* a pool wanted a connection the breaker refused */

@@ -22,8 +22,8 @@ typedef struct dp_upstream_wait dp_upstream_wait_t;
 /* The codec constructors the pools use (dp_h1_conn_new and dp_h2_conn_new in the data plane;
  * tests may pass their own). */
 typedef dp_codec_conn_t *(*dp_codec_new_fn)(uv_loop_t *loop, int fd, bool server,
-                                            const dp_http_limits_t *limits,
-                                            const dp_codec_cb_t *cb, void *ud);
+                                            const dp_http_limits_t *limits, const dp_codec_cb_t *cb,
+                                            void *ud);
 
 dp_upstreams_t *dp_upstreams_new(uv_loop_t *loop, dp_codec_new_fn h1_new, dp_codec_new_fn h2_new);
 
@@ -63,7 +63,7 @@ typedef struct dp_upstream_cb {
 typedef struct dp_lb_ctx {
     const struct sockaddr *original_dst; /* ORIGINAL_DST clusters: the downstream's original
                                           * destination (or x-envoy-original-dst-host) */
-    uint64_t hash;  /* for hash-based policies; has_hash false when the route gave none */
+    uint64_t hash; /* for hash-based policies; has_hash false when the route gave none */
     bool has_hash;
     /* Retries with retry_host_predicate previous_hosts: hosts to avoid (tried again only when
      * host_selection_retry_max_attempts picks found nothing else). */

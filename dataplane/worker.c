@@ -34,7 +34,7 @@ struct dp_worker {
     /* the snapshot mailbox: mu guards pending */
     dp_snapshot_t *pending;
     dp_snapshot_t *current; /* worker thread only */
-    dp_wctx_t ctx;             /* worker thread only: the data plane's view of this worker */
+    dp_wctx_t ctx;          /* worker thread only: the data plane's view of this worker */
     dp_listeners_t *listeners; /* worker thread only */
     _Atomic uint64_t generation;
 };

@@ -45,8 +45,7 @@ const void *handlers_config_regex(dp_arena_t *a, const char *re, const char *fie
 /* Whether some filter of skiff's reads configs of that type. */
 bool handlers_config_known(const char *type_url);
 
-int handlers_config_new(const handlers_config_ctx_t *ctx, const char *type_url,
-                        const uint8_t *buf, size_t len, const void **ret_conf,
-                        char **reterr_msg);
+int handlers_config_new(const handlers_config_ctx_t *ctx, const char *type_url, const uint8_t *buf,
+                        size_t len, const void **ret_conf, char **reterr_msg);
 
 #endif

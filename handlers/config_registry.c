@@ -34,9 +34,8 @@ bool handlers_config_known(const char *type_url)
     return false;
 }
 
-int handlers_config_new(const handlers_config_ctx_t *ctx, const char *type_url,
-                        const uint8_t *buf, size_t len, const void **ret_conf,
-                        char **reterr_msg)
+int handlers_config_new(const handlers_config_ctx_t *ctx, const char *type_url, const uint8_t *buf,
+                        size_t len, const void **ret_conf, char **reterr_msg)
 {
     for (size_t i = 0; type_url && i < sizeof(configs) / sizeof(configs[0]); i++) {
         if (configs[i].type_url && strcmp(configs[i].type_url, type_url) == 0)

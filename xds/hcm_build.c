@@ -11,8 +11,8 @@
 #include "handlers/config.h"
 #include "handlers/registry.h"
 #include "xds/access_log_build.h"
-#include "xds/typed_struct.h"
 #include "xds/route_build.h"
+#include "xds/typed_struct.h"
 
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager hcm_t;
 
@@ -168,14 +168,14 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
             size_t clen = type_url ? hf->typed_config->value.len : 0;
             char *ts_type = NULL, *ts_err = NULL;
             uint8_t *ts_buf = NULL;
-            int ts = xds_typed_struct_unwrap(type_url, cbuf, clen, &ts_type, &ts_buf, &clen,
-                                             &ts_err);
+            int ts =
+                xds_typed_struct_unwrap(type_url, cbuf, clen, &ts_type, &ts_buf, &clen, &ts_err);
             if (ts == -EINVAL) {
                 /* Only a config skiff reads must convert; others pass through as they are. */
                 if (handlers_config_known(ts_type)) {
-                    const dp_hcm_config_t *r = fail(reterr_msg,
-                        "http_connection_manager %s: http_filters[%zu] (%s): %s", sp, i,
-                        f[i].name, ts_err ? ts_err : "TypedStruct");
+                    const dp_hcm_config_t *r =
+                        fail(reterr_msg, "http_connection_manager %s: http_filters[%zu] (%s): %s",
+                             sp, i, f[i].name, ts_err ? ts_err : "TypedStruct");
                     free(ts_err);
                     free(ts_type);
                     return r;
@@ -190,16 +190,16 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
             }
             f[i].type = handlers_http_filter_find(type_url);
             if (type_url) {
-                handlers_config_ctx_t cctx = {.arena = a, .stats = stats, .stat_prefix = sp,
-                                              .filter_name = f[i].name};
+                handlers_config_ctx_t cctx = {
+                    .arena = a, .stats = stats, .stat_prefix = sp, .filter_name = f[i].name};
                 char *err = NULL;
                 int rc = handlers_config_new(&cctx, type_url, cbuf, clen, &f[i].conf, &err);
                 free(ts_type);
                 free(ts_buf);
                 if (rc == -EINVAL) {
-                    const dp_hcm_config_t *r = fail(reterr_msg,
-                        "http_connection_manager %s: http_filters[%zu] (%s): %s", sp, i,
-                        f[i].name, err ? err : "invalid config");
+                    const dp_hcm_config_t *r =
+                        fail(reterr_msg, "http_connection_manager %s: http_filters[%zu] (%s): %s",
+                             sp, i, f[i].name, err ? err : "invalid config");
                     free(err);
                     return r;
                 }

@@ -13,8 +13,10 @@
  * traffic_direction. Returns NULL with a malloc'd reason in *reterr_msg when the config cannot
  * be served (the caller then leaves the chain without an HCM). RDS route configurations must
  * have been added to s before this is called. */
-const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats,
-                                     const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager *hcm,
-                                     bool inbound, char **reterr_msg);
+const dp_hcm_config_t *xds_hcm_build(
+    dp_snapshot_t *s, dp_stats_t *stats,
+    const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager
+        *hcm,
+    bool inbound, char **reterr_msg);
 
 #endif

@@ -271,19 +271,19 @@ static bool filter_conf_set(bctx_t *b, dp_route_filter_conf_t *e, const char *ke
 
 /* A typed_per_filter_config map (each level has its own generated entry type, all of them
  * {key, value}), sorted by filter name for lookups. */
-#define FILTER_CONFS(B, N, ENTRIES, OUT)                                                \
-    do {                                                                                \
-        memset((OUT), 0, sizeof(*(OUT)));                                               \
-        if ((N) == 0)                                                                   \
-            break;                                                                      \
-        dp_route_filter_conf_t *v_ = dp_arena_alloc((B)->a, (N) * sizeof(*v_));         \
-        for (size_t i_ = 0; i_ < (N); i_++) {                                           \
+#define FILTER_CONFS(B, N, ENTRIES, OUT)                                                  \
+    do {                                                                                  \
+        memset((OUT), 0, sizeof(*(OUT)));                                                 \
+        if ((N) == 0)                                                                     \
+            break;                                                                        \
+        dp_route_filter_conf_t *v_ = dp_arena_alloc((B)->a, (N) * sizeof(*v_));           \
+        for (size_t i_ = 0; i_ < (N); i_++) {                                             \
             if (!filter_conf_set((B), &v_[i_], (ENTRIES)[i_]->key, (ENTRIES)[i_]->value)) \
-                return false;                                                           \
-        }                                                                               \
-        qsort(v_, (N), sizeof(*v_), fconf_cmp);                                         \
-        (OUT)->v = v_;                                                                  \
-        (OUT)->n = (N);                                                                 \
+                return false;                                                             \
+        }                                                                                 \
+        qsort(v_, (N), sizeof(*v_), fconf_cmp);                                           \
+        (OUT)->v = v_;                                                                    \
+        (OUT)->n = (N);                                                                   \
     } while (0)
 
 static bool header_matcher(bctx_t *b, const Envoy__Config__Route__V3__HeaderMatcher *h,

@@ -12,10 +12,10 @@
 #include "dataplane/lb.h"
 #include "dataplane/log.h"
 #include "dataplane/outlier.h"
-#include "xds/listener_build.h"
-#include "xds/route_build.h"
 #include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb-c.h"
+#include "xds/listener_build.h"
 #include "xds/pbwire.h"
+#include "xds/route_build.h"
 
 /* Fills addr from an Envoy address: an IP socket_address or a pipe. Returns false for names
  * that need resolving (STRICT_DNS and LOGICAL_DNS hosts, resolved by the data plane). */

@@ -16,7 +16,8 @@
 
 static int fail(char **reterr_msg, const char *what, const char *detail)
 {
-    if (asprintf(reterr_msg, "TypedStruct: %s%s%s", what, detail ? ": " : "", detail ? detail : "") < 0)
+    if (asprintf(reterr_msg, "TypedStruct: %s%s%s", what, detail ? ": " : "",
+                 detail ? detail : "") < 0)
         *reterr_msg = NULL;
     return -EINVAL;
 }
@@ -29,8 +30,8 @@ int xds_typed_struct_unwrap(const char *type_url, const uint8_t *buf, size_t len
         return -ENOENT;
     /* Both declarations are {string type_url = 1; Struct value = 2;}: one decoder serves. */
     const char *why = NULL;
-    Udpa__Type__V1__TypedStruct *ts = (void *)xds_pb_unpack(
-        &udpa__type__v1__typed_struct__descriptor, buf, len, &why);
+    Udpa__Type__V1__TypedStruct *ts =
+        (void *)xds_pb_unpack(&udpa__type__v1__typed_struct__descriptor, buf, len, &why);
     if (ts == NULL)
         return fail(reterr_msg, "cannot decode", why);
     const char *inner = ts->type_url;

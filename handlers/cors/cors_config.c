@@ -8,17 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "envoy/extensions/filters/http/cors/v3/cors.pb-c.h"
 #include "dataplane/route.h"
+#include "envoy/extensions/filters/http/cors/v3/cors.pb-c.h"
 #include "handlers/config.h"
 #include "xds/pbwire.h"
 
-#define MAX_ORIGINS   1024
+#define MAX_ORIGINS 1024
 
 typedef Envoy__Extensions__Filters__Http__Cors__V3__CorsPolicy pb_policy_t;
 typedef Envoy__Type__Matcher__V3__StringMatcher pb_sm_t;
-
-
 
 static int matcher_of(dp_arena_t *a, const pb_sm_t *sm, dp_cors_matcher_t *m, size_t i,
                       char **reterr_msg)
@@ -80,8 +78,8 @@ static int percent_of(const Envoy__Config__Core__V3__RuntimeFractionalPercent *r
         out->denominator = 1000000;
         break;
     default:
-        return handlers_config_fail(reterr_msg, "%s.default_value.denominator: unknown value %d", field,
-                    (int)p->denominator);
+        return handlers_config_fail(reterr_msg, "%s.default_value.denominator: unknown value %d",
+                                    field, (int)p->denominator);
     }
     return 0;
 }
@@ -99,7 +97,8 @@ static int policy_build(dp_arena_t *a, const pb_policy_t *pb, dp_cors_policy_t *
 {
     int r;
     if (pb->n_allow_origin_string_match > MAX_ORIGINS)
-        return handlers_config_fail(reterr_msg, "allow_origin_string_match: more than %d", MAX_ORIGINS);
+        return handlers_config_fail(reterr_msg, "allow_origin_string_match: more than %d",
+                                    MAX_ORIGINS);
     if (pb->n_allow_origin_string_match) {
         dp_cors_matcher_t *m = dp_arena_alloc(a, pb->n_allow_origin_string_match * sizeof(*m));
         for (size_t i = 0; i < pb->n_allow_origin_string_match; i++) {
@@ -135,7 +134,8 @@ int dp_cors_policy_config_new(const handlers_config_ctx_t *ctx, const uint8_t *b
                               const void **ret_conf, char **reterr_msg)
 {
     if (!ctx->per_route)
-        return handlers_config_fail(reterr_msg, "CorsPolicy: a route-level config, not an http_filters one");
+        return handlers_config_fail(reterr_msg,
+                                    "CorsPolicy: a route-level config, not an http_filters one");
     const char *why = NULL;
     if (buf == NULL)
         buf = (const uint8_t *)"", len = 0;
@@ -157,7 +157,8 @@ int dp_cors_config_new(const handlers_config_ctx_t *ctx, const uint8_t *buf, siz
                        const void **ret_conf, char **reterr_msg)
 {
     if (ctx->per_route)
-        return handlers_config_fail(reterr_msg, "Cors: an http_filters config; routes take a CorsPolicy");
+        return handlers_config_fail(reterr_msg,
+                                    "Cors: an http_filters config; routes take a CorsPolicy");
     const char *why = NULL;
     if (buf == NULL)
         buf = (const uint8_t *)"", len = 0;

@@ -8,20 +8,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "envoy/extensions/filters/http/fault/v3/fault.pb-c.h"
 #include "dataplane/route.h"
+#include "envoy/extensions/filters/http/fault/v3/fault.pb-c.h"
 #include "handlers/config.h"
 #include "xds/pbwire.h"
 
 /* Bounds on what a config may ask for. */
-#define MAX_DELAY_MS  (365ull * 24 * 3600 * 1000) /* a year: far past any stream timeout */
-#define MAX_MATCHERS  1024
+#define MAX_DELAY_MS (365ull * 24 * 3600 * 1000) /* a year: far past any stream timeout */
+#define MAX_MATCHERS 1024
 
 typedef Envoy__Extensions__Filters__Http__Fault__V3__HTTPFault pb_fault_t;
 typedef Envoy__Config__Route__V3__HeaderMatcher pb_hm_t;
 typedef Envoy__Type__Matcher__V3__StringMatcher pb_sm_t;
-
-
 
 static int percent_of(const Envoy__Type__V3__FractionalPercent *p, dp_fault_percent_t *out,
                       const char *field, char **reterr_msg)
@@ -42,7 +40,8 @@ static int percent_of(const Envoy__Type__V3__FractionalPercent *p, dp_fault_perc
         out->denominator = 1000000;
         break;
     default:
-        return handlers_config_fail(reterr_msg, "%s.denominator: unknown value %d", field, (int)p->denominator);
+        return handlers_config_fail(reterr_msg, "%s.denominator: unknown value %d", field,
+                                    (int)p->denominator);
     }
     return 0;
 }
@@ -86,9 +85,9 @@ static int string_matcher_of(dp_arena_t *a, const pb_sm_t *sm, dp_fault_header_m
         return m->regex ? 0 : -EINVAL;
     default:
         return handlers_config_fail(reterr_msg,
-                    "%s: a match pattern (exact, prefix, suffix, contains, "
-                    "safe_regex) is required",
-                    field);
+                                    "%s: a match pattern (exact, prefix, suffix, contains, "
+                                    "safe_regex) is required",
+                                    field);
     }
     m->value = dp_arena_strdup(a, v ? v : "");
     m->value_len = strlen(m->value);
@@ -170,7 +169,8 @@ static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb, d
             int64_t sec = du ? du->seconds : 0;
             int32_t ns = du ? du->nanos : 0;
             if (sec < 0 || ns < 0 || ns > 999999999)
-                return handlers_config_fail(reterr_msg, "delay.fixed_delay: negative or malformed duration");
+                return handlers_config_fail(reterr_msg,
+                                            "delay.fixed_delay: negative or malformed duration");
             if ((uint64_t)sec > MAX_DELAY_MS / 1000)
                 return handlers_config_fail(reterr_msg, "delay.fixed_delay: longer than a year");
             c->delay_ms = (uint64_t)sec * 1000 + (uint64_t)ns / 1000000;
@@ -180,7 +180,8 @@ static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb, d
             c->delay_from_header = true;
             break;
         default:
-            return handlers_config_fail(reterr_msg, "delay: fixed_delay or header_delay is required");
+            return handlers_config_fail(reterr_msg,
+                                        "delay: fixed_delay or header_delay is required");
         }
         if ((r = percent_of(d->percentage, &c->delay_percent, "delay.percentage", reterr_msg)))
             return r;
@@ -190,8 +191,8 @@ static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb, d
         switch (ab->error_type_case) {
         case ENVOY__EXTENSIONS__FILTERS__HTTP__FAULT__V3__FAULT_ABORT__ERROR_TYPE_HTTP_STATUS:
             if (ab->http_status < 200 || ab->http_status >= 600)
-                return handlers_config_fail(reterr_msg, "abort.http_status: %u is not in [200, 600)",
-                            ab->http_status);
+                return handlers_config_fail(
+                    reterr_msg, "abort.http_status: %u is not in [200, 600)", ab->http_status);
             c->abort_kind = DP_FAULT_ABORT_HTTP;
             c->abort_http_status = ab->http_status;
             break;
@@ -203,13 +204,15 @@ static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb, d
             c->abort_kind = DP_FAULT_ABORT_HEADER;
             break;
         default:
-            return handlers_config_fail(reterr_msg, "abort: http_status, grpc_status or header_abort is required");
+            return handlers_config_fail(
+                reterr_msg, "abort: http_status, grpc_status or header_abort is required");
         }
         if ((r = percent_of(ab->percentage, &c->abort_percent, "abort.percentage", reterr_msg)))
             return r;
     }
     if (pb->upstream_cluster && pb->upstream_cluster[0])
-        return handlers_config_fail(reterr_msg, "upstream_cluster: not supported (faults per cluster)");
+        return handlers_config_fail(reterr_msg,
+                                    "upstream_cluster: not supported (faults per cluster)");
     if (pb->response_rate_limit)
         return handlers_config_fail(reterr_msg, "response_rate_limit: not supported");
     if (pb->n_headers > MAX_MATCHERS)

@@ -370,9 +370,9 @@ START_TEST(test_edges)
     dp_arena_t *a = dp_arena_new();
     fixture_t f;
     fixture_init(&f);
-    static const char *const bad[] = {"%", "%%%", "%REQ()%", "%REQ(?X)%", "%REQ(X?)%",
-                                      "%REQ(A?B?C)%", "%DURATION:%", "%DURATION:x%",
-                                      "%duration%", "%REQ(X)", "%START_TIME(%Y"};
+    static const char *const bad[] = {"%",          "%%%",          "%REQ()%",       "%REQ(?X)%",
+                                      "%REQ(X?)%",  "%REQ(A?B?C)%", "%DURATION:%",   "%DURATION:x%",
+                                      "%duration%", "%REQ(X)",      "%START_TIME(%Y"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         free(compile_error(a, bad[i]));
     char big[2048];
@@ -399,8 +399,9 @@ START_TEST(test_edges)
     f.s.req = NULL;
     f.s.resp = NULL;
     f.s.details = NULL;
-    ck_assert_str_eq(line_of(a, "\"%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%\" %RESPONSE_CODE% "
-                                "%RESPONSE_CODE_DETAILS%",
+    ck_assert_str_eq(line_of(a,
+                             "\"%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%\" %RESPONSE_CODE% "
+                             "%RESPONSE_CODE_DETAILS%",
                              &f),
                      "\"- - -\" 200 -");
     fixture_done(&f);

@@ -1349,7 +1349,10 @@ END_TEST
 START_TEST(test_random_operations)
 {
     setup();
-    enum { NS = 3, NR = 400 };
+    enum {
+        NS = 3,
+        NR = 400
+    };
     srv_t srv[NS];
     uint16_t ports[NS];
     for (int i = 0; i < NS; i++) {

@@ -21,8 +21,8 @@ static uint8_t *typed_struct(const char *json, size_t *ret_len)
 {
     pbjson_opts_t opts = {.resolve = pb_registry_find_type_url};
     ProtobufCMessage *m = NULL;
-    ck_assert_int_eq(pbjson_parse(json, strlen(json), "ts", &udpa__type__v1__typed_struct__descriptor,
-                                  &opts, &m, NULL),
+    ck_assert_int_eq(pbjson_parse(json, strlen(json), "ts",
+                                  &udpa__type__v1__typed_struct__descriptor, &opts, &m, NULL),
                      0);
     *ret_len = protobuf_c_message_get_packed_size(m);
     uint8_t *b = malloc(*ret_len + 1);
@@ -36,7 +36,8 @@ START_TEST(test_istio_envoyfilter_local_ratelimit)
     size_t len;
     uint8_t *b = typed_struct(
         "{\"type_url\": \"" LRL "\", \"value\": {\"stat_prefix\": \"http_local_rate_limiter\","
-        " \"token_bucket\": {\"max_tokens\": 10, \"tokens_per_fill\": 10, \"fill_interval\": \"60s\"},"
+        " \"token_bucket\": {\"max_tokens\": 10, \"tokens_per_fill\": 10, \"fill_interval\": "
+        "\"60s\"},"
         " \"filter_enabled\": {\"runtime_key\": \"e\", \"default_value\": {\"numerator\": 100,"
         " \"denominator\": \"HUNDRED\"}}}}",
         &len);
@@ -47,7 +48,7 @@ START_TEST(test_istio_envoyfilter_local_ratelimit)
     ck_assert_str_eq(type, LRL);
     Envoy__Extensions__Filters__Http__LocalRatelimit__V3__LocalRateLimit *l =
         envoy__extensions__filters__http__local_ratelimit__v3__local_rate_limit__unpack(NULL, n,
-                                                                                      out);
+                                                                                        out);
     ck_assert_ptr_nonnull(l);
     ck_assert_str_eq(l->stat_prefix, "http_local_rate_limiter");
     ck_assert_uint_eq(l->token_bucket->max_tokens, 10);
@@ -70,7 +71,8 @@ START_TEST(test_refusals_and_other_types)
     ck_assert_int_eq(xds_typed_struct_unwrap(LRL, (const uint8_t *)"", 0, &type, &out, &n, &err),
                      -ENOENT);
     /* a field the named type does not have */
-    uint8_t *b = typed_struct("{\"type_url\": \"" LRL "\", \"value\": {\"no_such_field\": 1}}", &len);
+    uint8_t *b =
+        typed_struct("{\"type_url\": \"" LRL "\", \"value\": {\"no_such_field\": 1}}", &len);
     ck_assert_int_eq(xds_typed_struct_unwrap(TS, b, len, &type, &out, &n, &err), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err, "no_such_field"));
     ck_assert_str_eq(type, LRL); /* named even when it cannot convert */
