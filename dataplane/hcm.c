@@ -73,6 +73,7 @@ struct hcm_stream {
     bool held_end;
     dp_headers_t *held_trailers;
     int read_disabled;
+    bool hold_disabled; /* the hold above read-disabled the downstream */
     uint64_t start_ms, last_ms; /* loop time at the stream's start and its last activity */
 };
 
@@ -191,8 +192,10 @@ static void chain_release_held(hcm_stream_t *hs)
         hs->held_trailers = NULL;
         t->type->on_request_trailers(&hs->s, t->ctx, t->conf, tr);
     }
-    if (hs->read_disabled && hs->enc && hs->held.bytes < hs->c->cfg->limits.buffer_limit) {
-        /* the hold pushed back on the peer; the terminal filter takes over from here */
+    /* The hold pushed back on the peer: the terminal filter manages that from here. */
+    if (hs->hold_disabled && hs->enc) {
+        hs->hold_disabled = false;
+        dp_stream_read_disable(&hs->s, false);
     }
 }
 
@@ -508,8 +511,10 @@ static void on_req_data(void *ud, const uint8_t *p, size_t n, bool end_stream)
     /* The chain is paused: hold the body, pushing back on the peer past the limit. */
     dp_bufq_push(&hs->held, p, n);
     hs->held_end = end_stream;
-    if (hs->held.bytes > hs->c->cfg->limits.buffer_limit && hs->enc && !hs->read_disabled)
+    if (hs->held.bytes > hs->c->cfg->limits.buffer_limit && hs->enc && !hs->hold_disabled) {
+        hs->hold_disabled = true;
         dp_stream_read_disable(&hs->s, true);
+    }
 }
 
 static void on_req_trailers(void *ud, dp_headers_t *t)
