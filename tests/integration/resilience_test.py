@@ -25,7 +25,6 @@ on 127.0.0.1 talk to skiff's listener in front of backends.py and a backend that
 
   meson test -C build integration-resilience
   SKIFF=build/agent/skiff SRCDIR=. python3 tests/integration/resilience_test.py"""
-import http.client
 import http.server
 import os
 import re
@@ -38,9 +37,9 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from backends import HttpBackend  # noqa: E402
-from http_test import (T_CLUSTER, T_PROTO, T_ROUTE, ControlPlane, Skiff,  # noqa: E402
-                       ads_bootstrap, endpoints, free_port, hcm, listener, route, to,
-                       wait_serving, write_atomic)
+from harness import (T_CLUSTER, T_PROTO, T_ROUTE, ControlPlane, Skiff,  # noqa: E402
+                     ads_bootstrap, endpoints, free_port, hcm, listener, request, route,
+                     to, wait_serving, write_atomic)
 
 SRCDIR = os.environ["SRCDIR"]
 OVERFLOW_BODY = ("upstream connect error or disconnect/reset before headers. "
@@ -105,17 +104,6 @@ def destination_rule_cluster(name, *ports):
                                                  "max_requests_per_connection": 1},
                 "explicit_http_config": {"http_protocol_options": {}}}},
     }
-
-
-def get(port, path, headers=None, timeout=10):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        c.request("GET", path, headers=headers or {})
-        r = c.getresponse()
-        body = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
-    finally:
-        c.close()
 
 
 def router_reports_host_results():
@@ -184,7 +172,7 @@ class Resilience(unittest.TestCase):
         def worker():
             for _ in range(4):
                 try:
-                    r = get(self.port, "/reviews/x", {"x-backend-delay-ms": "300"})
+                    r = request(self.port, "GET", "/reviews/x", {"x-backend-delay-ms": "300"})
                 except OSError as e:
                     r = (0, {}, str(e).encode())
                 with lock:
@@ -234,7 +222,7 @@ class Resilience(unittest.TestCase):
             self.skipTest("the router does not report host results to the pools yet")
         statuses = []
         for _ in range(10):
-            status, headers, _ = get(self.port, "/ratings/x")
+            status, headers, _ = request(self.port, "GET", "/ratings/x")
             statuses.append(status)
             if status == 503:
                 break
@@ -246,7 +234,7 @@ class Resilience(unittest.TestCase):
         self.assertEqual(self.skiff.stat_int(pre + "ejections_detected_consecutive_5xx"), 1)
         # every later request goes to the healthy host, across interval boundaries
         for i in range(12):
-            status, headers, _ = get(self.port, "/ratings/x")
+            status, headers, _ = request(self.port, "GET", "/ratings/x")
             self.assertEqual((status, headers.get("x-backend")), (200, "good"), i)
             if i == 5:
                 time.sleep(1.2)
