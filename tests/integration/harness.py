@@ -240,11 +240,12 @@ def ads_bootstrap(sock, pod="http-test", app=None, delta=True, node_first=True,
 class Skiff:
     """skiff on a bootstrap (a dict) in workdir: log level `level`, `concurrency` workers,
     extra_args after those; its admin address read from the file it writes (waited for up to
-    start_timeout seconds)."""
+    start_timeout seconds); wait_timeout: wait()'s default."""
 
     def __init__(self, workdir, bootstrap, extra_args=(), level="info", concurrency=1,
-                 start_timeout=10):
+                 start_timeout=10, wait_timeout=10):
         self.workdir = workdir
+        self.wait_timeout = wait_timeout
         path = os.path.join(workdir, "bootstrap.json")
         with open(path, "w") as f:
             json.dump(bootstrap, f)
@@ -292,14 +293,15 @@ class Skiff:
         except (TypeError, ValueError):
             return default
 
-    def wait(self, pred, timeout=10):
-        """Calls pred (an OSError counting as false) until true or `timeout` seconds passed."""
+    def wait(self, pred, timeout=None):
+        """Calls pred (an OSError counting as false) until true or `timeout` seconds
+        (wait_timeout if None) passed."""
         def attempt():
             try:
                 return pred()
             except OSError:
                 return False
-        return wait_until(attempt, timeout)
+        return wait_until(attempt, self.wait_timeout if timeout is None else timeout)
 
     def ready(self):
         return self.get("/ready")[0] == 200
