@@ -44,8 +44,9 @@ def free_port():
 
 
 def write_atomic(path, doc, indent=1):
-    """Writes `doc` as JSON to path by a rename, so that a polling reader never sees half."""
-    tmp = path + ".tmp"
+    """Writes `doc` as JSON to path by a rename, so that a polling reader never sees half (the
+    file in between is hidden, and is no .json, for a control plane reading a directory)."""
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=indent)
     os.rename(tmp, path)
