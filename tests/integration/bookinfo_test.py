@@ -33,7 +33,7 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from backends import HttpBackend  # noqa: E402
 from harness import (SRCDIR, ControlPlane, Skiff, ads_bootstrap, free_port,  # noqa: E402
-                     wait_until, write_atomic)
+                     wait_started, write_atomic)
 from harness import request as http_request  # noqa: E402
 
 EXAMPLES = os.path.join(SRCDIR, "tools", "examples", "bookinfo")
@@ -108,12 +108,8 @@ class Bookinfo(unittest.TestCase):
             except OSError:
                 return False
 
-        if not wait_until(productpage, 20, 0.1):
-            nacks = cls.cp.nacks()
-            log = cls.skiff.log_tail()
-            cls.tearDownClass()
-            raise AssertionError(f"productpage never answered through skiff; NACKs: {nacks}; "
-                                 f"log: {log}")
+        wait_started(productpage, 20, cls.cp, cls.tearDownClass,
+                     "productpage never answered through skiff", cls.skiff)
 
     @classmethod
     def tearDownClass(cls):

@@ -10,7 +10,6 @@ requests, a fixed 200 ms delay, a route without a per-route fault is untouched b
 listener-level one, a gRPC abort's grpc-status reaches a gRPC client, an HTTP abort to a gRPC
 client maps to UNAVAILABLE, CORS preflights (allowed, forwarded when not matching) and simple
 requests, and the filters' stats."""
-import http.server
 import os
 import sys
 import tempfile
@@ -19,9 +18,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (T_ROUTE, TYPE, Client, ControlPlane, Skiff, ads_bootstrap,  # noqa: E402
-                     cluster, free_port, hcm, http_filter, listener, wait_until,
-                     write_atomic)
+from harness import (T_ROUTE, TYPE, Client, ControlPlane, SimpleBackend,  # noqa: E402
+                     Skiff, ads_bootstrap, cluster, free_port, hcm, http_filter, listener,
+                     wait_started, write_atomic)
 
 FAULT = TYPE + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 CORS = TYPE + "envoy.extensions.filters.http.cors.v3.Cors"
@@ -34,47 +33,21 @@ def million(pct):
     return {"numerator": int(pct * 10000), "denominator": "MILLION"}
 
 
-class Backend:
+class Backend(SimpleBackend):
     """An HTTP/1.1 server on 127.0.0.1 that answers every request 200 and records it."""
 
     def __init__(self):
         self.seen = []
-        lock = threading.Lock()
-        seen = self.seen
+        self.lock = threading.Lock()
+        super().__init__(self.respond)
 
-        class H(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def handle_one(self):
-                n = int(self.headers.get("content-length") or 0)
-                if n:
-                    self.rfile.read(n)
-                with lock:
-                    seen.append((self.command, self.path))
-                body = b"from backend"
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.send_header("access-control-allow-origin", "*")
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            do_GET = do_POST = do_OPTIONS = do_PUT = do_HEAD = handle_one
-
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def respond(self, req):
+        with self.lock:
+            self.seen.append((req.command, req.path))
+        return 200, b"from backend", [("access-control-allow-origin", "*")]
 
     def paths(self):
         return [p for _, p in list(self.seen)]
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def resources(backend_port, listen_port):
@@ -158,10 +131,7 @@ class Filters(unittest.TestCase):
                 cls.client.close()
                 return False
 
-        if not wait_until(probe, 15, 0.1):
-            nacks = cls.cp.nacks()
-            cls.tearDownClass()
-            raise AssertionError("the listener never served /ready-probe; NACKs: %s" % nacks)
+        wait_started(probe, 15, cls.cp, cls.tearDownClass, "the listener never served /ready-probe")
 
     @classmethod
     def tearDownClass(cls):

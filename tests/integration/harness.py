@@ -7,6 +7,7 @@ Each test file imports this from its own directory (Python puts the script's dir
 on sys.path); SKIFF and SRCDIR come from the environment, as tests/integration/meson.build
 sets them."""
 import http.client
+import http.server
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -60,6 +62,17 @@ def wait_until(pred, timeout=10, interval=0.05):
             return True
         time.sleep(interval)
     return False
+
+
+def wait_started(probe, timeout, cp, cleanup, what, skiff=None):
+    """Calls probe every 0.1 s until true; after `timeout` seconds calls cleanup() and raises
+    an AssertionError: `what`, the control plane's NACKs, and skiff's log tail when given."""
+    if wait_until(probe, timeout, 0.1):
+        return
+    nacks = cp.nacks()
+    log = skiff.log_tail() if skiff else None
+    cleanup()
+    raise AssertionError(f"{what}; NACKs: {nacks}" + (f"; log: {log}" if skiff else ""))
 
 
 # --- Envoy resources (proto3 JSON mapping) -----------------------------------------------------
@@ -335,6 +348,46 @@ class Skiff:
         if not self.log.closed:
             self.log.close()
         return rc
+
+
+# --- peers -------------------------------------------------------------------------------------
+
+class SimpleBackend:
+    """An HTTP/1.1 server on 127.0.0.1, a thread per connection, answering every request (any
+    method) with respond(req) -> (status, body) or (status, body, [(header, value)]); req is
+    the request handler (command, path, headers) with the request body read into req.body.
+    The recording backends with knobs are backends.py's; this is for a test's own logic."""
+
+    def __init__(self, respond):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def handle_one(self):
+                n = int(self.headers.get("content-length") or 0)
+                self.body = self.rfile.read(n) if n else b""
+                status, body, *more = respond(self)
+                self.send_response(status)
+                self.send_header("content-length", str(len(body)))
+                for k, v in (more[0] if more else ()):
+                    self.send_header(k, v)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = handle_one
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 # --- clients -----------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ reaches it.
     listener-level filter carrying only a stat_prefix) limits its route and leaves another
     route unlimited."""
 import http.client
-import http.server
 import os
 import re
 import sys
@@ -20,50 +19,30 @@ import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (TYPE, ControlPlane, Skiff, ads_bootstrap, cluster,  # noqa: E402
-                     connectable, free_port, hcm, listener, write_atomic)
+from harness import (TYPE, ControlPlane, SimpleBackend, Skiff, ads_bootstrap,  # noqa: E402
+                     cluster, connectable, free_port, hcm, listener, write_atomic)
 from harness import request as http_request  # noqa: E402
 
 LRL = TYPE + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 FILTER = "envoy.filters.http.local_ratelimit"
 
 
-class Backend:
+class Backend(SimpleBackend):
     """An HTTP/1.1 server on 127.0.0.1 that answers 200 and counts requests per path."""
 
     def __init__(self):
         self.hits = {}
         self.lock = threading.Lock()
-        owner = self
+        super().__init__(self.respond)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                with owner.lock:
-                    owner.hits[self.path] = owner.hits.get(self.path, 0) + 1
-                body = b"ok"
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def respond(self, req):
+        with self.lock:
+            self.hits[req.path] = self.hits.get(req.path, 0) + 1
+        return 200, b"ok"
 
     def count(self, path=None):
         with self.lock:
             return sum(self.hits.values()) if path is None else self.hits.get(path, 0)
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def percent(n):

@@ -25,7 +25,6 @@ on 127.0.0.1 talk to skiff's listener in front of backends.py and a backend that
 
   meson test -C build integration-resilience
   SKIFF=build/agent/skiff SRCDIR=. python3 tests/integration/resilience_test.py"""
-import http.server
 import os
 import re
 import sys
@@ -37,9 +36,9 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from backends import HttpBackend  # noqa: E402
-from harness import (T_CLUSTER, T_PROTO, T_ROUTE, ControlPlane, Skiff,  # noqa: E402
-                     ads_bootstrap, endpoints, free_port, hcm, listener, request, route,
-                     to, wait_serving, write_atomic)
+from harness import (T_CLUSTER, T_PROTO, T_ROUTE, ControlPlane, SimpleBackend,  # noqa: E402
+                     Skiff, ads_bootstrap, endpoints, free_port, hcm, listener, request,
+                     route, to, wait_serving, write_atomic)
 
 SRCDIR = os.environ["SRCDIR"]
 OVERFLOW_BODY = ("upstream connect error or disconnect/reset before headers. "
@@ -49,39 +48,18 @@ OD = "outbound|9080||ratings.default.svc.cluster.local"
 UNLIMITED = 4294967295
 
 
-class Failing:
+class Failing(SimpleBackend):
     """An HTTP/1.1 server on 127.0.0.1 that answers every request 503 and counts them."""
 
     def __init__(self):
         self.count = 0
         self.lock = threading.Lock()
-        owner = self
+        super().__init__(self.respond)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                with owner.lock:
-                    owner.count += 1
-                body = b"failing\n"
-                self.send_response(503)
-                self.send_header("content-length", str(len(body)))
-                self.send_header("x-backend", "failing")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def respond(self, req):
+        with self.lock:
+            self.count += 1
+        return 503, b"failing\n", [("x-backend", "failing")]
 
 
 def destination_rule_cluster(name, *ports):

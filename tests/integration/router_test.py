@@ -29,7 +29,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (T_ROUTE, TYPE, ControlPlane, Skiff, ads_bootstrap, cluster,  # noqa: E402
-                     free_port, hcm, listener, request, route, to, wait_until, write_atomic)
+                     free_port, hcm, listener, request, route, to, wait_started, write_atomic)
 
 PREFIX = "outbound_0.0.0.0_router"
 
@@ -246,10 +246,7 @@ class Router(unittest.TestCase):
             except OSError:
                 return False
 
-        if not wait_until(probe, 15, 0.1):
-            nacks = cls.cp.nacks()
-            cls.tearDownClass()
-            raise AssertionError("the listener never served /ready-probe; NACKs: %s" % nacks)
+        wait_started(probe, 15, cls.cp, cls.tearDownClass, "the listener never served /ready-probe")
 
     @classmethod
     def tearDownClass(cls):
