@@ -32,8 +32,8 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from backends import HttpBackend  # noqa: E402
-from harness import (SRCDIR, ControlPlane, Skiff, ads_bootstrap, free_port,  # noqa: E402
-                     wait_started, write_atomic)
+from harness import (SRCDIR, free_port, start_proxy, stop_proxy, wait_started,  # noqa: E402
+                     write_atomic)
 from harness import request as http_request  # noqa: E402
 
 EXAMPLES = os.path.join(SRCDIR, "tools", "examples", "bookinfo")
@@ -93,10 +93,10 @@ class Bookinfo(unittest.TestCase):
                         ("30-endpoints", "endpoints"), ("40-routes", "all-v1")):
             cls.put(n, name)
         try:
-            cls.cp = ControlPlane(tmp, cls.confdir, sock_name="xds.sock", poll="0.1")
-            cls.skiff = Skiff(tmp, ads_bootstrap(cls.cp.sock, pod="productpage-v1-0",
-                                                 app="productpage.default",
-                                                 grpc_clusters=("xds-grpc",)))
+            cls.cp, cls.skiff = start_proxy(
+                tmp, cls.confdir, cp_args={"sock_name": "xds.sock", "poll": "0.1"},
+                boot_args={"pod": "productpage-v1-0", "app": "productpage.default",
+                           "grpc_clusters": ("xds-grpc",)})
         except Exception:
             cls.tearDownClass()
             raise
@@ -113,15 +113,12 @@ class Bookinfo(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        if getattr(cls, "skiff", None):
-            rc = cls.skiff.stop()
-            cls.skiff = None
-            assert rc == 0, "skiff exited with %d" % rc
-        if getattr(cls, "cp", None):
-            cls.cp.stop()
+        rc = stop_proxy(getattr(cls, "skiff", None), getattr(cls, "cp", None))
+        cls.skiff = cls.cp = None
         for b in cls.backends.values():
             b.stop()
         cls.tmp.cleanup()
+        assert rc == 0, "skiff exited with %d" % rc
 
     @classmethod
     def put(cls, slot, name):

@@ -18,14 +18,15 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (T_ROUTE, TYPE, Client, ControlPlane, SimpleBackend,  # noqa: E402
-                     Skiff, ads_bootstrap, cluster, free_port, hcm, http_filter, listener,
-                     wait_started, write_atomic)
+from harness import (T_ROUTE, TYPE, Client, SimpleBackend, cluster, free_port,  # noqa: E402
+                     hcm, http_filter, listener, start_proxy, stop_proxy, wait_started)
 
 FAULT = TYPE + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 CORS = TYPE + "envoy.extensions.filters.http.cors.v3.Cors"
 CORS_POLICY = TYPE + "envoy.extensions.filters.http.cors.v3.CorsPolicy"
 PREFIX = "outbound_0.0.0.0_filters"
+CP_ARGS = {"sock_name": "xds.sock", "poll": None}
+BOOT_ARGS = {"pod": "t-1", "app": "t.default", "delta": False, "grpc_clusters": ("xds-grpc",)}
 
 
 def million(pct):
@@ -110,13 +111,9 @@ class Filters(unittest.TestCase):
         tmp = cls.tmp.name
         cls.backend = Backend()
         cls.port = free_port()
-        res = os.path.join(tmp, "resources.json")
-        write_atomic(res, resources(cls.backend.port, cls.port))
         try:
-            cls.cp = ControlPlane(tmp, res, sock_name="xds.sock", poll=None)
-            cls.skiff = Skiff(tmp, ads_bootstrap(cls.cp.sock, pod="t-1", app="t.default",
-                                                 delta=False, grpc_clusters=("xds-grpc",)),
-                              level="debug")
+            cls.cp, cls.skiff = start_proxy(tmp, resources(cls.backend.port, cls.port),
+                                            cp_args=CP_ARGS, boot_args=BOOT_ARGS, level="debug")
         except Exception:
             cls.tearDownClass()
             raise
@@ -137,14 +134,11 @@ class Filters(unittest.TestCase):
     def tearDownClass(cls):
         if getattr(cls, "client", None):
             cls.client.close()
-        if getattr(cls, "skiff", None):
-            rc = cls.skiff.stop()
-            cls.skiff = None
-            assert rc == 0, "skiff exited with %d" % rc
-        if getattr(cls, "cp", None):
-            cls.cp.stop()
+        rc = stop_proxy(getattr(cls, "skiff", None), getattr(cls, "cp", None))
+        cls.skiff = cls.cp = None
         cls.backend.stop()
         cls.tmp.cleanup()
+        assert rc == 0, "skiff exited with %d" % rc
 
     def stat(self, name):
         return self.skiff.stat_int(f"http.{PREFIX}.{name}", None)

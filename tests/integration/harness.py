@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -348,6 +349,35 @@ class Skiff:
         if not self.log.closed:
             self.log.close()
         return rc
+
+
+def start_proxy(workdir, config, cp_args=None, boot_args=None, **skiff_args):
+    """tools/xds-files on `config` (a file or directory; a dict is first written to
+    workdir/resources.json) with ControlPlane(**cp_args), then skiff (Skiff(**skiff_args)) on
+    ads_bootstrap(its socket, **boot_args): (cp, skiff). When skiff does not start, the control
+    plane is stopped before the error goes on."""
+    if isinstance(config, dict):
+        path = os.path.join(workdir, "resources.json")
+        write_atomic(path, config)
+        config = path
+    cp = ControlPlane(workdir, config, **(cp_args or {}))
+    try:
+        skiff = Skiff(workdir, ads_bootstrap(cp.sock, **(boot_args or {})), **skiff_args)
+    except Exception:
+        cp.stop()
+        raise
+    return cp, skiff
+
+
+def stop_proxy(skiff, cp, log_chars=3000):
+    """Stops skiff, then the control plane (either may be None); prints skiff's log tail when
+    its exit status is not 0. The exit status (0 without skiff)."""
+    rc = skiff.stop() if skiff else 0
+    if cp:
+        cp.stop()
+    if rc != 0:
+        print(skiff.log_tail(log_chars), file=sys.stderr)
+    return rc
 
 
 # --- peers -------------------------------------------------------------------------------------

@@ -23,9 +23,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (HCM_NAME, TYPE, ControlPlane, SimpleBackend, Skiff,  # noqa: E402
-                     ads_bootstrap, cluster, free_port, hcm, listener, listening, request,
-                     route, to, write_atomic)
+from harness import (HCM_NAME, TYPE, SimpleBackend, cluster, free_port, hcm,  # noqa: E402
+                     listener, listening, request, route, start_proxy, stop_proxy, to,
+                     write_atomic)
 
 TCP_PROXY_TYPE = TYPE + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 NET_LRL_TYPE = TYPE + "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit"
@@ -113,11 +113,11 @@ class Base(unittest.TestCase):
         self.tmp = tempfile.TemporaryDirectory()
         self.res_path = os.path.join(self.tmp.name, "resources.json")
         write_atomic(self.res_path, res)
-        self.cp = ControlPlane(self.tmp.name, self.res_path, poll=None)
-        self.proxy = Skiff(self.tmp.name,
-                           ads_bootstrap(self.cp.sock, pod="hc-1", app="hc.default", delta=False,
-                                         node_first=False, grpc_clusters=("xds-grpc",)),
-                           concurrency=2, wait_timeout=20)
+        self.cp, self.proxy = start_proxy(
+            self.tmp.name, self.res_path, cp_args={"poll": None},
+            boot_args={"pod": "hc-1", "app": "hc.default", "delta": False, "node_first": False,
+                       "grpc_clusters": ("xds-grpc",)},
+            concurrency=2, wait_timeout=20)
         p = self.proxy
         self.assertTrue(p.wait(lambda: p.get("/ready")[0] == 200), "skiff not LIVE")
         self.assertEqual(self.cp.nacks(), [])
@@ -126,11 +126,7 @@ class Base(unittest.TestCase):
 
     def tearDown(self):
         if getattr(self, "proxy", None):
-            rc = self.proxy.stop()
-            if getattr(self, "cp", None):
-                self.cp.stop()
-            if rc != 0:
-                print(self.proxy.log_tail())
+            rc = stop_proxy(self.proxy, getattr(self, "cp", None))
             self.assertEqual(rc, 0, "skiff exit status")
         for b in getattr(self, "backends", []):
             b.stop()

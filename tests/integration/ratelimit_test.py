@@ -19,8 +19,8 @@ import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (TYPE, ControlPlane, SimpleBackend, Skiff, ads_bootstrap,  # noqa: E402
-                     cluster, connectable, free_port, hcm, listener, write_atomic)
+from harness import (TYPE, SimpleBackend, cluster, connectable, free_port, hcm,  # noqa: E402
+                     listener, start_proxy, stop_proxy)
 from harness import request as http_request  # noqa: E402
 
 LRL = TYPE + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
@@ -91,26 +91,19 @@ class RateLimitTest(unittest.TestCase):
         self.tmp = tempfile.TemporaryDirectory()
         self.backend = Backend()
         self.port = free_port()
-        path = os.path.join(self.tmp.name, "resources.json")
-        write_atomic(path, resources(self.port, self.backend.port, listener_limit, routes))
-        self.cp = ControlPlane(self.tmp.name, path, poll=None)
-        self.proxy = Skiff(self.tmp.name,
-                           ads_bootstrap(self.cp.sock, pod="rl-1", app="rl.default", delta=False,
-                                         node_first=False, grpc_clusters=("xds-grpc",)),
-                           concurrency=self.concurrency)
+        self.cp, self.proxy = start_proxy(
+            self.tmp.name, resources(self.port, self.backend.port, listener_limit, routes),
+            cp_args={"poll": None},
+            boot_args={"pod": "rl-1", "app": "rl.default", "delta": False, "node_first": False,
+                       "grpc_clusters": ("xds-grpc",)},
+            concurrency=self.concurrency)
         p = self.proxy
         self.assertTrue(p.wait(lambda: p.get("/ready")[0] == 200, 20), "skiff not LIVE")
         self.assertEqual(self.cp.nacks(), [])
         self.assertTrue(p.wait(lambda: connectable(self.port), 20), "listener not accepting")
 
     def tearDown(self):
-        rc = 0
-        if getattr(self, "proxy", None):
-            rc = self.proxy.stop()
-        if getattr(self, "cp", None):
-            self.cp.stop()
-        if rc != 0:
-            print(self.proxy.log_tail())
+        rc = stop_proxy(getattr(self, "proxy", None), getattr(self, "cp", None))
         self.assertEqual(rc, 0, "skiff exit status")
         if getattr(self, "backend", None):
             self.backend.stop()

@@ -28,8 +28,8 @@ import unittest
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (T_ROUTE, TYPE, ControlPlane, Skiff, ads_bootstrap, cluster,  # noqa: E402
-                     free_port, hcm, listener, request, route, to, wait_started, write_atomic)
+from harness import (T_ROUTE, TYPE, cluster, free_port, hcm, listener, request,  # noqa: E402
+                     route, start_proxy, stop_proxy, to, wait_started)
 
 PREFIX = "outbound_0.0.0.0_router"
 
@@ -229,13 +229,12 @@ class Router(unittest.TestCase):
         cls.g = FlakyGrpc()
         cls.dead = free_port()  # nothing listens there
         cls.port = free_port()
-        res = os.path.join(tmp, "resources.json")
-        write_atomic(res, resources(cls.port, cls.b, cls.dead, cls.g.port))
         try:
-            cls.cp = ControlPlane(tmp, res, sock_name="xds.sock", poll=None)
-            cls.skiff = Skiff(tmp, ads_bootstrap(cls.cp.sock, pod="t-1", app="t.default",
-                                                 delta=False, grpc_clusters=("xds-grpc",)),
-                              level="debug")
+            cls.cp, cls.skiff = start_proxy(
+                tmp, resources(cls.port, cls.b, cls.dead, cls.g.port),
+                cp_args={"sock_name": "xds.sock", "poll": None},
+                boot_args={"pod": "t-1", "app": "t.default", "delta": False,
+                           "grpc_clusters": ("xds-grpc",)}, level="debug")
         except Exception:
             cls.tearDownClass()
             raise
@@ -250,18 +249,14 @@ class Router(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        if getattr(cls, "skiff", None):
-            skiff, cls.skiff = cls.skiff, None
-            rc = skiff.stop()
-            if rc != 0:
-                print(skiff.log_tail(4000), file=sys.stderr)
-                raise AssertionError("skiff exited with %d" % rc)
-        if getattr(cls, "cp", None):
-            cls.cp.stop()
+        rc = stop_proxy(getattr(cls, "skiff", None), getattr(cls, "cp", None), 4000)
+        cls.skiff = cls.cp = None
         for b in getattr(cls, "b", {}).values():
             b.stop()
         if getattr(cls, "g", None):
             cls.g.stop()
+        if rc != 0:
+            raise AssertionError("skiff exited with %d" % rc)
 
     def get(self, path, headers=None, **kw):
         return request(self.port, "GET", path, headers, **kw)
