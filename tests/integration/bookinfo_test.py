@@ -22,25 +22,21 @@ Every request has a timeout and every wait a deadline."""
 import http.client
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import unittest
-import urllib.parse
-import urllib.request
 
 import yaml
 
-SKIFF = os.environ["SKIFF"]
-SRCDIR = os.environ["SRCDIR"]
-HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLES = os.path.join(SRCDIR, "tools", "examples", "bookinfo")
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from backends import HttpBackend  # noqa: E402
+from harness import (SRCDIR, free_port, start_proxy, stop_proxy, wait_started,  # noqa: E402
+                     write_atomic)
+from harness import request as http_request  # noqa: E402
+
+EXAMPLES = os.path.join(SRCDIR, "tools", "examples", "bookinfo")
 
 PREFIX = "outbound_0.0.0.0_9080"
 LISTEN_PORT = 19080  # the listener's port in the example files
@@ -55,13 +51,6 @@ CLUSTER_IPS = {"details": "10.96.12.11", "productpage": "10.96.12.12",
 
 def cluster(svc, subset):
     return f"outbound|9080|{subset}|{svc}.default.svc.cluster.local"
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load(name, ports):
@@ -79,86 +68,13 @@ def load(name, ports):
     return {"resources": walk(doc["resources"])}
 
 
-class Skiff:
-    """skiff on an ADS bootstrap pointing at a unix socket (as a sidecar's points at
-    pilot-agent's XDS socket), one worker."""
-
-    def __init__(self, sock, workdir):
-        boot = {
-            "node": {"id": "sidecar~127.0.0.1~productpage-v1-0.default~default.svc.cluster.local",
-                     "cluster": "productpage.default"},
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-            "dynamic_resources": {
-                "ads_config": {"api_type": "DELTA_GRPC", "transport_api_version": "V3",
-                               "set_node_on_first_message_only": True,
-                               "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
-                "cds_config": {"ads": {}, "initial_fetch_timeout": "0s",
-                               "resource_api_version": "V3"},
-                "lds_config": {"ads": {}, "initial_fetch_timeout": "0s",
-                               "resource_api_version": "V3"},
-            },
-            "static_resources": {"clusters": [{
-                "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [
-                    {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": sock}}}}]}]}}]},
-        }
-        path = os.path.join(workdir, "bootstrap.json")
-        with open(path, "w") as f:
-            json.dump(boot, f)
-        self.logpath = os.path.join(workdir, "skiff.log")
-        self.log = open(self.logpath, "w")
-        adm = os.path.join(workdir, "admin")
-        self.proc = subprocess.Popen([SKIFF, "-c", path, "--admin-address-path", adm,
-                                      "-l", "info", "--concurrency", "1"],
-                                     stdout=self.log, stderr=self.log)
-        for _ in range(200):
-            if os.path.exists(adm) and os.path.getsize(adm) > 0:
-                break
-            time.sleep(0.05)
-        self.admin = "http://" + open(adm).read().strip()
-
-    def get(self, path):
-        try:
-            with urllib.request.urlopen(self.admin + path, timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError as e:
-            return 0, str(e)
-
-    def stat(self, name):
-        _, body = self.get("/stats?filter=" + urllib.parse.quote("^" + re.escape(name) + "$"))
-        for line in body.splitlines():
-            k, _, v = line.partition(": ")
-            if k == name:
-                return int(v) if v.lstrip("-").isdigit() else v
-        return 0
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait(10)
-        self.log.close()
-        return rc
-
-
 def request(port, host, path="/", headers=None, conn=None, timeout=10):
     """One GET with Host `host`; on its own connection unless conn is given.
     Returns (status, headers with lower-cased names, body, seconds taken)."""
-    own = conn is None
-    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     t0 = time.monotonic()
-    try:
-        c.request("GET", path, headers=dict({"host": host}, **(headers or {})))
-        r = c.getresponse()
-        body = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, body, time.monotonic() - t0
-    finally:
-        if own:
-            c.close()
+    status, hdrs, body = http_request(port, "GET", path, dict({"host": host}, **(headers or {})),
+                                      conn=conn, timeout=timeout)
+    return status, hdrs, body, time.monotonic() - t0
 
 
 class Bookinfo(unittest.TestCase):
@@ -176,59 +92,33 @@ class Bookinfo(unittest.TestCase):
         for n, name in (("10-listener", "listener"), ("20-clusters", "clusters"),
                         ("30-endpoints", "endpoints"), ("40-routes", "all-v1")):
             cls.put(n, name)
-        sock = os.path.join(tmp, "xds.sock")
-        cls.events = os.path.join(tmp, "events.jsonl")
-        cls.cp_log = open(os.path.join(tmp, "cp.log"), "w")
-        cls.cp = subprocess.Popen(["/usr/bin/python3", "-W", "ignore",
-                                   os.path.join(SRCDIR, "tools", "xds-files"),
-                                   "--listen", "unix:" + sock, "--config", cls.confdir,
-                                   "--events", cls.events, "--poll", "0.1"],
-                                  stdout=subprocess.PIPE, stderr=cls.cp_log, text=True)
-        line = cls.cp.stdout.readline().strip()
-        if line != "listening on unix:" + sock:
+        try:
+            cls.cp, cls.skiff = start_proxy(
+                tmp, cls.confdir, cp_args={"sock_name": "xds.sock", "poll": "0.1"},
+                boot_args={"pod": "productpage-v1-0", "app": "productpage.default",
+                           "grpc_clusters": ("xds-grpc",)})
+        except Exception:
             cls.tearDownClass()
-            raise AssertionError("control plane did not start: " + line)
-        cls.skiff = Skiff(sock, tmp)
-        deadline = time.time() + 20
-        ok = False
-        while time.time() < deadline and not ok:
+            raise
+
+        def productpage():
             try:
-                ok = request(cls.port, "productpage", timeout=2)[1].get("x-backend") == \
+                return request(cls.port, "productpage", timeout=2)[1].get("x-backend") == \
                     "productpage-v1"
             except OSError:
-                pass
-            if not ok:
-                time.sleep(0.1)
-        if not ok:
-            nacks = cls.nacks()
-            log = open(cls.skiff.logpath).read()[-3000:]
-            cls.tearDownClass()
-            raise AssertionError(f"productpage never answered through skiff; NACKs: {nacks}; "
-                                 f"log: {log}")
+                return False
+
+        wait_started(productpage, 20, cls.cp, cls.tearDownClass,
+                     "productpage never answered through skiff", cls.skiff)
 
     @classmethod
     def tearDownClass(cls):
-        if getattr(cls, "skiff", None):
-            rc = cls.skiff.stop()
-            cls.skiff = None
-            assert rc == 0, "skiff exited with %d" % rc
-        if getattr(cls, "cp", None):
-            cls.cp.send_signal(signal.SIGTERM)
-            try:
-                cls.cp.wait(10)
-            except subprocess.TimeoutExpired:
-                cls.cp.kill()
-                cls.cp.wait(10)
-            cls.cp_log.close()
+        rc = stop_proxy(getattr(cls, "skiff", None), getattr(cls, "cp", None))
+        cls.skiff = cls.cp = None
         for b in cls.backends.values():
             b.stop()
         cls.tmp.cleanup()
-
-    @classmethod
-    def nacks(cls):
-        if not os.path.exists(cls.events):
-            return []
-        return [e["error"] for e in map(json.loads, open(cls.events)) if e["event"] == "nack"]
+        assert rc == 0, "skiff exited with %d" % rc
 
     @classmethod
     def put(cls, slot, name):
@@ -240,10 +130,7 @@ class Bookinfo(unittest.TestCase):
                 os.unlink(path)
             cls.files.pop(slot, None)
             return
-        tmp = os.path.join(cls.confdir, "." + slot + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(load(name, cls.ports), f)
-        os.rename(tmp, path)
+        write_atomic(path, load(name, cls.ports))
         cls.files[slot] = name
 
     def apply(self, routes, overlay=None):
@@ -264,7 +151,7 @@ class Bookinfo(unittest.TestCase):
         if not want:
             return
         for k in want:
-            want[k] = self.skiff.stat(k) or 0
+            want[k] = self.skiff.stat_int(k)
         self.put("40-routes", routes)
         self.put("50-overlay", overlay)
 
@@ -283,17 +170,17 @@ class Bookinfo(unittest.TestCase):
             warming = any('"warming_state"' in json.dumps(c) for c in json.loads(dump)["configs"])
             return (cb == (overlay == "circuit-breaker") and
                     rl == (overlay == "local-ratelimit") and not warming and
-                    self.skiff.stat("cluster_manager.warming_clusters") == 0)
+                    self.skiff.stat_int("cluster_manager.warming_clusters") == 0)
 
         deadline = time.time() + 20
         while time.time() < deadline:
-            if all((self.skiff.stat(k) or 0) > v for k, v in want.items()) and \
+            if all(self.skiff.stat_int(k) > v for k, v in want.items()) and \
                     overlay_in_effect():
                 break
             time.sleep(0.05)
         else:
-            self.fail(f"skiff did not take {routes} + {overlay}; NACKs: {self.nacks()}")
-        self.assertEqual(self.nacks(), [])
+            self.fail(f"skiff did not take {routes} + {overlay}; NACKs: {self.cp.nacks()}")
+        self.assertEqual(self.cp.nacks(), [])
         time.sleep(0.3)  # the workers pick the new snapshot up from their mailboxes
 
     def answers(self, host, n, headers=None, path="/"):
@@ -331,10 +218,10 @@ class Bookinfo(unittest.TestCase):
                                  "istio.alpn", "envoy.filters.http.fault",
                                  "envoy.filters.http.cors", "istio.stats",
                                  "envoy.filters.http.router"])
-        self.assertEqual(self.nacks(), [])
+        self.assertEqual(self.cp.nacks(), [])
         for k in ("listener_manager.lds.update_rejected", "cluster_manager.cds.update_rejected",
                   f"http.{PREFIX}.rds.9080.update_rejected"):
-            self.assertEqual(self.skiff.stat(k), 0, k)
+            self.assertEqual(self.skiff.stat_int(k), 0, k)
         clusters = [c["cluster"]["name"] for cfg in json.loads(dump)["configs"]
                     for c in cfg.get("dynamic_active_clusters", [])]
         self.assertEqual(len(clusters), 16)  # 14 of bookinfo's, Passthrough and BlackHole
@@ -354,12 +241,12 @@ class Bookinfo(unittest.TestCase):
         last = self.backends["reviews-v1"].requests[-1]
         self.assertIn(["x-envoy-attempt-count", "1"], [[k.lower(), v] for k, v in
                                                        last["headers"]])
-        self.assertEqual(self.skiff.stat(
+        self.assertEqual(self.skiff.stat_int(
             f"cluster.{cluster('reviews', 'v2')}.upstream_rq_total"), 0)
 
     def test_reviews_50_v3(self):
         self.apply("reviews-50-v3")
-        v1 = self.skiff.stat(f"cluster.{cluster('reviews', 'v1')}.upstream_rq_total")
+        v1 = self.skiff.stat_int(f"cluster.{cluster('reviews', 'v1')}.upstream_rq_total")
         n = 2000
         seen = self.answers("reviews", n)
         self.assertEqual(set(seen) - {"reviews-v1", "reviews-v3"}, set(), seen)
@@ -367,7 +254,7 @@ class Bookinfo(unittest.TestCase):
         self.assertGreaterEqual(seen.get("reviews-v1", 0), 900, seen)
         self.assertLessEqual(seen.get("reviews-v1", 0), 1100, seen)
         self.assertEqual(seen.get("reviews-v1", 0) + seen.get("reviews-v3", 0), n)
-        self.assertEqual(self.skiff.stat(
+        self.assertEqual(self.skiff.stat_int(
             f"cluster.{cluster('reviews', 'v1')}.upstream_rq_total") - v1, seen["reviews-v1"])
 
     def test_reviews_jason_v2_v3(self):
@@ -384,7 +271,7 @@ class Bookinfo(unittest.TestCase):
 
     def test_ratings_delay_for_jason(self):
         self.apply("ratings-test-delay")
-        before = self.skiff.stat(f"http.{PREFIX}.fault.delays_injected") or 0
+        before = self.skiff.stat_int(f"http.{PREFIX}.fault.delays_injected")
         for _ in range(2):
             status, hdrs, _, took = request(self.port, "ratings", "/ratings/0",
                                             {"end-user": "jason"})
@@ -395,12 +282,12 @@ class Bookinfo(unittest.TestCase):
             status, hdrs, _, took = request(self.port, "ratings", "/ratings/0")
             self.assertEqual((status, hdrs.get("x-backend")), (200, "ratings-v1"))
             self.assertLess(took, 0.5, f"an undelayed request took {took:.3f}s")
-        self.assertEqual(self.skiff.stat(f"http.{PREFIX}.fault.delays_injected"), before + 2)
-        self.assertEqual(self.skiff.stat(f"http.{PREFIX}.fault.active_faults"), 0)
+        self.assertEqual(self.skiff.stat_int(f"http.{PREFIX}.fault.delays_injected"), before + 2)
+        self.assertEqual(self.skiff.stat_int(f"http.{PREFIX}.fault.active_faults"), 0)
 
     def test_ratings_abort_for_jason(self):
         self.apply("ratings-test-abort")
-        before = self.skiff.stat(f"http.{PREFIX}.fault.aborts_injected") or 0
+        before = self.skiff.stat_int(f"http.{PREFIX}.fault.aborts_injected")
         reached = self.reached("ratings-v1", "end-user", "jason")
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
@@ -415,11 +302,11 @@ class Bookinfo(unittest.TestCase):
         self.assertEqual(self.answers("reviews", 5, {"end-user": "jason"}), {"reviews-v1": 5})
         self.assertEqual(self.reached("ratings-v1", "end-user", "jason"), reached,
                          "an aborted request reached ratings")
-        self.assertEqual(self.skiff.stat(f"http.{PREFIX}.fault.aborts_injected"), before + 10)
+        self.assertEqual(self.skiff.stat_int(f"http.{PREFIX}.fault.aborts_injected"), before + 10)
 
     def test_details_fault(self):
         self.apply("details-fault")
-        before = self.skiff.stat(f"http.{PREFIX}.fault.aborts_injected") or 0
+        before = self.skiff.stat_int(f"http.{PREFIX}.fault.aborts_injected")
         count = len(self.backends["details-v1"].requests)
         for host in ("details", "details.default.svc.cluster.local:9080"):
             for _ in range(5):
@@ -427,14 +314,14 @@ class Bookinfo(unittest.TestCase):
                 self.assertEqual((status, body), (555, b"fault filter abort"))
         self.assertEqual(len(self.backends["details-v1"].requests), count)
         self.assertEqual(self.answers("productpage", 5), {"productpage-v1": 5})
-        self.assertEqual(self.skiff.stat(f"http.{PREFIX}.fault.aborts_injected"), before + 10)
+        self.assertEqual(self.skiff.stat_int(f"http.{PREFIX}.fault.aborts_injected"), before + 10)
 
     # ---- DestinationRule: circuit breaker ----------------------------------------------------
 
     def test_circuit_breaker(self):
         self.apply("all-v1", "circuit-breaker")
         name = cluster("details", "v1")
-        overflow0 = self.skiff.stat(f"cluster.{name}.upstream_rq_pending_overflow") or 0
+        overflow0 = self.skiff.stat_int(f"cluster.{name}.upstream_rq_pending_overflow")
         n = 10
         results = []
         lock = threading.Lock()
@@ -472,7 +359,7 @@ class Bookinfo(unittest.TestCase):
         self.assertGreaterEqual(len(ok), 1)
         self.assertLessEqual(len(ok), 3, [r[:2] for r in results])
         self.assertGreaterEqual(len(shed), 7, [r[:2] for r in results])
-        self.assertEqual(self.skiff.stat(f"cluster.{name}.upstream_rq_pending_overflow")
+        self.assertEqual(self.skiff.stat_int(f"cluster.{name}.upstream_rq_pending_overflow")
                          - overflow0, len(shed))
         # maxRequestsPerConnection 1: every request that got through had a connection of its
         # own (the backend numbers its connections)
@@ -487,8 +374,8 @@ class Bookinfo(unittest.TestCase):
     def test_local_rate_limit(self):
         self.apply("all-v1", "local-ratelimit")
         pre = "http_local_rate_limiter.http_local_rate_limit."
-        limited0 = self.skiff.stat(pre + "rate_limited") or 0
-        ok0 = self.skiff.stat(pre + "ok") or 0
+        limited0 = self.skiff.stat_int(pre + "rate_limited")
+        ok0 = self.skiff.stat_int(pre + "ok")
         count = sum(len(b.requests) for b in self.backends.values())
         statuses = []
         for i, svc in enumerate(["productpage", "reviews", "ratings", "details",
@@ -504,8 +391,8 @@ class Bookinfo(unittest.TestCase):
                 self.assertEqual(hdrs.get("x-envoy-ratelimited"), "true")
         self.assertEqual(statuses, [200, 200, 200, 200, 429, 429])
         self.assertEqual(sum(len(b.requests) for b in self.backends.values()) - count, 4)
-        self.assertEqual(self.skiff.stat(pre + "rate_limited") - limited0, 2)
-        self.assertEqual(self.skiff.stat(pre + "ok") - ok0, 4)
+        self.assertEqual(self.skiff.stat_int(pre + "rate_limited") - limited0, 2)
+        self.assertEqual(self.skiff.stat_int(pre + "ok") - ok0, 4)
 
 
 if __name__ == "__main__":

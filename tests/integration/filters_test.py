@@ -10,34 +10,23 @@ requests, a fixed 200 ms delay, a route without a per-route fault is untouched b
 listener-level one, a gRPC abort's grpc-status reaches a gRPC client, an HTTP abort to a gRPC
 client maps to UNAVAILABLE, CORS preflights (allowed, forwarded when not matching) and simple
 requests, and the filters' stats."""
-import http.client
-import http.server
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import unittest
-import urllib.request
 
-SKIFF = os.environ["SKIFF"]
-SRCDIR = os.environ["SRCDIR"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (T_ROUTE, TYPE, Client, SimpleBackend, cluster, free_port,  # noqa: E402
+                     hcm, http_filter, listener, start_proxy, stop_proxy, wait_started)
 
-TYPE = "type.googleapis.com/"
 FAULT = TYPE + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 CORS = TYPE + "envoy.extensions.filters.http.cors.v3.Cors"
 CORS_POLICY = TYPE + "envoy.extensions.filters.http.cors.v3.CorsPolicy"
 PREFIX = "outbound_0.0.0.0_filters"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+CP_ARGS = {"sock_name": "xds.sock", "poll": None}
+BOOT_ARGS = {"pod": "t-1", "app": "t.default", "delta": False, "grpc_clusters": ("xds-grpc",)}
 
 
 def million(pct):
@@ -45,75 +34,28 @@ def million(pct):
     return {"numerator": int(pct * 10000), "denominator": "MILLION"}
 
 
-class Backend:
+class Backend(SimpleBackend):
     """An HTTP/1.1 server on 127.0.0.1 that answers every request 200 and records it."""
 
     def __init__(self):
         self.seen = []
-        lock = threading.Lock()
-        seen = self.seen
+        self.lock = threading.Lock()
+        super().__init__(self.respond)
 
-        class H(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def handle_one(self):
-                n = int(self.headers.get("content-length") or 0)
-                if n:
-                    self.rfile.read(n)
-                with lock:
-                    seen.append((self.command, self.path))
-                body = b"from backend"
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.send_header("access-control-allow-origin", "*")
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            do_GET = do_POST = do_OPTIONS = do_PUT = do_HEAD = handle_one
-
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def respond(self, req):
+        with self.lock:
+            self.seen.append((req.command, req.path))
+        return 200, b"from backend", [("access-control-allow-origin", "*")]
 
     def paths(self):
         return [p for _, p in list(self.seen)]
 
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
 
 def resources(backend_port, listen_port):
     """Listener, route configuration and cluster, in the shapes istiod generates."""
-    cluster = {
-        "@type": TYPE + "envoy.config.cluster.v3.Cluster", "name": "backend", "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {
-                "address": "127.0.0.1", "port_value": backend_port}}}}]}]}}
-    hcm = {
-        "@type": TYPE + "envoy.extensions.filters.network.http_connection_manager.v3."
-                        "HttpConnectionManager",
-        "stat_prefix": PREFIX, "codec_type": "AUTO",
-        "rds": {"route_config_name": "filters",
-                "config_source": {"ads": {}, "initial_fetch_timeout": "0s",
-                                  "resource_api_version": "V3"}},
-        "http_filters": [
-            {"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT}},
-            {"name": "envoy.filters.http.cors", "typed_config": {"@type": CORS}},
-            {"name": "envoy.filters.http.router", "typed_config": {
-                "@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"}},
-        ]}
-    listener = {
-        "@type": TYPE + "envoy.config.listener.v3.Listener", "name": "filters",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-        "filter_chains": [{"filters": [
-            {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}
+    manager = hcm(PREFIX, rds="filters", rds_fetch_timeout="0s", websocket=False, filters=[
+        http_filter("envoy.filters.http.fault", FAULT),
+        http_filter("envoy.filters.http.cors", CORS)])
 
     def route(name, prefix, per_filter=None):
         r = {"name": name, "match": {"prefix": prefix, "case_sensitive": True},
@@ -134,7 +76,7 @@ def resources(backend_port, listen_port):
         "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
         "forward_not_matching_preflights": True}}
     routes = {
-        "@type": TYPE + "envoy.config.route.v3.RouteConfiguration", "name": "filters",
+        "@type": T_ROUTE, "name": "filters",
         "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
             # VirtualService fault.abort{httpStatus: 503, percentage: 100}
             route("abort", "/abort", fault(abort={"http_status": 503,
@@ -158,97 +100,8 @@ def resources(backend_port, listen_port):
             route("cors", "/cors", cors_policy),
             route("ok", "/"),
         ]}]}
-    return {"resources": [cluster, listener, routes]}
-
-
-class Skiff:
-    def __init__(self, sock, workdir):
-        boot = {
-            "node": {"id": "sidecar~127.0.0.1~t-1.default~default.svc.cluster.local",
-                     "cluster": "t.default"},
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-            "dynamic_resources": {
-                "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                               "set_node_on_first_message_only": True,
-                               "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
-                "cds_config": {"ads": {}, "initial_fetch_timeout": "0s",
-                               "resource_api_version": "V3"},
-                "lds_config": {"ads": {}, "initial_fetch_timeout": "0s",
-                               "resource_api_version": "V3"},
-            },
-            "static_resources": {"clusters": [{
-                "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [
-                    {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": sock}}}}]}]}}]},
-        }
-        path = os.path.join(workdir, "bootstrap.json")
-        with open(path, "w") as f:
-            json.dump(boot, f)
-        self.log = open(os.path.join(workdir, "skiff.log"), "w")
-        adm = os.path.join(workdir, "admin")
-        self.proc = subprocess.Popen([SKIFF, "-c", path, "--admin-address-path", adm,
-                                      "-l", "debug", "--concurrency", "1"],
-                                     stdout=self.log, stderr=self.log)
-        for _ in range(200):
-            if os.path.exists(adm) and os.path.getsize(adm) > 0:
-                break
-            time.sleep(0.05)
-        self.admin = "http://" + open(adm).read().strip()
-
-    def get(self, path):
-        try:
-            with urllib.request.urlopen(self.admin + path, timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-
-    def stat(self, name):
-        _, body = self.get("/stats?filter=^" + name.replace(".", "\\.") + "$")
-        for line in body.splitlines():
-            k, _, v = line.partition(": ")
-            if k == name:
-                return int(v)
-        return None
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait(10)
-        self.log.close()
-        return rc
-
-
-class Client:
-    """HTTP/1.1 over one keep-alive connection, reconnecting when the server closed it."""
-
-    def __init__(self, port):
-        self.port = port
-        self.conn = None
-
-    def request(self, method, path, headers=None):
-        for attempt in range(2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            try:
-                self.conn.request(method, path, headers=headers or {})
-                r = self.conn.getresponse()
-                body = r.read()
-                if r.getheader("connection", "").lower() == "close":
-                    self.close()
-                return r.status, {k.lower(): v for k, v in r.getheaders()}, body
-            except (ConnectionError, http.client.RemoteDisconnected, BrokenPipeError):
-                self.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-    def close(self):
-        if self.conn:
-            self.conn.close()
-            self.conn = None
+    return {"resources": [cluster("backend", backend_port),
+                          listener("filters", listen_port, manager), routes]}
 
 
 class Filters(unittest.TestCase):
@@ -258,56 +111,37 @@ class Filters(unittest.TestCase):
         tmp = cls.tmp.name
         cls.backend = Backend()
         cls.port = free_port()
-        res = os.path.join(tmp, "resources.json")
-        with open(res, "w") as f:
-            json.dump(resources(cls.backend.port, cls.port), f, indent=1)
-        sock = os.path.join(tmp, "xds.sock")
-        cls.events = os.path.join(tmp, "events.jsonl")
-        cls.cp_log = open(os.path.join(tmp, "cp.log"), "w")
-        cls.cp = subprocess.Popen(["/usr/bin/python3", "-W", "ignore",
-                                   os.path.join(SRCDIR, "tools", "xds-files"),
-                                   "--listen", "unix:" + sock, "--config", res,
-                                   "--events", cls.events],
-                                  stdout=subprocess.PIPE, stderr=cls.cp_log, text=True)
-        line = cls.cp.stdout.readline().strip()
-        if line != "listening on unix:" + sock:
+        try:
+            cls.cp, cls.skiff = start_proxy(tmp, resources(cls.backend.port, cls.port),
+                                            cp_args=CP_ARGS, boot_args=BOOT_ARGS, level="debug")
+        except Exception:
             cls.tearDownClass()
-            raise AssertionError("control plane did not start: " + line)
-        cls.skiff = Skiff(sock, tmp)
+            raise
         cls.client = Client(cls.port)
+
         # every resource ACKed, then the listener serves the plain route
-        deadline = time.time() + 15
-        ready = False
-        while time.time() < deadline and not ready:
+        def probe():
             try:
                 status, _, body = cls.client.request("GET", "/ready-probe")
-                ready = status == 200 and body == b"from backend"
+                return status == 200 and body == b"from backend"
             except OSError:
                 cls.client.close()
-            if not ready:
-                time.sleep(0.1)
-        if not ready:
-            nacks = [l for l in open(cls.events)] if os.path.exists(cls.events) else []
-            nacks = [l for l in nacks if '"nack"' in l]
-            cls.tearDownClass()
-            raise AssertionError("the listener never served /ready-probe; NACKs: %s" % nacks)
+                return False
+
+        wait_started(probe, 15, cls.cp, cls.tearDownClass, "the listener never served /ready-probe")
 
     @classmethod
     def tearDownClass(cls):
         if getattr(cls, "client", None):
             cls.client.close()
-        if getattr(cls, "skiff", None):
-            rc = cls.skiff.stop()
-            cls.skiff = None
-            assert rc == 0, "skiff exited with %d" % rc
-        cls.cp.send_signal(signal.SIGTERM)
-        cls.cp.wait(10)
-        cls.cp_log.close()
+        rc = stop_proxy(getattr(cls, "skiff", None), getattr(cls, "cp", None))
+        cls.skiff = cls.cp = None
         cls.backend.stop()
         cls.tmp.cleanup()
+        assert rc == 0, "skiff exited with %d" % rc
 
     def stat(self, name):
-        return self.skiff.stat(f"http.{PREFIX}.{name}")
+        return self.skiff.stat_int(f"http.{PREFIX}.{name}", None)
 
     # ---- fault ----
 

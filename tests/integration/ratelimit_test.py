@@ -11,70 +11,38 @@ reaches it.
     listener-level filter carrying only a stat_prefix) limits its route and leaves another
     route unlimited."""
 import http.client
-import http.server
-import json
 import os
 import re
-import signal
-import socket
-import subprocess
+import sys
 import tempfile
 import threading
-import time
 import unittest
-import urllib.request
 
-SKIFF = os.environ["SKIFF"]
-SRCDIR = os.environ["SRCDIR"]
-TYPE = "type.googleapis.com/"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (TYPE, SimpleBackend, cluster, connectable, free_port, hcm,  # noqa: E402
+                     listener, start_proxy, stop_proxy)
+from harness import request as http_request  # noqa: E402
+
 LRL = TYPE + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 FILTER = "envoy.filters.http.local_ratelimit"
 
 
-class Backend:
+class Backend(SimpleBackend):
     """An HTTP/1.1 server on 127.0.0.1 that answers 200 and counts requests per path."""
 
     def __init__(self):
         self.hits = {}
         self.lock = threading.Lock()
-        owner = self
+        super().__init__(self.respond)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                with owner.lock:
-                    owner.hits[self.path] = owner.hits.get(self.path, 0) + 1
-                body = b"ok"
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def respond(self, req):
+        with self.lock:
+            self.hits[req.path] = self.hits.get(req.path, 0) + 1
+        return 200, b"ok"
 
     def count(self, path=None):
         with self.lock:
             return sum(self.hits.values()) if path is None else self.hits.get(path, 0)
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def percent(n):
@@ -96,34 +64,12 @@ def istio_limit(stat_prefix, max_tokens, fill="3600s"):
 
 
 def resources(listen_port, backend_port, listener_limit, routes):
-    cluster = {
-        "@type": TYPE + "envoy.config.cluster.v3.Cluster",
-        "name": "backend", "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                         "port_value": backend_port}}}}]}]},
-    }
-    hcm = {
-        "@type": TYPE + "envoy.extensions.filters.network.http_connection_manager.v3."
-                        "HttpConnectionManager",
-        "stat_prefix": "rl_in",
-        "codec_type": "AUTO",
-        "route_config": {"name": "rl_routes", "virtual_hosts": [
-            {"name": "all", "domains": ["*"], "routes": routes}]},
-        "http_filters": [
-            {"name": FILTER, "typed_config": listener_limit},
-            {"name": "envoy.filters.http.router", "typed_config": {
-                "@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"}},
-        ],
-    }
-    listener = {
-        "@type": TYPE + "envoy.config.listener.v3.Listener",
-        "name": "rl_in",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-        "filter_chains": [{"filters": [
-            {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
-    }
-    return {"resources": [cluster, listener]}
+    manager = hcm("rl_in", websocket=False,
+                  filters=[{"name": FILTER, "typed_config": listener_limit}],
+                  route_config={"name": "rl_routes", "virtual_hosts": [
+                      {"name": "all", "domains": ["*"], "routes": routes}]})
+    return {"resources": [cluster("backend", backend_port),
+                          listener("rl_in", listen_port, manager)]}
 
 
 def route(prefix, per_filter=None):
@@ -133,123 +79,9 @@ def route(prefix, per_filter=None):
     return r
 
 
-class Proxy:
-    """tools/xds-files serving one resources file, and skiff pointed at it."""
-
-    def __init__(self, tmp, res, concurrency=1):
-        self.tmp = tmp
-        path = os.path.join(tmp, "resources.json")
-        with open(path, "w") as f:
-            json.dump(res, f)
-        sock = os.path.join(tmp, "XDS")
-        self.events = os.path.join(tmp, "events.jsonl")
-        self.cp_log = open(os.path.join(tmp, "cp.log"), "w")
-        self.cp = subprocess.Popen(["/usr/bin/python3", "-W", "ignore",
-                                    os.path.join(SRCDIR, "tools", "xds-files"), "--listen",
-                                    "unix:" + sock, "--config", path, "--events", self.events],
-                                   stdout=subprocess.PIPE, stderr=self.cp_log, text=True)
-        line = self.cp.stdout.readline().strip()
-        if line != "listening on unix:" + sock:
-            raise RuntimeError("xds-files did not start: " + line)
-        boot = {
-            "node": {"id": "sidecar~127.0.0.1~rl-1.default~default.svc.cluster.local",
-                     "cluster": "rl.default"},
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-            "dynamic_resources": {
-                "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                               "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
-                "cds_config": {"ads": {}, "initial_fetch_timeout": "0s",
-                               "resource_api_version": "V3"},
-                "lds_config": {"ads": {}, "initial_fetch_timeout": "0s",
-                               "resource_api_version": "V3"},
-            },
-            "static_resources": {"clusters": [{
-                "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [
-                    {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": sock}}}}]}]}}]},
-        }
-        bpath = os.path.join(tmp, "bootstrap.json")
-        with open(bpath, "w") as f:
-            json.dump(boot, f)
-        adm = os.path.join(tmp, "admin")
-        self.log = open(os.path.join(tmp, "skiff.log"), "w")
-        self.proc = subprocess.Popen([SKIFF, "-c", bpath, "--admin-address-path", adm,
-                                      "-l", "info", "--concurrency", str(concurrency)],
-                                     stdout=self.log, stderr=self.log)
-        for _ in range(200):
-            if os.path.exists(adm) and os.path.getsize(adm) > 0:
-                break
-            time.sleep(0.05)
-        self.admin = "http://" + open(adm).read().strip()
-
-    def get(self, path):
-        try:
-            with urllib.request.urlopen(self.admin + path, timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-
-    def stat(self, name):
-        _, body = self.get("/stats?filter=^" + name.replace(".", "\\.") + "$")
-        for line in body.splitlines():
-            k, _, v = line.partition(": ")
-            if k == name:
-                return v
-        return None
-
-    def nacks(self):
-        if not os.path.exists(self.events):
-            return []
-        return [e["error"] for e in map(json.loads, open(self.events)) if e["event"] == "nack"]
-
-    def wait(self, pred, timeout=20):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if pred():
-                return True
-            time.sleep(0.05)
-        return False
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-        self.log.close()
-        self.cp.send_signal(signal.SIGTERM)
-        try:
-            self.cp.wait(10)
-        except subprocess.TimeoutExpired:
-            self.cp.kill()
-            self.cp.wait()
-        self.cp_log.close()
-        return rc
-
-
-def connectable(port):
-    """The listener accepts (a connection closed before any byte is no request, so this
-    takes no token)."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 def request(port, path, conn=None):
     """One GET; on its own connection unless conn is given. Returns (status, headers, body)."""
-    own = conn is None
-    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        c.request("GET", path, headers={"host": "rl.example"})
-        r = c.getresponse()
-        body = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
-    finally:
-        if own:
-            c.close()
+    return http_request(port, "GET", path, {"host": "rl.example"}, conn=conn)
 
 
 class RateLimitTest(unittest.TestCase):
@@ -259,20 +91,20 @@ class RateLimitTest(unittest.TestCase):
         self.tmp = tempfile.TemporaryDirectory()
         self.backend = Backend()
         self.port = free_port()
-        self.proxy = Proxy(self.tmp.name,
-                           resources(self.port, self.backend.port, listener_limit, routes),
-                           self.concurrency)
+        self.cp, self.proxy = start_proxy(
+            self.tmp.name, resources(self.port, self.backend.port, listener_limit, routes),
+            cp_args={"poll": None},
+            boot_args={"pod": "rl-1", "app": "rl.default", "delta": False, "node_first": False,
+                       "grpc_clusters": ("xds-grpc",)},
+            concurrency=self.concurrency)
         p = self.proxy
-        self.assertTrue(p.wait(lambda: p.get("/ready")[0] == 200), "skiff not LIVE")
-        self.assertEqual(p.nacks(), [])
-        self.assertTrue(p.wait(lambda: connectable(self.port)), "listener not accepting")
+        self.assertTrue(p.wait(lambda: p.get("/ready")[0] == 200, 20), "skiff not LIVE")
+        self.assertEqual(self.cp.nacks(), [])
+        self.assertTrue(p.wait(lambda: connectable(self.port), 20), "listener not accepting")
 
     def tearDown(self):
-        if getattr(self, "proxy", None):
-            rc = self.proxy.stop()
-            if rc != 0:
-                print(open(os.path.join(self.tmp.name, "skiff.log")).read()[-3000:])
-            self.assertEqual(rc, 0, "skiff exit status")
+        rc = stop_proxy(getattr(self, "proxy", None), getattr(self, "cp", None))
+        self.assertEqual(rc, 0, "skiff exit status")
         if getattr(self, "backend", None):
             self.backend.stop()
         if getattr(self, "tmp", None):

@@ -25,8 +25,6 @@ on 127.0.0.1 talk to skiff's listener in front of backends.py and a backend that
 
   meson test -C build integration-resilience
   SKIFF=build/agent/skiff SRCDIR=. python3 tests/integration/resilience_test.py"""
-import http.client
-import http.server
 import os
 import re
 import sys
@@ -38,9 +36,9 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from backends import HttpBackend  # noqa: E402
-from http_test import (T_CLUSTER, T_PROTO, T_ROUTE, ControlPlane, Skiff,  # noqa: E402
-                       ads_bootstrap, endpoints, free_port, hcm, listener, route, to,
-                       wait_serving, write_atomic)
+from harness import (T_CLUSTER, T_PROTO, T_ROUTE, ControlPlane, SimpleBackend,  # noqa: E402
+                     Skiff, ads_bootstrap, endpoints, free_port, hcm, listener, request,
+                     route, to, wait_serving, write_atomic)
 
 SRCDIR = os.environ["SRCDIR"]
 OVERFLOW_BODY = ("upstream connect error or disconnect/reset before headers. "
@@ -50,39 +48,18 @@ OD = "outbound|9080||ratings.default.svc.cluster.local"
 UNLIMITED = 4294967295
 
 
-class Failing:
+class Failing(SimpleBackend):
     """An HTTP/1.1 server on 127.0.0.1 that answers every request 503 and counts them."""
 
     def __init__(self):
         self.count = 0
         self.lock = threading.Lock()
-        owner = self
+        super().__init__(self.respond)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                with owner.lock:
-                    owner.count += 1
-                body = b"failing\n"
-                self.send_response(503)
-                self.send_header("content-length", str(len(body)))
-                self.send_header("x-backend", "failing")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def respond(self, req):
+        with self.lock:
+            self.count += 1
+        return 503, b"failing\n", [("x-backend", "failing")]
 
 
 def destination_rule_cluster(name, *ports):
@@ -105,17 +82,6 @@ def destination_rule_cluster(name, *ports):
                                                  "max_requests_per_connection": 1},
                 "explicit_http_config": {"http_protocol_options": {}}}},
     }
-
-
-def get(port, path, headers=None, timeout=10):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        c.request("GET", path, headers=headers or {})
-        r = c.getresponse()
-        body = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
-    finally:
-        c.close()
 
 
 def router_reports_host_results():
@@ -184,7 +150,7 @@ class Resilience(unittest.TestCase):
         def worker():
             for _ in range(4):
                 try:
-                    r = get(self.port, "/reviews/x", {"x-backend-delay-ms": "300"})
+                    r = request(self.port, "GET", "/reviews/x", {"x-backend-delay-ms": "300"})
                 except OSError as e:
                     r = (0, {}, str(e).encode())
                 with lock:
@@ -234,7 +200,7 @@ class Resilience(unittest.TestCase):
             self.skipTest("the router does not report host results to the pools yet")
         statuses = []
         for _ in range(10):
-            status, headers, _ = get(self.port, "/ratings/x")
+            status, headers, _ = request(self.port, "GET", "/ratings/x")
             statuses.append(status)
             if status == 503:
                 break
@@ -246,7 +212,7 @@ class Resilience(unittest.TestCase):
         self.assertEqual(self.skiff.stat_int(pre + "ejections_detected_consecutive_5xx"), 1)
         # every later request goes to the healthy host, across interval boundaries
         for i in range(12):
-            status, headers, _ = get(self.port, "/ratings/x")
+            status, headers, _ = request(self.port, "GET", "/ratings/x")
             self.assertEqual((status, headers.get("x-backend")), (200, "good"), i)
             if i == 5:
                 time.sleep(1.2)

@@ -18,33 +18,20 @@ cluster_header mirrors and a 0% runtime_fraction; a header hash policy on a RING
 then sticky); and the upstream_rq_retry* / per_try_timeout stats.
 
 Run: SKIFF=build/agent/skiff SRCDIR=. python3 tests/integration/router_test.py"""
-import http.client
 import http.server
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import unittest
 import urllib.parse
-import urllib.request
 
-SKIFF = os.environ["SKIFF"]
-SRCDIR = os.environ["SRCDIR"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (T_ROUTE, TYPE, cluster, free_port, hcm, listener, request,  # noqa: E402
+                     route, start_proxy, stop_proxy, to, wait_started)
 
-TYPE = "type.googleapis.com/"
-T_PROTO = TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 PREFIX = "outbound_0.0.0.0_router"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Flaky:
@@ -170,21 +157,6 @@ class FlakyGrpc:
         self.server.stop(0).wait(5)
 
 
-def cluster(name, ports, lb=None, h2=False):
-    c = {"@type": TYPE + "envoy.config.cluster.v3.Cluster", "name": name, "type": "STATIC",
-         "connect_timeout": "1s",
-         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-             {"endpoint": {"address": {"socket_address": {
-                 "address": "127.0.0.1", "port_value": p}}}} for p in ports]}]}}
-    if lb:
-        c["lb_policy"] = lb
-    if h2:
-        c["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": T_PROTO, "explicit_http_config": {"http2_protocol_options": {}}}}
-    return c
-
-
 # Istio's default retry policy (networking/core/route/retry: DefaultPolicy).
 ISTIO_RETRY = {
     "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
@@ -198,141 +170,54 @@ ISTIO_RETRY = {
 
 
 def resources(listen_port, b, dead_port, grpc_port):
-    def route(prefix, cl, **action):
-        a = {"cluster": cl, "timeout": "5s"}
-        a.update(action)
-        return {"match": {"prefix": prefix}, "route": a}
+    def r(prefix, cl, **action):
+        return route({"prefix": prefix}, route=to(cl, **dict({"timeout": "5s"}, **action)))
 
     retry5 = {"retry_on": "5xx", "num_retries": 2,
               "retry_back_off": {"base_interval": "0.010s"}}
     routes = {
-        "@type": TYPE + "envoy.config.route.v3.RouteConfiguration", "name": "router",
+        "@type": T_ROUTE, "name": "router",
         "virtual_hosts": [{
             "name": "all", "domains": ["*"],
             "include_request_attempt_count": True,
             "include_attempt_count_in_response": True,
             "routes": [
-                route("/istio", "two", retry_policy=ISTIO_RETRY),
-                route("/5xx", "flaky", retry_policy=retry5),
-                route("/pertry", "flaky", retry_policy=dict(retry5, per_try_timeout="0.2s")),
-                route("/noretry", "flaky"),
-                route("/idletry", "flaky",
+                r("/istio", "two", retry_policy=ISTIO_RETRY),
+                r("/5xx", "flaky", retry_policy=retry5),
+                r("/pertry", "flaky", retry_policy=dict(retry5, per_try_timeout="0.2s")),
+                r("/noretry", "flaky"),
+                r("/idletry", "flaky",
                       retry_policy=dict(retry5, per_try_idle_timeout="0.2s")),
-                route("/skiff.test.Flaky/", "grpc",
+                r("/skiff.test.Flaky/", "grpc",
                       retry_policy={"retry_on": "unavailable", "num_retries": 2}),
-                route("/grpc-timeout", "flaky", max_grpc_timeout="0s"),
-                route("/grpc-capped", "flaky", max_grpc_timeout="0.3s"),
-                route("/mirror/", "flaky", request_mirror_policies=[
+                r("/grpc-timeout", "flaky", max_grpc_timeout="0s"),
+                r("/grpc-capped", "flaky", max_grpc_timeout="0.3s"),
+                r("/mirror/", "flaky", request_mirror_policies=[
                     {"cluster": "shadow",
                      "runtime_fraction": {"default_value": {"numerator": 100}}}]),
-                route("/tight", "tight", retry_policy=retry5),
-                route("/idle", "flaky", idle_timeout="0.3s"),
-                route("/duration", "flaky", max_stream_duration={"max_stream_duration": "0.3s"}),
-                route("/mirror-header", "flaky", request_mirror_policies=[
+                r("/tight", "tight", retry_policy=retry5),
+                r("/idle", "flaky", idle_timeout="0.3s"),
+                r("/duration", "flaky", max_stream_duration={"max_stream_duration": "0.3s"}),
+                r("/mirror-header", "flaky", request_mirror_policies=[
                     {"cluster_header": "x-mirror-to"}]),
-                route("/mirror-never", "flaky", request_mirror_policies=[
+                r("/mirror-never", "flaky", request_mirror_policies=[
                     {"cluster": "shadow",
                      "runtime_fraction": {"default_value": {"numerator": 0}}}]),
-                route("/cookie", "ring", hash_policy=[
+                r("/cookie", "ring", hash_policy=[
                     {"cookie": {"name": "affinity", "ttl": "3600s", "path": "/"}}]),
-                route("/hash", "ring", hash_policy=[{"header": {"header_name": "x-user"}}]),
-                route("/", "flaky"),
+                r("/hash", "ring", hash_policy=[{"header": {"header_name": "x-user"}}]),
+                r("/", "flaky"),
             ]}]}
-    hcm = {
-        "@type": TYPE + "envoy.extensions.filters.network.http_connection_manager.v3."
-                        "HttpConnectionManager",
-        "stat_prefix": PREFIX, "codec_type": "AUTO",
-        "rds": {"route_config_name": "router",
-                "config_source": {"ads": {}, "initial_fetch_timeout": "0s",
-                                  "resource_api_version": "V3"}},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"}}]}
-    listener = {
-        "@type": TYPE + "envoy.config.listener.v3.Listener", "name": "router",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-        "filter_chains": [{"filters": [
-            {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}
+    manager = hcm(PREFIX, rds="router", rds_fetch_timeout="0s", websocket=False)
     return {"resources": [
-        cluster("flaky", [b["flaky"].port]),
-        cluster("two", [dead_port, b["live"].port]),
-        cluster("shadow", [b["shadow"].port]),
-        cluster("ring", [b["r1"].port, b["r2"].port, b["r3"].port], lb="RING_HASH"),
-        cluster("grpc", [grpc_port], h2=True),
-        dict(cluster("tight", [b["tight"].port]), circuit_breakers={"thresholds": [
+        cluster("flaky", b["flaky"].port),
+        cluster("two", dead_port, b["live"].port),
+        cluster("shadow", b["shadow"].port),
+        cluster("ring", b["r1"].port, b["r2"].port, b["r3"].port, lb_policy="RING_HASH"),
+        cluster("grpc", grpc_port, h2=True),
+        cluster("tight", b["tight"].port, circuit_breakers={"thresholds": [
             {"max_retries": 0, "max_requests": 1}]}),
-        listener, routes]}
-
-
-class Skiff:
-    def __init__(self, sock, workdir):
-        boot = {
-            "node": {"id": "sidecar~127.0.0.1~t-1.default~default.svc.cluster.local",
-                     "cluster": "t.default"},
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-            "dynamic_resources": {
-                "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                               "set_node_on_first_message_only": True,
-                               "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
-                "cds_config": {"ads": {}, "initial_fetch_timeout": "0s",
-                               "resource_api_version": "V3"},
-                "lds_config": {"ads": {}, "initial_fetch_timeout": "0s",
-                               "resource_api_version": "V3"},
-            },
-            "static_resources": {"clusters": [{
-                "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [
-                    {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": sock}}}}]}]}}]},
-        }
-        path = os.path.join(workdir, "bootstrap.json")
-        with open(path, "w") as f:
-            json.dump(boot, f)
-        self.log_path = os.path.join(workdir, "skiff.log")
-        self.log = open(self.log_path, "w")
-        adm = os.path.join(workdir, "admin")
-        self.proc = subprocess.Popen([SKIFF, "-c", path, "--admin-address-path", adm,
-                                      "-l", "debug", "--concurrency", "1"],
-                                     stdout=self.log, stderr=self.log)
-        for _ in range(200):
-            if os.path.exists(adm) and os.path.getsize(adm) > 0:
-                break
-            time.sleep(0.05)
-        self.admin = "http://" + open(adm).read().strip()
-
-    def stat(self, name):
-        with urllib.request.urlopen(self.admin + "/stats", timeout=5) as r:
-            body = r.read().decode()
-        for line in body.splitlines():
-            k, _, v = line.partition(": ")
-            if k == name:
-                return int(v)
-        return 0
-
-    def access_lines(self, path):
-        """The connection manager's per-request debug lines for path: 'METHOD PATH STATUS
-        FLAGS REASON'."""
-        with open(self.log_path, errors="replace") as f:
-            return [l.strip() for l in f if (" " + path + " ") in l and "[C" in l]
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait(10)
-        self.log.close()
-        return rc
-
-
-def request(port, method, path, headers=None, body=None, timeout=10):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        data = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
-    finally:
-        conn.close()
+        listener("router", listen_port, manager), routes]}
 
 
 class Router(unittest.TestCase):
@@ -344,55 +229,34 @@ class Router(unittest.TestCase):
         cls.g = FlakyGrpc()
         cls.dead = free_port()  # nothing listens there
         cls.port = free_port()
-        res = os.path.join(tmp, "resources.json")
-        with open(res, "w") as f:
-            json.dump(resources(cls.port, cls.b, cls.dead, cls.g.port), f, indent=1)
-        sock = os.path.join(tmp, "xds.sock")
-        cls.events = os.path.join(tmp, "events.jsonl")
-        cls.cp_log = open(os.path.join(tmp, "cp.log"), "w")
-        cls.cp = subprocess.Popen(["/usr/bin/python3", "-W", "ignore",
-                                   os.path.join(SRCDIR, "tools", "xds-files"),
-                                   "--listen", "unix:" + sock, "--config", res,
-                                   "--events", cls.events],
-                                  stdout=subprocess.PIPE, stderr=cls.cp_log, text=True)
-        line = cls.cp.stdout.readline().strip()
-        if line != "listening on unix:" + sock:
+        try:
+            cls.cp, cls.skiff = start_proxy(
+                tmp, resources(cls.port, cls.b, cls.dead, cls.g.port),
+                cp_args={"sock_name": "xds.sock", "poll": None},
+                boot_args={"pod": "t-1", "app": "t.default", "delta": False,
+                           "grpc_clusters": ("xds-grpc",)}, level="debug")
+        except Exception:
             cls.tearDownClass()
-            raise AssertionError("control plane did not start: " + line)
-        cls.skiff = Skiff(sock, tmp)
-        deadline = time.time() + 15
-        ready = False
-        while time.time() < deadline and not ready:
+            raise
+
+        def probe():
             try:
-                status, _, _ = request(cls.port, "GET", "/ready-probe", timeout=2)
-                ready = status == 200
+                return request(cls.port, "GET", "/ready-probe", timeout=2)[0] == 200
             except OSError:
-                pass
-            if not ready:
-                time.sleep(0.1)
-        if not ready:
-            nacks = [l for l in open(cls.events)] if os.path.exists(cls.events) else []
-            nacks = [l for l in nacks if '"nack"' in l]
-            cls.tearDownClass()
-            raise AssertionError("the listener never served /ready-probe; NACKs: %s" % nacks)
+                return False
+
+        wait_started(probe, 15, cls.cp, cls.tearDownClass, "the listener never served /ready-probe")
 
     @classmethod
     def tearDownClass(cls):
-        if getattr(cls, "skiff", None):
-            rc = cls.skiff.stop()
-            cls.skiff = None
-            if rc != 0:
-                print(open(os.path.join(cls.tmp.name, "skiff.log")).read()[-4000:],
-                      file=sys.stderr)
-                raise AssertionError("skiff exited with %d" % rc)
-        if getattr(cls, "cp", None):
-            cls.cp.terminate()
-            cls.cp.wait(10)
-            cls.cp_log.close()
+        rc = stop_proxy(getattr(cls, "skiff", None), getattr(cls, "cp", None), 4000)
+        cls.skiff = cls.cp = None
         for b in getattr(cls, "b", {}).values():
             b.stop()
         if getattr(cls, "g", None):
             cls.g.stop()
+        if rc != 0:
+            raise AssertionError("skiff exited with %d" % rc)
 
     def get(self, path, headers=None, **kw):
         return request(self.port, "GET", path, headers, **kw)
@@ -404,11 +268,11 @@ class Router(unittest.TestCase):
             status, h, body = self.get("/istio/%d" % i)
             self.assertEqual(status, 200, body)
             self.assertEqual(h.get("x-backend"), "live")
-        self.assertGreater(self.skiff.stat("cluster.two.upstream_rq_retry"), 0)
+        self.assertGreater(self.skiff.stat_int("cluster.two.upstream_rq_retry"), 0)
         self.assertEqual(self.b["live"].count("/istio/0") + self.b["live"].count("/istio/1"), 2)
 
     def test_5xx_retried_with_attempt_counts(self):
-        before = self.skiff.stat("cluster.flaky.upstream_rq_retry_success")
+        before = self.skiff.stat_int("cluster.flaky.upstream_rq_retry_success")
         status, h, body = self.get("/5xx/a?fail=2")
         self.assertEqual(status, 200, body)
         self.assertEqual(body, b"flaky 3")
@@ -417,7 +281,7 @@ class Router(unittest.TestCase):
                   self.b["flaky"].requests("/5xx/a?fail=2")]
         self.assertEqual(counts, ["1", "2", "3"])
         self.assertEqual(h.get("x-envoy-attempt-count"), "3")
-        self.assertEqual(self.skiff.stat("cluster.flaky.upstream_rq_retry_success"), before + 1)
+        self.assertEqual(self.skiff.stat_int("cluster.flaky.upstream_rq_retry_success"), before + 1)
 
     def test_retries_exhausted_final_503_urx(self):
         status, h, body = self.get("/5xx/b?fail=10")
@@ -449,12 +313,12 @@ class Router(unittest.TestCase):
         self.assertEqual((status, body), (200, b"flaky 2"))
 
     def test_per_try_idle_timeout(self):
-        before = self.skiff.stat("cluster.flaky.upstream_rq_per_try_idle_timeout")
+        before = self.skiff.stat_int("cluster.flaky.upstream_rq_per_try_idle_timeout")
         t0 = time.time()
         status, _, body = self.get("/idletry/a?fail=1&hang=1000")
         self.assertEqual((status, body), (200, b"flaky 2"))
         self.assertLess(time.time() - t0, 0.9)
-        self.assertEqual(self.skiff.stat("cluster.flaky.upstream_rq_per_try_idle_timeout"),
+        self.assertEqual(self.skiff.stat_int("cluster.flaky.upstream_rq_per_try_idle_timeout"),
                          before + 1)
 
     def test_post_body_replayed(self):
@@ -580,11 +444,12 @@ class Router(unittest.TestCase):
 
     def test_breakers(self):
         # max_retries 0: the retry is refused, the 503 goes through, counted as an overflow
-        before = self.skiff.stat("cluster.tight.upstream_rq_retry_overflow")
+        before = self.skiff.stat_int("cluster.tight.upstream_rq_retry_overflow")
         status, _, body = self.get("/tight/a?fail=1")
         self.assertEqual((status, body), (503, b"tight 1"))
         self.assertEqual(self.b["tight"].count("/tight/a?fail=1"), 1)
-        self.assertEqual(self.skiff.stat("cluster.tight.upstream_rq_retry_overflow"), before + 1)
+        self.assertEqual(self.skiff.stat_int("cluster.tight.upstream_rq_retry_overflow"),
+                         before + 1)
         # max_requests 1: a second request while one is in flight is 503 UO
         slow = threading.Thread(target=self.get, args=("/tight/slow?delay=800",))
         slow.start()
@@ -625,7 +490,7 @@ class Router(unittest.TestCase):
         self.assertEqual(seen[0][1], payload)
 
     def test_retry_stats(self):
-        st = self.skiff.stat
+        st = self.skiff.stat_int
         rq_retry, limit = st("cluster.flaky.upstream_rq_retry"), \
             st("cluster.flaky.upstream_rq_retry_limit_exceeded")
         per_try = st("cluster.flaky.upstream_rq_per_try_timeout")

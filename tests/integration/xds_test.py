@@ -18,8 +18,10 @@ import time
 import unittest
 import urllib.request
 
-SKIFF = os.environ["SKIFF"]
-SRCDIR = os.environ["SRCDIR"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (SHARED, SKIFF, SRCDIR, ControlPlane, Skiff, ads_bootstrap,  # noqa: E402
+                     free_port)
+
 sys.path.insert(0, os.path.join(SRCDIR, "tools"))
 from xdslib import (CDS, EDS, LDS, RDS, SDS, TYPE, Ads, Any, CLA, Cluster, HCM,  # noqa: E402
                     Listener, M, RouteConfiguration, Secret, pack)
@@ -73,88 +75,13 @@ def http_listener(name, route):
 
 
 
-class Skiff:
-    def __init__(self, target, delta, workdir, bootstrap=None, extra_args=()):
-        self.workdir = workdir
-        if not target:
-            addr = None
-        elif target.startswith("unix:"):
-            addr = {"pipe": {"path": target[5:]}}
-        else:
-            host, port = target.rsplit(":", 1)
-            addr = {"socket_address": {"address": host, "port_value": int(port)}}
-        boot = {
-            "node": {"id": "sidecar~127.0.0.1~t-1.default~default.svc.cluster.local",
-                     "cluster": "t.default"},
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-            "dynamic_resources": {
-                "ads_config": {"api_type": "DELTA_GRPC" if delta else "GRPC",
-                               "transport_api_version": "V3",
-                               "set_node_on_first_message_only": True,
-                               "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
-                "cds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"},
-                "lds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"},
-            },
-            "static_resources": {"clusters": [{
-                "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [
-                    {"lb_endpoints": [{"endpoint": {"address": addr}}]}]}}]},
-        }
-        if bootstrap is not None:
-            boot = bootstrap
-        path = os.path.join(workdir, "bootstrap.json")
-        with open(path, "w") as f:
-            json.dump(boot, f)
-        self.log = open(os.path.join(workdir, "skiff.log"), "w")
-        adm = os.path.join(workdir, "admin")
-        self.proc = subprocess.Popen([SKIFF, "-c", path, "--admin-address-path", adm,
-                                      "-l", "debug", "--concurrency", "1"] + list(extra_args),
-                                     stdout=self.log, stderr=self.log)
-        for _ in range(100):
-            if os.path.exists(adm) and os.path.getsize(adm) > 0:
-                break
-            time.sleep(0.05)
-        self.admin = "http://" + open(adm).read().strip()
-
-    def get(self, path):
-        try:
-            with urllib.request.urlopen(self.admin + path, timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-
-    def stat(self, name):
-        _, body = self.get("/stats?filter=^" + name.replace(".", "\\.") + "$")
-        for line in body.splitlines():
-            k, _, v = line.partition(": ")
-            if k == name:
-                return v
-        return None
-
-    def wait(self, pred, timeout=10):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if pred():
-                return True
-            time.sleep(0.05)
-        return False
-
-    def dump(self, section):
-        _, body = self.get("/config_dump?include_eds")
-        for c in json.loads(body)["configs"]:
-            if c["@type"].rsplit(".", 1)[-1] == section:
-                return c
-        return {}
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-        self.log.close()
-        return rc
+def start_skiff(target, delta, workdir, bootstrap=None, extra_args=()):
+    """skiff at -l debug on `bootstrap`, or on an ADS bootstrap for target ("unix:<path>" or
+    "<host>:<port>"), SotW or delta."""
+    if bootstrap is None:
+        bootstrap = ads_bootstrap(target or None, pod="t-1", app="t.default", delta=delta,
+                                  grpc_clusters=("xds-grpc",))
+    return Skiff(workdir, bootstrap, extra_args, level="debug", start_timeout=5)
 
 
 def cluster_names(d):
@@ -176,7 +103,7 @@ class AdsTest:
         self.ads.set(EDS, cla("outbound|9080||reviews.default.svc.cluster.local", 9080))
         self.ads.set(LDS, http_listener("0.0.0.0_9080", "9080"))
         self.ads.set(RDS, RouteConfiguration(name="9080"))
-        self.skiff = Skiff(self.addr, self.delta, self.tmp.name)
+        self.skiff = start_skiff(self.addr, self.delta, self.tmp.name)
 
     def tearDown(self):
         rc = self.skiff.stop()
@@ -279,9 +206,6 @@ class AdsTest:
             self.assertIn("static-one", first_cds[7])
 
 
-SHARED = os.environ.get("SHARED", os.path.join(SRCDIR, "..", "shared"))
-
-
 def dump_resources(path):
     """The dynamic clusters, listeners and route configurations of a real config dump, decoded
     with the project's own declarations."""
@@ -341,7 +265,7 @@ class IstioGolden:
             boot["admin"]["address"]["socket_address"]["port_value"] = 0
             if not self.delta:
                 boot["dynamic_resources"]["ads_config"]["api_type"] = "GRPC"
-            s = Skiff("", self.delta, tmp, bootstrap=boot, extra_args=[
+            s = start_skiff("", self.delta, tmp, bootstrap=boot, extra_args=[
                 "--drain-time-s", "45", "--drain-strategy", "immediate",
                 "--local-address-ip-version", "v4", "--file-flush-interval-msec", "1000",
                 "--disable-hot-restart", "--allow-unknown-static-fields"])
@@ -400,14 +324,8 @@ class IstioGolden:
         dump = os.path.join(SHARED, "istio", "01-ossm-sidecar-config-dump",
                             "hello-openshift-sidecar-config_dump.json")
         with tempfile.TemporaryDirectory() as tmp:
-            sock = os.path.join(tmp, "XDS")
-            events = os.path.join(tmp, "events.jsonl")
-            cp_log = open(os.path.join(tmp, "cp.log"), "w")
-            cp = subprocess.Popen(["/usr/bin/python3", "-W", "ignore",
-                                   os.path.join(SRCDIR, "tools", "xds-files"), "--listen",
-                                   "unix:" + sock, "--config", dump, "--events", events],
-                                  stdout=subprocess.PIPE, stderr=cp_log, text=True)
-            self.assertEqual(cp.stdout.readline().strip(), "listening on unix:" + sock)
+            cp = ControlPlane(tmp, dump, poll=None)
+            sock, events = cp.sock, cp.events
             boot = json.load(open(os.path.join(SHARED, "istio", "04-bootstrap", "default_golden.json")))
             for c in boot["static_resources"]["clusters"]:
                 if c["name"] in ("xds-grpc", "sds-grpc"):
@@ -416,7 +334,7 @@ class IstioGolden:
             boot["admin"]["address"]["socket_address"]["port_value"] = 0
             if not self.delta:
                 boot["dynamic_resources"]["ads_config"]["api_type"] = "GRPC"
-            s = Skiff("", self.delta, tmp, bootstrap=boot,
+            s = start_skiff("", self.delta, tmp, bootstrap=boot,
                       extra_args=["--allow-unknown-static-fields", "--drain-time-s", "45"])
             try:
                 self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200, timeout=20),
@@ -428,17 +346,14 @@ class IstioGolden:
                                  "RouteConfiguration", "Secret"} <= acked, acked)
                 self.assertEqual(len(s.dump("ClustersConfigDump")["dynamic_active_clusters"]), 20)
                 # the control plane dies: the last good configuration keeps serving
-                cp.send_signal(signal.SIGTERM)
-                cp.wait(10)
+                cp.proc.send_signal(signal.SIGTERM)
+                cp.proc.wait(10)
                 self.assertTrue(s.wait(lambda: s.stat("control_plane.connected_state") == "0"))
                 self.assertEqual(s.get("/ready")[0], 200)
                 self.assertEqual(len(s.dump("ClustersConfigDump")["dynamic_active_clusters"]), 20)
             finally:
                 self.assertEqual(s.stop(), 0)
-                if cp.poll() is None:
-                    cp.kill()
-                    cp.wait()
-                cp_log.close()
+                cp.stop()
 
 
     def test_authz_listeners_acked(self):
@@ -447,14 +362,9 @@ class IstioGolden:
         dump = os.path.join(SHARED, "istio", "03-istio-testdata-sidecar-listeners-rbac",
                             "authz-testdata-sidecar-listeners-configdump.json")
         with tempfile.TemporaryDirectory() as tmp:
-            sock = os.path.join(tmp, "XDS")
-            events = os.path.join(tmp, "events.jsonl")
-            cp = subprocess.Popen(["/usr/bin/python3", "-W", "ignore",
-                                   os.path.join(SRCDIR, "tools", "xds-files"), "--listen",
-                                   "unix:" + sock, "--config", dump, "--events", events],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            self.assertEqual(cp.stdout.readline().strip(), "listening on unix:" + sock)
-            s = Skiff("unix:" + sock, self.delta, tmp)
+            cp = ControlPlane(tmp, dump, poll=None)
+            sock, events = cp.sock, cp.events
+            s = start_skiff("unix:" + sock, self.delta, tmp)
             try:
                 self.assertTrue(s.wait(lambda: s.stat("listener_manager.lds.update_success") == "1",
                                        timeout=20), "LDS not applied")
@@ -463,8 +373,7 @@ class IstioGolden:
                 self.assertEqual(len(s.dump("ListenersConfigDump")["dynamic_listeners"]), 27)
             finally:
                 self.assertEqual(s.stop(), 0)
-                cp.send_signal(signal.SIGTERM)
-                cp.wait(10)
+                cp.stop()
 
 
 class IstioLargeDump(unittest.TestCase):
@@ -476,13 +385,8 @@ class IstioLargeDump(unittest.TestCase):
         dump = os.path.join(SHARED, "istio", "02-upstream-istio-1.18-sidecar-config-dump",
                             "geo-hr2-sidecar-config_dump_include_eds.json")
         with tempfile.TemporaryDirectory() as tmp:
-            sock = os.path.join(tmp, "XDS")
-            events = os.path.join(tmp, "events.jsonl")
-            cp = subprocess.Popen(["/usr/bin/python3", "-W", "ignore",
-                                   os.path.join(SRCDIR, "tools", "xds-files"), "--listen",
-                                   "unix:" + sock, "--config", dump, "--events", events],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            self.assertEqual(cp.stdout.readline().strip(), "listening on unix:" + sock)
+            cp = ControlPlane(tmp, dump, poll=None)
+            sock, events = cp.sock, cp.events
             boot = {
                 "node": {"id": "sidecar~127.0.0.1~geo.default~default.svc.cluster.local",
                          "cluster": "geo.default"},
@@ -497,7 +401,7 @@ class IstioLargeDump(unittest.TestCase):
                         {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": sock}}}}]}]}}
                     for n in ("xds-grpc", "sds-grpc")]},
             }
-            s = Skiff("", True, tmp, bootstrap=boot)
+            s = start_skiff("", True, tmp, bootstrap=boot)
             try:
                 self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200, timeout=30),
                                 "not LIVE: " + s.get("/ready")[1])
@@ -507,8 +411,7 @@ class IstioLargeDump(unittest.TestCase):
                 self.assertEqual(s.stat("listener_manager.total_listeners_active"), "140")
             finally:
                 self.assertEqual(s.stop(), 0)
-                cp.send_signal(signal.SIGTERM)
-                cp.wait(10)
+                cp.stop()
 
 
 class IstioGoldenDelta(IstioGolden, unittest.TestCase):
@@ -553,17 +456,10 @@ class FileControlPlane:
             self.write(lis, json.dumps({"resources": [
                 {"@type": LDS, "name": "0.0.0.0_9080",
                  "address": {"socket_address": {"address": "0.0.0.0", "port_value": 9080}}}]}))
-            sock = os.path.join(tmp, "xds.sock")
-            events = os.path.join(tmp, "events.jsonl")
-            cp_log = open(os.path.join(tmp, "cp.log"), "w")
-            cp = subprocess.Popen(["/usr/bin/python3", "-W", "ignore",
-                                   os.path.join(SRCDIR, "tools", "xds-files"),
-                                   "--listen", "unix:" + sock, "--config", res, "--config", lis,
-                                   "--events", events], stdout=subprocess.PIPE, stderr=cp_log,
-                                  text=True)
+            cp = ControlPlane(tmp, res, lis, sock_name="xds.sock", poll=None)
+            sock, events = cp.sock, cp.events
             try:
-                self.assertEqual(cp.stdout.readline().strip(), "listening on unix:" + sock)
-                s = Skiff("unix:" + sock, self.delta, tmp)
+                s = start_skiff("unix:" + sock, self.delta, tmp)
                 try:
                     self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200), "not LIVE")
                     self.assertEqual(cluster_names(s.dump("ClustersConfigDump")), ["one", "two"])
@@ -574,7 +470,7 @@ class FileControlPlane:
                     # a file that does not parse is reported; the last good state stays
                     self.write(res, "resources: [ {")
                     time.sleep(0.6)
-                    self.assertEqual(cp.poll(), None)
+                    self.assertEqual(cp.proc.poll(), None)
                     self.assertEqual(len(cluster_names(s.dump("ClustersConfigDump"))), 3)
                     # a bad resource: skiff NACKs it, the control plane logs the NACK
                     self.write(res, self.cluster_yaml("one", "two", "three") +
@@ -590,10 +486,8 @@ class FileControlPlane:
                 finally:
                     self.assertEqual(s.stop(), 0)
             finally:
-                cp.send_signal(signal.SIGTERM)
-                cp.wait(10)
-                cp_log.close()
-            log = open(os.path.join(tmp, "cp.log")).read()
+                cp.stop()
+            log = open(cp.logpath).read()
             self.assertIn("still serving the last good state", log)
             self.assertIn("NACK", log)
 
@@ -637,7 +531,7 @@ class PathConfigSource(unittest.TestCase):
                                    "resource_api_version": "V3"},
                 },
             }
-            s = Skiff("", False, tmp, bootstrap=boot)
+            s = start_skiff("", False, tmp, bootstrap=boot)
             try:
                 self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200), "not LIVE")
                 self.assertEqual(cluster_names(s.dump("ClustersConfigDump")), ["one", "two"])
@@ -725,7 +619,7 @@ class DirectIstiod(unittest.TestCase):
                     "lds_config": {"ads": {}, "resource_api_version": "V3"},
                 },
             }
-            s = Skiff("", False, tmp, bootstrap=boot)
+            s = start_skiff("", False, tmp, bootstrap=boot)
             try:
                 self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200), "not LIVE over TLS")
                 self.assertIn("tls-one", cluster_names(s.dump("ClustersConfigDump")))
@@ -761,7 +655,7 @@ class DirectIstiod(unittest.TestCase):
                         "channel_credentials": {"ssl_credentials": {"root_certs": {"filename": cert}}}}}]},
                     "cds_config": {"ads": {}}, "lds_config": {"ads": {}}},
             }
-            s = Skiff("", False, tmp, bootstrap=boot, extra_args=["--xds-token-file", token])
+            s = start_skiff("", False, tmp, bootstrap=boot, extra_args=["--xds-token-file", token])
             try:
                 self.assertTrue(ads.wait_for(lambda rs: len(rs) > 0), "no request")
                 self.assertEqual(ads.metadata[0].get("authorization"), "Bearer first-token")
@@ -796,7 +690,7 @@ class DirectIstiod(unittest.TestCase):
                         "channel_credentials": {"ssl_credentials": {"root_certs": {"filename": other}}}}}]},
                     "cds_config": {"ads": {}}, "lds_config": {"ads": {}}},
             }
-            s = Skiff("", False, tmp, bootstrap=boot)
+            s = start_skiff("", False, tmp, bootstrap=boot)
             try:
                 time.sleep(1.5)
                 self.assertEqual(ads.requests, [], "a request reached a server skiff must not trust")
@@ -804,13 +698,6 @@ class DirectIstiod(unittest.TestCase):
             finally:
                 self.assertEqual(s.stop(), 0)
                 ads.stop()
-
-
-def free_port():
-    import socket
-    with socket.socket() as so:
-        so.bind(("127.0.0.1", 0))
-        return so.getsockname()[1]
 
 
 class EchoServer:
@@ -887,7 +774,7 @@ class TcpProxyListener(unittest.TestCase):
             lb.endpoint.address.socket_address.port_value = b.port
             ads.set(CDS, c)
             ads.set(LDS, self.tcp_listener("tcp_in", port, "backends"))
-            s = Skiff(f"127.0.0.1:{ads.port}", False, tmp, extra_args=["--concurrency", "2"])
+            s = start_skiff(f"127.0.0.1:{ads.port}", False, tmp, extra_args=["--concurrency", "2"])
             try:
                 self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200))
                 # bound on both workers (SO_REUSEPORT): a few connect attempts until up
@@ -941,7 +828,7 @@ class TcpProxyListener(unittest.TestCase):
             tp.idle_timeout.nanos = 400_000_000
             l.filter_chains[0].filters[0].typed_config.CopyFrom(pack(tp))
             ads.set(LDS, l)
-            s = Skiff(f"127.0.0.1:{ads.port}", False, tmp)  # one worker: an exact split
+            s = start_skiff(f"127.0.0.1:{ads.port}", False, tmp)  # one worker: an exact split
             try:
                 self.assertTrue(s.wait(lambda: self.try_roundtrip(port)))
                 got = [self.roundtrip(port, b"x") for _ in range(200)]
@@ -969,7 +856,7 @@ class TcpProxyListener(unittest.TestCase):
             inbound = self.tcp_listener("in", pin, "backends")
             inbound.traffic_direction = 1  # INBOUND
             ads.set(LDS, inbound, self.tcp_listener("out", pout, "backends"))
-            s = Skiff(f"127.0.0.1:{ads.port}", False, tmp, extra_args=["--drain-time-s", "1"])
+            s = start_skiff(f"127.0.0.1:{ads.port}", False, tmp, extra_args=["--drain-time-s", "1"])
             try:
                 self.assertTrue(s.wait(lambda: self.try_roundtrip(pin) and self.try_roundtrip(pout)))
                 req = urllib.request.Request(s.admin + "/drain_listeners?inboundonly&graceful",
@@ -1081,7 +968,7 @@ class OriginalDstAndListenerFilters(unittest.TestCase):
                     tcp_proxy_listener("virt2", "127.0.0.1", p2, "own", use_original_dst=True),
                     tcp_proxy_listener("any2", "0.0.0.0", p2, "wild", bind_to_port=False),
                     tcp_proxy_listener("virt3", "127.0.0.1", p3, "own", use_original_dst=True))
-            s = Skiff(f"127.0.0.1:{ads.port}", False, tmp)
+            s = start_skiff(f"127.0.0.1:{ads.port}", False, tmp)
             try:
                 self.assertTrue(s.wait(self.up(p3, b"P:")), "listener not up")
                 # the exact ip:port listener (bind_to_port false) relays it
@@ -1144,7 +1031,7 @@ class OriginalDstAndListenerFilters(unittest.TestCase):
             rng.destination_port_range.end = blind_port + 1
             blind.listener_filters[1].filter_disabled.or_match.rules.add().destination_port_range.start = 1
             ads.set(LDS, l, nm, blind)
-            s = Skiff(f"127.0.0.1:{ads.port}", False, tmp)
+            s = start_skiff(f"127.0.0.1:{ads.port}", False, tmp)
             try:
                 get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
                 self.assertTrue(s.wait(self.up(port, b"R:")), "listener not up")
