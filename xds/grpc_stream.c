@@ -53,14 +53,19 @@ struct xds_grpc_stream {
     bool freeing;
 };
 
+/* gRPC core starts on the first stream: a configuration without a control plane (a static
+ * bootstrap) never loads its threads and pools. Streams are opened on the main loop only. */
+static bool grpc_started;
+
 void xds_grpc_global_init(void)
 {
-    grpc_init();
 }
 
 void xds_grpc_global_shutdown(void)
 {
-    grpc_shutdown();
+    if (grpc_started)
+        grpc_shutdown();
+    grpc_started = false;
 }
 
 static void *xmalloc(size_t n)
@@ -228,6 +233,10 @@ xds_grpc_stream_t *xds_grpc_stream_open(uv_loop_t *loop, const xds_grpc_target_t
                                         const char *method,
                                         const xds_grpc_stream_callbacks_t *cb, void *userdata)
 {
+    if (!grpc_started) {
+        grpc_init();
+        grpc_started = true;
+    }
     xds_grpc_stream_t *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return NULL;

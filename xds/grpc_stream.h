@@ -53,7 +53,9 @@ int xds_grpc_stream_send(xds_grpc_stream_t *s, const uint8_t *data, size_t len);
  * callback runs once this returns. Accepts NULL. Loop thread. */
 void xds_grpc_stream_free(xds_grpc_stream_t *s);
 
-/* gRPC core's process-wide init and shutdown; call once each from main(). */
+/* gRPC core's process-wide init and shutdown; call once each from main(). gRPC itself starts
+ * with the first stream opened (xds_grpc_stream_open), so that a process with no control
+ * plane does not run it; shutdown stops it if it ran. */
 void xds_grpc_global_init(void);
 void xds_grpc_global_shutdown(void);
 
