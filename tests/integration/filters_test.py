@@ -11,6 +11,7 @@ listener-level one, a gRPC abort's grpc-status reaches a gRPC client, an HTTP ab
 client maps to UNAVAILABLE, CORS preflights (allowed, forwarded when not matching) and simple
 requests, and the filters' stats."""
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -39,12 +40,14 @@ class Backend(SimpleBackend):
 
     def __init__(self):
         self.seen = []
+        self.body_sizes = []
         self.lock = threading.Lock()
         super().__init__(self.respond)
 
     def respond(self, req):
         with self.lock:
             self.seen.append((req.command, req.path))
+            self.body_sizes.append(len(req.body))
         return 200, b"from backend", [("access-control-allow-origin", "*")]
 
     def paths(self):
@@ -199,6 +202,24 @@ class Filters(unittest.TestCase):
         self.assertGreaterEqual(time.monotonic() - t0, 0.195)
         self.assertEqual(len(self.backend.seen), seen)
         self.assertEqual(self.stat("fault.active_faults"), 0)
+
+    def test_delayed_request_with_a_body_past_the_buffer_limit(self):
+        """A body that arrives while the fault filter holds the request back (3 MiB, past the
+        1 MiB per-stream limit, so the connection manager stops reading the client) reaches the
+        backend whole once the delay ends."""
+        body = bytes(range(256)) * (3 * 4096)
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(body)
+            f.flush()
+            out = subprocess.run(
+                ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10",
+                 "--data-binary", "@" + f.name, f"http://127.0.0.1:{self.port}/delay/big"],
+                capture_output=True, text=True, timeout=20)
+        self.assertEqual(out.stdout, "200")
+        with self.backend.lock:
+            got = [n for (m, p), n in zip(self.backend.seen, self.backend.body_sizes)
+                   if p == "/delay/big"]
+        self.assertEqual(got, [len(body)])
 
     def test_delay_of_concurrent_requests(self):
         """Delays run on timers: 10 requests on 10 connections take about one delay."""
