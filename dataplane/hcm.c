@@ -40,7 +40,7 @@ typedef struct hcm_conn {
     int handles;      /* open uv handles */
     int fd;           /* ours until the codec takes it, then -1 */
     bool sniffing;    /* the poll handle is initialised */
-    bool sweeping;    /* the timer runs the stream timeouts' sweep (else: idle or sniff) */
+    uint64_t idle_since_ms; /* loop time the last stream ended (or the codec started) */
     unsigned long id; /* for the logs */
     bool codec_closed;
     bool closing;
@@ -78,8 +78,8 @@ struct hcm_stream {
 };
 
 static void conn_maybe_free(hcm_conn_t *c);
-static void idle_arm(hcm_conn_t *c);
 static void stream_finish(hcm_stream_t *hs, dp_reset_reason_t why);
+static void tick_arm(hcm_conn_t *c);
 
 /* ---- small helpers ---- */
 
@@ -613,26 +613,21 @@ static void stream_finish(hcm_stream_t *hs, dp_reset_reason_t why)
     hs->next = c->dead;
     c->dead = hs;
     uv_check_start(&c->reaper, on_reap);
-    if (c->n_streams == 0)
-        idle_arm(c);
+    if (c->n_streams == 0) {
+        c->idle_since_ms = uv_now(c->w->loop);
+        if (!uv_is_active((uv_handle_t *)&c->timer))
+            tick_arm(c);
+    }
 }
 
 /* ---- the connection ---- */
 
-static void on_idle_timeout(uv_timer_t *t)
-{
-    hcm_conn_t *c = t->data;
-    if (c->n_streams == 0 && c->codec && !c->codec_closed) {
-        DP_LOG(DP_LOG_HTTP, DP_LOG_DEBUG, "[C%lu] idle timeout", c->id);
-        c->codec->ops->go_away(c->codec);
-    }
-}
-
-/* The stream timeouts: request_timeout (the whole request must arrive in time),
- * stream_idle_timeout (no activity either way), max_stream_duration. One timer per connection
- * sweeps its streams at a quarter of the shortest; each timed-out stream gets Envoy's 408
- * before its response began, a reset after. */
-static uint64_t stream_timeout_min(const dp_hcm_config_t *cfg)
+/* One timer per connection, never started or stopped per request: while streams are open it
+ * sweeps them for the stream timeouts (request_timeout, stream_idle_timeout,
+ * max_stream_duration) every quarter of the shortest; with none open, it ends the connection
+ * once it has been idle for idle_timeout (GOAWAY, or closing an HTTP/1 connection). Each
+ * timed-out stream gets Envoy's 408 before its response began, a reset after. */
+static uint64_t sweep_every(const dp_hcm_config_t *cfg)
 {
     uint64_t v[] = {cfg->request_timeout_ms, cfg->stream_idle_timeout_ms,
                     cfg->max_stream_duration_ms};
@@ -641,17 +636,32 @@ static uint64_t stream_timeout_min(const dp_hcm_config_t *cfg)
         if (v[i] && (m == 0 || v[i] < m))
             m = v[i];
     }
-    return m;
+    return m == 0 ? 0 : (m / 4 ? m / 4 : 1);
 }
 
-static void sweep_arm(hcm_conn_t *c);
+static void on_tick(uv_timer_t *t);
 
-static void on_sweep(uv_timer_t *t)
+static void tick_arm(hcm_conn_t *c)
 {
-    hcm_conn_t *c = t->data;
+    if (c->closing || c->codec == NULL || c->codec_closed)
+        return;
+    uint64_t now = uv_now(c->w->loop), next = 0;
+    if (c->n_streams > 0) {
+        next = sweep_every(c->cfg);
+    } else if (c->cfg->idle_timeout_ms) {
+        uint64_t due = c->idle_since_ms + c->cfg->idle_timeout_ms;
+        next = due > now ? due - now : 1;
+    }
+    if (next == 0)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, on_tick, next, 0);
+}
+
+static void sweep_streams(hcm_conn_t *c)
+{
     const dp_hcm_config_t *cfg = c->cfg;
     uint64_t now = uv_now(c->w->loop);
-    c->sweeping = false;
     for (hcm_stream_t *hs = c->streams, *next; hs; hs = next) {
         next = hs->next;
         if (hs->finished || hs->enc == NULL)
@@ -677,28 +687,20 @@ static void on_sweep(uv_timer_t *t)
         DP_LOG(DP_LOG_HTTP, DP_LOG_DEBUG, "[C%lu] %s", c->id, body);
         dp_stream_local_reply(&hs->s, 408, body, DP_RF(SI));
     }
-    sweep_arm(c);
 }
 
-static void sweep_arm(hcm_conn_t *c)
+static void on_tick(uv_timer_t *t)
 {
-    uint64_t m = stream_timeout_min(c->cfg);
-    if (m == 0 || c->closing || c->n_streams == 0)
+    hcm_conn_t *c = t->data;
+    if (c->n_streams > 0) {
+        sweep_streams(c);
+    } else if (c->cfg->idle_timeout_ms && c->codec && !c->codec_closed &&
+               uv_now(c->w->loop) - c->idle_since_ms >= c->cfg->idle_timeout_ms) {
+        DP_LOG(DP_LOG_HTTP, DP_LOG_DEBUG, "[C%lu] idle timeout", c->id);
+        c->codec->ops->go_away(c->codec);
         return;
-    uint64_t every = m / 4 ? m / 4 : 1;
-    if (!c->sweeping || !uv_is_active((uv_handle_t *)&c->timer)) {
-        c->sweeping = true;
-        uv_timer_start(&c->timer, on_sweep, every, 0);
     }
-}
-
-static void idle_arm(hcm_conn_t *c)
-{
-    c->sweeping = false;
-    if (c->cfg->idle_timeout_ms && !c->closing)
-        uv_timer_start(&c->timer, on_idle_timeout, c->cfg->idle_timeout_ms, 0);
-    else
-        uv_timer_stop(&c->timer);
+    tick_arm(c);
 }
 
 static const dp_sink_ops_t *on_stream(void *ud, dp_enc_t *enc, void **ret_ud, dp_pool_t **ret_pool)
@@ -723,9 +725,11 @@ static const dp_sink_ops_t *on_stream(void *ud, dp_enc_t *enc, void **ret_ud, dp
     c->streams = hs;
     c->n_streams++;
     hs->start_ms = hs->last_ms = uv_now(c->w->loop);
-    if (!c->sweeping)
-        uv_timer_stop(&c->timer);
-    sweep_arm(c);
+    /* The first stream after an idle spell needs the sweep sooner than the idle timeout. */
+    uint64_t every = sweep_every(c->cfg);
+    if (c->n_streams == 1 && every &&
+        (!uv_is_active((uv_handle_t *)&c->timer) || uv_timer_get_due_in(&c->timer) > every))
+        tick_arm(c);
     if (c->cfg->stats.rq_active)
         dp_gauge_inc(c->cfg->stats.rq_active);
     *ret_ud = hs;
@@ -814,7 +818,8 @@ static void codec_start(hcm_conn_t *c, bool http2)
         conn_maybe_free(c);
         return;
     }
-    idle_arm(c);
+    c->idle_since_ms = uv_now(c->w->loop);
+    tick_arm(c);
 }
 
 static void sniff_closed(uv_handle_t *h)

@@ -84,7 +84,8 @@ class Env:
                    internal_address_config={"cidr_ranges": [
                        {"address_prefix": "10.0.0.0", "prefix_len": 8}]})
         short = hcm("timeouts_http", rds="local", stream_idle_timeout="0.3s",
-                    request_timeout="0.6s")
+                    request_timeout="0.6s",
+                    common_http_protocol_options={"idle_timeout": "0.8s"})
         return [listener("ingress", self.port, hcm("ingress_http", rds="local")),
                 listener("edge", self.edge_port, edge),
                 listener("timeouts", self.timeouts_port, short)]
@@ -385,6 +386,23 @@ class StreamTimeouts(EnvCase):
                     "-H", "x-backend-delay-ms: 1500")
         self.assertEqual((r.status, r.body), (408, b"stream timeout"), r)
         self.assertGreaterEqual(self.env.skiff.stat_int("http.timeouts_http.downstream_rq_idle_timeout"), 1)
+
+    def test_an_idle_connection_is_closed_after_idle_timeout(self):
+        """common_http_protocol_options.idle_timeout (0.8 s): a keep-alive connection with no
+        request in flight is closed; one in use is not."""
+        with socket.create_connection(("127.0.0.1", self.env.timeouts_port), timeout=5) as so:
+            for _ in range(3):  # kept busy past the idle timeout: stays open
+                so.sendall(b"GET /a/busy HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = b""
+                while b"\r\n\r\n" not in got or not got.endswith(b"}"):
+                    chunk = so.recv(65536)
+                    self.assertTrue(chunk, "closed while in use")
+                    got += chunk
+                time.sleep(0.4)
+            t0 = time.time()
+            so.settimeout(3)
+            self.assertEqual(so.recv(1), b"")  # the proxy closes it
+            self.assertLess(time.time() - t0, 2.5)
 
     def test_a_quick_request_is_unaffected(self):
         r, _ = curl(f"http://127.0.0.1:{self.env.timeouts_port}/a/quick", "--http1.1",
