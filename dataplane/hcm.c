@@ -37,11 +37,11 @@ typedef struct hcm_conn {
     uv_timer_t timer;  /* sniff timeout, then the connection idle timeout */
     uv_check_t reaper; /* frees ended streams after the callbacks that ended them return */
     hcm_stream_t *dead;
-    int handles;      /* open uv handles */
-    int fd;           /* ours until the codec takes it, then -1 */
-    bool sniffing;    /* the poll handle is initialised */
+    int handles;            /* open uv handles */
+    int fd;                 /* ours until the codec takes it, then -1 */
+    bool sniffing;          /* the poll handle is initialised */
     uint64_t idle_since_ms; /* loop time the last stream ended (or the codec started) */
-    unsigned long id; /* for the logs */
+    unsigned long id;       /* for the logs */
     bool codec_closed;
     bool closing;
     bool http2;
@@ -73,7 +73,7 @@ struct hcm_stream {
     bool held_end;
     dp_headers_t *held_trailers;
     int read_disabled;
-    bool hold_disabled; /* the hold above read-disabled the downstream */
+    bool hold_disabled;         /* the hold above read-disabled the downstream */
     uint64_t start_ms, last_ms; /* loop time at the stream's start and its last activity */
 };
 
