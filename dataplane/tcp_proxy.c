@@ -140,9 +140,22 @@ static void relay_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         c->info.bytes_received += (uint64_t)n;
     else
         c->info.bytes_sent += (uint64_t)n;
-    /* One write in flight per direction: stop reading until it completes. */
-    uv_read_stop(s);
+    /* What the other side takes at once goes on without a write request, and reading goes on
+     * (no poll change). The rest is one write in flight per direction: reading stops until it
+     * completes (back-pressure), and the buffer holds it meanwhile. */
     uv_buf_t out = uv_buf_init(buf->base, (unsigned)n);
+    int done = uv_try_write((uv_stream_t *)r->to, &out, 1);
+    if (done == (int)n)
+        return;
+    if (done < 0 && done != UV_EAGAIN) {
+        conn_close(c);
+        return;
+    }
+    if (done > 0) {
+        out.base += done;
+        out.len -= (unsigned)done;
+    }
+    uv_read_stop(s);
     r->wr.data = r;
     if (uv_write(&r->wr, (uv_stream_t *)r->to, &out, 1, relay_written) < 0)
         conn_close(c);
