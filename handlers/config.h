@@ -29,22 +29,20 @@ typedef struct handlers_config_ctx {
 typedef int (*handlers_config_new_fn)(const handlers_config_ctx_t *ctx, const uint8_t *buf,
                                       size_t len, const void **ret_conf, char **reterr_msg);
 
-/* Builds the config of a type skiff implements: 0 with *ret_conf; -ENOENT when no filter of
- * skiff's takes that type (the caller passes it through); -EINVAL as above. */
 /* ---- for the config halves ---- */
 
 /* Sets *reterr_msg (when not NULL) to the formatted message, malloc'd; returns -EINVAL. */
 int handlers_config_fail(char **reterr_msg, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* A full-match regex (dataplane/route.h's dp_regex_t, with its match limits) of at most 4 KiB,
- * freed with the arena; NULL with *reterr_msg naming field when it does not compile. */
-const void *handlers_config_regex(dp_arena_t *a, const char *re, const char *field,
-                                  char **reterr_msg);
+/* StringMatcher and HeaderMatcher configs are built with xds/route_build.h's
+ * xds_str_match_build and xds_header_match_build, into dataplane/route.h's matchers. */
 
 /* Whether some filter of skiff's reads configs of that type. */
 bool handlers_config_known(const char *type_url);
 
+/* Builds the config of a type skiff implements: 0 with *ret_conf; -ENOENT when no filter of
+ * skiff's takes that type (the caller passes it through); -EINVAL as above. */
 int handlers_config_new(const handlers_config_ctx_t *ctx, const char *type_url, const uint8_t *buf,
                         size_t len, const void **ret_conf, char **reterr_msg);
 

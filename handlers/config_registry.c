@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dataplane/route.h"
 #include "handlers/cors/cors.h"
 #include "handlers/fault/fault.h"
 #include "handlers/local_ratelimit/local_ratelimit.h"
@@ -59,23 +58,3 @@ int handlers_config_fail(char **reterr_msg, const char *fmt, ...)
     return -EINVAL;
 }
 
-#define MAX_REGEX_LEN 4096
-
-const void *handlers_config_regex(dp_arena_t *a, const char *re, const char *field,
-                                  char **reterr_msg)
-{
-    size_t n = strlen(re);
-    if (n > MAX_REGEX_LEN) {
-        handlers_config_fail(reterr_msg, "%s: regex longer than %d bytes", field, MAX_REGEX_LEN);
-        return NULL;
-    }
-    char *why = NULL;
-    dp_regex_t *rx = dp_regex_new(re, n, &why);
-    if (rx == NULL) {
-        handlers_config_fail(reterr_msg, "%s: regex '%s': %s", field, re, why ? why : "invalid");
-        free(why);
-        return NULL;
-    }
-    dp_arena_add_cleanup(a, (void (*)(void *))dp_regex_free, rx);
-    return rx;
-}

@@ -39,8 +39,10 @@ static bool fail(bctx_t *b, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    if (asprintf(b->reterr_msg, "route config '%s': %s%s%s", b->rc_name, b->where,
-                 b->where[0] ? "." : "", msg) < 0)
+    int rc = b->rc_name ? asprintf(b->reterr_msg, "route config '%s': %s%s%s", b->rc_name,
+                                   b->where, b->where[0] ? "." : "", msg)
+                        : asprintf(b->reterr_msg, "%s", msg);
+    if (rc < 0)
         *b->reterr_msg = NULL;
     return false;
 }
@@ -106,7 +108,7 @@ static dp_regex_t *regex(bctx_t *b, const Envoy__Type__Matcher__V3__RegexMatcher
         free(err);
         return NULL;
     }
-    dp_snapshot_add_cleanup(b->s, regex_cleanup, re);
+    dp_arena_add_cleanup(b->a, regex_cleanup, re);
     return re;
 }
 
@@ -336,6 +338,20 @@ static bool header_matcher(bctx_t *b, const Envoy__Config__Route__V3__HeaderMatc
         break;
     }
     return true;
+}
+
+int xds_str_match_build(dp_arena_t *a, const Envoy__Type__Matcher__V3__StringMatcher *m,
+                        const char *field, dp_str_match_t *ret, char **reterr_msg)
+{
+    bctx_t b = {.a = a, .reterr_msg = reterr_msg};
+    return str_match(&b, m, ret, field) ? 0 : -EINVAL;
+}
+
+int xds_header_match_build(dp_arena_t *a, const Envoy__Config__Route__V3__HeaderMatcher *h,
+                           const char *field, dp_header_match_t *ret, char **reterr_msg)
+{
+    bctx_t b = {.a = a, .reterr_msg = reterr_msg};
+    return header_matcher(&b, h, ret, field) ? 0 : -EINVAL;
 }
 
 static bool route_match(bctx_t *b, const Envoy__Config__Route__V3__RouteMatch *m,

@@ -20,4 +20,12 @@ dp_route_config_t *xds_route_build(dp_snapshot_t *s,
                                    const Envoy__Config__Route__V3__RouteConfiguration *rc,
                                    char **reterr_msg);
 
+/* The matchers other configs share with routes (the fault filter's headers, CORS origins):
+ * a StringMatcher or a HeaderMatcher into *ret, in arena a (compiled regexes are freed with
+ * it). Returns 0, or -EINVAL with a malloc'd message naming field in *reterr_msg. */
+int xds_str_match_build(dp_arena_t *a, const Envoy__Type__Matcher__V3__StringMatcher *m,
+                        const char *field, dp_str_match_t *ret, char **reterr_msg);
+int xds_header_match_build(dp_arena_t *a, const Envoy__Config__Route__V3__HeaderMatcher *h,
+                           const char *field, dp_header_match_t *ret, char **reterr_msg);
+
 #endif

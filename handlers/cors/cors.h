@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "dataplane/http.h"
+#include "dataplane/route.h"
 #include "dataplane/stats.h"
 #include "dataplane/stream.h"
 
@@ -29,23 +30,6 @@
 #define DP_CORS_TYPE_URL    "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 #define DP_CORS_POLICY_TYPE_URL \
     "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
-
-/* A StringMatcher (envoy.type.matcher.v3). */
-typedef enum dp_cors_match_kind {
-    DP_CORS_MATCH_EXACT,
-    DP_CORS_MATCH_PREFIX,
-    DP_CORS_MATCH_SUFFIX,
-    DP_CORS_MATCH_CONTAINS,
-    DP_CORS_MATCH_REGEX, /* full match, PCRE2 */
-} dp_cors_match_kind_t;
-
-typedef struct dp_cors_matcher {
-    dp_cors_match_kind_t kind;
-    const char *value;
-    size_t value_len;
-    bool ignore_case;  /* not for REGEX */
-    const void *regex; /* a dp_regex_t (dataplane/route.h), freed with the snapshot */
-} dp_cors_matcher_t;
 
 typedef struct dp_cors_percent {
     uint32_t numerator, denominator;
@@ -59,7 +43,7 @@ typedef struct dp_cors_percent {
 /* A CorsPolicy (route level). Empty strings (n == 0) are unset. */
 typedef struct dp_cors_policy {
     uint32_t magic; /* DP_CORS_MAGIC_POLICY */
-    const dp_cors_matcher_t *origins;
+    const dp_str_match_t *origins; /* allow_origin_string_match (dataplane/route.h) */
     size_t n_origins;
     dp_str_t allow_methods, allow_headers, expose_headers, max_age;
     bool allow_credentials;
@@ -79,8 +63,6 @@ typedef struct dp_cors_conf {
 } dp_cors_conf_t;
 
 /* ---- pure functions (cors_policy.c) ---- */
-
-bool dp_cors_matcher_match(const dp_cors_matcher_t *m, dp_str_t s);
 
 /* Envoy's isOriginAllowed: a matcher matches the literal "*" or the origin. */
 bool dp_cors_origin_allowed(const dp_cors_policy_t *p, dp_str_t origin);

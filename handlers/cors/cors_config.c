@@ -12,52 +12,12 @@
 #include "envoy/extensions/filters/http/cors/v3/cors.pb-c.h"
 #include "handlers/config.h"
 #include "xds/pbwire.h"
+#include "xds/route_build.h"
 
 #define MAX_ORIGINS 1024
 
 typedef Envoy__Extensions__Filters__Http__Cors__V3__CorsPolicy pb_policy_t;
-typedef Envoy__Type__Matcher__V3__StringMatcher pb_sm_t;
 
-static int matcher_of(dp_arena_t *a, const pb_sm_t *sm, dp_cors_matcher_t *m, size_t i,
-                      char **reterr_msg)
-{
-    char field[64];
-    snprintf(field, sizeof(field), "allow_origin_string_match[%zu]", i);
-    m->ignore_case = sm->ignore_case;
-    const char *v;
-    switch (sm->match_pattern_case) {
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_EXACT:
-        m->kind = DP_CORS_MATCH_EXACT;
-        v = sm->exact;
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_PREFIX:
-        m->kind = DP_CORS_MATCH_PREFIX;
-        v = sm->prefix;
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SUFFIX:
-        m->kind = DP_CORS_MATCH_SUFFIX;
-        v = sm->suffix;
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CONTAINS:
-        m->kind = DP_CORS_MATCH_CONTAINS;
-        v = sm->contains;
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SAFE_REGEX:
-        m->kind = DP_CORS_MATCH_REGEX;
-        m->ignore_case = false;
-        if (sm->safe_regex == NULL || sm->safe_regex->regex == NULL)
-            return handlers_config_fail(reterr_msg, "%s.safe_regex: regex required", field);
-        m->regex = handlers_config_regex(a, sm->safe_regex->regex, field, reterr_msg);
-        return m->regex ? 0 : -EINVAL;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CUSTOM:
-        return handlers_config_fail(reterr_msg, "%s.custom: not supported", field);
-    default:
-        return handlers_config_fail(reterr_msg, "%s: a match pattern is required", field);
-    }
-    m->value = dp_arena_strdup(a, v ? v : "");
-    m->value_len = strlen(m->value);
-    return 0;
-}
 
 static int percent_of(const Envoy__Config__Core__V3__RuntimeFractionalPercent *rp,
                       dp_cors_percent_t *out, const char *field, char **reterr_msg)
@@ -100,9 +60,12 @@ static int policy_build(dp_arena_t *a, const pb_policy_t *pb, dp_cors_policy_t *
         return handlers_config_fail(reterr_msg, "allow_origin_string_match: more than %d",
                                     MAX_ORIGINS);
     if (pb->n_allow_origin_string_match) {
-        dp_cors_matcher_t *m = dp_arena_alloc(a, pb->n_allow_origin_string_match * sizeof(*m));
+        dp_str_match_t *m = dp_arena_alloc(a, pb->n_allow_origin_string_match * sizeof(*m));
         for (size_t i = 0; i < pb->n_allow_origin_string_match; i++) {
-            if ((r = matcher_of(a, pb->allow_origin_string_match[i], &m[i], i, reterr_msg)))
+            char field[64];
+            snprintf(field, sizeof(field), "allow_origin_string_match[%zu]", i);
+            if ((r = xds_str_match_build(a, pb->allow_origin_string_match[i], field, &m[i],
+                                         reterr_msg)))
                 return r;
         }
         p->origins = m;

@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "dataplane/http.h"
+#include "dataplane/route.h"
 #include "dataplane/stats.h"
 #include "dataplane/stream.h"
 
@@ -44,30 +45,6 @@ typedef struct dp_fault_percent {
     uint32_t denominator;
 } dp_fault_percent_t;
 
-/* One HeaderMatcher (route_components.proto). */
-typedef enum dp_fault_hm_kind {
-    DP_FAULT_HM_EXACT,
-    DP_FAULT_HM_PREFIX,
-    DP_FAULT_HM_SUFFIX,
-    DP_FAULT_HM_CONTAINS,
-    DP_FAULT_HM_REGEX, /* full match, PCRE2 */
-    DP_FAULT_HM_RANGE, /* the value as a decimal int64 in [start, end) */
-    DP_FAULT_HM_PRESENT,
-} dp_fault_hm_kind_t;
-
-typedef struct dp_fault_header_matcher {
-    const char *name; /* lower case; ":method", ":authority", ":path", ":scheme" too */
-    size_t name_len;
-    dp_fault_hm_kind_t kind;
-    const char *value; /* the string to compare (lower case when ignore_case) */
-    size_t value_len;
-    bool ignore_case;
-    const void *regex; /* a dp_regex_t (dataplane/route.h), freed with the snapshot */
-    int64_t range_start, range_end;
-    bool present; /* present_match's value */
-    bool invert;
-    bool missing_as_empty; /* treat_missing_header_as_empty */
-} dp_fault_header_matcher_t;
 
 typedef enum dp_fault_abort_kind {
     DP_FAULT_ABORT_NONE,
@@ -104,7 +81,7 @@ typedef struct dp_fault_conf {
     uint32_t abort_grpc_status;
     dp_fault_percent_t abort_percent;
 
-    const dp_fault_header_matcher_t *headers; /* all must match */
+    const dp_header_match_t *headers; /* all must match (dataplane/route.h) */
     size_t n_headers;
     const char *const *downstream_nodes; /* x-envoy-downstream-service-node must be one */
     size_t n_downstream_nodes;
@@ -134,13 +111,10 @@ dp_fault_percent_t dp_fault_percent_from_header(dp_fault_percent_t configured,
  * false when it is not one. */
 bool dp_fault_parse_uint(dp_str_t v, uint64_t max, uint64_t *ret);
 
-/* Whether the request is one the config applies to: its downstream_nodes and headers. The
- * pool is for joining repeated headers (Envoy matches them joined with ","). */
+/* Whether the request is one the config applies to: its downstream_nodes and headers
+ * (repeated headers matched joined with ",", as Envoy does). pool is not used. */
 bool dp_fault_request_matches(const dp_fault_conf_t *c, const dp_http_head_t *req, dp_pool_t *pool);
 
-/* One header matcher against a request head. */
-bool dp_fault_header_matches(const dp_fault_header_matcher_t *m, const dp_http_head_t *req,
-                             dp_pool_t *pool);
 
 /* The delay to inject in ms, 0 for none: the delay's percentage (header-controlled for
  * header_delay) drawn with random, then fixed_delay or the x-envoy-fault-delay-request

@@ -12,6 +12,7 @@
 #include "envoy/extensions/filters/http/fault/v3/fault.pb-c.h"
 #include "handlers/config.h"
 #include "xds/pbwire.h"
+#include "xds/route_build.h"
 
 /* Bounds on what a config may ask for. */
 #define MAX_DELAY_MS (365ull * 24 * 3600 * 1000) /* a year: far past any stream timeout */
@@ -46,114 +47,6 @@ static int percent_of(const Envoy__Type__V3__FractionalPercent *p, dp_fault_perc
     return 0;
 }
 
-static const char *lower_dup(dp_arena_t *a, const char *s)
-{
-    char *d = dp_arena_strdup(a, s);
-    for (char *p = d; *p; p++)
-        *p = (char)tolower((unsigned char)*p);
-    return d;
-}
-
-static int string_matcher_of(dp_arena_t *a, const pb_sm_t *sm, dp_fault_header_matcher_t *m,
-                             const char *field, char **reterr_msg)
-{
-    m->ignore_case = sm->ignore_case;
-    const char *v = NULL;
-    switch (sm->match_pattern_case) {
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_EXACT:
-        m->kind = DP_FAULT_HM_EXACT;
-        v = sm->exact;
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_PREFIX:
-        m->kind = DP_FAULT_HM_PREFIX;
-        v = sm->prefix;
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SUFFIX:
-        m->kind = DP_FAULT_HM_SUFFIX;
-        v = sm->suffix;
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CONTAINS:
-        m->kind = DP_FAULT_HM_CONTAINS;
-        v = sm->contains;
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SAFE_REGEX:
-        m->kind = DP_FAULT_HM_REGEX;
-        m->ignore_case = false;
-        if (sm->safe_regex == NULL || sm->safe_regex->regex == NULL)
-            return handlers_config_fail(reterr_msg, "%s.safe_regex: regex required", field);
-        m->regex = handlers_config_regex(a, sm->safe_regex->regex, field, reterr_msg);
-        return m->regex ? 0 : -EINVAL;
-    default:
-        return handlers_config_fail(reterr_msg,
-                                    "%s: a match pattern (exact, prefix, suffix, contains, "
-                                    "safe_regex) is required",
-                                    field);
-    }
-    m->value = dp_arena_strdup(a, v ? v : "");
-    m->value_len = strlen(m->value);
-    return 0;
-}
-
-static int header_matcher_of(dp_arena_t *a, const pb_hm_t *hm, dp_fault_header_matcher_t *m,
-                             size_t idx, char **reterr_msg)
-{
-    char field[48];
-    snprintf(field, sizeof(field), "headers[%zu]", idx);
-    if (hm->name == NULL || hm->name[0] == '\0')
-        return handlers_config_fail(reterr_msg, "%s.name: required", field);
-    m->name = lower_dup(a, hm->name);
-    m->name_len = strlen(m->name);
-    m->invert = hm->invert_match;
-    m->missing_as_empty = hm->treat_missing_header_as_empty;
-    const char *v = NULL;
-    switch (hm->header_match_specifier_case) {
-    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_EXACT_MATCH:
-        m->kind = DP_FAULT_HM_EXACT;
-        v = hm->exact_match;
-        break;
-    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_PREFIX_MATCH:
-        m->kind = DP_FAULT_HM_PREFIX;
-        v = hm->prefix_match;
-        break;
-    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_SUFFIX_MATCH:
-        m->kind = DP_FAULT_HM_SUFFIX;
-        v = hm->suffix_match;
-        break;
-    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_CONTAINS_MATCH:
-        m->kind = DP_FAULT_HM_CONTAINS;
-        v = hm->contains_match;
-        break;
-    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_PRESENT_MATCH:
-        m->kind = DP_FAULT_HM_PRESENT;
-        m->present = hm->present_match;
-        return 0;
-    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_RANGE_MATCH:
-        m->kind = DP_FAULT_HM_RANGE;
-        if (hm->range_match) {
-            m->range_start = hm->range_match->start;
-            m->range_end = hm->range_match->end;
-        }
-        return 0;
-    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_SAFE_REGEX_MATCH:
-        m->kind = DP_FAULT_HM_REGEX;
-        if (hm->safe_regex_match == NULL || hm->safe_regex_match->regex == NULL)
-            return handlers_config_fail(reterr_msg, "%s.safe_regex_match: regex required", field);
-        m->regex = handlers_config_regex(a, hm->safe_regex_match->regex, field, reterr_msg);
-        return m->regex ? 0 : -EINVAL;
-    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_STRING_MATCH:
-        if (hm->string_match == NULL)
-            return handlers_config_fail(reterr_msg, "%s.string_match: empty", field);
-        return string_matcher_of(a, hm->string_match, m, field, reterr_msg);
-    default:
-        /* No specifier: Envoy's HeaderMatcher then checks presence. */
-        m->kind = DP_FAULT_HM_PRESENT;
-        m->present = true;
-        return 0;
-    }
-    m->value = dp_arena_strdup(a, v ? v : "");
-    m->value_len = strlen(m->value);
-    return 0;
-}
 
 static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb, dp_fault_conf_t *c,
                        char **reterr_msg)
@@ -218,9 +111,11 @@ static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb, d
     if (pb->n_headers > MAX_MATCHERS)
         return handlers_config_fail(reterr_msg, "headers: more than %d matchers", MAX_MATCHERS);
     if (pb->n_headers) {
-        dp_fault_header_matcher_t *hm = dp_arena_alloc(a, pb->n_headers * sizeof(*hm));
+        dp_header_match_t *hm = dp_arena_alloc(a, pb->n_headers * sizeof(*hm));
         for (size_t i = 0; i < pb->n_headers; i++) {
-            if ((r = header_matcher_of(a, pb->headers[i], &hm[i], i, reterr_msg)))
+            char field[48];
+            snprintf(field, sizeof(field), "headers[%zu]", i);
+            if ((r = xds_header_match_build(a, pb->headers[i], field, &hm[i], reterr_msg)))
                 return r;
         }
         c->headers = hm;

@@ -117,9 +117,9 @@ START_TEST(istio_policy_decodes)
     const dp_cors_policy_t *p = policy(istio_policy);
     ck_assert_uint_eq(p->magic, DP_CORS_MAGIC_POLICY);
     ck_assert_uint_eq(p->n_origins, 3);
-    ck_assert_int_eq(p->origins[0].kind, DP_CORS_MATCH_EXACT);
-    ck_assert_int_eq(p->origins[1].kind, DP_CORS_MATCH_PREFIX);
-    ck_assert_int_eq(p->origins[2].kind, DP_CORS_MATCH_REGEX);
+    ck_assert_int_eq(p->origins[0].kind, DP_SM_EXACT);
+    ck_assert_int_eq(p->origins[1].kind, DP_SM_PREFIX);
+    ck_assert_int_eq(p->origins[2].kind, DP_SM_REGEX);
     ck_assert(DP_STR_EQ(p->allow_methods, "GET,POST,PUT"));
     ck_assert(DP_STR_EQ(p->allow_headers, "x-custom,content-type"));
     ck_assert(DP_STR_EQ(p->expose_headers, "x-reply,x-trace"));
