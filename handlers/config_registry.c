@@ -57,4 +57,3 @@ int handlers_config_fail(char **reterr_msg, const char *fmt, ...)
         free(m);
     return -EINVAL;
 }
-

@@ -39,8 +39,8 @@ static bool fail(bctx_t *b, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    int rc = b->rc_name ? asprintf(b->reterr_msg, "route config '%s': %s%s%s", b->rc_name,
-                                   b->where, b->where[0] ? "." : "", msg)
+    int rc = b->rc_name ? asprintf(b->reterr_msg, "route config '%s': %s%s%s", b->rc_name, b->where,
+                                   b->where[0] ? "." : "", msg)
                         : asprintf(b->reterr_msg, "%s", msg);
     if (rc < 0)
         *b->reterr_msg = NULL;

@@ -42,7 +42,7 @@ typedef struct dp_cors_percent {
 
 /* A CorsPolicy (route level). Empty strings (n == 0) are unset. */
 typedef struct dp_cors_policy {
-    uint32_t magic; /* DP_CORS_MAGIC_POLICY */
+    uint32_t magic;                /* DP_CORS_MAGIC_POLICY */
     const dp_str_match_t *origins; /* allow_origin_string_match (dataplane/route.h) */
     size_t n_origins;
     dp_str_t allow_methods, allow_headers, expose_headers, max_age;

@@ -18,7 +18,6 @@
 
 typedef Envoy__Extensions__Filters__Http__Cors__V3__CorsPolicy pb_policy_t;
 
-
 static int percent_of(const Envoy__Config__Core__V3__RuntimeFractionalPercent *rp,
                       dp_cors_percent_t *out, const char *field, char **reterr_msg)
 {

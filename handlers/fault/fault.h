@@ -45,7 +45,6 @@ typedef struct dp_fault_percent {
     uint32_t denominator;
 } dp_fault_percent_t;
 
-
 typedef enum dp_fault_abort_kind {
     DP_FAULT_ABORT_NONE,
     DP_FAULT_ABORT_HTTP,
@@ -114,7 +113,6 @@ bool dp_fault_parse_uint(dp_str_t v, uint64_t max, uint64_t *ret);
 /* Whether the request is one the config applies to: its downstream_nodes and headers
  * (repeated headers matched joined with ",", as Envoy does). pool is not used. */
 bool dp_fault_request_matches(const dp_fault_conf_t *c, const dp_http_head_t *req, dp_pool_t *pool);
-
 
 /* The delay to inject in ms, 0 for none: the delay's percentage (header-controlled for
  * header_delay) drawn with random, then fixed_delay or the x-envoy-fault-delay-request

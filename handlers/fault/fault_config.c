@@ -47,7 +47,6 @@ static int percent_of(const Envoy__Type__V3__FractionalPercent *p, dp_fault_perc
     return 0;
 }
 
-
 static int fault_build(const handlers_config_ctx_t *ctx, const pb_fault_t *pb, dp_fault_conf_t *c,
                        char **reterr_msg)
 {
