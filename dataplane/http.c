@@ -17,9 +17,26 @@ struct dp_pool {
     pool_chunk_t *head; /* the chunk being filled; older ones follow */
 };
 
+/* Each thread keeps up to POOL_CACHE freed standard chunks for its next streams: a stream's
+ * first chunk then costs no malloc, and the heap's top does not shrink and grow again
+ * (glibc trims a thread's arena past 128 KiB free, and every re-grow faults pages in). */
+#define POOL_CACHE 64
+
+static _Thread_local pool_chunk_t *pool_cache;
+static _Thread_local unsigned pool_cached;
+
 static pool_chunk_t *chunk_new(size_t size)
 {
-    pool_chunk_t *c = malloc(sizeof(*c) + size);
+    pool_chunk_t *c;
+    if (size == POOL_CHUNK && pool_cache != NULL) {
+        c = pool_cache;
+        pool_cache = c->next;
+        pool_cached--;
+        c->next = NULL;
+        c->used = 0;
+        return c;
+    }
+    c = malloc(sizeof(*c) + size);
     if (c == NULL)
         abort();
     c->next = NULL;
@@ -84,9 +101,25 @@ void dp_pool_free(dp_pool_t *p)
     pool_chunk_t *c = p->head;
     while (c) {
         pool_chunk_t *next = c->next;
-        free(c);
+        if (c->size == POOL_CHUNK && pool_cached < POOL_CACHE) {
+            c->next = pool_cache;
+            pool_cache = c;
+            pool_cached++;
+        } else {
+            free(c);
+        }
         c = next;
     }
+}
+
+void dp_pool_thread_done(void)
+{
+    while (pool_cache != NULL) {
+        pool_chunk_t *next = pool_cache->next;
+        free(pool_cache);
+        pool_cache = next;
+    }
+    pool_cached = 0;
 }
 
 /* ---- byte queue ---- */

@@ -24,9 +24,13 @@
 
 #include "dataplane/log.h"
 
-/* Output and held-back input are kept in chunks of this size, recycled per connection. */
+/* Output and held-back input are kept in chunks of this size. Chunks and write buffers are
+ * recycled per thread (H2_CHUNK_CACHE, H2_WBUF_CACHE): a connection takes them while it has
+ * something to send and gives them back as it goes idle, so a quiet connection holds none
+ * and a busy worker does not malloc, free and re-fault them on every write. */
 #define H2_CHUNK_SIZE   16384
-#define H2_CHUNK_CACHE  8
+#define H2_CHUNK_CACHE  16
+#define H2_WBUF_CACHE   4
 #define H2_STREAM_CACHE 8
 #define H2_READ_SIZE    32768
 /* A write buffer stops taking frames once it holds this many bytes; it has room beyond that
@@ -140,9 +144,13 @@ struct h2_conn {
     h2_wbuf_t wfill, wsend; /* frames being collected; the buffer on the socket */
     bool writing;
     uint8_t *rbuf;
+    /* Frames are written once per loop turn: work that makes output queues the flusher, and
+     * its callback (the idle phase of the next turn, after every I/O callback of this one)
+     * writes what all of them produced together. */
+    uv_idle_t flusher;
+    bool flush_now;  /* conn_after runs from the flusher: write now */
+    int handles_open;
 
-    h2_chunk_t *free_chunks;
-    unsigned n_free_chunks;
     h2_stream_t *free_streams;
     unsigned n_free_streams;
 
@@ -158,17 +166,27 @@ struct h2_conn {
 static const dp_enc_ops_t h2_enc_ops;
 static const dp_codec_conn_ops_t h2_conn_ops;
 static void conn_after(h2_conn_t *c);
+static void on_flush(uv_idle_t *h);
 
 static const uint8_t empty_body[1];
 
 /* ---- chunks and queues ---- */
 
+static _Thread_local h2_chunk_t *tl_chunks;
+static _Thread_local unsigned tl_nchunks;
+typedef struct wbuf_free {
+    struct wbuf_free *next;
+} wbuf_free_t;
+static _Thread_local wbuf_free_t *tl_wbufs;
+static _Thread_local unsigned tl_nwbufs;
+
 static h2_chunk_t *chunk_get(h2_conn_t *c)
 {
-    h2_chunk_t *k = c->free_chunks;
+    (void)c;
+    h2_chunk_t *k = tl_chunks;
     if (k) {
-        c->free_chunks = k->next;
-        c->n_free_chunks--;
+        tl_chunks = k->next;
+        tl_nchunks--;
     } else {
         k = malloc(sizeof(*k));
         if (k == NULL)
@@ -181,13 +199,58 @@ static h2_chunk_t *chunk_get(h2_conn_t *c)
 
 static void chunk_put(h2_conn_t *c, h2_chunk_t *k)
 {
-    if (c->n_free_chunks >= H2_CHUNK_CACHE) {
+    (void)c;
+    if (tl_nchunks >= H2_CHUNK_CACHE) {
         free(k);
         return;
     }
-    k->next = c->free_chunks;
-    c->free_chunks = k;
-    c->n_free_chunks++;
+    k->next = tl_chunks;
+    tl_chunks = k;
+    tl_nchunks++;
+}
+
+static uint8_t *wbuf_get(void)
+{
+    wbuf_free_t *w = tl_wbufs;
+    if (w != NULL) {
+        tl_wbufs = w->next;
+        tl_nwbufs--;
+        return (uint8_t *)w;
+    }
+    uint8_t *p = malloc(H2_WBUF_CAP);
+    if (p == NULL)
+        abort();
+    return p;
+}
+
+static void wbuf_put(uint8_t *p)
+{
+    if (p == NULL)
+        return;
+    if (tl_nwbufs >= H2_WBUF_CACHE) {
+        free(p);
+        return;
+    }
+    wbuf_free_t *w = (wbuf_free_t *)(void *)p;
+    w->next = tl_wbufs;
+    tl_wbufs = w;
+    tl_nwbufs++;
+}
+
+void dp_h2_thread_done(void)
+{
+    while (tl_chunks != NULL) {
+        h2_chunk_t *k = tl_chunks;
+        tl_chunks = k->next;
+        free(k);
+    }
+    tl_nchunks = 0;
+    while (tl_wbufs != NULL) {
+        wbuf_free_t *w = tl_wbufs;
+        tl_wbufs = w->next;
+        free(w);
+    }
+    tl_nwbufs = 0;
 }
 
 static void queue_append(h2_conn_t *c, h2_queue_t *q, const uint8_t *p, size_t n)
@@ -382,15 +445,26 @@ static void stream_deliver_held(h2_stream_t *s)
 
 static void write_cb(uv_write_t *req, int status);
 
+/* What the socket takes at once goes with uv_try_write (no write request, no poll change); a
+ * rest moves to wsend for a uv_write while wfill collects the next frames. */
 static void conn_start_write(h2_conn_t *c)
 {
     if (c->writing || c->wfill.len == 0 || c->closing)
         return;
+    uv_buf_t b = uv_buf_init((char *)c->wfill.p, (unsigned)c->wfill.len);
+    int r = uv_try_write(&c->io.stream, &b, 1);
+    size_t done = r > 0 ? (size_t)r : 0;
+    if (done == c->wfill.len) {
+        c->wfill.len = 0;
+        return;
+    }
+    if (c->wsend.p == NULL)
+        c->wsend.p = wbuf_get();
     h2_wbuf_t t = c->wsend;
     c->wsend = c->wfill;
     c->wfill = t;
     c->wfill.len = 0;
-    uv_buf_t b = uv_buf_init((char *)c->wsend.p, (unsigned)c->wsend.len);
+    b = uv_buf_init((char *)c->wsend.p + done, (unsigned)(c->wsend.len - done));
     int rv = uv_write(&c->wreq, &c->io.stream, &b, 1, write_cb);
     if (rv < 0) {
         c->close_req = true;
@@ -405,7 +479,7 @@ static void conn_flush(h2_conn_t *c)
 {
     if (c->closing || c->close_req)
         return;
-    for (int round = 0; round < 2; round++) {
+    for (int round = 0; round < 4; round++) {
         int rv = nghttp2_session_send(c->session);
         if (rv != 0) {
             DP_LOG(DP_LOG_HTTP2, DP_LOG_DEBUG, "h2 send: %s", nghttp2_strerror(rv));
@@ -416,18 +490,16 @@ static void conn_flush(h2_conn_t *c)
         if (c->writing || c->wfill.len == 0)
             break;
         conn_start_write(c);
+        if (c->writing)
+            break;
     }
 }
 
 /* The write buffers exist only while there is something to write. */
 static void conn_wbufs(h2_conn_t *c)
 {
-    if (c->wfill.p != NULL)
-        return;
-    c->wfill.p = malloc(H2_WBUF_CAP);
-    c->wsend.p = malloc(H2_WBUF_CAP);
-    if (c->wfill.p == NULL || c->wsend.p == NULL)
-        abort();
+    if (c->wfill.p == NULL)
+        c->wfill.p = wbuf_get();
 }
 
 static ssize_t send_cb(nghttp2_session *session, const uint8_t *data, size_t length, int flags,
@@ -529,7 +601,10 @@ static void write_cb(uv_write_t *req, int status)
         conn_start_write(c);
     }
     c->depth--;
+    /* The socket had been full: what waited goes now. */
+    c->flush_now = true;
     conn_after(c);
+    c->flush_now = false;
 }
 
 /* ---- decoding ---- */
@@ -1108,20 +1183,17 @@ static const dp_enc_ops_t h2_enc_ops = {
 static void close_cb(uv_handle_t *hd)
 {
     h2_conn_t *c = hd->data;
+    if (--c->handles_open > 0)
+        return;
     if (c->cb.on_close)
         c->cb.on_close(c->ud, &c->base, c->close_why);
-    h2_chunk_t *k;
-    while ((k = c->free_chunks) != NULL) {
-        c->free_chunks = k->next;
-        free(k);
-    }
     h2_stream_t *s;
     while ((s = c->free_streams) != NULL) {
         c->free_streams = s->next;
         free(s);
     }
-    free(c->wfill.p);
-    free(c->wsend.p);
+    wbuf_put(c->wfill.p);
+    wbuf_put(c->wsend.p);
     free(c->rbuf);
     free(c);
 }
@@ -1150,6 +1222,8 @@ static void conn_close_now(h2_conn_t *c, dp_reset_reason_t why)
     c->depth--;
     nghttp2_session_del(c->session);
     c->session = NULL;
+    uv_idle_stop(&c->flusher);
+    uv_close((uv_handle_t *)&c->flusher, close_cb);
     uv_close(&c->io.handle, close_cb);
 }
 
@@ -1214,7 +1288,13 @@ static void conn_after(h2_conn_t *c)
                 stream_release(c, s);
             continue;
         }
-        conn_flush(c);
+        /* From the flusher the frames go now; a flush that stopped with frames left (its
+         * rounds used up) asks for the next turn, as does any other entry point. */
+        if (c->flush_now)
+            conn_flush(c);
+        if (!c->writing && !c->close_req &&
+            (c->wfill.len > 0 || nghttp2_session_want_write(c->session)))
+            uv_idle_start(&c->flusher, on_flush);
         if (c->due != NULL || c->close_req)
             continue;
         if (c->ready_due) {
@@ -1237,19 +1317,22 @@ static void conn_after(h2_conn_t *c)
         conn_close_now(c, c->term_why);
         return;
     }
-    /* Idle: the write buffers and the spare chunks go back to malloc rather than sit in every
-     * quiet connection. */
-    if (!c->writing && c->wfill.len == 0 && c->wfill.p != NULL) {
-        free(c->wfill.p);
-        free(c->wsend.p);
+    /* Nothing left to write: the write buffers go back to the thread's cache rather than sit
+     * in every quiet connection. */
+    if (!c->writing && c->wfill.len == 0 && !uv_is_active((uv_handle_t *)&c->flusher)) {
+        wbuf_put(c->wfill.p);
+        wbuf_put(c->wsend.p);
         c->wfill.p = c->wsend.p = NULL;
-        h2_chunk_t *k;
-        while ((k = c->free_chunks) != NULL) {
-            c->free_chunks = k->next;
-            free(k);
-        }
-        c->n_free_chunks = 0;
     }
+}
+
+static void on_flush(uv_idle_t *h)
+{
+    h2_conn_t *c = h->data;
+    uv_idle_stop(h);
+    c->flush_now = true;
+    conn_after(c);
+    c->flush_now = false;
 }
 
 static void alloc_cb(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
@@ -1427,12 +1510,16 @@ dp_codec_conn_t *dp_h2_conn_new(uv_loop_t *loop, int fd, bool server,
         return NULL;
     }
     c->io.handle.data = c;
+    uv_idle_init(loop, &c->flusher);
+    c->flusher.data = c;
+    c->handles_open = 2;
     rv = unix_sock ? uv_pipe_open(&c->io.pipe, fd) : uv_tcp_open(&c->io.tcp, fd);
     if (rv != 0) {
         /* The handle does not own fd yet; it still has to be closed through libuv. */
         close(fd);
         c->cb.on_close = NULL;
         c->closing = true;
+        uv_close((uv_handle_t *)&c->flusher, close_cb);
         uv_close(&c->io.handle, close_cb);
         return NULL;
     }

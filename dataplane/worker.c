@@ -10,6 +10,7 @@
 #include "dataplane/conn.h"
 #include "dataplane/hcm.h"
 #include "dataplane/health_check.h"
+#include "dataplane/http.h"
 #include "dataplane/listener.h"
 #include "dataplane/upstream.h"
 
@@ -129,6 +130,8 @@ static void worker_main(void *arg)
     uv_walk(&w->loop, close_walk_cb, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     uv_loop_close(&w->loop);
+    dp_pool_thread_done();
+    dp_h2_thread_done();
 }
 
 dp_worker_t *dp_worker_new(unsigned index, dp_worker_init_fn init, void *userdata)
