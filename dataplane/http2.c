@@ -24,11 +24,14 @@
 
 #include "dataplane/log.h"
 
-/* Output and held-back input are kept in chunks of this size. Chunks and write buffers are
- * recycled per thread (H2_CHUNK_CACHE, H2_WBUF_CACHE): a connection takes them while it has
- * something to send and gives them back as it goes idle, so a quiet connection holds none
- * and a busy worker does not malloc, free and re-fault them on every write. */
+/* Output and held-back input are kept in chunks: a queue starts with a small one (most
+ * bodies and gRPC messages fit, and a hundred streams in flight then hold 100 small chunks,
+ * not 1.6 MiB), and grows in chunks of H2_CHUNK_SIZE. Chunks and write buffers are recycled
+ * per thread (H2_CHUNK_CACHE of each chunk size, H2_WBUF_CACHE): a connection takes them
+ * while it has something to send and gives them back as it goes idle, so a quiet connection
+ * holds none and a busy worker does not malloc, free and re-fault them on every write. */
 #define H2_CHUNK_SIZE   16384
+#define H2_SMALL_CHUNK  1024
 #define H2_CHUNK_CACHE  16
 #define H2_WBUF_CACHE   4
 #define H2_STREAM_CACHE 8
@@ -57,7 +60,8 @@
 typedef struct h2_chunk {
     struct h2_chunk *next;
     uint32_t off, len; /* unread bytes are data[off..len) */
-    uint8_t data[H2_CHUNK_SIZE];
+    uint32_t cap;      /* H2_SMALL_CHUNK or H2_CHUNK_SIZE */
+    uint8_t data[];
 } h2_chunk_t;
 
 typedef struct h2_queue {
@@ -172,25 +176,26 @@ static const uint8_t empty_body[1];
 
 /* ---- chunks and queues ---- */
 
-static _Thread_local h2_chunk_t *tl_chunks;
-static _Thread_local unsigned tl_nchunks;
+static _Thread_local h2_chunk_t *tl_chunks[2]; /* [0] small, [1] H2_CHUNK_SIZE */
+static _Thread_local unsigned tl_nchunks[2];
 typedef struct wbuf_free {
     struct wbuf_free *next;
 } wbuf_free_t;
 static _Thread_local wbuf_free_t *tl_wbufs;
 static _Thread_local unsigned tl_nwbufs;
 
-static h2_chunk_t *chunk_get(h2_conn_t *c)
+static h2_chunk_t *chunk_get(bool big)
 {
-    (void)c;
-    h2_chunk_t *k = tl_chunks;
+    h2_chunk_t *k = tl_chunks[big];
     if (k) {
-        tl_chunks = k->next;
-        tl_nchunks--;
+        tl_chunks[big] = k->next;
+        tl_nchunks[big]--;
     } else {
-        k = malloc(sizeof(*k));
+        uint32_t cap = big ? H2_CHUNK_SIZE : H2_SMALL_CHUNK;
+        k = malloc(sizeof(*k) + cap);
         if (k == NULL)
             abort();
+        k->cap = cap;
     }
     k->next = NULL;
     k->off = k->len = 0;
@@ -200,13 +205,14 @@ static h2_chunk_t *chunk_get(h2_conn_t *c)
 static void chunk_put(h2_conn_t *c, h2_chunk_t *k)
 {
     (void)c;
-    if (tl_nchunks >= H2_CHUNK_CACHE) {
+    bool big = k->cap == H2_CHUNK_SIZE;
+    if (tl_nchunks[big] >= H2_CHUNK_CACHE) {
         free(k);
         return;
     }
-    k->next = tl_chunks;
-    tl_chunks = k;
-    tl_nchunks++;
+    k->next = tl_chunks[big];
+    tl_chunks[big] = k;
+    tl_nchunks[big]++;
 }
 
 static uint8_t *wbuf_get(void)
@@ -239,12 +245,14 @@ static void wbuf_put(uint8_t *p)
 
 void dp_h2_thread_done(void)
 {
-    while (tl_chunks != NULL) {
-        h2_chunk_t *k = tl_chunks;
-        tl_chunks = k->next;
-        free(k);
+    for (int big = 0; big < 2; big++) {
+        while (tl_chunks[big] != NULL) {
+            h2_chunk_t *k = tl_chunks[big];
+            tl_chunks[big] = k->next;
+            free(k);
+        }
+        tl_nchunks[big] = 0;
     }
-    tl_nchunks = 0;
     while (tl_wbufs != NULL) {
         wbuf_free_t *w = tl_wbufs;
         tl_wbufs = w->next;
@@ -255,17 +263,18 @@ void dp_h2_thread_done(void)
 
 static void queue_append(h2_conn_t *c, h2_queue_t *q, const uint8_t *p, size_t n)
 {
+    (void)c;
     while (n > 0) {
         h2_chunk_t *k = q->tail;
-        if (k == NULL || k->len == H2_CHUNK_SIZE) {
-            k = chunk_get(c);
+        if (k == NULL || k->len == k->cap) {
+            k = chunk_get(q->head != NULL || n > H2_SMALL_CHUNK);
             if (q->tail)
                 q->tail->next = k;
             else
                 q->head = k;
             q->tail = k;
         }
-        size_t room = H2_CHUNK_SIZE - k->len;
+        size_t room = k->cap - k->len;
         size_t m = n < room ? n : room;
         memcpy(k->data + k->len, p, m);
         k->len += (uint32_t)m;
