@@ -86,7 +86,8 @@ struct h1_conn {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
     } h;
-    uv_timer_t kick;
+    uv_idle_t kick;    /* deferred work, in the idle phase of the next loop turn */
+    uv_timer_t linger; /* after our FIN: how long the peer's last bytes are awaited */
     uv_shutdown_t shut;
     uv_loop_t *loop;
     bool server;
@@ -119,7 +120,8 @@ typedef struct wreq {
 } wreq_t;
 
 static void process(h1_conn_t *c);
-static void on_kick(uv_timer_t *t);
+static void on_kick(uv_idle_t *h);
+static void on_linger(uv_timer_t *t);
 static void check_done(h1_conn_t *c);
 static void conn_close(h1_conn_t *c, dp_reset_reason_t stream_why, dp_reset_reason_t why);
 static void conn_shutdown(h1_conn_t *c);
@@ -128,7 +130,7 @@ static void update_reading(h1_conn_t *c);
 static void schedule(h1_conn_t *c)
 {
     if (!c->closing)
-        uv_timer_start(&c->kick, on_kick, 0, 0);
+        uv_idle_start(&c->kick, on_kick);
 }
 
 /* ---- output ---- */
@@ -199,7 +201,7 @@ static wreq_t *wreq_new(h1_conn_t *c, size_t len)
 /* Writes what the socket takes at once when nothing is queued ahead (uv_try_write: no copy,
  * no write request, no poll change); returns the bytes written. A message head held back for
  * its body (c->pending) goes first, in the same writev. What completes is noticed from the
- * kick timer, never inside the owner's call. */
+ * kick, never inside the owner's call. */
 static size_t write_now(h1_conn_t *c, const char *p, size_t n, size_t *ret_head_done)
 {
     *ret_head_done = 0;
@@ -342,8 +344,10 @@ static void conn_close(h1_conn_t *c, dp_reset_reason_t stream_why, dp_reset_reas
         if (c->s.sink)
             c->s.sink->on_done(c->s.sink_ud, stream_why);
     }
-    uv_timer_stop(&c->kick);
+    uv_idle_stop(&c->kick);
     uv_close((uv_handle_t *)&c->kick, on_handle_closed);
+    uv_timer_stop(&c->linger);
+    uv_close((uv_handle_t *)&c->linger, on_handle_closed);
     uv_close(&c->h.handle, on_handle_closed);
 }
 
@@ -364,7 +368,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
         return;
     }
     c->lingering = true;
-    uv_timer_start(&c->kick, on_kick, LINGER_MS, 0);
+    uv_timer_start(&c->linger, on_linger, LINGER_MS, 0);
 }
 
 /* Orderly close: flush what is queued, send FIN, then close. */
@@ -811,17 +815,28 @@ static void update_reading(h1_conn_t *c)
     }
 }
 
-static void on_kick(uv_timer_t *t)
+static void kick_run(h1_conn_t *c);
+
+static void on_kick(uv_idle_t *h)
+{
+    uv_idle_stop(h);
+    kick_run(h->data);
+}
+
+static void on_linger(uv_timer_t *t)
 {
     h1_conn_t *c = t->data;
+    if (!c->closing && c->lingering)
+        conn_close(c, DP_RESET_CONN_TERMINATED, c->close_why);
+}
+
+static void kick_run(h1_conn_t *c)
+{
     if (c->closing)
         return;
     pending_flush(c);
-    if (c->shutting) {
-        if (c->lingering)
-            conn_close(c, DP_RESET_CONN_TERMINATED, c->close_why);
-        return;
-    }
+    if (c->shutting)
+        return; /* the FIN is on its way; the linger timer or the peer's FIN ends it */
     if (c->write_failed) {
         conn_close(c, DP_RESET_REMOTE, DP_RESET_REMOTE);
         return;
@@ -1332,9 +1347,11 @@ dp_codec_conn_t *dp_h1_conn_new(uv_loop_t *loop, int fd, bool server,
         return NULL;
     }
     c->h.handle.data = c;
-    uv_timer_init(loop, &c->kick);
+    uv_idle_init(loop, &c->kick);
     c->kick.data = c;
-    c->handles_open = 2;
+    uv_timer_init(loop, &c->linger);
+    c->linger.data = c;
+    c->handles_open = 3;
     c->in = IN_HEAD;
     dp_h1_head_init(&c->head, server, &c->lim);
     update_reading(c);
