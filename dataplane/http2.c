@@ -147,7 +147,6 @@ struct h2_conn {
 
     h2_wbuf_t wfill, wsend; /* frames being collected; the buffer on the socket */
     bool writing;
-    uint8_t *rbuf;
     /* Frames are written once per loop turn: work that makes output queues the flusher, and
      * its callback (the idle phase of the next turn, after every I/O callback of this one)
      * writes what all of them produced together. */
@@ -183,6 +182,9 @@ typedef struct wbuf_free {
 } wbuf_free_t;
 static _Thread_local wbuf_free_t *tl_wbufs;
 static _Thread_local unsigned tl_nwbufs;
+/* One read buffer per thread: nghttp2_session_mem_recv takes all of a read before read_cb
+ * returns (what a stream must keep, it copies), so no connection needs its own. */
+static _Thread_local uint8_t *tl_rbuf;
 
 static h2_chunk_t *chunk_get(bool big)
 {
@@ -259,6 +261,8 @@ void dp_h2_thread_done(void)
         free(w);
     }
     tl_nwbufs = 0;
+    free(tl_rbuf);
+    tl_rbuf = NULL;
 }
 
 static void queue_append(h2_conn_t *c, h2_queue_t *q, const uint8_t *p, size_t n)
@@ -1203,7 +1207,6 @@ static void close_cb(uv_handle_t *hd)
     }
     wbuf_put(c->wfill.p);
     wbuf_put(c->wsend.p);
-    free(c->rbuf);
     free(c);
 }
 
@@ -1347,8 +1350,13 @@ static void on_flush(uv_idle_t *h)
 static void alloc_cb(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
-    h2_conn_t *c = hd->data;
-    *buf = uv_buf_init((char *)c->rbuf, H2_READ_SIZE);
+    (void)hd;
+    if (tl_rbuf == NULL) {
+        tl_rbuf = malloc(H2_READ_SIZE);
+        if (tl_rbuf == NULL)
+            abort();
+    }
+    *buf = uv_buf_init((char *)tl_rbuf, H2_READ_SIZE);
 }
 
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
@@ -1535,9 +1543,6 @@ dp_codec_conn_t *dp_h2_conn_new(uv_loop_t *loop, int fd, bool server,
     if (!unix_sock)
         uv_tcp_nodelay(&c->io.tcp, 1);
     c->wreq.data = c;
-    c->rbuf = malloc(H2_READ_SIZE);
-    if (c->rbuf == NULL)
-        abort();
 
     c->session = session_new(c);
     nghttp2_settings_entry iv[4];
