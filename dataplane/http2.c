@@ -151,7 +151,7 @@ struct h2_conn {
      * its callback (the idle phase of the next turn, after every I/O callback of this one)
      * writes what all of them produced together. */
     uv_idle_t flusher;
-    bool flush_now;  /* conn_after runs from the flusher: write now */
+    bool flush_now; /* conn_after runs from the flusher: write now */
     int handles_open;
 
     h2_stream_t *free_streams;
