@@ -44,9 +44,10 @@ void *dp_pool_alloc(dp_pool_t *p, size_t n);                  /* 16-byte aligned
 void *dp_pool_calloc(dp_pool_t *p, size_t n);                 /* zeroed */
 char *dp_pool_strndup(dp_pool_t *p, const char *s, size_t n); /* NUL-terminated copy */
 void dp_pool_free(dp_pool_t *p);                              /* accepts NULL */
-/* Free what this thread keeps for its next pools and HTTP/2 connections (chunks, write
- * buffers); a thread that ran streams calls both as it ends. */
+/* Free what this thread keeps for its next pools and HTTP connections (chunks, read and
+ * write buffers); a thread that ran streams calls all three as it ends. */
 void dp_pool_thread_done(void);
+void dp_h1_thread_done(void);
 void dp_h2_thread_done(void);
 
 /* A FIFO of copied byte chunks: a body held while its next hop is not ready (the upstream

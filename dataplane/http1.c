@@ -676,7 +676,7 @@ static void process(h1_conn_t *c)
     do {
         c->again = false;
         while (!c->closing && !c->shutting) {
-            char *b = c->rbuf + pos;
+            char *b = c->rbuf != NULL ? c->rbuf + pos : NULL;
             size_t n = c->rlen - pos;
             if (c->in == IN_HEAD) {
                 if (n == 0)
@@ -754,10 +754,34 @@ static void process(h1_conn_t *c)
         update_reading(c);
 }
 
+/* Reads land in a buffer the thread shares while the connection holds no unparsed bytes
+ * (the usual case between keep-alive messages); only bytes left over after a read (a part of
+ * a head, body held back by read_disable) get a buffer of the connection's own, freed once
+ * they are consumed. An idle connection so holds no read buffer. */
+static _Thread_local char *tl_rbuf;
+static _Thread_local size_t tl_rcap;
+
+void dp_h1_thread_done(void)
+{
+    free(tl_rbuf);
+    tl_rbuf = NULL;
+    tl_rcap = 0;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     h1_conn_t *c = h->data;
     (void)suggested;
+    if (c->rbuf == NULL) {
+        if (tl_rcap < c->rcap) {
+            free(tl_rbuf);
+            tl_rbuf = malloc(c->rcap);
+            if (tl_rbuf == NULL)
+                abort();
+            tl_rcap = c->rcap;
+        }
+        c->rbuf = tl_rbuf;
+    }
     if (c->shutting) {
         /* Lingering reads are dropped; the unparsed bytes no longer matter. */
         buf->base = c->rbuf;
@@ -768,10 +792,38 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = c->rcap - c->rlen;
 }
 
+/* After a read: the shared buffer goes back, what is left moves to the connection's own. */
+static void rbuf_settle(h1_conn_t *c)
+{
+    if (c->rbuf == NULL)
+        return;
+    if (c->rbuf == tl_rbuf) {
+        c->rbuf = NULL;
+        if (c->rlen > 0 && !c->closing) {
+            char *own = malloc(c->rcap);
+            if (own == NULL)
+                abort();
+            memcpy(own, tl_rbuf, c->rlen);
+            c->rbuf = own;
+        }
+    } else if (c->rlen == 0 || c->closing) {
+        free(c->rbuf);
+        c->rbuf = NULL;
+    }
+}
+
+static void on_read_bytes(h1_conn_t *c, ssize_t nread);
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     h1_conn_t *c = st->data;
     (void)buf;
+    on_read_bytes(c, nread);
+    rbuf_settle(c);
+}
+
+static void on_read_bytes(h1_conn_t *c, ssize_t nread)
+{
     if (c->closing)
         return;
     if (nread == UV_ENOBUFS) {
@@ -1320,9 +1372,6 @@ dp_codec_conn_t *dp_h1_conn_new(uv_loop_t *loop, int fd, bool server,
     c->rcap = (size_t)c->lim.max_header_bytes + 8192;
     if (c->rcap < 65536)
         c->rcap = 65536;
-    c->rbuf = malloc(c->rcap);
-    if (c->rbuf == NULL)
-        abort();
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     bool unix_sock = getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX;

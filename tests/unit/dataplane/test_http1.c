@@ -344,6 +344,40 @@ START_TEST(test_server_pipelined)
 }
 END_TEST
 
+/* A head split across reads keeps its first part while another connection on the same loop
+ * reads a whole request in between (reads share one buffer per thread; bytes left over move
+ * to the connection's own). */
+START_TEST(test_server_head_across_reads)
+{
+    srv_t *a = srv_new(NULL), *b = srv_new(NULL);
+    a->resp = b->resp = RESP_NONE;
+    PEER_SEND(a, "GET /first HTTP/1.1\r\nHo");
+    spin(a, 50);
+    ck_assert_int_eq(a->streams, 0);
+    PEER_SEND(b, "GET /second HTTP/1.1\r\nHost: other\r\nX-K: from-b\r\n\r\n");
+    spin(b, 50);
+    ck_assert_int_eq(b->streams, 1);
+    PEER_SEND(a, "st: h\r\nX-K: from-a\r\n\r\n");
+    spin(a, 50);
+    ck_assert_int_eq(a->streams, 1);
+    ck_assert(dp_str_eq(a->rec[0].head[0]->path, "/first", 6));
+    ck_assert(dp_str_eq(a->rec[0].head[0]->authority, "h", 1));
+    const dp_header_t *k = DP_HDR_GET(&a->rec[0].head[0]->headers, "x-k");
+    ck_assert(k != NULL && dp_str_eq(k->value, "from-a", 6));
+    ck_assert(dp_str_eq(b->rec[0].head[0]->path, "/second", 7));
+    k = DP_HDR_GET(&b->rec[0].head[0]->headers, "x-k");
+    ck_assert(k != NULL && dp_str_eq(k->value, "from-b", 6));
+    respond(a, &a->rec[0]);
+    respond(b, &b->rec[0]);
+    spin(a, 50);
+    spin(b, 50);
+    ck_assert_int_eq(a->rec[0].done, 1);
+    ck_assert_int_eq(b->rec[0].done, 1);
+    srv_free(a);
+    srv_free(b);
+}
+END_TEST
+
 START_TEST(test_server_chunked_in_out)
 {
     srv_t *t = srv_new(NULL);
@@ -1469,6 +1503,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_server_get_keepalive);
     tcase_add_test(tc, test_server_pipelined);
+    tcase_add_test(tc, test_server_head_across_reads);
     tcase_add_test(tc, test_server_chunked_in_out);
     tcase_add_test(tc, test_server_trailers_out_and_http10);
     tcase_add_test(tc, test_server_expect_continue);
