@@ -2,7 +2,8 @@
  *
  * The code is glue between a libuv stream and an nghttp2 session: socket reads go to
  * nghttp2_session_mem_recv, and nghttp2_session_send serializes frames through send_cb and
- * send_data_cb into a connection write buffer that one uv_write carries to the socket. DATA
+ * send_data_cb into a connection write buffer, once per loop turn (the flusher idle handle),
+ * which uv_try_write puts on the socket (a rest goes with one uv_write). DATA
  * is sent with NGHTTP2_DATA_FLAG_NO_COPY, so body bytes are copied once: from the owner into
  * the stream's output queue, then from that queue straight into the write buffer behind the
  * frame header.
