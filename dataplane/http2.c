@@ -205,9 +205,8 @@ static h2_chunk_t *chunk_get(bool big)
     return k;
 }
 
-static void chunk_put(h2_conn_t *c, h2_chunk_t *k)
+static void chunk_put(h2_chunk_t *k)
 {
-    (void)c;
     bool big = k->cap == H2_CHUNK_SIZE;
     if (tl_nchunks[big] >= H2_CHUNK_CACHE) {
         free(k);
@@ -266,9 +265,8 @@ void dp_h2_thread_done(void)
     tl_rbuf = NULL;
 }
 
-static void queue_append(h2_conn_t *c, h2_queue_t *q, const uint8_t *p, size_t n)
+static void queue_append(h2_queue_t *q, const uint8_t *p, size_t n)
 {
-    (void)c;
     while (n > 0) {
         h2_chunk_t *k = q->tail;
         if (k == NULL || k->len == k->cap) {
@@ -304,7 +302,7 @@ static h2_chunk_t *queue_shift(h2_queue_t *q)
 }
 
 /* Moves n bytes (n <= q->bytes) from the front of q to dst. */
-static void queue_pop(h2_conn_t *c, h2_queue_t *q, uint8_t *dst, size_t n)
+static void queue_pop(h2_queue_t *q, uint8_t *dst, size_t n)
 {
     while (n > 0) {
         h2_chunk_t *k = q->head;
@@ -319,16 +317,16 @@ static void queue_pop(h2_conn_t *c, h2_queue_t *q, uint8_t *dst, size_t n)
             q->head = k->next;
             if (q->head == NULL)
                 q->tail = NULL;
-            chunk_put(c, k);
+            chunk_put(k);
         }
     }
 }
 
-static void queue_clear(h2_conn_t *c, h2_queue_t *q)
+static void queue_clear(h2_queue_t *q)
 {
     h2_chunk_t *k;
     while ((k = queue_shift(q)) != NULL)
-        chunk_put(c, k);
+        chunk_put(k);
 }
 
 /* ---- streams ---- */
@@ -360,8 +358,8 @@ static h2_stream_t *stream_new(h2_conn_t *c, const dp_sink_ops_t *sink, void *ud
 
 static void stream_release(h2_conn_t *c, h2_stream_t *s)
 {
-    queue_clear(c, &s->in);
-    queue_clear(c, &s->out);
+    queue_clear(&s->in);
+    queue_clear(&s->out);
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -413,7 +411,7 @@ static void stream_consume(h2_stream_t *s, size_t n)
 static void stream_drop_input(h2_stream_t *s)
 {
     size_t n = s->unconsumed + s->in.bytes;
-    queue_clear(s->c, &s->in);
+    queue_clear(&s->in);
     s->unconsumed = 0;
     stream_consume(s, n);
 }
@@ -437,7 +435,7 @@ static void stream_deliver_held(h2_stream_t *s)
             s->in_end = false;
         s->unconsumed += n;
         s->sink->on_data(s->ud, k->data + k->off, n, last);
-        chunk_put(s->c, k);
+        chunk_put(k);
     }
     if (s->disabled == 0 && !s->detached && s->in.head == NULL) {
         if (s->in_end) {
@@ -550,7 +548,7 @@ static int send_data_cb(nghttp2_session *session, nghttp2_frame *frame, const ui
         *w++ = (uint8_t)(pad - 1);
     if (length > s->out.bytes)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* cannot happen: read_cb sized it */
-    queue_pop(c, &s->out, w, length);
+    queue_pop(&s->out, w, length);
     w += length;
     if (pad > 1) {
         memset(w, 0, pad - 1);
@@ -829,7 +827,7 @@ static int on_data_chunk_cb(nghttp2_session *session, uint8_t flags, int32_t str
     }
     if (s->disabled > 0 || s->in.head != NULL) {
         /* Held: bounded by the stream window, which stays unreturned meanwhile. */
-        queue_append(s->c, &s->in, data, len);
+        queue_append(&s->in, data, len);
         return 0;
     }
     s->unconsumed += len;
@@ -1083,7 +1081,7 @@ static int h2_enc_data(dp_enc_t *e, const uint8_t *p, size_t n, bool end_stream)
     if (!s->has_provider || s->out_eof)
         return -EINVAL;
     c->depth++;
-    queue_append(c, &s->out, p, n);
+    queue_append(&s->out, p, n);
     if (end_stream) {
         s->out_eof = true;
         s->local_end = true;
