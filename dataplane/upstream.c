@@ -157,6 +157,11 @@ struct pconn {
     uv_poll_t poll;
     uv_timer_t timer; /* connect timeout, then idle timeout */
     uv_timer_t life;  /* max_connection_duration */
+    /* The idle timer is not moved per request: it runs while the connection is in use and,
+     * when it fires, counts from idle_since (set as the last stream ends) and re-arms for the
+     * rest, so a connection going idle and busy again costs no timer-heap work. */
+    uint64_t idle_since; /* uv_now() as the last stream ended */
+    bool idle_timing;    /* timer is the idle timer */
     int handles;      /* its libuv handles, and the codec until its on_close */
     dp_codec_conn_t *codec;
     uint32_t streams;
@@ -759,6 +764,7 @@ static void conn_retire(pconn_t *pc)
         return;
     list_move(pc, PC_DRAINING);
     uv_timer_stop(&pc->timer);
+    pc->idle_timing = false;
     uv_timer_stop(&pc->life);
     if (pc->codec->ops->active_streams(pc->codec) == 0)
         pc->codec->ops->close(pc->codec);
@@ -769,8 +775,16 @@ static void conn_retire(pconn_t *pc)
 static void on_idle(uv_timer_t *t)
 {
     pconn_t *pc = t->data;
+    pc->idle_timing = false;
     if (pc->codec == NULL || pc->codec->ops->active_streams(pc->codec) != 0)
+        return; /* in use: conn_put arms the timer again when it goes idle */
+    uint64_t timeout = pc->pool->cs->cfg.idle_timeout_ms;
+    uint64_t idle = uv_now(pc->u->loop) - pc->idle_since;
+    if (idle < timeout) {
+        pc->idle_timing = true;
+        uv_timer_start(&pc->timer, on_idle, timeout - idle, 0);
         return;
+    }
     CINC(pc->pool->cs->cfg.st.cx_idle_timeout);
     conn_retire(pc);
 }
@@ -1004,16 +1018,22 @@ static void conn_place(pconn_t *pc)
     } else if (pc->state != PC_BUSY) {
         list_move(pc, PC_BUSY);
     }
-    if (active == 0 && p->cs->cfg.idle_timeout_ms)
-        uv_timer_start(&pc->timer, on_idle, p->cs->cfg.idle_timeout_ms, 0);
-    else
+    if (active == 0 && p->cs->cfg.idle_timeout_ms) {
+        pc->idle_since = uv_now(pc->u->loop);
+        if (!pc->idle_timing) {
+            pc->idle_timing = true;
+            uv_timer_start(&pc->timer, on_idle, p->cs->cfg.idle_timeout_ms, 0);
+        }
+    } else if (!pc->idle_timing) {
         uv_timer_stop(&pc->timer);
+    }
 }
 
 /* Hands pc's stream slot to a caller. */
 static void conn_give(pconn_t *pc, const dp_upstream_cb_t *cb, void *ud, const dp_addr_t *host)
 {
-    uv_timer_stop(&pc->timer);
+    if (!pc->idle_timing)
+        uv_timer_stop(&pc->timer);
     pc->streams++;
     cb->on_ready(ud, pc->codec, host);
     if (pc->state == PC_CLOSED || pc->state == PC_DRAINING || pc->codec == NULL)

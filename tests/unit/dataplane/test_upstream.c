@@ -1067,6 +1067,39 @@ START_TEST(test_idle_timeout)
 }
 END_TEST
 
+/* The idle timeout counts from the end of the last stream: a connection used more often than
+ * that stays, however long it lives, and closes a full timeout after its last use. */
+START_TEST(test_idle_timeout_counts_from_last_use)
+{
+    setup();
+    srv_t srv[1];
+    srv_start(&srv[0]);
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    dp_cluster_t *cw = add_cluster(s, "c", 1, &srv[0].port, NULL, NULL, NULL);
+    cw->idle_timeout_ms = 150;
+    seal(s);
+    const dp_cluster_t *c = dp_snapshot_find_cluster(s, "c");
+    req_t r = {0};
+    uint64_t start = uv_now(&loop);
+    while (uv_now(&loop) - start < 400) {
+        one_request(c, NULL, &r);
+        ck_assert_int_eq(r.done, 1);
+        RUN_UNTIL(false, 30);
+    }
+    rq_clear(&r);
+    ck_assert_int_eq(srv[0].accepts, 1);
+    ck_assert_int_eq(srv[0].closes, 0);
+    ck_assert_uint_eq(dp_counter_value(c->stats.cx_idle_timeout), 0);
+    uint64_t last = uv_now(&loop);
+    RUN_UNTIL(srv[0].closes == 1, 2000);
+    ck_assert_int_eq(srv[0].closes, 1);
+    ck_assert_uint_ge(uv_now(&loop) - last, 100);
+    ck_assert_uint_eq(dp_counter_value(c->stats.cx_idle_timeout), 1);
+    teardown_with(srv, 1);
+    dp_snapshot_unref(s);
+}
+END_TEST
+
 START_TEST(test_snapshot_change_drains)
 {
     setup();
@@ -2239,6 +2272,7 @@ int main(void)
     tcase_add_test(tc, test_logical_dns);
     tcase_add_test(tc, test_original_dst);
     tcase_add_test(tc, test_idle_timeout);
+    tcase_add_test(tc, test_idle_timeout_counts_from_last_use);
     tcase_add_test(tc, test_snapshot_change_drains);
     tcase_add_test(tc, test_h2_multiplexing_and_max_requests);
     tcase_add_test(tc, test_close_with_pending);
