@@ -347,6 +347,34 @@ END_TEST
 /* A head split across reads keeps its first part while another connection on the same loop
  * reads a whole request in between (reads share one buffer per thread; bytes left over move
  * to the connection's own). */
+/* What the encoder checks before it writes a field: every byte value at every position of a
+ * value of every length up to 20 (the eight-byte steps and the tail), against the definition
+ * (RFC 9110 §5.5: VCHAR, obs-text, SP, HT), and names against tchar. */
+START_TEST(test_field_ok_every_byte)
+{
+    char v[20];
+    for (size_t n = 1; n <= sizeof(v); n++) {
+        for (size_t at = 0; at < n; at++) {
+            for (int b = 0; b < 256; b++) {
+                memset(v, 'a', sizeof(v));
+                v[at] = (char)b;
+                bool want = b == '\t' || (b >= 0x20 && b != 0x7f);
+                bool got = dp_h1_field_ok((dp_str_t){"x-a", 3}, (dp_str_t){v, n});
+                ck_assert_msg(got == want, "byte 0x%02x at %zu of %zu", b, at, n);
+            }
+        }
+    }
+    const char *tchars = "!#$%&'*+-.^_`|~09azAZ";
+    for (int b = 0; b < 256; b++) {
+        char name[2] = {(char)b, 0};
+        bool want = b != 0 && strchr(tchars, b) != NULL;
+        want = want || (b >= '0' && b <= '9') || (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z');
+        ck_assert_msg(dp_h1_field_ok((dp_str_t){name, 1}, (dp_str_t){"v", 1}) == want,
+                      "name byte 0x%02x", b);
+    }
+}
+END_TEST
+
 START_TEST(test_server_head_across_reads)
 {
     srv_t *a = srv_new(NULL), *b = srv_new(NULL);
@@ -1504,6 +1532,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_server_get_keepalive);
     tcase_add_test(tc, test_server_pipelined);
     tcase_add_test(tc, test_server_head_across_reads);
+    tcase_add_test(tc, test_field_ok_every_byte);
     tcase_add_test(tc, test_server_chunked_in_out);
     tcase_add_test(tc, test_server_trailers_out_and_http10);
     tcase_add_test(tc, test_server_expect_continue);
