@@ -162,7 +162,7 @@ struct pconn {
      * rest, so a connection going idle and busy again costs no timer-heap work. */
     uint64_t idle_since; /* uv_now() as the last stream ended */
     bool idle_timing;    /* timer is the idle timer */
-    int handles;      /* its libuv handles, and the codec until its on_close */
+    int handles;         /* its libuv handles, and the codec until its on_close */
     dp_codec_conn_t *codec;
     uint32_t streams;
     dp_reset_reason_t fail;
