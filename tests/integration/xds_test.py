@@ -577,8 +577,11 @@ class PathConfigSource(unittest.TestCase):
                                 "the EDS cluster did not leave warming")
                 eds = s.dump("EndpointsConfigDump")["dynamic_endpoint_configs"]
                 self.assertEqual(eds[0]["endpoint_config"]["cluster_name"], "from-eds")
-                self.assertTrue(s.wait(lambda: any("active_state" in l for l in
-                                                   s.dump("ListenersConfigDump")["dynamic_listeners"])))
+                # l2 (not a listener from before) active, its routes read from rds.yaml
+                self.assertTrue(s.wait(lambda: any(
+                    l.get("name") == "l2" and "active_state" in l
+                    for l in s.dump("ListenersConfigDump")["dynamic_listeners"])))
+                self.assertTrue(s.wait(lambda: s.dump("RoutesConfigDump").get("dynamic_route_configs")))
                 rds = s.dump("RoutesConfigDump")["dynamic_route_configs"]
                 self.assertEqual(rds[0]["route_config"]["name"], "local-routes")
             finally:
