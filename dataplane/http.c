@@ -3,6 +3,61 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- per-thread recycling ---- */
+
+void *dp_block_get(dp_block_cache_t *bc)
+{
+    void *p = bc->head;
+    if (p != NULL) {
+        bc->head = *(void **)p;
+        bc->n--;
+        return p;
+    }
+    p = malloc(bc->size);
+    if (p == NULL)
+        abort();
+    return p;
+}
+
+void dp_block_put(dp_block_cache_t *bc, void *p)
+{
+    if (p == NULL)
+        return;
+    if (bc->n >= bc->max) {
+        free(p);
+        return;
+    }
+    *(void **)p = bc->head;
+    bc->head = p;
+    bc->n++;
+}
+
+void dp_block_drain(dp_block_cache_t *bc)
+{
+    while (bc->head != NULL) {
+        void *next = *(void **)bc->head;
+        free(bc->head);
+        bc->head = next;
+    }
+    bc->n = 0;
+}
+
+static _Thread_local char *read_buf;
+static _Thread_local size_t read_cap;
+
+char *dp_read_buf(size_t min, size_t *ret_cap)
+{
+    if (read_cap < min) {
+        free(read_buf);
+        read_buf = malloc(min);
+        if (read_buf == NULL)
+            abort();
+        read_cap = min;
+    }
+    *ret_cap = read_cap;
+    return read_buf;
+}
+
 /* ---- pool ---- */
 
 #define POOL_CHUNK 4096
@@ -17,26 +72,22 @@ struct dp_pool {
     pool_chunk_t *head; /* the chunk being filled; older ones follow */
 };
 
-/* Each thread keeps up to POOL_CACHE freed standard chunks for its next streams: a stream's
- * first chunk then costs no malloc, and the heap's top does not shrink and grow again
- * (glibc trims a thread's arena past 128 KiB free, and every re-grow faults pages in). */
-#define POOL_CACHE 64
+/* A stream's standard chunks come from the thread's cache (its first one is most streams'
+ * only allocation). */
+static _Thread_local dp_block_cache_t pool_chunks =
+    DP_BLOCK_CACHE(sizeof(pool_chunk_t) + POOL_CHUNK, 64);
 
-static _Thread_local pool_chunk_t *pool_cache;
-static _Thread_local unsigned pool_cached;
+void dp_http_thread_done(void)
+{
+    dp_block_drain(&pool_chunks);
+    free(read_buf);
+    read_buf = NULL;
+    read_cap = 0;
+}
 
 static pool_chunk_t *chunk_new(size_t size)
 {
-    pool_chunk_t *c;
-    if (size == POOL_CHUNK && pool_cache != NULL) {
-        c = pool_cache;
-        pool_cache = c->next;
-        pool_cached--;
-        c->next = NULL;
-        c->used = 0;
-        return c;
-    }
-    c = malloc(sizeof(*c) + size);
+    pool_chunk_t *c = size == POOL_CHUNK ? dp_block_get(&pool_chunks) : malloc(sizeof(*c) + size);
     if (c == NULL)
         abort();
     c->next = NULL;
@@ -101,25 +152,12 @@ void dp_pool_free(dp_pool_t *p)
     pool_chunk_t *c = p->head;
     while (c) {
         pool_chunk_t *next = c->next;
-        if (c->size == POOL_CHUNK && pool_cached < POOL_CACHE) {
-            c->next = pool_cache;
-            pool_cache = c;
-            pool_cached++;
-        } else {
+        if (c->size == POOL_CHUNK)
+            dp_block_put(&pool_chunks, c);
+        else
             free(c);
-        }
         c = next;
     }
-}
-
-void dp_pool_thread_done(void)
-{
-    while (pool_cache != NULL) {
-        pool_chunk_t *next = pool_cache->next;
-        free(pool_cache);
-        pool_cache = next;
-    }
-    pool_cached = 0;
 }
 
 /* ---- byte queue ---- */

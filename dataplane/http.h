@@ -44,10 +44,34 @@ void *dp_pool_alloc(dp_pool_t *p, size_t n);                  /* 16-byte aligned
 void *dp_pool_calloc(dp_pool_t *p, size_t n);                 /* zeroed */
 char *dp_pool_strndup(dp_pool_t *p, const char *s, size_t n); /* NUL-terminated copy */
 void dp_pool_free(dp_pool_t *p);                              /* accepts NULL */
-/* Free what this thread keeps for its next pools and HTTP connections (chunks, read and
- * write buffers); a thread that ran streams calls all three as it ends. */
-void dp_pool_thread_done(void);
-void dp_h1_thread_done(void);
+
+/* ---- per-thread recycling: what a worker's pools and codecs reuse ---- */
+
+/* A cache of freed blocks of one size, one per thread (declare each instance _Thread_local,
+ * initialised with DP_BLOCK_CACHE): up to max blocks are kept for the next get, so a busy
+ * worker does not malloc and free them per request, nor let glibc trim its heap and fault
+ * the pages in again as it regrows. */
+typedef struct dp_block_cache {
+    size_t size; /* of a block, at least sizeof(void *) */
+    unsigned max, n;
+    void *head;
+} dp_block_cache_t;
+#define DP_BLOCK_CACHE(sz, mx)    \
+    {                             \
+        .size = (sz), .max = (mx) \
+    }
+void *dp_block_get(dp_block_cache_t *bc);         /* malloc-aligned, not zeroed; aborts on OOM */
+void dp_block_put(dp_block_cache_t *bc, void *p); /* accepts NULL */
+void dp_block_drain(dp_block_cache_t *bc);
+
+/* The thread's read buffer, of at least min bytes (its size in *ret_cap): a codec reads into
+ * it and consumes or copies what it read before its read callback returns, so that no
+ * connection needs a read buffer of its own between reads. A later call may move it. */
+char *dp_read_buf(size_t min, size_t *ret_cap);
+
+/* Free what this thread keeps (pool chunks and the read buffer here, HTTP/2 chunks and write
+ * buffers); a thread that ran connections calls both as it ends. */
+void dp_http_thread_done(void);
 void dp_h2_thread_done(void);
 
 /* A FIFO of copied byte chunks: a body held while its next hop is not ready (the upstream

@@ -94,8 +94,9 @@ struct h1_conn {
     dp_http_limits_t lim;
     dp_codec_cb_t cb;
     void *ud;
-    char *rbuf;
+    char *rbuf; /* the thread's read buffer (rbuf_shared) during a read, else own or NULL */
     size_t rcap, rlen;
+    bool rbuf_shared;
     dp_h1_head_parser_t head;
     dp_h1_body_parser_t body;
     in_state_t in;
@@ -754,33 +755,18 @@ static void process(h1_conn_t *c)
         update_reading(c);
 }
 
-/* Reads land in a buffer the thread shares while the connection holds no unparsed bytes
- * (the usual case between keep-alive messages); only bytes left over after a read (a part of
- * a head, body held back by read_disable) get a buffer of the connection's own, freed once
- * they are consumed. An idle connection so holds no read buffer. */
-static _Thread_local char *tl_rbuf;
-static _Thread_local size_t tl_rcap;
-
-void dp_h1_thread_done(void)
-{
-    free(tl_rbuf);
-    tl_rbuf = NULL;
-    tl_rcap = 0;
-}
-
+/* Reads land in the thread's read buffer (dp_read_buf) while the connection holds no
+ * unparsed bytes (the usual case between keep-alive messages); only bytes left over after a
+ * read (a part of a head, body held back by read_disable) get a buffer of the connection's
+ * own, freed once they are consumed. An idle connection so holds no read buffer. */
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     h1_conn_t *c = h->data;
     (void)suggested;
     if (c->rbuf == NULL) {
-        if (tl_rcap < c->rcap) {
-            free(tl_rbuf);
-            tl_rbuf = malloc(c->rcap);
-            if (tl_rbuf == NULL)
-                abort();
-            tl_rcap = c->rcap;
-        }
-        c->rbuf = tl_rbuf;
+        size_t cap;
+        c->rbuf = dp_read_buf(c->rcap, &cap);
+        c->rbuf_shared = true;
     }
     if (c->shutting) {
         /* Lingering reads are dropped; the unparsed bytes no longer matter. */
@@ -797,14 +783,15 @@ static void rbuf_settle(h1_conn_t *c)
 {
     if (c->rbuf == NULL)
         return;
-    if (c->rbuf == tl_rbuf) {
+    if (c->rbuf_shared) {
+        char *shared = c->rbuf;
         c->rbuf = NULL;
+        c->rbuf_shared = false;
         if (c->rlen > 0 && !c->closing) {
-            char *own = malloc(c->rcap);
-            if (own == NULL)
+            c->rbuf = malloc(c->rcap);
+            if (c->rbuf == NULL)
                 abort();
-            memcpy(own, tl_rbuf, c->rlen);
-            c->rbuf = own;
+            memcpy(c->rbuf, shared, c->rlen);
         }
     } else if (c->rlen == 0 || c->closing) {
         free(c->rbuf);

@@ -170,99 +170,38 @@ struct h2_conn {
 static const dp_enc_ops_t h2_enc_ops;
 static const dp_codec_conn_ops_t h2_conn_ops;
 static void conn_after(h2_conn_t *c);
+static void conn_after_flush(h2_conn_t *c); /* conn_after, writing frames now */
 static void on_flush(uv_idle_t *h);
 
 static const uint8_t empty_body[1];
 
 /* ---- chunks and queues ---- */
 
-static _Thread_local h2_chunk_t *tl_chunks[2]; /* [0] small, [1] H2_CHUNK_SIZE */
-static _Thread_local unsigned tl_nchunks[2];
-typedef struct wbuf_free {
-    struct wbuf_free *next;
-} wbuf_free_t;
-static _Thread_local wbuf_free_t *tl_wbufs;
-static _Thread_local unsigned tl_nwbufs;
-/* One read buffer per thread: nghttp2_session_mem_recv takes all of a read before read_cb
- * returns (what a stream must keep, it copies), so no connection needs its own. */
-static _Thread_local uint8_t *tl_rbuf;
+static _Thread_local dp_block_cache_t small_chunks =
+    DP_BLOCK_CACHE(sizeof(h2_chunk_t) + H2_SMALL_CHUNK, H2_CHUNK_CACHE);
+static _Thread_local dp_block_cache_t big_chunks =
+    DP_BLOCK_CACHE(sizeof(h2_chunk_t) + H2_CHUNK_SIZE, H2_CHUNK_CACHE);
+static _Thread_local dp_block_cache_t wbufs = DP_BLOCK_CACHE(H2_WBUF_CAP, H2_WBUF_CACHE);
 
 static h2_chunk_t *chunk_get(bool big)
 {
-    h2_chunk_t *k = tl_chunks[big];
-    if (k) {
-        tl_chunks[big] = k->next;
-        tl_nchunks[big]--;
-    } else {
-        uint32_t cap = big ? H2_CHUNK_SIZE : H2_SMALL_CHUNK;
-        k = malloc(sizeof(*k) + cap);
-        if (k == NULL)
-            abort();
-        k->cap = cap;
-    }
+    h2_chunk_t *k = dp_block_get(big ? &big_chunks : &small_chunks);
     k->next = NULL;
     k->off = k->len = 0;
+    k->cap = big ? H2_CHUNK_SIZE : H2_SMALL_CHUNK;
     return k;
 }
 
 static void chunk_put(h2_chunk_t *k)
 {
-    bool big = k->cap == H2_CHUNK_SIZE;
-    if (tl_nchunks[big] >= H2_CHUNK_CACHE) {
-        free(k);
-        return;
-    }
-    k->next = tl_chunks[big];
-    tl_chunks[big] = k;
-    tl_nchunks[big]++;
-}
-
-static uint8_t *wbuf_get(void)
-{
-    wbuf_free_t *w = tl_wbufs;
-    if (w != NULL) {
-        tl_wbufs = w->next;
-        tl_nwbufs--;
-        return (uint8_t *)w;
-    }
-    uint8_t *p = malloc(H2_WBUF_CAP);
-    if (p == NULL)
-        abort();
-    return p;
-}
-
-static void wbuf_put(uint8_t *p)
-{
-    if (p == NULL)
-        return;
-    if (tl_nwbufs >= H2_WBUF_CACHE) {
-        free(p);
-        return;
-    }
-    wbuf_free_t *w = (wbuf_free_t *)(void *)p;
-    w->next = tl_wbufs;
-    tl_wbufs = w;
-    tl_nwbufs++;
+    dp_block_put(k->cap == H2_CHUNK_SIZE ? &big_chunks : &small_chunks, k);
 }
 
 void dp_h2_thread_done(void)
 {
-    for (int big = 0; big < 2; big++) {
-        while (tl_chunks[big] != NULL) {
-            h2_chunk_t *k = tl_chunks[big];
-            tl_chunks[big] = k->next;
-            free(k);
-        }
-        tl_nchunks[big] = 0;
-    }
-    while (tl_wbufs != NULL) {
-        wbuf_free_t *w = tl_wbufs;
-        tl_wbufs = w->next;
-        free(w);
-    }
-    tl_nwbufs = 0;
-    free(tl_rbuf);
-    tl_rbuf = NULL;
+    dp_block_drain(&small_chunks);
+    dp_block_drain(&big_chunks);
+    dp_block_drain(&wbufs);
 }
 
 static void queue_append(h2_queue_t *q, const uint8_t *p, size_t n)
@@ -471,7 +410,7 @@ static void conn_start_write(h2_conn_t *c)
         return;
     }
     if (c->wsend.p == NULL)
-        c->wsend.p = wbuf_get();
+        c->wsend.p = dp_block_get(&wbufs);
     h2_wbuf_t t = c->wsend;
     c->wsend = c->wfill;
     c->wfill = t;
@@ -511,7 +450,7 @@ static void conn_flush(h2_conn_t *c)
 static void conn_wbufs(h2_conn_t *c)
 {
     if (c->wfill.p == NULL)
-        c->wfill.p = wbuf_get();
+        c->wfill.p = dp_block_get(&wbufs);
 }
 
 static ssize_t send_cb(nghttp2_session *session, const uint8_t *data, size_t length, int flags,
@@ -613,10 +552,7 @@ static void write_cb(uv_write_t *req, int status)
         conn_start_write(c);
     }
     c->depth--;
-    /* The socket had been full: what waited goes now. */
-    c->flush_now = true;
-    conn_after(c);
-    c->flush_now = false;
+    conn_after_flush(c); /* the socket had been full: what waited goes now */
 }
 
 /* ---- decoding ---- */
@@ -1204,8 +1140,8 @@ static void close_cb(uv_handle_t *hd)
         c->free_streams = s->next;
         free(s);
     }
-    wbuf_put(c->wfill.p);
-    wbuf_put(c->wsend.p);
+    dp_block_put(&wbufs, c->wfill.p);
+    dp_block_put(&wbufs, c->wsend.p);
     free(c);
 }
 
@@ -1331,31 +1267,34 @@ static void conn_after(h2_conn_t *c)
     /* Nothing left to write: the write buffers go back to the thread's cache rather than sit
      * in every quiet connection. */
     if (!c->writing && c->wfill.len == 0 && !uv_is_active((uv_handle_t *)&c->flusher)) {
-        wbuf_put(c->wfill.p);
-        wbuf_put(c->wsend.p);
+        dp_block_put(&wbufs, c->wfill.p);
+        dp_block_put(&wbufs, c->wsend.p);
         c->wfill.p = c->wsend.p = NULL;
     }
 }
 
-static void on_flush(uv_idle_t *h)
+static void conn_after_flush(h2_conn_t *c)
 {
-    h2_conn_t *c = h->data;
-    uv_idle_stop(h);
     c->flush_now = true;
     conn_after(c);
     c->flush_now = false;
+}
+
+static void on_flush(uv_idle_t *h)
+{
+    uv_idle_stop(h);
+    conn_after_flush(h->data);
 }
 
 static void alloc_cb(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
     (void)hd;
-    if (tl_rbuf == NULL) {
-        tl_rbuf = malloc(H2_READ_SIZE);
-        if (tl_rbuf == NULL)
-            abort();
-    }
-    *buf = uv_buf_init((char *)tl_rbuf, H2_READ_SIZE);
+    /* nghttp2_session_mem_recv takes all of a read before read_cb returns (what a stream
+     * keeps, it copies). */
+    size_t cap;
+    char *b = dp_read_buf(H2_READ_SIZE, &cap);
+    *buf = uv_buf_init(b, (unsigned)cap);
 }
 
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)

@@ -130,8 +130,7 @@ static void worker_main(void *arg)
     uv_walk(&w->loop, close_walk_cb, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     uv_loop_close(&w->loop);
-    dp_pool_thread_done();
-    dp_h1_thread_done();
+    dp_http_thread_done();
     dp_h2_thread_done();
 }
 
