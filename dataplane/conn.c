@@ -1,5 +1,7 @@
 #include "dataplane/conn.h"
 
+#include <errno.h>
+
 void dp_wctx_link(dp_wctx_t *w, dp_conn_link_t *l)
 {
     l->prev = NULL;
@@ -41,4 +43,24 @@ uint64_t dp_wctx_random(dp_wctx_t *w)
     x ^= x >> 27;
     w->rng = x;
     return x * 0x2545f4914f6cdd1dull;
+}
+
+int dp_try_send(uv_stream_t *s, const char *p, size_t n)
+{
+    if (s->type != UV_TCP) {
+        uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+        return uv_try_write(s, &b, 1);
+    }
+    if (uv_stream_get_write_queue_size(s) != 0)
+        return UV_EAGAIN;
+    uv_os_fd_t fd;
+    if (uv_fileno((const uv_handle_t *)s, &fd) != 0)
+        return UV_EBADF;
+    ssize_t r;
+    do
+        r = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (r < 0 && errno == EINTR);
+    if (r >= 0)
+        return (int)r;
+    return errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
 }

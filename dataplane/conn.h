@@ -43,6 +43,12 @@ void dp_wctx_close_all(dp_wctx_t *w);
 /* A uniformly random 64-bit number (xorshift64*; not for secrets). */
 uint64_t dp_wctx_random(dp_wctx_t *w);
 
+/* uv_try_write of one buffer on a connected stream, through send(2) for TCP (read/write on a
+ * socket go through the VFS layer first: measured 0.07 us more per call on loopback). The
+ * same contract: UV_EAGAIN when bytes are queued ahead or the socket takes none, else the
+ * bytes written or an error. */
+int dp_try_send(uv_stream_t *s, const char *p, size_t n);
+
 /* An accepted connection on its way to its network filter. The receiver owns fd and the snap
  * reference. local is the original destination when the listener uses use_original_dst. */
 typedef struct dp_accepted {

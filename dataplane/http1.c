@@ -32,6 +32,7 @@
  *  - on_close reasons: DP_RESET_NONE for orderly ends (idle EOF, connection: close, go_away),
  *    DP_RESET_PROTOCOL after a malformed message, DP_RESET_REMOTE for a peer EOF or error in
  *    the middle of a message, DP_RESET_LOCAL after close() or the owner's reset(). */
+#include "dataplane/conn.h"
 #include "dataplane/http1_parse.h"
 
 #include <errno.h>
@@ -116,7 +117,7 @@ struct h1_conn {
 typedef struct wreq {
     uv_write_t req;
     h1_conn_t *c;
-    size_t len;
+    size_t len, cap;
     char data[];
 } wreq_t;
 
@@ -189,44 +190,60 @@ static void on_write(uv_write_t *req, int status)
     check_done(c);
 }
 
-static wreq_t *wreq_new(h1_conn_t *c, size_t len)
+/* A write request for len bytes, with room for cap (>= len). */
+static wreq_t *wreq_new_cap(h1_conn_t *c, size_t len, size_t cap)
 {
-    wreq_t *w = malloc(sizeof(*w) + len);
+    wreq_t *w = malloc(sizeof(*w) + cap);
     if (w == NULL)
         abort();
     w->c = c;
     w->len = len;
+    w->cap = cap;
     return w;
 }
 
-/* Writes what the socket takes at once when nothing is queued ahead (uv_try_write: no copy,
- * no write request, no poll change); returns the bytes written. A message head held back for
- * its body (c->pending) goes first, in the same writev. What completes is noticed from the
+static wreq_t *wreq_new(h1_conn_t *c, size_t len)
+{
+    return wreq_new_cap(c, len, len);
+}
+
+/* Writes what the socket takes at once when nothing is queued ahead (no write request, no
+ * poll change); returns the bytes of p taken, written or moved into the held head. A message
+ * head held back for its body (c->pending) goes first: the body joins it when it fits the
+ * head's room (one send), else both go in one writev. What completes is noticed from the
  * kick, never inside the owner's call. */
 static size_t write_now(h1_conn_t *c, const char *p, size_t n, size_t *ret_head_done)
 {
     *ret_head_done = 0;
     if (c->queued || c->closing || c->shut_issued || c->write_failed)
         return 0;
-    uv_buf_t b[2];
-    unsigned nb = 0;
-    size_t head = c->pending ? c->pending->len : 0;
-    if (head)
-        b[nb++] = uv_buf_init(c->pending->data, (unsigned)head);
-    if (n)
-        b[nb++] = uv_buf_init((char *)p, (unsigned)n);
-    if (nb == 0)
+    wreq_t *h = c->pending;
+    size_t taken = 0;
+    if (h && n && n <= h->cap - h->len) {
+        memcpy(h->data + h->len, p, n);
+        h->len += n;
+        taken = n;
+        n = 0;
+    }
+    size_t head = h ? h->len : 0;
+    int r;
+    if (head && n) {
+        uv_buf_t b[2] = {uv_buf_init(h->data, (unsigned)head), uv_buf_init((char *)p, (unsigned)n)};
+        r = uv_try_write(&c->h.stream, b, 2);
+    } else if (head || n) {
+        r = dp_try_send(&c->h.stream, head ? h->data : p, head ? head : n);
+    } else {
         return 0;
-    int r = uv_try_write(&c->h.stream, b, nb);
+    }
     if (r <= 0)
-        return 0; /* EAGAIN, or an error uv_write will report */
+        return taken; /* EAGAIN, or an error uv_write will report */
     size_t done = (size_t)r;
     *ret_head_done = done < head ? done : head;
     /* A final message's completion is noticed by the kick mark_final starts; other writes
      * that leave nothing queued need no follow-up. */
     if (done == head + n && (!c->active || c->s.out_final || c->shutting))
         schedule(c);
-    return done - *ret_head_done;
+    return taken + done - *ret_head_done;
 }
 
 static void wreq_queue(h1_conn_t *c, wreq_t *w)
@@ -975,14 +992,29 @@ static void write_head(wb_t *b, h1_conn_t *c, const dp_http_head_t *h, const cha
     put(b, "\r\n", 2);
 }
 
+/* A body up to this size joins its held head in one buffer (see write_now). */
+#define BODY_JOIN_MAX 4096
+
 static void send_head(h1_conn_t *c, const dp_http_head_t *h, const char *framing, bool keep_upgrade,
                       const char *conn_value)
 {
-    wb_t cnt = {NULL, 0};
-    write_head(&cnt, c, h, framing, keep_upgrade, conn_value);
-    wreq_t *w = wreq_new(c, cnt.n);
+    /* write_head only leaves fields out, so this bounds what it writes: one pass. */
+    size_t bound = 64 + (framing ? strlen(framing) : 0) + (conn_value ? strlen(conn_value) : 0);
+    if (c->server)
+        bound += strlen(dp_h1_reason(h->status));
+    else
+        bound += h->method.n + h->path.n + h->authority.n;
+    for (uint32_t i = 0; i < h->headers.n; i++)
+        bound += h->headers.v[i].name.n + h->headers.v[i].value.n + 4;
+    const h1_stream_t *s = &c->s;
+    size_t room = 0;
+    if (s->out_started && s->out_mode == OUT_LENGTH && s->out_remaining > 0 &&
+        s->out_remaining <= BODY_JOIN_MAX)
+        room = (size_t)s->out_remaining;
+    wreq_t *w = wreq_new_cap(c, 0, bound + room);
     wb_t out = {w->data, 0};
     write_head(&out, c, h, framing, keep_upgrade, conn_value);
+    w->len = out.n;
     head_send(c, w);
 }
 

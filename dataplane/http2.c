@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "dataplane/conn.h"
 #include "dataplane/log.h"
 
 /* Output and held-back input are kept in chunks: a queue starts with a small one (most
@@ -396,14 +397,13 @@ static void stream_deliver_held(h2_stream_t *s)
 
 static void write_cb(uv_write_t *req, int status);
 
-/* What the socket takes at once goes with uv_try_write (no write request, no poll change); a
+/* What the socket takes at once goes with dp_try_send (no write request, no poll change); a
  * rest moves to wsend for a uv_write while wfill collects the next frames. */
 static void conn_start_write(h2_conn_t *c)
 {
     if (c->writing || c->wfill.len == 0 || c->closing)
         return;
-    uv_buf_t b = uv_buf_init((char *)c->wfill.p, (unsigned)c->wfill.len);
-    int r = uv_try_write(&c->io.stream, &b, 1);
+    int r = dp_try_send(&c->io.stream, (const char *)c->wfill.p, c->wfill.len);
     size_t done = r > 0 ? (size_t)r : 0;
     if (done == c->wfill.len) {
         c->wfill.len = 0;
@@ -415,7 +415,7 @@ static void conn_start_write(h2_conn_t *c)
     c->wsend = c->wfill;
     c->wfill = t;
     c->wfill.len = 0;
-    b = uv_buf_init((char *)c->wsend.p + done, (unsigned)(c->wsend.len - done));
+    uv_buf_t b = uv_buf_init((char *)c->wsend.p + done, (unsigned)(c->wsend.len - done));
     int rv = uv_write(&c->wreq, &c->io.stream, &b, 1, write_cb);
     if (rv < 0) {
         c->close_req = true;

@@ -144,7 +144,7 @@ static void relay_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
      * (no poll change). The rest is one write in flight per direction: reading stops until it
      * completes (back-pressure), and the buffer holds it meanwhile. */
     uv_buf_t out = uv_buf_init(buf->base, (unsigned)n);
-    int done = uv_try_write((uv_stream_t *)r->to, &out, 1);
+    int done = dp_try_send((uv_stream_t *)r->to, buf->base, n);
     if (done == (int)n)
         return;
     if (done < 0 && done != UV_EAGAIN) {

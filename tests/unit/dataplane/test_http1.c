@@ -72,6 +72,7 @@ typedef struct srv {
     size_t out_n;
     bool peer_eof;
     bool no_auto_shut; /* the peer does not answer the codec's FIN with its own */
+    bool peer_hold;    /* the peer reads nothing for now */
 } srv_t;
 
 static srv_t *cur;
@@ -171,7 +172,7 @@ static const dp_codec_cb_t srv_cb = {
 
 static void peer_read(srv_t *t)
 {
-    for (;;) {
+    while (!t->peer_hold) {
         if (t->out_n + 1 >= sizeof(t->out))
             return;
         ssize_t n = recv(t->peer, t->out + t->out_n, sizeof(t->out) - 1 - t->out_n, MSG_DONTWAIT);
@@ -202,12 +203,33 @@ static void spin(srv_t *t, int ms)
     }
 }
 
-static srv_t *srv_new(const dp_http_limits_t *lim)
+/* A loopback TCP connection: fds[0] connected to fds[1], both non-blocking; rcvbuf (0: the
+ * default) is fds[1]'s receive buffer, set before the handshake so the window is small from
+ * the start. */
+static void tcp_pair(int fds[2], int rcvbuf)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    if (rcvbuf)
+        setsockopt(l, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+    ck_assert_int_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(listen(l, 1), 0);
+    getsockname(l, (struct sockaddr *)&a, &al);
+    fds[0] = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_eq(connect(fds[0], (struct sockaddr *)&a, sizeof(a)), 0);
+    fds[1] = accept(l, NULL, NULL);
+    ck_assert_int_ge(fds[1], 0);
+    close(l);
+    fcntl(fds[0], F_SETFL, O_NONBLOCK);
+    fcntl(fds[1], F_SETFL, O_NONBLOCK);
+}
+
+/* The codec on sv[0] (non-blocking), the raw peer on sv[1]. */
+static srv_t *srv_new_on(const dp_http_limits_t *lim, const int sv[2])
 {
     srv_t *t = calloc(1, sizeof(*t));
     uv_loop_init(&t->loop);
-    int sv[2];
-    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     fcntl(sv[0], F_SETFL, O_NONBLOCK);
     t->peer = sv[1];
     t->resp = RESP_AT_END;
@@ -217,6 +239,13 @@ static srv_t *srv_new(const dp_http_limits_t *lim)
     ck_assert_ptr_nonnull(t->conn);
     cur = t;
     return t;
+}
+
+static srv_t *srv_new(const dp_http_limits_t *lim)
+{
+    int sv[2];
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    return srv_new_on(lim, sv);
 }
 
 static void peer_send(srv_t *t, const char *p, size_t n)
@@ -340,6 +369,50 @@ START_TEST(test_server_pipelined)
                      "\r\n\r\nhello");
     ck_assert(t->closed);
     ck_assert(t->peer_eof);
+    srv_free(t);
+}
+END_TEST
+
+/* Over TCP a small body joins its head in one send. With the peer not reading, the socket
+ * takes part of a response and the rest is queued (the pipeline stalls behind it); once the
+ * peer reads, every response arrives whole and in order. */
+START_TEST(test_server_tcp_body_joins_head)
+{
+    int sv[2];
+    tcp_pair(sv, 2048);
+    int small = 4096;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+    srv_t *t = srv_new_on(NULL, sv);
+    static char body[4001];
+    for (size_t i = 0; i < 4000; i++)
+        body[i] = (char)('a' + i % 26);
+    t->resp_body = body;
+    t->peer_hold = true;
+    PEER_SEND(t, "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
+                 "GET /3 HTTP/1.1\r\nHost: h\r\n\r\nGET /4 HTTP/1.1\r\nHost: h\r\n"
+                 "Connection: close\r\n\r\n");
+    spin(t, 200);
+    ck_assert_int_lt(t->streams, 4);
+    t->peer_hold = false;
+    spin(t, 2000);
+    ck_assert_int_eq(t->streams, 4);
+    char one[4200];
+    int hn =
+        snprintf(one, sizeof(one), "HTTP/1.1 200 OK\r\nx-test: yes\r\ncontent-length: 4000\r\n");
+    ck_assert_uint_eq(t->out_n, 4 * ((size_t)hn + 2 + 4000) + 19);
+    size_t o = 0;
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(memcmp(t->out + o, one, (size_t)hn), 0);
+        o += (size_t)hn;
+        if (i == 3) {
+            ck_assert_int_eq(memcmp(t->out + o, "connection: close\r\n", 19), 0);
+            o += 19;
+        }
+        ck_assert_int_eq(memcmp(t->out + o, "\r\n", 2), 0);
+        ck_assert_int_eq(memcmp(t->out + o + 2, body, 4000), 0);
+        o += 2 + 4000;
+    }
+    ck_assert(t->closed);
     srv_free(t);
 }
 END_TEST
@@ -1393,23 +1466,6 @@ static void rt_on_close(void *ud, dp_codec_conn_t *c, dp_reset_reason_t why)
 
 static const dp_codec_cb_t rt_cb = {.on_stream = rt_on_stream, .on_close = rt_on_close};
 
-static void tcp_pair(int fds[2])
-{
-    int l = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof(a);
-    ck_assert_int_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
-    ck_assert_int_eq(listen(l, 1), 0);
-    getsockname(l, (struct sockaddr *)&a, &al);
-    fds[0] = socket(AF_INET, SOCK_STREAM, 0);
-    ck_assert_int_eq(connect(fds[0], (struct sockaddr *)&a, sizeof(a)), 0);
-    fds[1] = accept(l, NULL, NULL);
-    ck_assert_int_ge(fds[1], 0);
-    close(l);
-    fcntl(fds[0], F_SETFL, O_NONBLOCK);
-    fcntl(fds[1], F_SETFL, O_NONBLOCK);
-}
-
 START_TEST(test_round_trip_1mib)
 {
     rt_t *t = calloc(1, sizeof(*t));
@@ -1426,7 +1482,7 @@ START_TEST(test_round_trip_1mib)
     setsockopt(a[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
     fcntl(a[0], F_SETFL, O_NONBLOCK);
     fcntl(a[1], F_SETFL, O_NONBLOCK);
-    tcp_pair(b);
+    tcp_pair(b, 0);
     t->client = a[1];
     t->front = dp_h1_conn_new(&t->loop, a[0], true, &lim, &rt_cb, t);
     t->back = dp_h1_conn_new(&t->loop, b[0], false, &lim, &rt_cb, t);
@@ -1532,6 +1588,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_server_get_keepalive);
     tcase_add_test(tc, test_server_pipelined);
     tcase_add_test(tc, test_server_head_across_reads);
+    tcase_add_test(tc, test_server_tcp_body_joins_head);
     tcase_add_test(tc, test_field_ok_every_byte);
     tcase_add_test(tc, test_server_chunked_in_out);
     tcase_add_test(tc, test_server_trailers_out_and_http10);
