@@ -261,11 +261,15 @@ enum {
     CB_VALUE
 };
 
+/* The parser runs over the pool's copy of the head, so a piece is taken where it lies (its
+ * terminating NUL is written once the parser has passed it); a second piece of the same
+ * element, which a head fed in one piece does not give, is joined in a new copy. */
 static void append(dp_pool_t *pool, dp_str_t *s, const char *at, size_t n)
 {
+    if (n == 0)
+        return; /* an empty value comes as 0 bytes at the next line: nothing of it to keep */
     if (s->p == NULL) {
-        s->p = dp_pool_strndup(pool, at, n);
-        s->n = n;
+        *s = (dp_str_t){at, n};
         return;
     }
     char *r = dp_pool_alloc(pool, s->n + n + 1);
@@ -276,17 +280,20 @@ static void append(dp_pool_t *pool, dp_str_t *s, const char *at, size_t n)
     s->n += n;
 }
 
+/* Called at the next field's name or at the end of the head: the parser is past the field's
+ * ':' and its value's CR, where the NULs go. */
 static void commit_field(dp_h1_head_parser_t *hp)
 {
     if (hp->last_cb == CB_VALUE || hp->last_cb == CB_FIELD) {
         char *nm = (char *)hp->cur_name.p;
         for (size_t i = 0; i < hp->cur_name.n; i++)
             nm[i] = lower(nm[i]);
+        nm[hp->cur_name.n] = '\0';
         dp_str_t v = hp->cur_value.p ? hp->cur_value : (dp_str_t){"", 0};
         /* http-parser keeps trailing whitespace; RFC 9110 §5.5 excludes it from the value. */
         while (v.n > 0 && (v.p[v.n - 1] == ' ' || v.p[v.n - 1] == '\t'))
             v.n--;
-        if (v.n < hp->cur_value.n)
+        if (hp->cur_value.p)
             ((char *)v.p)[v.n] = '\0';
         dp_headers_add_ref(&hp->head->headers, hp->pool, hp->cur_name, v);
     }
@@ -398,7 +405,11 @@ dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_po
     h->content_length = -1;
     http_parser_init(&hp->hp, hp->request ? HTTP_REQUEST : HTTP_RESPONSE);
     hp->hp.data = hp;
-    size_t n = http_parser_execute(&hp->hp, &head_settings, buf, hp->head_len);
+    /* One copy of the whole head, which the header list and the target point into. */
+    char *copy = dp_pool_alloc(pool, hp->head_len + 1);
+    memcpy(copy, buf, hp->head_len);
+    copy[hp->head_len] = '\0';
+    size_t n = http_parser_execute(&hp->hp, &head_settings, copy, hp->head_len);
     enum http_errno e = HTTP_PARSER_ERRNO(&hp->hp);
     if (e == HPE_HEADER_OVERFLOW) {
         hp->err_status = 431;
@@ -407,6 +418,8 @@ dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_po
     }
     if (e != HPE_OK || n != hp->head_len)
         return build_fail(hp, http_errno_description(e));
+    if (hp->url.p)
+        ((char *)hp->url.p)[hp->url.n] = '\0'; /* the SP before the version */
     h->version = hp->http10 ? DP_HTTP_10 : DP_HTTP_11;
 
     /* Connection options, gathered before the header list is rewritten. */
