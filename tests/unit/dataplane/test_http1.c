@@ -373,6 +373,103 @@ START_TEST(test_server_pipelined)
 }
 END_TEST
 
+/* A response written outside the loop is held until the loop's check phase (after the turn's
+ * I/O callbacks), head and body in one buffer; a large body goes at once, after the head. */
+START_TEST(test_server_writes_held_for_the_turn)
+{
+    srv_t *t = srv_new(NULL);
+    t->resp = RESP_NONE;
+    PEER_SEND(t, "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n");
+    spin(t, 50);
+    ck_assert_int_eq(t->streams, 1);
+    respond(t, &t->rec[0]);
+    peer_read(t);
+    ck_assert_uint_eq(t->out_n, 0);
+    uv_run(&t->loop, UV_RUN_NOWAIT);
+    peer_read(t);
+    ck_assert_str_eq(t->out, "HTTP/1.1 200 OK\r\nx-test: yes\r\ncontent-length: 5\r\n\r\nhello");
+    spin(t, 50);
+    ck_assert_int_eq(t->streams, 2);
+    static char big[8001];
+    memset(big, 'b', 8000);
+    t->resp_body = big;
+    t->out_n = 0;
+    respond(t, &t->rec[1]);
+    peer_read(t);
+    static const char head[] = "HTTP/1.1 200 OK\r\nx-test: yes\r\ncontent-length: 8000\r\n\r\n";
+    ck_assert_uint_eq(t->out_n, sizeof(head) - 1 + 8000);
+    ck_assert_int_eq(memcmp(t->out, head, sizeof(head) - 1), 0);
+    ck_assert_int_eq(memcmp(t->out + sizeof(head) - 1, big, 8000), 0);
+    srv_free(t);
+}
+END_TEST
+
+/* A response head written from a timer callback (before the poll phase; its body not yet
+ * known, so nothing else wakes the loop) leaves before the loop waits in poll: the peer's end
+ * turns readable within the first poll, not only once a later event (here a 300 ms guard
+ * timer) ends it. */
+static uint64_t held_seen_ms;
+
+static void held_on_timer(uv_timer_t *tm)
+{
+    srv_t *t = tm->data;
+    rec_t *r = &t->rec[0];
+    dp_http_head_t h = {0};
+    h.status = 200;
+    h.content_length = 5;
+    dp_headers_add(&h.headers, r->pool, "x-test", 6, "yes", 3);
+    ck_assert_int_eq(r->enc->ops->headers(r->enc, &h, false), 0);
+}
+
+static void held_on_peer(uv_poll_t *pl, int status, int events)
+{
+    (void)status;
+    (void)events;
+    held_seen_ms = uv_now(pl->loop);
+    uv_poll_stop(pl);
+}
+
+static void held_on_guard(uv_timer_t *tm)
+{
+    (void)tm;
+}
+
+START_TEST(test_server_write_from_timer_not_held_through_poll)
+{
+    srv_t *t = srv_new(NULL);
+    t->resp = RESP_NONE;
+    PEER_SEND(t, "GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+    spin(t, 50);
+    ck_assert_int_eq(t->streams, 1);
+    uv_timer_t now, guard;
+    uv_poll_t pl;
+    uv_timer_init(&t->loop, &now);
+    uv_timer_init(&t->loop, &guard);
+    now.data = t;
+    uv_poll_init(&t->loop, &pl, t->peer);
+    uv_update_time(&t->loop);
+    uint64_t t0 = uv_now(&t->loop);
+    held_seen_ms = 0;
+    uv_timer_start(&now, held_on_timer, 0, 0);
+    uv_timer_start(&guard, held_on_guard, 300, 0);
+    uv_poll_start(&pl, UV_READABLE, held_on_peer);
+    for (int i = 0; i < 10 && held_seen_ms == 0; i++)
+        uv_run(&t->loop, UV_RUN_ONCE);
+    ck_assert_uint_gt(held_seen_ms, 0);
+    ck_assert_uint_lt(held_seen_ms - t0, 150);
+    uv_close((uv_handle_t *)&now, NULL);
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_close((uv_handle_t *)&pl, NULL);
+    spin(t, 20);
+    ck_assert_str_eq(t->out, "HTTP/1.1 200 OK\r\nx-test: yes\r\ncontent-length: 5\r\n\r\n");
+    rec_t *r = &t->rec[0];
+    ck_assert_int_eq(r->enc->ops->data(r->enc, (const uint8_t *)"hello", 5, true), 0);
+    spin(t, 20);
+    ck_assert_str_eq(t->out, "HTTP/1.1 200 OK\r\nx-test: yes\r\ncontent-length: 5\r\n\r\nhello");
+    srv_free(t);
+}
+END_TEST
+
 /* Over TCP a small body joins its head in one send. With the peer not reading, the socket
  * takes part of a response and the rest is queued (the pipeline stalls behind it); once the
  * peer reads, every response arrives whole and in order. */
@@ -1589,6 +1686,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_server_pipelined);
     tcase_add_test(tc, test_server_head_across_reads);
     tcase_add_test(tc, test_server_tcp_body_joins_head);
+    tcase_add_test(tc, test_server_writes_held_for_the_turn);
+    tcase_add_test(tc, test_server_write_from_timer_not_held_through_poll);
     tcase_add_test(tc, test_field_ok_every_byte);
     tcase_add_test(tc, test_server_chunked_in_out);
     tcase_add_test(tc, test_server_trailers_out_and_http10);
