@@ -2,8 +2,8 @@
  *
  * The code is glue between a libuv stream and an nghttp2 session: socket reads go to
  * nghttp2_session_mem_recv, and nghttp2_session_send serializes frames through send_cb and
- * send_data_cb into a connection write buffer, once per loop turn (the flusher idle handle),
- * which uv_try_write puts on the socket (a rest goes with one uv_write). DATA
+ * send_data_cb into a connection write buffer, once per loop turn (the flusher handles),
+ * which dp_try_send puts on the socket (a rest goes with one uv_write). DATA
  * is sent with NGHTTP2_DATA_FLAG_NO_COPY, so body bytes are copied once: from the owner into
  * the stream's output queue, then from that queue straight into the write buffer behind the
  * frame header.
@@ -149,10 +149,13 @@ struct h2_conn {
 
     h2_wbuf_t wfill, wsend; /* frames being collected; the buffer on the socket */
     bool writing;
-    /* Frames are written once per loop turn: work that makes output queues the flusher, and
-     * its callback (the idle phase of the next turn, after every I/O callback of this one)
-     * writes what all of them produced together. */
-    uv_idle_t flusher;
+    /* Frames are written once per loop turn: work that makes output starts the flusher, and
+     * its callback writes what all of them produced together: the check phase, after every
+     * I/O callback of this turn, or the prepare phase before the poll when the work ran
+     * outside them (a timer, an idle callback, another flusher: libuv's poll does not wait
+     * for check handles). */
+    uv_check_t flusher;
+    uv_prepare_t flusher_pre;
     bool flush_now; /* conn_after runs from the flusher: write now */
     int handles_open;
 
@@ -172,7 +175,7 @@ static const dp_enc_ops_t h2_enc_ops;
 static const dp_codec_conn_ops_t h2_conn_ops;
 static void conn_after(h2_conn_t *c);
 static void conn_after_flush(h2_conn_t *c); /* conn_after, writing frames now */
-static void on_flush(uv_idle_t *h);
+static void flusher_start(h2_conn_t *c);
 
 static const uint8_t empty_body[1];
 
@@ -1169,8 +1172,10 @@ static void conn_close_now(h2_conn_t *c, dp_reset_reason_t why)
     c->depth--;
     nghttp2_session_del(c->session);
     c->session = NULL;
-    uv_idle_stop(&c->flusher);
+    uv_check_stop(&c->flusher);
     uv_close((uv_handle_t *)&c->flusher, close_cb);
+    uv_prepare_stop(&c->flusher_pre);
+    uv_close((uv_handle_t *)&c->flusher_pre, close_cb);
     uv_close(&c->io.handle, close_cb);
 }
 
@@ -1241,7 +1246,7 @@ static void conn_after(h2_conn_t *c)
             conn_flush(c);
         if (!c->writing && !c->close_req &&
             (c->wfill.len > 0 || nghttp2_session_want_write(c->session)))
-            uv_idle_start(&c->flusher, on_flush);
+            flusher_start(c);
         if (c->due != NULL || c->close_req)
             continue;
         if (c->ready_due) {
@@ -1280,10 +1285,27 @@ static void conn_after_flush(h2_conn_t *c)
     c->flush_now = false;
 }
 
-static void on_flush(uv_idle_t *h)
+static void on_flush(h2_conn_t *c)
 {
-    uv_idle_stop(h);
-    conn_after_flush(h->data);
+    uv_check_stop(&c->flusher);
+    uv_prepare_stop(&c->flusher_pre);
+    conn_after_flush(c);
+}
+
+static void on_flush_check(uv_check_t *h)
+{
+    on_flush(h->data);
+}
+
+static void on_flush_pre(uv_prepare_t *h)
+{
+    on_flush(h->data);
+}
+
+static void flusher_start(h2_conn_t *c)
+{
+    uv_check_start(&c->flusher, on_flush_check);
+    uv_prepare_start(&c->flusher_pre, on_flush_pre);
 }
 
 static void alloc_cb(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
@@ -1465,9 +1487,11 @@ dp_codec_conn_t *dp_h2_conn_new(uv_loop_t *loop, int fd, bool server,
         return NULL;
     }
     c->io.handle.data = c;
-    uv_idle_init(loop, &c->flusher);
+    uv_check_init(loop, &c->flusher);
     c->flusher.data = c;
-    c->handles_open = 2;
+    uv_prepare_init(loop, &c->flusher_pre);
+    c->flusher_pre.data = c;
+    c->handles_open = 3;
     rv = unix_sock ? uv_pipe_open(&c->io.pipe, fd) : uv_tcp_open(&c->io.tcp, fd);
     if (rv != 0) {
         /* The handle does not own fd yet; it still has to be closed through libuv. */
@@ -1475,6 +1499,7 @@ dp_codec_conn_t *dp_h2_conn_new(uv_loop_t *loop, int fd, bool server,
         c->cb.on_close = NULL;
         c->closing = true;
         uv_close((uv_handle_t *)&c->flusher, close_cb);
+        uv_close((uv_handle_t *)&c->flusher_pre, close_cb);
         uv_close(&c->io.handle, close_cb);
         return NULL;
     }
