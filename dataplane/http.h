@@ -69,6 +69,14 @@ void dp_block_drain(dp_block_cache_t *bc);
  * connection needs a read buffer of its own between reads. A later call may move it. */
 char *dp_read_buf(size_t min, size_t *ret_cap);
 
+/* Once per loop turn, before the poll (the worker's prepare handle). The HTTP/1 codec holds
+ * small writes for the end of a turn (see out_write in dataplane/http1.c) only while the
+ * thread is busy: when the turn before made at least DP_H1_BATCH_WRITES writes; in a quieter
+ * loop they go at once, so that a burst of requests is not made to wait for the whole burst.
+ * A thread that never calls this holds always. */
+#define DP_H1_BATCH_WRITES 4
+void dp_http_turn_end(void);
+
 /* Free what this thread keeps (pool chunks and the read buffer here, HTTP/2 chunks and write
  * buffers); a thread that ran connections calls both as it ends. */
 void dp_http_thread_done(void);

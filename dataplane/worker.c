@@ -20,6 +20,7 @@ struct dp_worker {
     uv_loop_t loop;
     uv_async_t wakeup;
     uv_timer_t grace; /* at stop: how long connections get to close themselves */
+    uv_prepare_t turn; /* dp_http_turn_end() once per loop turn */
     bool stopping;    /* worker thread only */
     uv_thread_t thread;
     dp_worker_init_fn init;
@@ -94,6 +95,12 @@ static void on_wakeup(uv_async_t *a)
     }
 }
 
+static void on_turn(uv_prepare_t *p)
+{
+    (void)p;
+    dp_http_turn_end();
+}
+
 static void worker_main(void *arg)
 {
     dp_worker_t *w = arg;
@@ -104,6 +111,11 @@ static void worker_main(void *arg)
             uv_loop_close(&w->loop);
     }
     w->wakeup.data = w;
+    if (rc == 0) {
+        uv_prepare_init(&w->loop, &w->turn);
+        uv_prepare_start(&w->turn, on_turn);
+        uv_unref((uv_handle_t *)&w->turn);
+    }
     w->ctx.loop = &w->loop;
     w->ctx.index = w->index;
     w->ctx.tcp_proxy_start = dp_tcp_proxy_start;

@@ -470,6 +470,41 @@ START_TEST(test_server_write_from_timer_not_held_through_poll)
 }
 END_TEST
 
+/* After a quiet loop turn (fewer than DP_H1_BATCH_WRITES writes) a response leaves at once,
+ * inside the owner's call, its body joined to its head; after a busy one it is held for the
+ * end of the turn. */
+START_TEST(test_server_batching_follows_the_load)
+{
+    srv_t *t = srv_new(NULL);
+    t->resp = RESP_NONE;
+    PEER_SEND(t, "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
+                 "GET /3 HTTP/1.1\r\nHost: h\r\n\r\n");
+    spin(t, 50);
+    ck_assert_int_eq(t->streams, 1);
+    static const char one[] = "HTTP/1.1 200 OK\r\nx-test: yes\r\ncontent-length: 5\r\n\r\nhello";
+    dp_http_turn_end();
+    dp_http_turn_end(); /* a turn without writes */
+    for (int i = 0; i < 2; i++) {
+        respond(t, &t->rec[i]);
+        peer_read(t);
+        ck_assert_uint_eq(t->out_n, (size_t)(i + 1) * (sizeof(one) - 1));
+        spin(t, 50);
+        ck_assert_int_eq(t->streams, i + 2);
+    }
+    /* Two responses, a head and a body each: a busy turn. */
+    dp_http_turn_end();
+    respond(t, &t->rec[2]);
+    peer_read(t);
+    ck_assert_uint_eq(t->out_n, 2 * (sizeof(one) - 1));
+    uv_run(&t->loop, UV_RUN_NOWAIT);
+    peer_read(t);
+    ck_assert_uint_eq(t->out_n, 3 * (sizeof(one) - 1));
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(memcmp(t->out + (size_t)i * (sizeof(one) - 1), one, sizeof(one) - 1), 0);
+    srv_free(t);
+}
+END_TEST
+
 /* Over TCP a small body joins its head in one send. With the peer not reading, the socket
  * takes part of a response and the rest is queued (the pipeline stalls behind it); once the
  * peer reads, every response arrives whole and in order. */
@@ -1688,6 +1723,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_server_tcp_body_joins_head);
     tcase_add_test(tc, test_server_writes_held_for_the_turn);
     tcase_add_test(tc, test_server_write_from_timer_not_held_through_poll);
+    tcase_add_test(tc, test_server_batching_follows_the_load);
     tcase_add_test(tc, test_field_ok_every_byte);
     tcase_add_test(tc, test_server_chunked_in_out);
     tcase_add_test(tc, test_server_trailers_out_and_http10);
