@@ -19,6 +19,27 @@ static bool is_value_char(unsigned char c)
     return c == '\t' || (c >= 0x20 && c != 0x7f);
 }
 
+/* Whether every byte of p[0..n) is a field value character: eight bytes at a time while none
+ * is below 0x20 (HT included) or 0x7f; from the first word that has one, byte by byte. */
+static bool value_ok(const char *p, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, p + i, 8);
+        y = x ^ 0x7f7f7f7f7f7f7f7full;
+        uint64_t low = (x - 0x2020202020202020ull) & ~x & 0x8080808080808080ull;
+        uint64_t del = (y - 0x0101010101010101ull) & ~y & 0x8080808080808080ull;
+        if (low | del)
+            break;
+    }
+    for (; i < n; i++) {
+        if (!is_value_char((unsigned char)p[i]))
+            return false;
+    }
+    return true;
+}
+
 static int fail(int *st, const char **errp, int status, const char *err)
 {
     *st = status;
@@ -62,10 +83,8 @@ static int split_field(const char *l, size_t n, dp_str_t *name, dp_str_t *value,
     size_t e = n;
     while (e > v && (l[e - 1] == ' ' || l[e - 1] == '\t'))
         e--;
-    for (size_t k = v; k < e; k++) {
-        if (!is_value_char((unsigned char)l[k]))
-            return *err = "invalid character in a header value", -1;
-    }
+    if (!value_ok(l + v, e - v))
+        return *err = "invalid character in a header value", -1;
     *value = (dp_str_t){l + v, e - v};
     return 0;
 }
@@ -740,23 +759,7 @@ bool dp_h1_field_ok(dp_str_t name, dp_str_t value)
         if (!is_tchar((unsigned char)name.p[i]))
             return false;
     }
-    /* Eight bytes at a time while none is below 0x20 (HT included) or 0x7f; from the first
-     * word that has one, byte by byte. */
-    size_t i = 0;
-    for (; i + 8 <= value.n; i += 8) {
-        uint64_t x, y;
-        memcpy(&x, value.p + i, 8);
-        y = x ^ 0x7f7f7f7f7f7f7f7full;
-        uint64_t low = (x - 0x2020202020202020ull) & ~x & 0x8080808080808080ull;
-        uint64_t del = (y - 0x0101010101010101ull) & ~y & 0x8080808080808080ull;
-        if (low | del)
-            break;
-    }
-    for (; i < value.n; i++) {
-        if (!is_value_char((unsigned char)value.p[i]))
-            return false;
-    }
-    return true;
+    return value_ok(value.p, value.n);
 }
 
 bool dp_h1_visible(dp_str_t s)
