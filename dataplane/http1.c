@@ -35,6 +35,7 @@
 #include "dataplane/conn.h"
 #include "dataplane/http1_parse.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -87,7 +88,7 @@ struct h1_conn {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
     } h;
-    uv_idle_t kick;    /* deferred work, in the idle phase of the next loop turn */
+    uv_idle_t kick; /* deferred work, in the idle phase of the next loop turn */
     /* Write c->pending after this loop turn's I/O callbacks (check), or before the poll when
      * the bytes were held outside them, by a timer or an idle callback (prepare: libuv's
      * poll does not wait for check handles, so they alone could hold bytes through it). */
@@ -459,6 +460,15 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     uv_timer_start(&c->linger, on_linger, LINGER_MS, 0);
 }
 
+/* Sends our FIN after every byte written so far (the held ones go to the socket first). */
+static int shut_send(h1_conn_t *c)
+{
+    pending_flush(c);
+    c->shut.data = c;
+    c->shut_issued = true;
+    return uv_shutdown(&c->shut, &c->h.stream, on_shutdown);
+}
+
 /* Orderly close: flush what is queued, send FIN, then close. */
 static void conn_shutdown(h1_conn_t *c)
 {
@@ -470,10 +480,7 @@ static void conn_shutdown(h1_conn_t *c)
         conn_close(c, DP_RESET_CONN_TERMINATED, c->close_why);
         return;
     }
-    pending_flush(c); /* the FIN goes after the held bytes */
-    c->shut.data = c;
-    c->shut_issued = true;
-    if (uv_shutdown(&c->shut, &c->h.stream, on_shutdown) < 0)
+    if (shut_send(c) < 0)
         conn_close(c, DP_RESET_CONN_TERMINATED, c->close_why);
 }
 
@@ -1082,6 +1089,7 @@ static void send_head(h1_conn_t *c, const dp_http_head_t *h, const char *framing
     wreq_t *w = wreq_new_cap(c, 0, bound + room);
     wb_t out = {w->data, 0};
     write_head(&out, c, h, framing, keep_upgrade, conn_value);
+    assert(out.n <= bound);
     w->len = out.n;
     head_send(c, w);
 }
@@ -1231,13 +1239,8 @@ static int enc_data(dp_enc_t *e, const uint8_t *p, size_t n, bool end)
         break;
     case OUT_RAW:
         send_bytes(c, (const char *)p, n);
-        if (end && s->tunnel && !c->shut_issued) {
-            pending_flush(c);
-            c->shut.data = c;
-            c->shut_issued = true;
-            if (uv_shutdown(&c->shut, &c->h.stream, on_shutdown) < 0)
-                c->write_failed = true;
-        }
+        if (end && s->tunnel && !c->shut_issued && shut_send(c) < 0)
+            c->write_failed = true;
         break;
     case OUT_CHUNKED: {
         char sz[24];
