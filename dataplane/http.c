@@ -1,5 +1,6 @@
 #include "dataplane/http.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,6 +41,56 @@ void dp_block_drain(dp_block_cache_t *bc)
         bc->head = next;
     }
     bc->n = 0;
+}
+
+/* ---- work at the end of the loop turn ---- */
+
+static void turn_work_run(dp_turn_work_t *w, void *ud)
+{
+    dp_turn_work_stop(w);
+    w->fn(ud);
+}
+
+static void on_turn_check(uv_check_t *h)
+{
+    turn_work_run((dp_turn_work_t *)((char *)h - offsetof(dp_turn_work_t, check)), h->data);
+}
+
+static void on_turn_pre(uv_prepare_t *h)
+{
+    turn_work_run((dp_turn_work_t *)((char *)h - offsetof(dp_turn_work_t, pre)), h->data);
+}
+
+void dp_turn_work_init(uv_loop_t *loop, dp_turn_work_t *w, void (*fn)(void *ud), void *ud)
+{
+    uv_check_init(loop, &w->check);
+    uv_prepare_init(loop, &w->pre);
+    w->check.data = w->pre.data = ud;
+    w->fn = fn;
+}
+
+void dp_turn_work_start(dp_turn_work_t *w)
+{
+    uv_check_start(&w->check, on_turn_check);
+    uv_prepare_start(&w->pre, on_turn_pre);
+}
+
+void dp_turn_work_stop(dp_turn_work_t *w)
+{
+    uv_check_stop(&w->check);
+    uv_prepare_stop(&w->pre);
+}
+
+bool dp_turn_work_pending(const dp_turn_work_t *w)
+{
+    return uv_is_active((const uv_handle_t *)&w->check);
+}
+
+void dp_turn_work_close(dp_turn_work_t *w, uv_close_cb cb)
+{
+    dp_turn_work_stop(w);
+    uv_close((uv_handle_t *)&w->check, cb);
+    uv_close((uv_handle_t *)&w->pre, cb);
 }
 
 static _Thread_local char *read_buf;

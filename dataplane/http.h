@@ -69,6 +69,23 @@ void dp_block_drain(dp_block_cache_t *bc);
  * connection needs a read buffer of its own between reads. A later call may move it. */
 char *dp_read_buf(size_t min, size_t *ret_cap);
 
+/* Work a connection wants done once the loop turn's I/O callbacks are over, for everything
+ * they produced together (both codecs write this way): in the check phase, or in the prepare
+ * phase before the poll when it was asked for outside them (a timer, an idle or check
+ * callback), since libuv's poll does not wait for check handles and they alone could hold
+ * the work through it. Two handles whose data is ud, for the owner's close callback; fn(ud)
+ * runs once per start, the handles stopped first. */
+typedef struct dp_turn_work {
+    uv_check_t check;
+    uv_prepare_t pre;
+    void (*fn)(void *ud);
+} dp_turn_work_t;
+void dp_turn_work_init(uv_loop_t *loop, dp_turn_work_t *w, void (*fn)(void *ud), void *ud);
+void dp_turn_work_start(dp_turn_work_t *w);
+void dp_turn_work_stop(dp_turn_work_t *w);
+bool dp_turn_work_pending(const dp_turn_work_t *w);
+void dp_turn_work_close(dp_turn_work_t *w, uv_close_cb cb); /* cb runs once per handle: twice */
+
 /* Once per loop turn, before the poll (the worker's prepare handle). The HTTP/1 codec holds
  * small writes for the end of a turn (see out_write in dataplane/http1.c) only while the
  * thread is busy: when the turn before made at least DP_H1_BATCH_WRITES writes; in a quieter
@@ -77,9 +94,11 @@ char *dp_read_buf(size_t min, size_t *ret_cap);
 #define DP_H1_BATCH_WRITES 4
 void dp_http_turn_end(void);
 
-/* Free what this thread keeps (pool chunks and the read buffer here, HTTP/2 chunks and write
- * buffers); a thread that ran connections calls both as it ends. */
+/* Free what this thread keeps (pool chunks and the read buffer here, HTTP/1 write requests,
+ * HTTP/2 chunks, write buffers and nghttp2's blocks); a thread that ran connections calls all
+ * three as it ends. */
 void dp_http_thread_done(void);
+void dp_h1_thread_done(void);
 void dp_h2_thread_done(void);
 
 /* A FIFO of copied byte chunks: a body held while its next hop is not ready (the upstream

@@ -150,12 +150,8 @@ struct h2_conn {
     h2_wbuf_t wfill, wsend; /* frames being collected; the buffer on the socket */
     bool writing;
     /* Frames are written once per loop turn: work that makes output starts the flusher, and
-     * its callback writes what all of them produced together: the check phase, after every
-     * I/O callback of this turn, or the prepare phase before the poll when the work ran
-     * outside them (a timer, an idle callback, another flusher: libuv's poll does not wait
-     * for check handles). */
-    uv_check_t flusher;
-    uv_prepare_t flusher_pre;
+     * it writes what all of them produced together. */
+    dp_turn_work_t flusher;
     bool flush_now; /* conn_after runs from the flusher: write now */
     int handles_open;
 
@@ -175,7 +171,6 @@ static const dp_enc_ops_t h2_enc_ops;
 static const dp_codec_conn_ops_t h2_conn_ops;
 static void conn_after(h2_conn_t *c);
 static void conn_after_flush(h2_conn_t *c); /* conn_after, writing frames now */
-static void flusher_start(h2_conn_t *c);
 
 static const uint8_t empty_body[1];
 
@@ -1262,10 +1257,7 @@ static void conn_close_now(h2_conn_t *c, dp_reset_reason_t why)
     c->depth--;
     nghttp2_session_del(c->session);
     c->session = NULL;
-    uv_check_stop(&c->flusher);
-    uv_close((uv_handle_t *)&c->flusher, close_cb);
-    uv_prepare_stop(&c->flusher_pre);
-    uv_close((uv_handle_t *)&c->flusher_pre, close_cb);
+    dp_turn_work_close(&c->flusher, close_cb);
     uv_close(&c->io.handle, close_cb);
 }
 
@@ -1336,7 +1328,7 @@ static void conn_after(h2_conn_t *c)
             conn_flush(c);
         if (!c->writing && !c->close_req &&
             (c->wfill.len > 0 || nghttp2_session_want_write(c->session)))
-            flusher_start(c);
+            dp_turn_work_start(&c->flusher);
         if (c->due != NULL || c->close_req)
             continue;
         if (c->ready_due) {
@@ -1361,7 +1353,7 @@ static void conn_after(h2_conn_t *c)
     }
     /* Nothing left to write: the write buffers go back to the thread's cache rather than sit
      * in every quiet connection. */
-    if (!c->writing && c->wfill.len == 0 && !uv_is_active((uv_handle_t *)&c->flusher)) {
+    if (!c->writing && c->wfill.len == 0 && !dp_turn_work_pending(&c->flusher)) {
         dp_block_put(&wbufs, c->wfill.p);
         dp_block_put(&wbufs, c->wsend.p);
         c->wfill.p = c->wsend.p = NULL;
@@ -1375,27 +1367,9 @@ static void conn_after_flush(h2_conn_t *c)
     c->flush_now = false;
 }
 
-static void on_flush(h2_conn_t *c)
+static void on_flush(void *ud)
 {
-    uv_check_stop(&c->flusher);
-    uv_prepare_stop(&c->flusher_pre);
-    conn_after_flush(c);
-}
-
-static void on_flush_check(uv_check_t *h)
-{
-    on_flush(h->data);
-}
-
-static void on_flush_pre(uv_prepare_t *h)
-{
-    on_flush(h->data);
-}
-
-static void flusher_start(h2_conn_t *c)
-{
-    uv_check_start(&c->flusher, on_flush_check);
-    uv_prepare_start(&c->flusher_pre, on_flush_pre);
+    conn_after_flush(ud);
 }
 
 static void alloc_cb(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
@@ -1577,10 +1551,7 @@ dp_codec_conn_t *dp_h2_conn_new(uv_loop_t *loop, int fd, bool server,
         return NULL;
     }
     c->io.handle.data = c;
-    uv_check_init(loop, &c->flusher);
-    c->flusher.data = c;
-    uv_prepare_init(loop, &c->flusher_pre);
-    c->flusher_pre.data = c;
+    dp_turn_work_init(loop, &c->flusher, on_flush, c);
     c->handles_open = 3;
     rv = unix_sock ? uv_pipe_open(&c->io.pipe, fd) : uv_tcp_open(&c->io.tcp, fd);
     if (rv != 0) {
@@ -1588,8 +1559,7 @@ dp_codec_conn_t *dp_h2_conn_new(uv_loop_t *loop, int fd, bool server,
         close(fd);
         c->cb.on_close = NULL;
         c->closing = true;
-        uv_close((uv_handle_t *)&c->flusher, close_cb);
-        uv_close((uv_handle_t *)&c->flusher_pre, close_cb);
+        dp_turn_work_close(&c->flusher, close_cb);
         uv_close(&c->io.handle, close_cb);
         return NULL;
     }

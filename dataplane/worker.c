@@ -143,6 +143,7 @@ static void worker_main(void *arg)
     uv_run(&w->loop, UV_RUN_DEFAULT);
     uv_loop_close(&w->loop);
     dp_http_thread_done();
+    dp_h1_thread_done();
     dp_h2_thread_done();
 }
 
