@@ -88,9 +88,9 @@ struct h1_conn {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
     } h;
-    uv_idle_t kick; /* deferred work, in the idle phase of the next loop turn */
+    uv_idle_t kick;         /* deferred work, in the idle phase of the next loop turn */
     dp_turn_work_t flusher; /* writes c->pending at the end of the loop turn */
-    uv_timer_t linger; /* after our FIN: how long the peer's last bytes are awaited */
+    uv_timer_t linger;      /* after our FIN: how long the peer's last bytes are awaited */
     uv_shutdown_t shut;
     uv_loop_t *loop;
     bool server;
