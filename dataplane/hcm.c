@@ -110,21 +110,25 @@ const char *dp_response_flags_str(uint32_t flags, char *buf, size_t len)
     return buf;
 }
 
-/* A version-4 UUID from the worker's generator, as Envoy's x-request-id. */
+/* A version-4 UUID from the worker's generator, as Envoy's x-request-id (8-4-4-4-12). */
 static void uuid4(dp_wctx_t *w, char out[37])
 {
-    static const char hex[] = "0123456789abcdef";
     uint64_t hi = dp_wctx_random(w), lo = dp_wctx_random(w);
     hi = (hi & ~0xf000ull) | 0x4000ull;
     lo = (lo & 0x3fffffffffffffffull) | 0x8000000000000000ull;
-    size_t k = 0;
-    for (int i = 0; i < 32; i++) {
-        if (i == 8 || i == 12 || i == 16 || i == 20)
-            out[k++] = '-';
-        uint64_t v = i < 16 ? hi : lo;
-        out[k++] = hex[(v >> (60 - 4 * (i % 16))) & 0xf];
-    }
-    out[k] = '\0';
+    char a[16], b[16];
+    dp_hex_u64(a, hi);
+    dp_hex_u64(b, lo);
+    memcpy(out, a, 8);
+    out[8] = '-';
+    memcpy(out + 9, a + 8, 4);
+    out[13] = '-';
+    memcpy(out + 14, a + 12, 4);
+    out[18] = '-';
+    memcpy(out + 19, b, 4);
+    out[23] = '-';
+    memcpy(out + 24, b + 4, 12);
+    out[36] = '\0';
 }
 
 /* The Date header value, formatted once a second per thread. */

@@ -246,17 +246,36 @@ void dp_bufq_clear(dp_bufq_t *q)
 
 /* ---- strings and headers ---- */
 
-bool dp_str_ieq(dp_str_t a, const char *b, size_t n)
+static char lower1(char c)
 {
-    if (a.n != n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char x = (unsigned char)a.p[i], y = (unsigned char)b[i];
-        if (x >= 'A' && x <= 'Z')
-            x += 32;
-        if (y >= 'A' && y <= 'Z')
-            y += 32;
-        if (x != y)
+    return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+}
+
+void dp_ascii_lower(char *p, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, p + i, 8);
+        x = dp_lower8(x);
+        memcpy(p + i, &x, 8);
+    }
+    for (; i < n; i++)
+        p[i] = lower1(p[i]);
+}
+
+bool dp_mem_ieq(const char *a, const char *b, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y && dp_lower8(x) != dp_lower8(y))
+            return false;
+    }
+    for (; i < n; i++) {
+        if (a[i] != b[i] && lower1(a[i]) != lower1(b[i]))
             return false;
     }
     return true;

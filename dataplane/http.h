@@ -33,6 +33,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <uv.h>
 
 /* ---- memory: one pool per stream (STYLE.md §5) ---- */
@@ -159,8 +160,45 @@ static inline size_t dp_u64_fmt(char *buf, uint64_t v)
     return n;
 }
 
-/* Case-insensitive comparison (ASCII), for header values such as "chunked" or "upgrade". */
-bool dp_str_ieq(dp_str_t a, const char *b, size_t n);
+/* v as 16 lower-case hex digits, most significant first (no NUL): each half's nibbles spread
+ * one to a byte, then 0x30 added to each and 0x27 more to those above 9 ('a' - '0' - 10). */
+static inline uint64_t dp_hex_nibbles_(uint32_t v)
+{
+    uint64_t x = v;
+    x = (x | (x << 16)) & 0x0000ffff0000ffffull;
+    x = (x | (x << 8)) & 0x00ff00ff00ff00ffull;
+    x = (x | (x << 4)) & 0x0f0f0f0f0f0f0f0full;
+    uint64_t above9 = ((x + 0x0606060606060606ull) >> 4) & 0x0101010101010101ull;
+    return __builtin_bswap64(x + 0x3030303030303030ull + above9 * 0x27);
+}
+static inline void dp_hex_u64(char out[16], uint64_t v)
+{
+    uint64_t hi = dp_hex_nibbles_((uint32_t)(v >> 32)), lo = dp_hex_nibbles_((uint32_t)v);
+    memcpy(out, &hi, 8);
+    memcpy(out + 8, &lo, 8);
+}
+
+/* Eight bytes with every ASCII 'A'..'Z' made lower case (other bytes as they are): a byte below
+ * 0x80 is upper case when its value plus 0x3f carries into bit 7 ('A' and above) and its value
+ * plus 0x25 does not ('Z' and below); bit 7 of that, moved to bit 5, is the 0x20 to add. */
+static inline uint64_t dp_lower8(uint64_t x)
+{
+    uint64_t h = x & 0x7f7f7f7f7f7f7f7full;
+    uint64_t upper =
+        ~x & ((h + 0x3f3f3f3f3f3f3f3full) ^ (h + 0x2525252525252525ull)) & 0x8080808080808080ull;
+    return x | (upper >> 2);
+}
+
+/* Lower-cases p[0..n) in place (ASCII letters only), eight bytes at a time. */
+void dp_ascii_lower(char *p, size_t n);
+
+/* Case-insensitive comparison (ASCII), for header values such as "chunked" or "upgrade"; the
+ * length test inline, as most comparisons end there. */
+bool dp_mem_ieq(const char *a, const char *b, size_t n);
+static inline bool dp_str_ieq(dp_str_t a, const char *b, size_t n)
+{
+    return a.n == n && dp_mem_ieq(a.p, b, n);
+}
 
 /* One header field. Names are lower case (HTTP/2 requires it; the HTTP/1 codec lowers them on
  * decode). */

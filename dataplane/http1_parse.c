@@ -47,11 +47,6 @@ static int fail(int *st, const char **errp, int status, const char *err)
     return -1;
 }
 
-static char lower(char c)
-{
-    return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
-}
-
 static bool ieq(const char *a, size_t n, const char *lit)
 {
     return dp_str_ieq((dp_str_t){a, n}, lit, strlen(lit));
@@ -305,8 +300,7 @@ static void commit_field(dp_h1_head_parser_t *hp)
 {
     if (hp->last_cb == CB_VALUE || hp->last_cb == CB_FIELD) {
         char *nm = (char *)hp->cur_name.p;
-        for (size_t i = 0; i < hp->cur_name.n; i++)
-            nm[i] = lower(nm[i]);
+        dp_ascii_lower(nm, hp->cur_name.n);
         nm[hp->cur_name.n] = '\0';
         dp_str_t v = hp->cur_value.p ? hp->cur_value : (dp_str_t){"", 0};
         /* http-parser keeps trailing whitespace; RFC 9110 §5.5 excludes it from the value. */
@@ -361,31 +355,112 @@ static const http_parser_settings head_settings = {
     .on_headers_complete = hp_on_headers_complete,
 };
 
+/* The next element of the comma-separated list v from *i on, without surrounding whitespace;
+ * false at the end of the list. Empty elements are skipped. */
+static bool next_element(dp_str_t v, size_t *i, dp_str_t *el)
+{
+    for (;;) {
+        while (*i < v.n && (v.p[*i] == ' ' || v.p[*i] == '\t' || v.p[*i] == ','))
+            (*i)++;
+        if (*i >= v.n)
+            return false;
+        size_t s = *i;
+        while (*i < v.n && v.p[*i] != ',')
+            (*i)++;
+        size_t e = *i;
+        while (e > s && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t'))
+            e--;
+        if (e > s) {
+            *el = (dp_str_t){v.p + s, e - s};
+            return true;
+        }
+    }
+}
+
 /* Whether the comma-separated list v contains token tok (case-insensitive). */
 static bool list_has(dp_str_t v, const char *tok)
 {
     size_t i = 0;
-    while (i < v.n) {
-        while (i < v.n && (v.p[i] == ' ' || v.p[i] == '\t' || v.p[i] == ','))
-            i++;
-        size_t s = i;
-        while (i < v.n && v.p[i] != ',')
-            i++;
-        size_t e = i;
-        while (e > s && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t'))
-            e--;
-        if (e > s && ieq(v.p + s, e - s, tok))
+    dp_str_t el;
+    while (next_element(v, &i, &el)) {
+        if (ieq(el.p, el.n, tok))
             return true;
     }
     return false;
 }
 
+/* The header names the codec acts on, told apart once per field (names are lower case here). */
+enum {
+    HK_OTHER,
+    HK_CONNECTION,
+    HK_KEEP_ALIVE,
+    HK_PROXY_CONNECTION,
+    HK_TRANSFER_ENCODING,
+    HK_UPGRADE,
+    HK_TE,
+    HK_HOST,
+    HK_EXPECT,
+    HK_CONTENT_LENGTH
+};
+
+static int kind_of(dp_str_t n)
+{
+#define IS(lit) (memcmp(n.p, lit, sizeof(lit) - 1) == 0)
+    switch (n.n) {
+    case 2:
+        return IS("te") ? HK_TE : HK_OTHER;
+    case 4:
+        return IS("host") ? HK_HOST : HK_OTHER;
+    case 6:
+        return IS("expect") ? HK_EXPECT : HK_OTHER;
+    case 7:
+        return IS("upgrade") ? HK_UPGRADE : HK_OTHER;
+    case 10:
+        return IS("connection") ? HK_CONNECTION : IS("keep-alive") ? HK_KEEP_ALIVE : HK_OTHER;
+    case 14:
+        return IS("content-length") ? HK_CONTENT_LENGTH : HK_OTHER;
+    case 16:
+        return IS("proxy-connection") ? HK_PROXY_CONNECTION : HK_OTHER;
+    case 17:
+        return IS("transfer-encoding") ? HK_TRANSFER_ENCODING : HK_OTHER;
+    default:
+        return HK_OTHER;
+    }
+#undef IS
+}
+
+/* The options of one connection header: close, keep-alive, upgrade, and whether it names any
+ * other field (then named_by_connection() decides for each header). */
+enum {
+    CO_CLOSE = 1,
+    CO_KEEP_ALIVE = 2,
+    CO_UPGRADE = 4,
+    CO_OTHER = 8
+};
+
+static unsigned conn_options(dp_str_t v)
+{
+    unsigned o = 0;
+    size_t i = 0;
+    dp_str_t el;
+    while (next_element(v, &i, &el)) {
+        if (ieq(el.p, el.n, "close"))
+            o |= CO_CLOSE;
+        else if (ieq(el.p, el.n, "keep-alive"))
+            o |= CO_KEEP_ALIVE;
+        else if (ieq(el.p, el.n, "upgrade"))
+            o |= CO_UPGRADE;
+        else
+            o |= CO_OTHER;
+    }
+    return o;
+}
+
 /* Whether any connection header names field (lower-case) as hop-by-hop. Framing and Host are
  * never removed this way, so a client cannot make the proxy drop them. */
-static bool named_by_connection(const dp_headers_t *h, dp_str_t field)
+static bool named_by_connection(const dp_headers_t *h, dp_str_t field, int kind)
 {
-    if (DP_STR_EQ(field, "content-length") || DP_STR_EQ(field, "host") ||
-        DP_STR_EQ(field, "upgrade"))
+    if (kind == HK_CONTENT_LENGTH || kind == HK_HOST || kind == HK_UPGRADE)
         return false;
     char name[64];
     if (field.n >= sizeof(name))
@@ -442,22 +517,31 @@ dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_po
     h->version = hp->http10 ? DP_HTTP_10 : DP_HTTP_11;
 
     /* Connection options, gathered before the header list is rewritten. */
-    bool conn_close = false, conn_keep = false, conn_upgrade = false;
+    unsigned conn = 0;
     const dp_header_t *upg = NULL, *host = NULL;
     for (uint32_t i = 0; i < h->headers.n; i++) {
         const dp_header_t *f = &h->headers.v[i];
-        if (DP_STR_EQ(f->name, "connection")) {
-            conn_close |= list_has(f->value, "close");
-            conn_keep |= list_has(f->value, "keep-alive");
-            conn_upgrade |= list_has(f->value, "upgrade");
-        } else if (DP_STR_EQ(f->name, "upgrade") && upg == NULL) {
-            upg = f;
-        } else if (DP_STR_EQ(f->name, "host") && hp->request) {
-            if (host != NULL)
-                return build_fail(hp, "multiple host headers");
-            host = f;
+        switch (kind_of(f->name)) {
+        case HK_CONNECTION:
+            conn |= conn_options(f->value);
+            break;
+        case HK_UPGRADE:
+            if (upg == NULL)
+                upg = f;
+            break;
+        case HK_HOST:
+            if (hp->request) {
+                if (host != NULL)
+                    return build_fail(hp, "multiple host headers");
+                host = f;
+            }
+            break;
+        default:
+            break;
         }
     }
+    bool conn_close = conn & CO_CLOSE, conn_keep = conn & CO_KEEP_ALIVE,
+         conn_upgrade = conn & CO_UPGRADE;
     hp->keep_alive = hp->http10 ? (conn_keep && !conn_close) : !conn_close;
 
     if (hp->request) {
@@ -525,29 +609,44 @@ dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_po
     for (uint32_t i = 0; i < h->headers.n; i++) {
         dp_header_t f = h->headers.v[i];
         bool drop = false;
-        if (DP_STR_EQ(f.name, "connection")) {
+        int kind = kind_of(f.name);
+        switch (kind) {
+        case HK_CONNECTION:
             /* An upgrade keeps one "connection: upgrade". */
             drop = !hp->upgrade || conn_kept;
             if (!drop) {
                 f.value = DP_STR("upgrade");
                 conn_kept = true;
             }
-        } else if (DP_STR_EQ(f.name, "keep-alive") || DP_STR_EQ(f.name, "proxy-connection") ||
-                   DP_STR_EQ(f.name, "transfer-encoding")) {
+            break;
+        case HK_KEEP_ALIVE:
+        case HK_PROXY_CONNECTION:
+        case HK_TRANSFER_ENCODING:
             drop = true;
-        } else if (DP_STR_EQ(f.name, "upgrade")) {
+            break;
+        case HK_UPGRADE:
             drop = !hp->upgrade;
-        } else if (DP_STR_EQ(f.name, "te")) {
+            break;
+        case HK_TE:
             drop = !dp_str_ieq(f.value, "trailers", 8);
-        } else if (hp->request && DP_STR_EQ(f.name, "host")) {
-            drop = true;
-        } else if (hp->request && DP_STR_EQ(f.name, "expect") &&
-                   dp_str_ieq(f.value, "100-continue", 12)) {
-            /* Answered by the codec itself (Envoy's default proxy_100_continue false). */
-            drop = true;
-            hp->expect_continue = !hp->http10 && hp->framing != DP_H1_BODY_NONE;
-        } else {
-            drop = named_by_connection(&h->headers, f.name);
+            break;
+        case HK_HOST:
+            drop = hp->request;
+            break;
+        case HK_EXPECT:
+            if (hp->request && dp_str_ieq(f.value, "100-continue", 12)) {
+                /* Answered by the codec itself (Envoy's default proxy_100_continue false). */
+                drop = true;
+                hp->expect_continue = !hp->http10 && hp->framing != DP_H1_BODY_NONE;
+                break;
+            }
+            /* fall through */
+        default:
+            /* Only a connection header with an option other than close, keep-alive and
+             * upgrade names a field that is not dropped anyway ("close" names itself). */
+            drop = ((conn & CO_OTHER) || ((conn & CO_CLOSE) && DP_STR_EQ(f.name, "close"))) &&
+                   named_by_connection(&h->headers, f.name, kind);
+            break;
         }
         if (!drop)
             h->headers.v[k++] = f;
@@ -648,9 +747,7 @@ static long trailer_line(dp_h1_body_parser_t *bp, const char *l, size_t n)
         bp->trailers = dp_pool_calloc(bp->pool, sizeof(*bp->trailers));
     dp_headers_add(bp->trailers, bp->pool, name.p, name.n, value.p, value.n);
     dp_header_t *f = &bp->trailers->v[bp->trailers->n - 1];
-    char *nm = (char *)f->name.p;
-    for (size_t i = 0; i < f->name.n; i++)
-        nm[i] = lower(nm[i]);
+    dp_ascii_lower((char *)f->name.p, f->name.n);
     return 0;
 }
 

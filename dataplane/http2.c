@@ -144,6 +144,9 @@ struct h2_conn {
     void *ud;
 
     h2_stream_t *streams; /* every stream not freed */
+    /* The stream whose header block is being decoded (its fields come one callback each). */
+    int32_t hdr_id;
+    h2_stream_t *hdr_s;
     h2_stream_t *due, *due_tail;
     uint32_t active; /* streams the owner holds (not done, not reset) */
 
@@ -386,6 +389,10 @@ static h2_stream_t *stream_new(h2_conn_t *c, const dp_sink_ops_t *sink, void *ud
 
 static void stream_release(h2_conn_t *c, h2_stream_t *s)
 {
+    if (c->hdr_s == s) {
+        c->hdr_id = 0;
+        c->hdr_s = NULL;
+    }
     queue_clear(&s->in);
     queue_clear(&s->out);
     if (s->prev)
@@ -658,6 +665,7 @@ static int on_begin_headers_cb(nghttp2_session *session, const nghttp2_frame *fr
         return 0;
     int32_t id = frame->hd.stream_id;
     h2_stream_t *s = stream_of(session, id);
+    c->hdr_id = 0;
     if (c->server && s == NULL && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
         if (c->closing || c->close_req || c->cb.on_stream == NULL) {
             nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, id, NGHTTP2_REFUSED_STREAM);
@@ -680,6 +688,8 @@ static int on_begin_headers_cb(nghttp2_session *session, const nghttp2_frame *fr
         s->pool = pool;
         nghttp2_session_set_stream_user_data(session, id, s);
     }
+    c->hdr_id = id;
+    c->hdr_s = s;
     if (s == NULL || s->detached)
         return 0;
     s->hdr_bytes = s->hdr_count = 0;
@@ -709,7 +719,8 @@ static int on_header_cb(nghttp2_session *session, const nghttp2_frame *frame, co
     h2_conn_t *c = user_data;
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
-    h2_stream_t *s = stream_of(session, frame->hd.stream_id);
+    h2_stream_t *s =
+        frame->hd.stream_id == c->hdr_id ? c->hdr_s : stream_of(session, frame->hd.stream_id);
     if (s == NULL || s->detached || s->overflow)
         return 0;
     s->hdr_bytes += (uint32_t)(namelen + valuelen);

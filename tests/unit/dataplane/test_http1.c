@@ -549,6 +549,79 @@ START_TEST(test_server_tcp_body_joins_head)
 }
 END_TEST
 
+/* Connection options in any case: "close" names itself (a "Close" field goes, as RFC 9110
+ * §7.6.1 has the connection options dropped), a field it does not name stays, and a request
+ * whose options are only close, keep-alive or upgrade keeps every other field. */
+START_TEST(test_server_connection_options)
+{
+    srv_t *t = srv_new(NULL);
+    PEER_SEND(t, "GET / HTTP/1.1\r\nHost: h\r\nConnection: Keep-Alive\r\nX-Keep: 1\r\n"
+                 "Proxy-Connection: x\r\nKeep-Alive: 5\r\nTE: Trailers\r\n\r\n");
+    spin(t, 200);
+    ck_assert_int_eq(t->streams, 1);
+    dp_http_head_t *h = t->rec[0].head[0];
+    ck_assert_str_eq(hdr(h, "x-keep"), "1");
+    ck_assert_str_eq(hdr(h, "te"), "Trailers");
+    ck_assert_uint_eq(h->headers.n, 2);
+    ck_assert(!t->closed);
+    PEER_SEND(t, "GET / HTTP/1.1\r\nHost: h\r\nClose: 1\r\nX-Keep: 2\r\nCONNECTION: CLOSE\r\n\r\n");
+    spin(t, 200);
+    ck_assert_int_eq(t->streams, 2);
+    h = t->rec[1].head[0];
+    ck_assert_ptr_null(hdr(h, "close"));
+    ck_assert_str_eq(hdr(h, "x-keep"), "2");
+    ck_assert_uint_eq(h->headers.n, 1);
+    srv_free(t);
+}
+END_TEST
+
+/* The eight-byte case folding against the byte-at-a-time definition: every byte value at every
+ * position of strings up to 20 bytes (the eight-byte steps and the tail). */
+START_TEST(test_ascii_case_every_byte)
+{
+    char a[21], b[21], want[21];
+    for (size_t n = 1; n <= 20; n++) {
+        for (size_t at = 0; at < n; at++) {
+            for (int c = 0; c < 256; c++) {
+                memset(a, 'Q', n);
+                a[at] = (char)c;
+                for (size_t i = 0; i < n; i++) {
+                    unsigned char x = (unsigned char)a[i];
+                    want[i] = (char)(x >= 'A' && x <= 'Z' ? x + 32 : x);
+                }
+                memcpy(b, a, n);
+                dp_ascii_lower(b, n);
+                ck_assert_msg(memcmp(b, want, n) == 0, "byte 0x%02x at %zu of %zu", c, at, n);
+                ck_assert(dp_mem_ieq(a, want, n));
+                /* A byte that differs from its counterpart other than by an ASCII letter's
+                 * case makes the strings differ. */
+                memcpy(b, want, n);
+                b[at] = (char)(c ^ 0x20);
+                bool letter = (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
+                ck_assert_msg(dp_mem_ieq(a, b, n) == letter, "byte 0x%02x at %zu of %zu", c, at, n);
+            }
+        }
+    }
+}
+END_TEST
+
+/* Hex digits eight at a time against printf: every digit value at every position, and a run of
+ * mixed values. */
+START_TEST(test_hex_u64)
+{
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 16 * 16 + 1000; i++) {
+        uint64_t v =
+            i < 256 ? (uint64_t)(i % 16) << (4 * (i / 16)) : (x = x * 6364136223846793005ull + 1);
+        char got[17], want[17];
+        dp_hex_u64(got, v);
+        got[16] = '\0';
+        snprintf(want, sizeof(want), "%016llx", (unsigned long long)v);
+        ck_assert_str_eq(got, want);
+    }
+}
+END_TEST
+
 /* A head split across reads keeps its first part while another connection on the same loop
  * reads a whole request in between (reads share one buffer per thread; bytes left over move
  * to the connection's own). */
@@ -1725,6 +1798,9 @@ static Suite *suite(void)
     tcase_add_test(tc, test_server_write_from_timer_not_held_through_poll);
     tcase_add_test(tc, test_server_batching_follows_the_load);
     tcase_add_test(tc, test_field_ok_every_byte);
+    tcase_add_test(tc, test_server_connection_options);
+    tcase_add_test(tc, test_ascii_case_every_byte);
+    tcase_add_test(tc, test_hex_u64);
     tcase_add_test(tc, test_server_chunked_in_out);
     tcase_add_test(tc, test_server_trailers_out_and_http10);
     tcase_add_test(tc, test_server_expect_continue);
