@@ -815,6 +815,89 @@ class TcpProxyListener(unittest.TestCase):
                 a.close()
                 b.close()
 
+    def test_relay_exact_under_load(self):
+        """Twenty ping-pong connections and a 1 MiB transfer at once through one worker's
+        relay, to an exact echo: every byte arrives, in order, exactly once; a half-close
+        right after a write comes after that write's bytes; the 1 MiB comes back whole."""
+        import random
+        import socket
+        echo = EchoServer(b"")
+        port = free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            ads = Ads("127.0.0.1:0")
+            ads.set(CDS, static_cluster("echo", echo.port))
+            ads.set(LDS, self.tcp_listener("tcp_exact", port, "echo"))
+            s = start_skiff(f"127.0.0.1:{ads.port}", False, tmp, extra_args=["--concurrency", "1"])
+            errors = []
+
+            def recv_exactly(so, n):
+                got = b""
+                while len(got) < n:
+                    chunk = so.recv(n - len(got))
+                    if not chunk:
+                        break
+                    got += chunk
+                return got
+
+            def pingpong(seed):
+                rnd = random.Random(seed)
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=10) as so:
+                        for _ in range(150):
+                            msg = rnd.randbytes(rnd.randint(1, 300))
+                            so.sendall(msg)
+                            if recv_exactly(so, len(msg)) != msg:
+                                errors.append(f"client {seed}: echo differs")
+                                return
+                        last = rnd.randbytes(37)
+                        so.sendall(last)
+                        so.shutdown(socket.SHUT_WR)
+                        rest = b""
+                        while True:
+                            chunk = so.recv(65536)
+                            if not chunk:
+                                break
+                            rest += chunk
+                        if rest != last:
+                            errors.append(f"client {seed}: {len(rest)} bytes after the half-close")
+                except OSError as e:
+                    errors.append(f"client {seed}: {e!r}")
+
+            def bulk():
+                big = os.urandom(1 << 20)
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=10) as so:
+                        t = threading.Thread(target=so.sendall, args=(big,))
+                        t.start()
+                        got = recv_exactly(so, len(big))
+                        t.join()
+                        if got != big:
+                            errors.append(f"bulk: {len(got)} bytes, equal {got == big}")
+                except OSError as e:
+                    errors.append(f"bulk: {e!r}")
+            try:
+                self.assertTrue(s.wait(lambda: s.get("/ready")[0] == 200))
+                def up():
+                    try:
+                        with socket.create_connection(("127.0.0.1", port), timeout=5) as so:
+                            so.sendall(b"ping")
+                            return recv_exactly(so, 4) == b"ping"
+                    except OSError:
+                        return False
+                self.assertTrue(s.wait(up), "listener not up")
+                threads = [threading.Thread(target=pingpong, args=(i,)) for i in range(20)]
+                threads.append(threading.Thread(target=bulk))
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(60)
+                self.assertFalse(any(t.is_alive() for t in threads), "a client hung")
+                self.assertEqual(errors, [])
+            finally:
+                self.assertEqual(s.stop(), 0)
+                ads.stop()
+                echo.close()
+
     def test_weighted_clusters_and_idle_timeout(self):
         """tcp_proxy weighted_clusters split connections by weight; idle_timeout closes a
         connection that carries nothing."""
