@@ -39,7 +39,8 @@ static void check_head(const dp_h1_head_parser_t *hp, const dp_http_head_t *h)
                 abort();
         }
         if (DP_STR_EQ(n, "transfer-encoding") || (hp->request && DP_STR_EQ(n, "host")) ||
-            DP_STR_EQ(n, "keep-alive") || (DP_STR_EQ(n, "connection") && !h->upgrade))
+            DP_STR_EQ(n, "keep-alive") || DP_STR_EQ(n, "proxy-connection") ||
+            (DP_STR_EQ(n, "connection") && !h->upgrade))
             abort();
     }
     if (hp->request && h->method.p == NULL)
