@@ -1037,7 +1037,7 @@ static bool header_has_token(const dp_headers_t *hs, const char *name, const cha
     return false;
 }
 
-/* Writes the head into b (a counting pass first, then the real one). */
+/* Writes the head into b, in one pass: send_head sizes the buffer by a bound. */
 static void write_head(wb_t *b, h1_conn_t *c, const dp_http_head_t *h, const char *framing,
                        bool keep_upgrade, const char *conn_value)
 {

@@ -657,6 +657,13 @@ static h2_stream_t *stream_of(nghttp2_session *session, int32_t id)
     return nghttp2_session_get_stream_user_data(session, id);
 }
 
+/* The stream of a HEADERS frame's fields and of its end: the one found when the block began,
+ * without a lookup. */
+static h2_stream_t *headers_stream(h2_conn_t *c, nghttp2_session *session, int32_t id)
+{
+    return id == c->hdr_id ? c->hdr_s : stream_of(session, id);
+}
+
 static int on_begin_headers_cb(nghttp2_session *session, const nghttp2_frame *frame,
                                void *user_data)
 {
@@ -719,8 +726,7 @@ static int on_header_cb(nghttp2_session *session, const nghttp2_frame *frame, co
     h2_conn_t *c = user_data;
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
-    h2_stream_t *s =
-        frame->hd.stream_id == c->hdr_id ? c->hdr_s : stream_of(session, frame->hd.stream_id);
+    h2_stream_t *s = headers_stream(c, session, frame->hd.stream_id);
     if (s == NULL || s->detached || s->overflow)
         return 0;
     s->hdr_bytes += (uint32_t)(namelen + valuelen);
@@ -809,7 +815,7 @@ static int on_frame_recv_cb(nghttp2_session *session, const nghttp2_frame *frame
     h2_stream_t *s;
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
-        s = stream_of(session, id);
+        s = headers_stream(c, session, id);
         if (s == NULL)
             return 0;
         if (end)
