@@ -41,6 +41,8 @@ typedef struct hcm_conn {
     int fd;                 /* ours until the codec takes it, then -1 */
     bool sniffing;          /* the poll handle is initialised */
     uint64_t idle_since_ms; /* loop time the last stream ended (or the codec started) */
+    uint64_t head_since_ms; /* HTTP/1: loop time a request head began arriving (head_pending) */
+    bool head_pending;      /* on_head_begin, and no on_stream since */
     unsigned long id;       /* for the logs */
     bool codec_closed;
     bool closing;
@@ -68,6 +70,7 @@ struct hcm_stream {
     bool at_terminal; /* the request head has reached the terminal filter */
     bool head_ended;  /* the request head carried end_stream */
     bool finished;
+    bool timed_out; /* a stream timeout answered it */
     /* body and trailers that arrived while the chain was paused before the terminal filter */
     dp_bufq_t held;
     bool held_end;
@@ -627,20 +630,54 @@ static void stream_finish(hcm_stream_t *hs, dp_reset_reason_t why)
 /* ---- the connection ---- */
 
 /* One timer per connection, never started or stopped per request: while streams are open it
- * sweeps them for the stream timeouts (request_timeout, stream_idle_timeout,
- * max_stream_duration) every quarter of the shortest; with none open, it ends the connection
- * once it has been idle for idle_timeout (GOAWAY, or closing an HTTP/1 connection). Each
- * timed-out stream gets Envoy's 408 before its response began, a reset after. */
-static uint64_t sweep_every(const dp_hcm_config_t *cfg)
+ * sweeps them for the stream timeouts (request_headers_timeout, request_timeout,
+ * stream_idle_timeout, max_stream_duration) every quarter of the shortest; with none open, it
+ * ends the connection once it has been idle for idle_timeout (GOAWAY, or closing an HTTP/1
+ * connection), or, while an HTTP/1 request head is arriving (on_head_begin; as Envoy's stream,
+ * which exists from the head's first byte), is due when the first of the stream timeouts
+ * passes for it. Each timed-out stream gets Envoy's 408 before its response began, a reset
+ * after. */
+static uint64_t shortest_timeout(const dp_hcm_config_t *cfg)
 {
-    uint64_t v[] = {cfg->request_timeout_ms, cfg->stream_idle_timeout_ms,
-                    cfg->max_stream_duration_ms};
+    uint64_t v[] = {cfg->request_headers_timeout_ms, cfg->request_timeout_ms,
+                    cfg->stream_idle_timeout_ms, cfg->max_stream_duration_ms};
     uint64_t m = 0;
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
         if (v[i] && (m == 0 || v[i] < m))
             m = v[i];
     }
+    return m;
+}
+
+static uint64_t sweep_every(const dp_hcm_config_t *cfg)
+{
+    uint64_t m = shortest_timeout(cfg);
     return m == 0 ? 0 : (m / 4 ? m / 4 : 1);
+}
+
+/* The timeout a stream has run into at now, as Envoy's local reply body, with its counter;
+ * NULL when none. start: its first byte; last: its last activity. */
+static const char *timed_out(const dp_hcm_config_t *cfg, uint64_t now, uint64_t start,
+                             uint64_t last, bool head_done, bool request_ended,
+                             dp_counter_t **ret_ctr)
+{
+    *ret_ctr = NULL;
+    if (cfg->request_headers_timeout_ms && !head_done &&
+        now - start >= cfg->request_headers_timeout_ms) {
+        *ret_ctr = cfg->stats.rq_header_timeout;
+        return "request header timeout";
+    }
+    if (cfg->request_timeout_ms && !request_ended && now - start >= cfg->request_timeout_ms) {
+        *ret_ctr = cfg->stats.rq_timeout;
+        return "request timeout";
+    }
+    if (cfg->stream_idle_timeout_ms && now - last >= cfg->stream_idle_timeout_ms) {
+        *ret_ctr = cfg->stats.rq_idle_timeout;
+        return "stream timeout";
+    }
+    if (cfg->max_stream_duration_ms && now - start >= cfg->max_stream_duration_ms)
+        return "downstream duration timeout";
+    return NULL;
 }
 
 static void on_tick(uv_timer_t *t);
@@ -649,13 +686,15 @@ static void tick_arm(hcm_conn_t *c)
 {
     if (c->closing || c->codec == NULL || c->codec_closed)
         return;
-    uint64_t now = uv_now(c->w->loop), next = 0;
-    if (c->n_streams > 0) {
+    uint64_t now = uv_now(c->w->loop), next = 0, due = 0;
+    if (c->n_streams > 0)
         next = sweep_every(c->cfg);
-    } else if (c->cfg->idle_timeout_ms) {
-        uint64_t due = c->idle_since_ms + c->cfg->idle_timeout_ms;
+    else if (c->head_pending)
+        due = c->head_since_ms + shortest_timeout(c->cfg);
+    else if (c->cfg->idle_timeout_ms)
+        due = c->idle_since_ms + c->cfg->idle_timeout_ms;
+    if (due)
         next = due > now ? due - now : 1;
-    }
     if (next == 0)
         uv_timer_stop(&c->timer);
     else
@@ -670,25 +709,20 @@ static void sweep_streams(hcm_conn_t *c)
         next = hs->next;
         if (hs->finished || hs->enc == NULL)
             continue;
-        const char *body = NULL;
-        dp_counter_t *ctr = NULL;
-        if (cfg->request_timeout_ms && !hs->s.request_ended &&
-            now - hs->start_ms >= cfg->request_timeout_ms) {
-            body = "request timeout";
-            ctr = cfg->stats.rq_timeout;
-        } else if (cfg->stream_idle_timeout_ms &&
-                   now - hs->last_ms >= cfg->stream_idle_timeout_ms) {
-            body = "stream timeout";
-            ctr = cfg->stats.rq_idle_timeout;
-        } else if (cfg->max_stream_duration_ms &&
-                   now - hs->start_ms >= cfg->max_stream_duration_ms) {
-            body = "downstream duration timeout";
+        if (hs->timed_out) {
+            /* Its 408 is still on the way out a sweep later: the stream ends now. */
+            dp_stream_reset(&hs->s, 0);
+            continue;
         }
+        dp_counter_t *ctr;
+        const char *body = timed_out(cfg, now, hs->start_ms, hs->last_ms, hs->s.req != NULL,
+                                     hs->s.request_ended, &ctr);
         if (body == NULL)
             continue;
         if (ctr)
             dp_counter_inc(ctr);
         DP_LOG(DP_LOG_HTTP, DP_LOG_DEBUG, "[C%lu] %s", c->id, body);
+        hs->timed_out = true;
         dp_stream_local_reply(&hs->s, 408, body, DP_RF(SI));
     }
 }
@@ -696,14 +730,38 @@ static void sweep_streams(hcm_conn_t *c)
 static void on_tick(uv_timer_t *t)
 {
     hcm_conn_t *c = t->data;
+    uint64_t now = uv_now(c->w->loop);
     if (c->n_streams > 0) {
         sweep_streams(c);
+    } else if (c->head_pending) {
+        dp_counter_t *ctr;
+        const char *body =
+            timed_out(c->cfg, now, c->head_since_ms, c->head_since_ms, false, false, &ctr);
+        if (body && c->codec && !c->codec_closed) {
+            c->head_pending = false;
+            if (ctr)
+                dp_counter_inc(ctr);
+            DP_LOG(DP_LOG_HTTP, DP_LOG_DEBUG, "[C%lu] %s", c->id, body);
+            c->codec->ops->refuse_head(c->codec, 408, body);
+            return;
+        }
     } else if (c->cfg->idle_timeout_ms && c->codec && !c->codec_closed &&
-               uv_now(c->w->loop) - c->idle_since_ms >= c->cfg->idle_timeout_ms) {
+               now - c->idle_since_ms >= c->cfg->idle_timeout_ms) {
         DP_LOG(DP_LOG_HTTP, DP_LOG_DEBUG, "[C%lu] idle timeout", c->id);
         c->codec->ops->go_away(c->codec);
         return;
     }
+    tick_arm(c);
+}
+
+/* An HTTP/1 request head is arriving in pieces: the stream timeouts run for it from now. */
+static void on_head_begin(void *ud)
+{
+    hcm_conn_t *c = ud;
+    if (shortest_timeout(c->cfg) == 0)
+        return;
+    c->head_pending = true;
+    c->head_since_ms = uv_now(c->w->loop);
     tick_arm(c);
 }
 
@@ -712,6 +770,7 @@ static const dp_sink_ops_t *on_stream(void *ud, dp_enc_t *enc, void **ret_ud, dp
     hcm_conn_t *c = ud;
     if (c->closing)
         return NULL;
+    c->head_pending = false;
     dp_pool_t *pool = dp_pool_new();
     hcm_stream_t *hs = dp_pool_calloc(pool, sizeof(*hs));
     hs->s.pool = pool;
@@ -754,6 +813,7 @@ static void on_codec_close(void *ud, dp_codec_conn_t *codec, dp_reset_reason_t w
 
 static const dp_codec_cb_t codec_cb = {
     .on_stream = on_stream,
+    .on_head_begin = on_head_begin,
     .on_close = on_codec_close,
 };
 

@@ -39,7 +39,8 @@ typedef struct dp_hcm_stats {
     dp_gauge_t *cx_active, *rq_active;
     dp_counter_t *rq_total, *rq_http1_total, *rq_http2_total;
     dp_counter_t *rq_xx[5]; /* downstream_rq_1xx .. downstream_rq_5xx */
-    dp_counter_t *rq_completed, *rq_timeout, *rq_idle_timeout, *rq_rx_reset, *rq_tx_reset;
+    dp_counter_t *rq_completed, *rq_timeout, *rq_idle_timeout, *rq_header_timeout;
+    dp_counter_t *rq_rx_reset, *rq_tx_reset;
     dp_counter_t *no_route, *no_cluster; /* http.<prefix>.no_route, .no_cluster */
     dp_counter_t *rq_too_large, *rq_header_overflow;
 } dp_hcm_stats_t;
@@ -55,8 +56,11 @@ typedef struct dp_hcm_config {
     size_t n_filters;
     /* Timeouts in ms, 0 meaning none: stream_idle_timeout (Envoy's default 5 min; Istio sends
      * 0), request_timeout, common_http_protocol_options.idle_timeout (connection idle, 1 h by
-     * default), max_stream_duration. */
+     * default), max_stream_duration, request_headers_timeout (from the first byte of a request
+     * head to its last; 60 s when unset, where Envoy has none: with Istio's
+     * stream_idle_timeout of 0 nothing else would end a head sent a byte at a time). */
     uint64_t stream_idle_timeout_ms, request_timeout_ms, idle_timeout_ms, max_stream_duration_ms;
+    uint64_t request_headers_timeout_ms;
     bool use_remote_address;
     uint32_t xff_num_trusted_hops;
     const char *server_name; /* the server header on responses ("envoy" by default) */

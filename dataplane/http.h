@@ -349,6 +349,10 @@ typedef struct dp_codec_conn_ops {
     void (*go_away)(dp_codec_conn_t *c);
     /* Closes now: every open stream gets on_done(DP_RESET_CONN_TERMINATED), then on_close. */
     void (*close)(dp_codec_conn_t *c);
+    /* Server, HTTP/1 (NULL for HTTP/2): answers the request head whose beginning on_head_begin
+     * announced, and which has not ended, with status and body (text/plain, "connection:
+     * close"), then closes as after a malformed request (on_close DP_RESET_PROTOCOL). */
+    void (*refuse_head)(dp_codec_conn_t *c, int status, const char *body);
 } dp_codec_conn_ops_t;
 
 struct dp_codec_conn {
@@ -363,6 +367,10 @@ typedef struct dp_codec_cb {
     /* Client: the connection can take a stream again (an HTTP/1 response completed on a
      * keep-alive connection; an HTTP/2 stream ended). May be NULL. */
     void (*on_ready)(void *ud, dp_codec_conn_t *c);
+    /* Server, HTTP/1: a read ended inside a request head, the first read of that head to do so
+     * (a head that arrives whole in one read is not announced). The next on_stream, or
+     * refuse_head, ends it. HTTP/2 opens the stream at the HEADERS frame instead. May be NULL. */
+    void (*on_head_begin)(void *ud);
     /* The connection closed (every stream already had on_done). c is freed after this
      * returns. why: DP_RESET_NONE for an orderly close (idle, GOAWAY done, peer FIN between
      * messages), else the cause. */

@@ -15,9 +15,10 @@
  *    read completely by then, the connection is closed afterwards. Client: a stream is done
  *    when the response was read (and the request written; an early response closes the
  *    connection after it). An upgraded (101) stream is done when both directions ended.
- *  - A local reply (400, 431, 501, 503) carries its reason phrase as a text/plain body and
- *    "connection: close"; the connection is shut down for writing after it, lingers (reads and
- *    drops) until the peer's FIN or one second, then closes. A parse error after the head was
+ *  - A local reply (400, 431, 501, 503; refuse_head's status) carries its reason phrase (or
+ *    refuse_head's body) as a text/plain body and "connection: close"; the connection is shut
+ *    down for writing after it, lingers (reads and drops) until the peer's FIN or one second,
+ *    then closes. A parse error after the head was
  *    delivered gives the sink on_done(DP_RESET_PROTOCOL) and the peer a 400 when no response
  *    had started.
  *  - Encoding: the status line carries the reason phrase; the framing is the codec's (any
@@ -108,6 +109,7 @@ struct h1_conn {
     unsigned read_disabled;
     bool reading, eof, eof_handled, closing, shutting, shut_issued, close_after, going_away;
     bool write_failed, over, again, lingering;
+    bool head_begun; /* server: on_head_begin announced the head being read */
     int depth;
     size_t queued;
     size_t ppos;          /* during process(): bytes of rbuf consumed so far; else 0 */
@@ -492,7 +494,9 @@ static void conn_shutdown(h1_conn_t *c)
 }
 
 /* A local reply for a request the codec refuses; the connection closes after it. */
-static void local_reply(h1_conn_t *c, int status)
+/* A server's own answer to the request being read (a malformed one, or one refused): the
+ * body is the reason phrase unless given. */
+static void local_reply_body(h1_conn_t *c, int status, const char *body)
 {
     if (c->active) {
         bool started = c->s.out_started;
@@ -507,14 +511,21 @@ static void local_reply(h1_conn_t *c, int status)
         }
     }
     const char *reason = dp_h1_reason(status);
+    if (body == NULL)
+        body = reason;
     char buf[256];
     int n = snprintf(buf, sizeof(buf),
                      "HTTP/1.1 %d %s\r\ncontent-length: %zu\r\ncontent-type: text/plain\r\n"
                      "connection: close\r\n\r\n%s",
-                     status, reason, strlen(reason), reason);
-    send_bytes(c, buf, (size_t)n);
+                     status, reason, strlen(body), body);
+    send_bytes(c, buf, n < (int)sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
     c->close_why = DP_RESET_PROTOCOL;
     conn_shutdown(c);
+}
+
+static void local_reply(h1_conn_t *c, int status)
+{
+    local_reply_body(c, status, NULL);
 }
 
 /* ---- stream completion ---- */
@@ -638,6 +649,7 @@ static size_t server_head(h1_conn_t *c, const char *b, size_t avail)
 {
     h1_stream_t *s = &c->s;
     size_t len = c->head.head_len;
+    c->head_begun = false;
     stream_init(c, NULL, NULL, NULL);
     void *sud = NULL;
     dp_pool_t *pool = NULL;
@@ -790,8 +802,13 @@ static void process(h1_conn_t *c)
                     break;
                 }
                 int r = dp_h1_head_scan(&c->head, b, n);
-                if (r == 0)
+                if (r == 0) {
+                    if (c->server && !c->head_begun && c->cb.on_head_begin) {
+                        c->head_begun = true;
+                        c->cb.on_head_begin(c->ud);
+                    }
                     break;
+                }
                 if (r < 0) {
                     if (c->server)
                         local_reply(c, c->head.err_status);
@@ -1437,12 +1454,22 @@ static void conn_close_op(dp_codec_conn_t *cc)
     conn_close((h1_conn_t *)cc, DP_RESET_CONN_TERMINATED, DP_RESET_LOCAL);
 }
 
+static void conn_refuse_head(dp_codec_conn_t *cc, int status, const char *body)
+{
+    h1_conn_t *c = (h1_conn_t *)cc;
+    if (!c->server || c->active || c->closing || c->shutting)
+        return;
+    c->head_begun = false;
+    local_reply_body(c, status, body);
+}
+
 static const dp_codec_conn_ops_t conn_ops = {
     .new_stream = conn_new_stream,
     .can_take_stream = conn_can_take,
     .active_streams = conn_active,
     .go_away = conn_go_away,
     .close = conn_close_op,
+    .refuse_head = conn_refuse_head,
 };
 
 static void free_failed(uv_handle_t *h)

@@ -113,6 +113,7 @@ typedef struct h2_stream {
     bool out_eof;      /* the owner ended the body (data end_stream or trailers) */
     bool deferred;     /* the data provider returned NGHTTP2_ERR_DEFERRED */
     bool local_end;    /* END_STREAM submitted */
+    bool cut_request;  /* server: RST_STREAM(NO_ERROR) after a response that ended first */
     bool drain_armed;  /* buffered() reached buffer_limit: on_drained below half */
     bool drain_due;
     bool resume_due; /* read enabled again: deliver what is held */
@@ -896,7 +897,7 @@ static int on_stream_close_cb(nghttp2_session *session, int32_t stream_id, uint3
             why = DP_RESET_OVERFLOW;
         else if (s->send_failed)
             why = DP_RESET_LOCAL;
-        else if (error_code == NGHTTP2_NO_ERROR && s->remote_end)
+        else if (error_code == NGHTTP2_NO_ERROR && (s->remote_end || s->cut_request))
             why = DP_RESET_NONE;
         else if (error_code == NGHTTP2_REFUSED_STREAM)
             why = DP_RESET_REFUSED;
@@ -921,6 +922,17 @@ static int on_frame_send_cb(nghttp2_session *session, const nghttp2_frame *frame
         c->goaway_sent = true;
         if (frame->goaway.error_code != NGHTTP2_NO_ERROR)
             c->term_why = DP_RESET_PROTOCOL;
+    } else if (c->server && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+               (frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA)) {
+        /* The response is complete and the request is not: as Envoy, the stream ends here
+         * with RST_STREAM(NO_ERROR), which asks the client to stop sending it (RFC 9113
+         * §8.1), rather than staying half open for a body nobody reads. */
+        h2_stream_t *s = stream_of(session, frame->hd.stream_id);
+        if (s && !s->remote_end && !s->cut_request) {
+            s->cut_request = true;
+            nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                      NGHTTP2_NO_ERROR);
+        }
     }
     return 0;
 }

@@ -75,6 +75,7 @@ static void make_stats(dp_stats_t *st, const char *prefix, dp_hcm_stats_t *out)
     C(rq_completed, "downstream_rq_completed");
     C(rq_timeout, "downstream_rq_timeout");
     C(rq_idle_timeout, "downstream_rq_idle_timeout");
+    C(rq_header_timeout, "downstream_rq_header_timeout");
     C(rq_rx_reset, "downstream_rq_rx_reset");
     C(rq_tx_reset, "downstream_rq_tx_reset");
     C(no_route, "no_route");
@@ -211,11 +212,14 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
 
     const Envoy__Config__Core__V3__HttpProtocolOptions *cpo = hcm->common_http_protocol_options;
     /* Envoy's defaults: stream_idle_timeout 5 min, request_timeout none, the connection's
-     * idle_timeout 1 h, max_stream_duration none. */
+     * idle_timeout 1 h, max_stream_duration none; request_headers_timeout 60 s (Envoy: none). */
     if (!duration_ms(hcm->stream_idle_timeout, 5 * 60 * 1000, &c->stream_idle_timeout_ms))
         return fail(reterr_msg, "http_connection_manager %s: stream_idle_timeout: negative", sp);
     if (!duration_ms(hcm->request_timeout, 0, &c->request_timeout_ms))
         return fail(reterr_msg, "http_connection_manager %s: request_timeout: negative", sp);
+    if (!duration_ms(hcm->request_headers_timeout, 60 * 1000, &c->request_headers_timeout_ms))
+        return fail(reterr_msg, "http_connection_manager %s: request_headers_timeout: negative",
+                    sp);
     if (!duration_ms(cpo ? cpo->idle_timeout : NULL, 3600 * 1000, &c->idle_timeout_ms))
         return fail(reterr_msg,
                     "http_connection_manager %s: "

@@ -53,6 +53,7 @@ class Env:
         self.port = free_port()
         self.edge_port = free_port()
         self.timeouts_port = free_port()
+        self.headers_port = free_port()
         self.closed_port = free_port()  # nothing listens there
         self.clusters_file = os.path.join(d, "clusters.json")
         self.listeners_file = os.path.join(d, "listeners.json")
@@ -65,6 +66,7 @@ class Env:
         ok = self.skiff.wait(lambda: self.skiff.get("/ready")[0] == 200, timeout=20)
         ok = ok and wait_serving(self.port, "/a/ready") and wait_serving(self.edge_port, "/a/ready")
         ok = ok and wait_serving(self.timeouts_port, "/a/ready")
+        ok = ok and wait_serving(self.headers_port, "/a/ready")
         if not ok:
             log = open(self.skiff.logpath).read()[-3000:]
             self.stop()
@@ -86,9 +88,13 @@ class Env:
         short = hcm("timeouts_http", rds="local", stream_idle_timeout="0.3s",
                     request_timeout="0.6s",
                     common_http_protocol_options={"idle_timeout": "0.8s"})
+        # Istio's stream_idle_timeout of 0: only request_headers_timeout ends a slow head
+        heads = hcm("headers_http", rds="local", stream_idle_timeout="0s",
+                    request_headers_timeout="0.5s")
         return [listener("ingress", self.port, hcm("ingress_http", rds="local")),
                 listener("edge", self.edge_port, edge),
-                listener("timeouts", self.timeouts_port, short)]
+                listener("timeouts", self.timeouts_port, short),
+                listener("headers", self.headers_port, heads)]
 
     def routes(self):
         main = [
@@ -410,7 +416,177 @@ class StreamTimeouts(EnvCase):
         self.assertEqual(r.status, 200, r)
 
 
+class RequestHeadersTimeout(EnvCase):
+    """request_headers_timeout (the "headers" listener: 0.5 s, with Istio's stream_idle_timeout
+    of 0): a request head still arriving after it gets Envoy's 408 "request header timeout",
+    counted in downstream_rq_header_timeout; over HTTP/1 the connection closes and nothing
+    reaches the backend. The time runs from the head's first byte: an idle keep-alive
+    connection is not timed by it, a head sent in pieces within it is served."""
+
+    STAT = "http.headers_http.downstream_rq_header_timeout"
+
+    def read_until_closed(self, so, feed=None, limit=5.0):
+        """Reads until the peer closes (or limit); feed, when given, is sent every 0.1 s
+        meanwhile. Returns what was read and the monotonic time its first byte came."""
+        got, first = b"", None
+        deadline = time.monotonic() + limit
+        so.settimeout(0.1)
+        while time.monotonic() < deadline:
+            if feed:
+                try:
+                    so.sendall(feed)
+                except OSError:
+                    feed = None  # the proxy stopped reading: read what it said
+            try:
+                chunk = so.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            if first is None:
+                first = time.monotonic()
+            got += chunk
+        return got, first
+
+    def read_200(self, so):
+        """Reads one response of the echo backend (its JSON body ends the message): a 200."""
+        got = b""
+        while not got.endswith(b"}"):
+            chunk = so.recv(65536)
+            self.assertTrue(chunk, "closed before the response ended")
+            got += chunk
+        self.assertEqual(raw_status(got), 200, got[:300])
+
+    def test_a_head_sent_a_line_at_a_time_gets_408_and_the_connection_closes(self):
+        n0 = self.env.skiff.stat_int(self.STAT)
+        with socket.create_connection(("127.0.0.1", self.env.headers_port), timeout=5) as so:
+            t0 = time.monotonic()
+            so.sendall(b"GET /a/slow-head HTTP/1.1\r\nHost: x\r\n")
+            got, first = self.read_until_closed(so, feed=b"x-slow: 1\r\n")
+        self.assertEqual(raw_status(got), 408, got[:300])
+        self.assertTrue(got.endswith(b"\r\n\r\nrequest header timeout"), got)
+        self.assertIn(b"connection: close", got.lower())
+        self.assertGreaterEqual(first - t0, 0.45)
+        self.assertLess(first - t0, 1.5)
+        self.assertEqual(self.got("a"), [])
+        self.assertEqual(self.env.skiff.stat_int(self.STAT), n0 + 1)
+
+    def test_keep_alive_idle_time_does_not_count_and_a_pipelined_head_is_timed(self):
+        with socket.create_connection(("127.0.0.1", self.env.headers_port), timeout=5) as so:
+            so.sendall(b"GET /a/ka1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.read_200(so)
+            time.sleep(0.8)  # idle past the header timeout: no head, nothing timed
+            so.sendall(b"GET /a/ka2 HTTP/1.1\r\nHost: x\r\n\r\nGET /a/ka3 HTTP/1.1\r\nHo")
+            t0 = time.monotonic()
+            got, first = self.read_until_closed(so)
+            took = time.monotonic() - t0
+        self.assertEqual(raw_status(got), 200, got[:300])
+        self.assertEqual(got.count(b"HTTP/1.1 "), 2, got)
+        tail = got[got.rindex(b"HTTP/1.1 "):]
+        self.assertEqual(raw_status(tail), 408, got)
+        self.assertTrue(tail.endswith(b"request header timeout"), tail)
+        self.assertGreaterEqual(took, 0.45)
+        self.assertEqual([r["path"] for r in self.got("a")], ["/a/ka1", "/a/ka2"])
+
+    def test_a_head_in_pieces_within_the_timeout_is_served_and_the_next_is_timed(self):
+        with socket.create_connection(("127.0.0.1", self.env.headers_port), timeout=5) as so:
+            for piece in (b"GET /a/pieces HT", b"TP/1.1\r\nHost: x\r\n", b"x-a: 1\r\n", b"\r\n"):
+                so.sendall(piece)
+                time.sleep(0.1)
+            self.read_200(so)
+            time.sleep(0.3)  # with the last head's 0.4 s: past the timeout, were it still running
+            so.sendall(b"GET /a/pieces2 HTTP/1.1\r\nHo")
+            t0 = time.monotonic()
+            got, first = self.read_until_closed(so)
+        self.assertEqual(raw_status(got), 408, got[:300])
+        self.assertGreaterEqual(first - t0, 0.45)
+        self.assertLess(first - t0, 1.5)
+        self.assertEqual([r["path"] for r in self.got("a")], ["/a/pieces"])
+
+    def test_h2_a_header_block_never_ended_gets_408_on_its_stream(self):
+        from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, RstStreamFrame
+        n0 = self.env.skiff.stat_int(self.STAT)
+        block = h2_block(("/a/h2-slow-head", "x"))
+        t0 = time.monotonic()
+        frames, heads = h2_exchange(self.env.headers_port, [
+            HeadersFrame(1, data=block[:3], flags=["END_STREAM"]),
+            ContinuationFrame(1, data=block[3:5])], limit=2.0)
+        on1 = [f for f in frames if f.stream_id == 1]
+        self.assertEqual([type(f) for f in on1], [HeadersFrame, DataFrame, RstStreamFrame], on1)
+        self.assertEqual(heads[0][":status"], "408", heads)
+        self.assertEqual(on1[1].data, b"request header timeout")
+        self.assertIn("END_STREAM", on1[1].flags)
+        self.assertEqual(on1[2].error_code, 0)  # NO_ERROR: the stream is over, not failed
+        self.assertGreaterEqual(time.monotonic() - t0, 0.45)
+        self.assertEqual(self.got("a"), [])
+        self.assertEqual(self.env.skiff.stat_int(self.STAT), n0 + 1)
+
+    def test_h2_a_408_the_client_has_no_window_for_is_reset_later_and_counted_once(self):
+        from hyperframe.frame import ContinuationFrame, HeadersFrame, RstStreamFrame
+        n0 = self.env.skiff.stat_int(self.STAT)
+        block = h2_block(("/a/h2-no-window", "x"))
+        frames, heads = h2_exchange(self.env.headers_port, [
+            HeadersFrame(1, data=block[:3], flags=["END_STREAM"]),
+            ContinuationFrame(1, data=block[3:5])], limit=2.0, settings={4: 0})
+        on1 = [f for f in frames if f.stream_id == 1]
+        self.assertEqual([type(f) for f in on1], [HeadersFrame, RstStreamFrame], on1)
+        self.assertEqual(heads[0][":status"], "408", heads)
+        self.assertNotIn("END_STREAM", on1[0].flags)  # the body waits for a window
+        self.assertEqual(self.env.skiff.stat_int(self.STAT), n0 + 1)
+
+
+def h2_block(path_authority, method="GET"):
+    """An HPACK header block of a request (a fresh encoder: no dynamic table references)."""
+    import hpack
+    path, authority = path_authority
+    return hpack.Encoder().encode([(":method", method), (":scheme", "http"), (":path", path),
+                                   (":authority", authority)])
+
+
+def h2_exchange(port, frames, limit, settings=None):
+    """Opens an h2c connection (preface and SETTINGS: `settings`, id to value), sends frames
+    (hyperframe), and
+    reads for `limit` seconds or until the peer closes. Returns the frames read and the header
+    lists of the HEADERS frames among them, decoded in order."""
+    import hpack
+    from hyperframe.frame import Frame, HeadersFrame, SettingsFrame
+    got = raw(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" +
+              SettingsFrame(0, settings=settings or {}).serialize() +
+              b"".join(f.serialize() for f in frames), timeout=limit)
+    out = []
+    while len(got) >= 9:
+        f, n = Frame.parse_frame_header(memoryview(got[:9]))
+        if len(got) < 9 + n:
+            break
+        f.parse_body(memoryview(got[9:9 + n]))
+        out.append(f)
+        got = got[9 + n:]
+    dec = hpack.Decoder()
+    heads = [dict(dec.decode(f.data)) for f in out if isinstance(f, HeadersFrame)]
+    return out, heads
+
+
 class Http2(EnvCase):
+    def test_a_response_that_ends_before_its_request_resets_the_stream_with_no_error(self):
+        """A 404 (no route) to a request whose body is still open: the response, then
+        RST_STREAM(NO_ERROR) as Envoy sends (RFC 9113 8.1), not a stream left half open for a
+        body nobody reads; the connection goes on serving."""
+        from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame
+        frames, heads = h2_exchange(self.env.port, [
+            HeadersFrame(1, data=h2_block(("/not-routed", "noroute.test"), "POST"),
+                         flags=["END_HEADERS"]),
+            DataFrame(1, data=b"part of a body"),
+            HeadersFrame(3, data=h2_block(("/a/after", "x")), flags=["END_HEADERS", "END_STREAM"])],
+            limit=1.5)
+        on1 = [f for f in frames if f.stream_id == 1]
+        self.assertEqual([type(f) for f in on1], [HeadersFrame, RstStreamFrame], on1)
+        self.assertIn("END_STREAM", on1[0].flags)
+        self.assertEqual(on1[1].error_code, 0)
+        self.assertEqual([h[":status"] for h in heads], ["404", "200"], heads)
+        self.assertEqual([r["path"] for r in self.got("a")], ["/a/after"])
+
     def test_h2c_get_and_post(self):
         r, _ = curl(self.env.url("/a/h2get"), "--http2-prior-knowledge")
         self.assertEqual((r.status, r.h("x-backend")), (200, "a"), r)

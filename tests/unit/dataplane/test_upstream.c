@@ -184,8 +184,11 @@ static void tc_close(dp_codec_conn_t *cc)
     tc_close_why((tc_conn_t *)cc, DP_RESET_NONE);
 }
 
-static const dp_codec_conn_ops_t tc_conn_ops = {tc_new_stream, tc_can_take, tc_active, tc_go_away,
-                                                tc_close};
+static const dp_codec_conn_ops_t tc_conn_ops = {.new_stream = tc_new_stream,
+                                                .can_take_stream = tc_can_take,
+                                                .active_streams = tc_active,
+                                                .go_away = tc_go_away,
+                                                .close = tc_close};
 
 static void tc_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
 {

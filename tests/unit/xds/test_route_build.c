@@ -580,7 +580,8 @@ START_TEST(test_snapshot_routes_and_hcm)
         "  \"max_stream_duration\": \"7s\"},"
         "\"http2_protocol_options\": {\"max_concurrent_streams\": 7, "
         "  \"initial_stream_window_size\": 65536, \"initial_connection_window_size\": 1048576},"
-        "\"request_timeout\": \"3s\", \"preserve_external_request_id\": true,"
+        "\"request_timeout\": \"3s\", \"request_headers_timeout\": \"0s\","
+        "\"preserve_external_request_id\": true,"
         "\"generate_request_id\": false, \"server_name\": \"istio-envoy\"}";
     json_error_t je;
     json_t *j = json_loads(hcm_json, 0, &je);
@@ -600,6 +601,7 @@ START_TEST(test_snapshot_routes_and_hcm)
     ck_assert_str_eq(c->filters[1].name, "envoy.filters.http.router");
     ck_assert_uint_eq(c->stream_idle_timeout_ms, 0);
     ck_assert_uint_eq(c->request_timeout_ms, 3000);
+    ck_assert_uint_eq(c->request_headers_timeout_ms, 0); /* set to 0: none, as in Envoy */
     ck_assert_uint_eq(c->idle_timeout_ms, 30000);
     ck_assert_uint_eq(c->max_stream_duration_ms, 7000);
     ck_assert(c->normalize_path && c->merge_slashes && c->websocket && c->inbound);
@@ -621,6 +623,8 @@ START_TEST(test_snapshot_routes_and_hcm)
     ck_assert_ptr_eq(c->stats.cx_active,
                      dp_stats_gauge(st, "http.outbound_0.0.0.0_80.downstream_cx_active"));
     ck_assert_ptr_eq(c->stats.no_route, dp_stats_counter(st, "http.outbound_0.0.0.0_80.no_route"));
+    ck_assert_ptr_eq(c->stats.rq_header_timeout,
+                     dp_stats_counter(st, "http.outbound_0.0.0.0_80.downstream_rq_header_timeout"));
     protobuf_c_message_free_unpacked(&m->base, NULL);
     json_decref(j);
 
@@ -635,6 +639,7 @@ START_TEST(test_snapshot_routes_and_hcm)
     ck_assert_uint_eq(c->stream_idle_timeout_ms, 300000);
     ck_assert_uint_eq(c->idle_timeout_ms, 3600000);
     ck_assert_uint_eq(c->request_timeout_ms, 0);
+    ck_assert_uint_eq(c->request_headers_timeout_ms, 60000); /* unset: skiff's 60 s */
     ck_assert(c->generate_request_id && !c->normalize_path && !c->websocket);
     ck_assert_str_eq(c->server_name, "envoy");
     ck_assert_uint_eq(c->limits.max_header_bytes, 60 * 1024);
