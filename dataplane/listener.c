@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,10 @@
 #define ACCEPT_BATCH   64 /* accept4() calls per wakeup of a listening socket */
 #define LISTEN_BACKLOG 1024
 #define PENDING_POOL   256 /* idle pending-connection structs kept for reuse */
+/* Out of descriptors (see out_of_descriptors): how long listening pauses when no connection
+ * could be shed, and how often it is logged. */
+#define ACCEPT_PAUSE_MS  100
+#define FD_WARN_EVERY_MS 10000
 
 typedef struct open_listener open_listener_t;
 typedef struct pending pending_t;
@@ -42,6 +47,13 @@ struct dp_listeners {
     size_t n_pool;
     int closing_handles; /* listener sockets and pending connections being closed */
     bool closing;
+    /* Out of descriptors: a spare one (on /dev/null) is given up to accept and close what
+     * waits in the backlog; without it, listening pauses for ACCEPT_PAUSE_MS (resume). */
+    int spare_fd;
+    uv_timer_t resume;
+    bool paused;
+    uint64_t fd_warned_ms;            /* loop time of the last warning; 0: none yet */
+    unsigned long fd_shed;            /* connections closed at accept since that warning */
     uint8_t peek[DP_TLS_INSPECT_MAX]; /* what the inspectors look at (MSG_PEEK) */
 };
 
@@ -270,6 +282,8 @@ static void maybe_free(dp_listeners_t *ls)
         ls->pool = p->next;
         free(p);
     }
+    if (ls->spare_fd >= 0)
+        close(ls->spare_fd);
     dp_snapshot_unref(ls->snap);
     free(ls);
 }
@@ -524,6 +538,58 @@ static void on_conn(dp_listeners_t *ls, const dp_listener_t *l, int fd,
 
 /* ---- listening sockets ---- */
 
+static void on_listen_readable(uv_poll_t *h, int status, int events);
+
+static void on_resume(uv_timer_t *t)
+{
+    dp_listeners_t *ls = t->data;
+    ls->paused = false;
+    for (open_listener_t *ol = ls->open; ol; ol = ol->next)
+        uv_poll_start(&ol->poll, UV_READABLE, on_listen_readable);
+}
+
+/* accept() failed for want of a descriptor (or of kernel memory). The connection stays in the
+ * backlog and the socket stays readable: retrying at once would spin. Instead the spare
+ * descriptor is given up to accept the waiting connections and close them at once (the
+ * client sees its connection closed, as over Envoy's global connection limit, rather than
+ * hanging in the backlog), counted in downstream_global_cx_overflow; when none could be
+ * taken (no spare: another thread took the descriptor), this worker stops listening for
+ * ACCEPT_PAUSE_MS. Logged once per FD_WARN_EVERY_MS. */
+static void out_of_descriptors(dp_listeners_t *ls, open_listener_t *ol, int err)
+{
+    unsigned long shed = 0;
+    if (ls->spare_fd >= 0) {
+        close(ls->spare_fd);
+        ls->spare_fd = -1;
+        for (int i = 0; i < ACCEPT_BATCH; i++) {
+            int fd = accept4(ol->fd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd < 0)
+                break;
+            close(fd);
+            shed++;
+        }
+        ls->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    if (ol->l && ol->l->cx_global_overflow)
+        dp_counter_add(ol->l->cx_global_overflow, shed);
+    ls->fd_shed += shed;
+    uint64_t now = uv_now(ls->w->loop);
+    if (ls->fd_warned_ms == 0 || now - ls->fd_warned_ms >= FD_WARN_EVERY_MS) {
+        DP_LOG(DP_LOG_CONN_HANDLER, DP_LOG_WARN,
+               "listener %s: accept: %s: new connections are closed at once until descriptors "
+               "free up (%lu closed since the last warning)",
+               ol->name, strerror(err), ls->fd_shed);
+        ls->fd_warned_ms = now;
+        ls->fd_shed = 0;
+    }
+    if (shed == 0 && !ls->paused) {
+        ls->paused = true;
+        for (open_listener_t *o = ls->open; o; o = o->next)
+            uv_poll_stop(&o->poll);
+        uv_timer_start(&ls->resume, on_resume, ACCEPT_PAUSE_MS, 0);
+    }
+}
+
 static void on_listen_readable(uv_poll_t *h, int status, int events)
 {
     open_listener_t *ol = h->data;
@@ -535,6 +601,10 @@ static void on_listen_readable(uv_poll_t *h, int status, int events)
         socklen_t len = sizeof(remote);
         int fd = accept4(ol->fd, (struct sockaddr *)&remote, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                out_of_descriptors(ls, ol, errno);
+                return;
+            }
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
                 DP_LOG(DP_LOG_CONN_HANDLER, DP_LOG_WARN, "listener %s: accept: %s", ol->name,
                        strerror(errno));
@@ -619,6 +689,9 @@ dp_listeners_t *dp_listeners_new(dp_wctx_t *w)
     if (ls == NULL)
         abort();
     ls->w = w;
+    ls->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    uv_timer_init(w->loop, &ls->resume);
+    ls->resume.data = ls;
     return ls;
 }
 
@@ -665,11 +738,20 @@ void dp_listeners_apply(dp_listeners_t *ls, dp_snapshot_t *snap)
     }
 }
 
+static void resume_on_close(uv_handle_t *h)
+{
+    dp_listeners_t *ls = h->data;
+    ls->closing_handles--;
+    maybe_free(ls);
+}
+
 void dp_listeners_close(dp_listeners_t *ls)
 {
     if (ls == NULL)
         return;
     ls->closing = true;
+    ls->closing_handles++;
+    uv_close((uv_handle_t *)&ls->resume, resume_on_close);
     while (ls->open) {
         open_listener_t *ol = ls->open;
         ls->open = ol->next;

@@ -302,6 +302,9 @@ typedef struct dp_listener {
     dp_gauge_t *cx_active;
     dp_counter_t *no_filter_chain_match;
     dp_counter_t *cx_tls_unserved;
+    /* downstream_global_cx_overflow: connections closed at accept because the process had no
+     * descriptor for them (EMFILE, ENFILE) */
+    dp_counter_t *cx_global_overflow;
 } dp_listener_t;
 
 typedef struct dp_snapshot {

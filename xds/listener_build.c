@@ -486,6 +486,8 @@ dp_listener_t *xds_listener_build(dp_snapshot_t *s, dp_stats_t *stats,
         dl->cx_active = dp_stats_gauge(stats, LISTENER_STAT("downstream_cx_active"));
         dl->no_filter_chain_match = dp_stats_counter(stats, LISTENER_STAT("no_filter_chain_match"));
         dl->cx_tls_unserved = dp_stats_counter(stats, LISTENER_STAT("downstream_cx_tls_unserved"));
+        dl->cx_global_overflow =
+            dp_stats_counter(stats, LISTENER_STAT("downstream_global_cx_overflow"));
 #undef LISTENER_STAT
     }
     return dl;

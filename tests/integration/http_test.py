@@ -28,7 +28,7 @@ sys.path.insert(0, HERE)
 from backends import GrpcBackend, HttpBackend, ws_frame, ws_parse  # noqa: E402
 from harness import (SHARED, T_CLA, T_ROUTE, ControlPlane, Skiff, ads_bootstrap,  # noqa: E402
                      cluster, curl, endpoints, free_port, hc_get, hcm, listener, raw, raw_status,
-                     route, to, wait_serving, write_atomic)
+                     route, start_proxy, stop_proxy, to, wait_serving, write_atomic)
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 # Envoy's router, when the upstream connection cannot be made (1.21+ says "remote connection
@@ -1232,6 +1232,59 @@ class IstioDump(unittest.TestCase):
             g.stop()
             tmp.cleanup()
         self.assertEqual(rc, 0)
+
+
+class OutOfDescriptors(unittest.TestCase):
+    """skiff at its RLIMIT_NOFILE (lowered with prlimit to a few above what it holds idle):
+    connections it has no descriptor for are accepted with a spare one and closed at once,
+    counted in listener.<address>.downstream_global_cx_overflow, with one warning in the log;
+    the worker does not spin on the listening socket that stays readable; once descriptors
+    are free again requests are served."""
+
+    def test_connections_past_the_limit_are_closed_and_service_recovers(self):
+        import resource
+        backend = HttpBackend("fd")
+        port = free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            routes = {"name": "fd", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                route({"prefix": "/"}, route=to("fd"))]}]}
+            cp, skiff = start_proxy(tmp, {"resources": [
+                cluster("fd", backend.port), listener("fd", port, hcm("fd", route_config=routes))]})
+            try:
+                self.assertTrue(wait_serving(port, "/ready"))
+                pid = skiff.proc.pid
+                held = len(os.listdir(f"/proc/{pid}/fd"))
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (held + 16, held + 16))
+                ticks = lambda: sum(int(x) for x in open(f"/proc/{pid}/stat").read().split()[13:15])
+                socks = [socket.create_connection(("127.0.0.1", port), timeout=2)
+                         for _ in range(60)]
+                t0 = ticks()
+                time.sleep(1.0)
+                busy = (ticks() - t0) / os.sysconf("SC_CLK_TCK")
+                closed = 0
+                for so in socks:
+                    so.settimeout(0.2)
+                    try:
+                        closed += so.recv(1) == b""
+                    except socket.timeout:
+                        pass
+                    except ConnectionResetError:
+                        closed += 1
+                self.assertGreaterEqual(closed, 40, "connections past the limit are not closed")
+                self.assertLess(busy, 0.3, f"{busy:.2f} s of CPU in 1 s: spinning on accept")
+                log = open(skiff.logpath).read()
+                self.assertEqual(log.count("new connections are closed at once"), 1, log[-2000:])
+                for so in socks:
+                    so.close()
+                time.sleep(0.3)
+                # (the admin API too needs a descriptor for its connection)
+                self.assertGreaterEqual(
+                    skiff.stat_int(f"listener.127.0.0.1_{port}.downstream_global_cx_overflow"), 40)
+                r, _ = curl(f"http://127.0.0.1:{port}/after", "--http1.1")
+                self.assertEqual(r.status, 200, r)
+            finally:
+                self.assertEqual(stop_proxy(skiff, cp), 0)
+                backend.stop()
 
 
 if __name__ == "__main__":
