@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.pb-c.h"
 #include "protos/registry.h"
+#include "xds/pbwire.h"
 
 void agent_bootstrap_json_opts(pbjson_opts_t *ret_opts, bool allow_unknown)
 {
@@ -276,6 +278,46 @@ static void check_grpc_services(const agent_bootstrap_t *b, const char *path,
 }
 
 /* The start-up checks Envoy makes on a bootstrap, each naming the field path. */
+#define GLOBAL_CX_MONITOR "envoy.resource_monitors.global_downstream_max_connections"
+#define GLOBAL_CX_TYPE                                                                  \
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3." \
+    "DownstreamConnectionsConfig"
+
+/* overload_manager.resource_monitors[i] when it is the global connection limit's: its
+ * max_active_downstream_connections, -1 when its typed_config is not that type or does not
+ * decode; 0 when the monitor is another one. */
+static int64_t global_cx_monitor(const Envoy__Config__Overload__V3__ResourceMonitor *m)
+{
+    if (strcmp(m->name, GLOBAL_CX_MONITOR) != 0)
+        return 0;
+    if (m->config_type_case !=
+            ENVOY__CONFIG__OVERLOAD__V3__RESOURCE_MONITOR__CONFIG_TYPE_TYPED_CONFIG ||
+        m->typed_config == NULL || strcmp(m->typed_config->type_url, GLOBAL_CX_TYPE) != 0)
+        return -1;
+    const char *why;
+    Envoy__Extensions__ResourceMonitors__DownstreamConnections__V3__DownstreamConnectionsConfig *c =
+        (void *)xds_pb_unpack(
+            &envoy__extensions__resource_monitors__downstream_connections__v3__downstream_connections_config__descriptor,
+            m->typed_config->value.data, m->typed_config->value.len, &why);
+    if (c == NULL)
+        return -1;
+    int64_t v =
+        c->max_active_downstream_connections > 0 ? c->max_active_downstream_connections : -1;
+    protobuf_c_message_free_unpacked(&c->base, NULL);
+    return v;
+}
+
+uint64_t agent_bootstrap_global_max_connections(const agent_bootstrap_t *b)
+{
+    const Envoy__Config__Overload__V3__OverloadManager *om = b->overload_manager;
+    for (size_t i = 0; om && i < om->n_resource_monitors; i++) {
+        int64_t v = global_cx_monitor(om->resource_monitors[i]);
+        if (v > 0)
+            return (uint64_t)v;
+    }
+    return 0;
+}
+
 static void bootstrap_check(const agent_bootstrap_t *b, pbjson_diag_t *diag, const char *src)
 {
     char why[256];
@@ -332,6 +374,16 @@ static void bootstrap_check(const agent_bootstrap_t *b, pbjson_diag_t *diag, con
     if (dr && dr->ads_config)
         check_grpc_services(b, "dynamic_resources.ads_config", dr->ads_config->grpc_services,
                             dr->ads_config->n_grpc_services, diag, src);
+
+    const Envoy__Config__Overload__V3__OverloadManager *om = b->overload_manager;
+    for (size_t i = 0; om && i < om->n_resource_monitors; i++) {
+        if (global_cx_monitor(om->resource_monitors[i]) < 0)
+            check_error(diag, src,
+                        "overload_manager.resource_monitors[%zu] (" GLOBAL_CX_MONITOR
+                        "): typed_config: must be a " GLOBAL_CX_TYPE
+                        " with max_active_downstream_connections above 0",
+                        i);
+    }
 
     const Envoy__Config__Metrics__V3__StatsConfig *sc = b->stats_config;
     for (size_t i = 0; sc && i < sc->n_stats_tags; i++) {

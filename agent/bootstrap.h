@@ -20,6 +20,11 @@ int agent_bootstrap_load(const agent_options_t *opts, agent_bootstrap_t **ret_bo
 
 void agent_bootstrap_free(agent_bootstrap_t *b);
 
+/* The global connection limit: overload_manager's resource monitor
+ * envoy.resource_monitors.global_downstream_max_connections (its
+ * max_active_downstream_connections); 0 when there is none. */
+uint64_t agent_bootstrap_global_max_connections(const agent_bootstrap_t *b);
+
 /* The pbjson options the bootstrap uses: Any types resolved through the protos registry. */
 void agent_bootstrap_json_opts(pbjson_opts_t *ret_opts, bool allow_unknown);
 

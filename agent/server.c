@@ -1,6 +1,7 @@
 #include "agent/server.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include "dataplane/access_log.h"
+#include "dataplane/listener.h"
 #include "dataplane/log.h"
 #include "skiff_build.h"
 #include "xds/snapshot_build.h"
@@ -250,6 +252,10 @@ static int server_listen_admin(agent_server_t *s)
 
 static int server_start_workers(agent_server_t *s)
 {
+    uint64_t max_cx = agent_bootstrap_global_max_connections(s->bootstrap);
+    dp_listeners_set_global_limit(max_cx);
+    if (max_cx)
+        DP_LOG(DP_LOG_MAIN, DP_LOG_INFO, "global downstream connection limit: %" PRIu64, max_cx);
     s->workers = calloc(s->opts.concurrency, sizeof(*s->workers));
     if (s->workers == NULL)
         return -ENOMEM;

@@ -60,7 +60,13 @@ typedef struct dp_accepted {
     char sni[256]; /* server name from tls_inspector, "" when none */
     char alpn[64]; /* the first ALPN protocol offered (tls_inspector) or detected
                     * (http_inspector: "http/1.1", "http/1.0", "h2c"), "" when none */
+    bool global_counted; /* holds a place under the global connection limit */
 } dp_accepted_t;
+
+/* Gives a's place under the global connection limit back (dataplane/listener.h; a no-op for
+ * one that holds none); every receiver of a dp_accepted_t calls it once the connection is
+ * closed. */
+void dp_accepted_release(dp_accepted_t *a);
 
 /* tcp_proxy: relays the connection to the chain's cluster. Takes ownership of a->fd and
  * a->snap. */

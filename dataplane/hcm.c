@@ -841,6 +841,7 @@ static void conn_maybe_free(hcm_conn_t *c)
         dp_gauge_dec(st->cx_active);
     if (c->a.listener && c->a.listener->cx_active)
         dp_gauge_dec(c->a.listener->cx_active);
+    dp_accepted_release(&c->a);
     dp_wctx_unlink(c->w, &c->link);
     dp_snapshot_unref(c->a.snap);
     free(c);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -204,11 +205,48 @@ static void original_dst(int fd, struct sockaddr_storage *local)
 
 /* ---- the hand-off ---- */
 
+static _Atomic uint64_t global_active;
+static uint64_t global_limit;
+
+void dp_listeners_set_global_limit(uint64_t max_connections)
+{
+    global_limit = max_connections;
+}
+
+uint64_t dp_listeners_global_active(void)
+{
+    return atomic_load_explicit(&global_active, memory_order_relaxed);
+}
+
+void dp_accepted_release(dp_accepted_t *a)
+{
+    if (a->global_counted) {
+        atomic_fetch_sub_explicit(&global_active, 1, memory_order_relaxed);
+        a->global_counted = false;
+    }
+}
+
+/* Takes a place under the global limit for a connection l accepted: false when none is left
+ * (or none is needed: *ret_counted false). */
+static bool global_admit(const dp_listener_t *l, bool *ret_counted)
+{
+    *ret_counted = false;
+    if (global_limit == 0 || l->ignore_global_conn_limit)
+        return true;
+    if (atomic_fetch_add_explicit(&global_active, 1, memory_order_relaxed) >= global_limit) {
+        atomic_fetch_sub_explicit(&global_active, 1, memory_order_relaxed);
+        return false;
+    }
+    *ret_counted = true;
+    return true;
+}
+
 static void close_accepted(dp_accepted_t *a)
 {
     close(a->fd);
     a->fd = -1;
     a->snap = dp_snapshot_unref(a->snap);
+    dp_accepted_release(a);
 }
 
 /* Chooses the chain and hands the connection to its network filter (or closes it). */
@@ -493,16 +531,18 @@ static void pending_free(dp_listeners_t *ls, pending_t *p)
 
 /* A freshly accepted connection on listener l. */
 static void on_conn(dp_listeners_t *ls, const dp_listener_t *l, int fd,
-                    const struct sockaddr_storage *remote)
+                    const struct sockaddr_storage *remote, bool global_counted)
 {
     dp_accepted_t a;
     memset(&a, 0, offsetof(dp_accepted_t, sni));
     a.sni[0] = a.alpn[0] = '\0';
+    a.global_counted = global_counted;
     a.fd = fd;
     a.remote = *remote;
     socklen_t len = sizeof(a.local);
     if (getsockname(fd, (struct sockaddr *)&a.local, &len) < 0) {
         close(fd);
+        dp_accepted_release(&a);
         return;
     }
     a.snap = dp_snapshot_ref(ls->snap);
@@ -612,11 +652,14 @@ static void on_listen_readable(uv_poll_t *h, int status, int events)
                 continue;
             return;
         }
-        if (ol->l == NULL) {
+        bool counted;
+        if (ol->l == NULL || !global_admit(ol->l, &counted)) {
+            if (ol->l && ol->l->cx_global_overflow)
+                dp_counter_inc(ol->l->cx_global_overflow);
             close(fd);
             continue;
         }
-        on_conn(ls, ol->l, fd, &remote);
+        on_conn(ls, ol->l, fd, &remote, counted);
     }
 }
 

@@ -20,7 +20,13 @@
  *
  * Stats: the serving listener's downstream_cx_total is counted and downstream_cx_active
  * raised at the hand-off; the receiver of a dp_accepted_t lowers a->listener->cx_active when
- * the connection closes.
+ * the connection closes, and calls dp_accepted_release().
+ *
+ * The global connection limit (the bootstrap's overload_manager resource monitor
+ * envoy.resource_monitors.global_downstream_max_connections): the connections accepted by
+ * every worker on listeners without ignore_global_conn_limit are counted from accept to close;
+ * one past the limit is closed at accept and counted in the accepting listener's
+ * downstream_global_cx_overflow, as Envoy does.
  *
  * Worker thread only (the config types below are built on the main thread). */
 #ifndef SKIFF_DATAPLANE_LISTENER_H
@@ -68,6 +74,12 @@ bool dp_lf_pred_match(const dp_lf_pred_t *p, uint32_t port);
 /* ---- runtime ---- */
 
 typedef struct dp_listeners dp_listeners_t;
+
+/* The global connection limit, for every worker; 0 (the default) is none. Set before the
+ * workers start. */
+void dp_listeners_set_global_limit(uint64_t max_connections);
+/* The connections now counted against it. Any thread. */
+uint64_t dp_listeners_global_active(void);
 
 /* The listeners of worker context w (which must outlive them). */
 dp_listeners_t *dp_listeners_new(dp_wctx_t *w);

@@ -295,6 +295,7 @@ typedef struct dp_listener {
     bool continue_on_filters_timeout; /* on the timeout: match with what was found, not close */
     bool inbound;            /* traffic_direction INBOUND (what /drain_listeners?inboundonly drains) */
     bool drained;            /* stop accepting: /drain_listeners has run its course */
+    bool ignore_global_conn_limit; /* not counted against the global connection limit */
     /* Envoy's listener.<address>_<port>.downstream_cx_total / _active / no_filter_chain_match;
      * NULL without stats. downstream_cx_tls_unserved counts connections closed because their
      * chain terminates TLS, which skiff does not serve yet. */

@@ -55,6 +55,7 @@ static void conn_on_close(uv_handle_t *h)
         return;
     if (c->listener && c->listener->cx_active)
         dp_gauge_dec(c->listener->cx_active);
+    dp_accepted_release(&c->a);
     if (c->upstream_up && c->cluster->cx_active)
         dp_gauge_dec(c->cluster->cx_active);
     dp_wctx_unlink(c->w, &c->link);

@@ -458,6 +458,7 @@ dp_listener_t *xds_listener_build(dp_snapshot_t *s, dp_stats_t *stats,
     dl->bind_to_port = l->bind_to_port == NULL || l->bind_to_port->value;
     dl->use_original_dst = l->use_original_dst && l->use_original_dst->value;
     dl->transparent = l->transparent && l->transparent->value;
+    dl->ignore_global_conn_limit = l->ignore_global_conn_limit;
     /* Envoy's listener_filters_timeout defaults to 15 s; 0s disables it. */
     dl->filters_timeout_ms =
         l->listener_filters_timeout ? duration_ms(l->listener_filters_timeout) : 15 * 1000;

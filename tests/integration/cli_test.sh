@@ -79,6 +79,13 @@ printf 'static_resources:\n  clusters:\n  - name: a\n  - name: a\n' >"$WORK/dup.
 out=$("$SKIFF" --mode validate -c "$WORK/dup.yaml" 2>&1); rc=$?
 check "duplicate cluster names fail validation" bash -c "[ $rc -eq 1 ] && grep -q 'duplicate cluster name' <<<\"\$0\"" "$out"
 
+# Istio's bootstrap sets the global connection limit; one of 0 is refused, as Envoy does
+out=$("$SKIFF" --mode validate -c "$SHARED/istio/04-bootstrap/default_golden.json" 2>&1); rc=$?
+check "Istio's bootstrap with its global connection limit validates" [ $rc -eq 0 ]
+printf 'overload_manager:\n  resource_monitors:\n  - name: envoy.resource_monitors.global_downstream_max_connections\n    typed_config:\n      "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: 0\n' >"$WORK/gcx.yaml"
+out=$("$SKIFF" --mode validate -c "$WORK/gcx.yaml" 2>&1); rc=$?
+check "a global connection limit of 0 fails validation" bash -c "[ $rc -eq 1 ] && grep -q 'resource_monitors\[0\].*max_active_downstream_connections above 0' <<<\"\$0\"" "$out"
+
 out=$("$SKIFF" --mode validate -c "$WORK/nonexistent.yaml" 2>&1); rc=$?
 check "a missing file fails with its name" bash -c "[ $rc -eq 1 ] && grep -q 'nonexistent.yaml' <<<\"\$0\"" "$out"
 

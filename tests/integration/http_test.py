@@ -1287,6 +1287,94 @@ class OutOfDescriptors(unittest.TestCase):
                 backend.stop()
 
 
+class GlobalConnectionLimit(unittest.TestCase):
+    """The bootstrap's overload_manager resource monitor
+    envoy.resource_monitors.global_downstream_max_connections (Istio's bootstrap sets one, and
+    ignore_global_conn_limit on its 15021 and 15090 listeners), here 4: a connection past it,
+    on any counted listener, is closed at accept and counted in that listener's
+    downstream_global_cx_overflow; a listener with ignore_global_conn_limit still takes
+    connections; each ended connection gives its place back, however it ended (a served HTTP
+    connection, a tcp_proxy with no upstream, one closed for no filter chain)."""
+
+    LIMIT = 4
+
+    def test_the_limit_holds_and_every_place_comes_back(self):
+        backend = HttpBackend("gl")
+        ports = {n: free_port() for n in ("http", "tcp", "nochain", "free")}
+        routes = {"name": "gl", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            route({"prefix": "/"}, route=to("gl"))]}]}
+        tcp = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "gl_tcp", "cluster": "nowhere"}}
+        nochain = listener("nochain", ports["nochain"], hcm("gl_nc", route_config=routes))
+        nochain["filter_chains"][0]["filter_chain_match"] = {"destination_port": 1}
+        free = listener("free", ports["free"], hcm("gl_free", route_config=routes))
+        free["ignore_global_conn_limit"] = True
+        resources = [cluster("gl", backend.port), cluster("nowhere", free_port()),
+                     listener("http", ports["http"], hcm("gl", route_config=routes)),
+                     listener("tcp", ports["tcp"], filters=[tcp]), nochain, free]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "resources.json")
+            write_atomic(path, {"resources": resources})
+            cp = ControlPlane(tmp, path)
+            boot = ads_bootstrap(cp.sock)
+            boot["overload_manager"] = {"resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                             "downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": self.LIMIT}}]}
+            skiff = None
+            try:
+                skiff = Skiff(tmp, boot)
+                self.assertTrue(wait_serving(ports["free"], "/ready"))
+                # places taken and given back: 3 rounds of every way a connection ends
+                for _ in range(3):
+                    for name in ("http", "tcp", "nochain"):
+                        for _ in range(self.LIMIT + 1):
+                            raw(ports[name], b"GET /x HTTP/1.1\r\nHost: x\r\n"
+                                b"Connection: close\r\n\r\n", timeout=2)
+                time.sleep(0.3)
+                socks, served = self.hold(ports["http"], self.LIMIT + 2)
+                self.assertEqual(served, self.LIMIT)
+                r, _ = curl(f"http://127.0.0.1:{ports['free']}/free", "--http1.1")
+                self.assertEqual(r.status, 200, r)
+                for so in socks:
+                    so.close()
+                time.sleep(0.3)
+                socks, served = self.hold(ports["http"], self.LIMIT)
+                self.assertEqual(served, self.LIMIT)
+                for so in socks:
+                    so.close()
+                self.assertGreaterEqual(skiff.stat_int(
+                    f"listener.127.0.0.1_{ports['http']}.downstream_global_cx_overflow"), 2)
+            finally:
+                rc = skiff.stop() if skiff else 0
+                cp.stop()
+                backend.stop()
+            self.assertEqual(rc, 0)
+
+    def hold(self, port, n):
+        """Opens n keep-alive connections, one request on each in turn: (the sockets, how
+        many were answered 200; the others were closed)."""
+        socks, served = [], 0
+        for _ in range(n):
+            so = socket.create_connection(("127.0.0.1", port), timeout=3)
+            socks.append(so)
+            got = b""
+            try:
+                so.sendall(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+                while not got.endswith(b"}"):
+                    chunk = so.recv(65536)
+                    if not chunk:
+                        break
+                    got += chunk
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+            served += raw_status(got) == 200
+        return socks, served
+
+
 if __name__ == "__main__":
     result = unittest.main(exit=False, verbosity=2).result
     bad = result.failures + result.errors
