@@ -113,6 +113,7 @@ typedef struct h2_stream {
     bool out_eof;      /* the owner ended the body (data end_stream or trailers) */
     bool deferred;     /* the data provider returned NGHTTP2_ERR_DEFERRED */
     bool local_end;    /* END_STREAM submitted */
+    bool cut_pending;  /* server: the response ended first; its last frame is not sent yet */
     bool cut_request;  /* server: RST_STREAM(NO_ERROR) after a response that ended first */
     bool drain_armed;  /* buffered() reached buffer_limit: on_drained below half */
     bool drain_due;
@@ -157,6 +158,7 @@ struct h2_conn {
      * it writes what all of them produced together. */
     dp_turn_work_t flusher;
     bool flush_now; /* conn_after runs from the flusher: write now */
+    uint32_t cut_pending; /* streams with cut_pending set */
     int handles_open;
 
     h2_stream_t *free_streams;
@@ -388,8 +390,24 @@ static h2_stream_t *stream_new(h2_conn_t *c, const dp_sink_ops_t *sink, void *ud
     return s;
 }
 
+/* The owner ended the stream's outbound side. A server stream whose request has not ended
+ * is to be cut once its last frame is sent (on_frame_send_cb); c->cut_pending counts those
+ * streams, so that the frames of the others need no stream lookup. */
+static void mark_local_end(h2_conn_t *c, h2_stream_t *s)
+{
+    s->local_end = true;
+    if (c->server && !s->remote_end && !s->cut_pending) {
+        s->cut_pending = true;
+        c->cut_pending++;
+    }
+}
+
 static void stream_release(h2_conn_t *c, h2_stream_t *s)
 {
+    if (s->cut_pending) {
+        s->cut_pending = false;
+        c->cut_pending--;
+    }
     if (c->hdr_s == s) {
         c->hdr_id = 0;
         c->hdr_s = NULL;
@@ -922,16 +940,20 @@ static int on_frame_send_cb(nghttp2_session *session, const nghttp2_frame *frame
         c->goaway_sent = true;
         if (frame->goaway.error_code != NGHTTP2_NO_ERROR)
             c->term_why = DP_RESET_PROTOCOL;
-    } else if (c->server && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+    } else if (c->cut_pending > 0 && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
                (frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA)) {
         /* The response is complete and the request is not: as Envoy, the stream ends here
          * with RST_STREAM(NO_ERROR), which asks the client to stop sending it (RFC 9113
          * §8.1), rather than staying half open for a body nobody reads. */
         h2_stream_t *s = stream_of(session, frame->hd.stream_id);
-        if (s && !s->remote_end && !s->cut_request) {
-            s->cut_request = true;
-            nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
-                                      NGHTTP2_NO_ERROR);
+        if (s && s->cut_pending) {
+            s->cut_pending = false;
+            c->cut_pending--;
+            if (!s->remote_end) {
+                s->cut_request = true;
+                nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                          NGHTTP2_NO_ERROR);
+            }
         }
     }
     return 0;
@@ -1047,7 +1069,8 @@ static int enc_headers_server(h2_stream_t *s, const dp_http_head_t *h, bool end_
         return -EPROTO;
     s->head_sent = true;
     s->has_provider = !end_stream;
-    s->local_end = end_stream;
+    if (end_stream)
+        mark_local_end(c, s);
     return 0;
 }
 
@@ -1137,7 +1160,7 @@ static int h2_enc_data(dp_enc_t *e, const uint8_t *p, size_t n, bool end_stream)
     queue_append(&s->out, p, n);
     if (end_stream) {
         s->out_eof = true;
-        s->local_end = true;
+        mark_local_end(c, s);
     }
     if (s->out.bytes >= c->limits.buffer_limit)
         s->drain_armed = true;
@@ -1169,7 +1192,7 @@ static int h2_enc_trailers(dp_enc_t *e, const dp_headers_t *t)
         nv_set(&nv[n++], name, value);
     }
     s->out_eof = true;
-    s->local_end = true;
+    mark_local_end(c, s);
     /* An empty trailer block is just the end of the stream. */
     if (n > 0) {
         s->out_trailers = nv;
