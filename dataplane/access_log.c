@@ -488,7 +488,8 @@ static const char *details_of(const dp_stream_t *s)
         return s->details; /* a TCP connection: Envoy has no details to give */
     uint32_t f = s->response_flags;
     /* A reset after the response began says more than how it began. */
-    if (s->details && !(f & (DP_RF(UR) | DP_RF(UC) | DP_RF(UT) | DP_RF(SI) | DP_RF(DC))))
+    if (s->details &&
+        !(f & (DP_RF(UR) | DP_RF(UPE) | DP_RF(UC) | DP_RF(UT) | DP_RF(SI) | DP_RF(DC))))
         return s->details;
     if (f & DP_RF(NR))
         return "route_not_found";
@@ -509,6 +510,9 @@ static const char *details_of(const dp_stream_t *s)
     if (f & DP_RF(UR))
         return s->response_started ? "upstream_reset_after_response_started{remote_reset}"
                                    : "upstream_reset_before_response_started{remote_reset}";
+    if (f & DP_RF(UPE))
+        return s->response_started ? "upstream_reset_after_response_started{protocol_error}"
+                                   : "upstream_reset_before_response_started{protocol_error}";
     if (f & DP_RF(FI))
         return "fault_filter_abort";
     if (f & DP_RF(RL))

@@ -588,6 +588,18 @@ dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_po
     } else {
         int st = hp->hp.status_code;
         h->status = st;
+        if (st < 200 || st == 204) {
+            /* RFC 9110 §8.6, §6.1: these have no body and must not say they have one; a
+             * length of 0 is dropped (an HTTP/2 peer would refuse it as well), anything else
+             * refused, as Envoy does. */
+            if (hp->has_te || (hp->has_cl && hp->content_length != 0))
+                return build_fail(hp, "a 1xx or 204 response with content-length or "
+                                      "transfer-encoding");
+            if (hp->has_cl) {
+                DP_HDR_REMOVE(&h->headers, "content-length");
+                hp->has_cl = false;
+            }
+        }
         if (st < 200 || st == 204 || st == 304 || hp->req_was_head)
             hp->framing = DP_H1_BODY_NONE;
         else if (hp->chunked)

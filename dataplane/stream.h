@@ -38,7 +38,8 @@
     X(DI, "DI")   /* delay injected */                      \
     X(FI, "FI")   /* fault injected */                      \
     X(RL, "RL")   /* rate limited locally */                \
-    X(DPE, "DPE") /* downstream protocol error */
+    X(DPE, "DPE") /* downstream protocol error */           \
+    X(UPE, "UPE") /* upstream protocol error */
 
 enum {
 #define DP_RF_BIT_(id, s) DP_RF_BIT_##id,

@@ -229,7 +229,7 @@ static void fail_before_headers(router_t *r, dp_reset_reason_t why, uint32_t ext
         reason = "connection termination";
         break;
     case DP_RESET_PROTOCOL:
-        flag = DP_RF(UR);
+        flag = DP_RF(UPE);
         reason = "protocol error";
         break;
     case DP_RESET_REFUSED:
@@ -256,7 +256,8 @@ static void fail_before_headers(router_t *r, dp_reset_reason_t why, uint32_t ext
         dp_stream_local_reply_headers(r->s, 503, body, flag | extra_flags, &overloaded, 1);
         return;
     }
-    dp_stream_local_reply(r->s, 503, body, flag | extra_flags);
+    /* An upstream that broke the protocol is a bad gateway (Envoy 1.18+, 502 UPE). */
+    dp_stream_local_reply(r->s, why == DP_RESET_PROTOCOL ? 502 : 503, body, flag | extra_flags);
 }
 
 /* Whether another attempt may follow the current one: retries left, the body intact, nothing
@@ -562,7 +563,7 @@ static void up_on_done(void *ud, dp_reset_reason_t why)
         attempt_failed(r, why, true, false);
     } else {
         timers_stop_all(r);
-        dp_stream_reset(r->s, DP_RF(UR));
+        dp_stream_reset(r->s, why == DP_RESET_PROTOCOL ? DP_RF(UPE) : DP_RF(UR));
     }
 }
 

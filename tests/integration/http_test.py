@@ -40,6 +40,68 @@ CONNECT_FAILURE = re.compile(
 
 # --- the shared environment --------------------------------------------------------------------
 
+class RawUpstream:
+    """An HTTP/1.1 upstream on 127.0.0.1 that answers each request with the bytes RESPONSES
+    holds for its path (malformed ones among them), as they are; after a truncated one it
+    closes. Records (connection number, path) per request."""
+
+    RESPONSES = {
+        b"/raw/ok": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"/raw/cl-and-te": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked"
+                           b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"/raw/nul": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+        b"/raw/status": b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"/raw/two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        b"/raw/204-with-length": b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\nxyz",
+        b"/raw/204-length-0": b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+        b"/raw/truncated-length": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"a" * 50,
+        b"/raw/truncated-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                   b"5\r\nhello\r\n",
+    }
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.requests, self.n_conns, self.lock = [], 0, threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.n_conns += 1
+                n = self.n_conns
+            threading.Thread(target=self.serve, args=(c, n), daemon=True).start()
+
+    def serve(self, c, n):
+        buf = b""
+        with c:
+            while True:
+                try:
+                    d = c.recv(65536)
+                except OSError:
+                    return
+                if not d:
+                    return
+                buf += d
+                while b"\r\n\r\n" in buf:
+                    head, buf = buf.split(b"\r\n\r\n", 1)
+                    path = head.split(b" ")[1]
+                    with self.lock:
+                        self.requests.append((n, path.decode()))
+                    c.sendall(self.RESPONSES.get(path, self.RESPONSES[b"/raw/ok"]))
+                    if b"truncated" in path:
+                        return
+
+    def stop(self):
+        self.sock.close()
+
+
 class Env:
     """Backends, tools/xds-files and one skiff with the main listener ("ingress_http", RDS
     route "local") and an edge listener (use_remote_address, loopback not internal). Shared by
@@ -50,6 +112,7 @@ class Env:
         d = self.tmp.name
         self.b = {n: HttpBackend(n) for n in ("a", "b", "c", "d", "h2", "auto", "counted")}
         self.grpc = GrpcBackend("g")
+        self.raw = RawUpstream()
         self.port = free_port()
         self.edge_port = free_port()
         self.timeouts_port = free_port()
@@ -79,7 +142,7 @@ class Env:
                 cluster("h2", b["h2"].port, h2=True), cluster("auto", b["auto"].port, auto=True),
                 cluster("grpc", self.grpc.port, h2=True),
                 cluster("empty", eds=True), cluster("grpc-empty", eds=True, h2=True),
-                cluster("closed", self.closed_port)]
+                cluster("closed", self.closed_port), cluster("raw", self.raw.port)]
 
     def listeners(self):
         edge = hcm("edge_http", rds="local", use_remote_address=True,
@@ -100,6 +163,7 @@ class Env:
         main = [
             route({"path": "/exact-path"}, route=to("b")),
             route({"prefix": "/b/"}, route=to("b")),
+            route({"prefix": "/raw/"}, route=to("raw")),
             route({"safe_regex": {"regex": "^/re/[0-9]+$"}}, route=to("c")),
             route({"prefix": "/hdr", "headers": [{"name": "x-pick",
                                                   "string_match": {"exact": "d"}}]}, route=to("d")),
@@ -144,6 +208,8 @@ class Env:
         return f"http://127.0.0.1:{self.edge_port if edge else self.port}{path}"
 
     def clear(self):
+        with self.raw.lock:
+            self.raw.requests.clear()
         for b in self.b.values():
             b.record.clear()
         with self.grpc.lock:
@@ -158,6 +224,7 @@ class Env:
         for b in self.b.values():
             b.stop()
         self.grpc.stop()
+        self.raw.stop()
         self.tmp.cleanup()
         return rc
 
@@ -566,6 +633,43 @@ def h2_exchange(port, frames, limit, settings=None):
     dec = hpack.Decoder()
     heads = [dict(dec.decode(f.data)) for f in out if isinstance(f, HeadersFrame)]
     return out, heads
+
+
+class MalformedUpstream(EnvCase):
+    """Responses that break HTTP/1.1 from an upstream (RawUpstream): Envoy's 502 UPE with
+    "reset reason: protocol error", over HTTP/1.1 and h2c, the connection that carried it not
+    used again; a response cut short never looks complete downstream (curl: HTTP/1.1 "transfer
+    closed with outstanding read data", h2c a stream error); a 204 whose length is 0 reaches an
+    HTTP/2 client without the content-length it would refuse."""
+
+    BAD = ("cl-and-te", "nul", "status", "two-lengths", "204-with-length")
+    BODY = b"upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+
+    def test_a_malformed_response_is_a_502_and_its_connection_is_dropped(self):
+        for bad in self.BAD:
+            for proto in ("--http1.1", "--http2-prior-knowledge"):
+                with self.subTest(bad=bad, proto=proto):
+                    self.env.clear()
+                    r, _ = curl(self.env.url("/raw/" + bad), proto)
+                    self.assertEqual((r.status, r.body), (502, self.BODY), r)
+                    r, _ = curl(self.env.url("/raw/ok"), "--http1.1")
+                    self.assertEqual(r.status, 200, r)
+                    with self.env.raw.lock:
+                        reqs = list(self.env.raw.requests)
+                    self.assertEqual([p for _, p in reqs], ["/raw/" + bad, "/raw/ok"])
+                    self.assertNotEqual(reqs[0][0], reqs[1][0], "the bad connection was reused")
+
+    def test_a_truncated_response_never_looks_complete(self):
+        for cut in ("truncated-length", "truncated-chunked"):
+            for proto, rc in (("--http1.1", 18), ("--http2-prior-knowledge", 92)):
+                with self.subTest(cut=cut, proto=proto):
+                    p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-m", "5", proto,
+                                        self.env.url("/raw/" + cut)], timeout=10)
+                    self.assertEqual(p.returncode, rc)
+
+    def test_a_204_with_length_0_reaches_an_h2_client(self):
+        r, _ = curl(self.env.url("/raw/204-length-0"), "--http2-prior-knowledge")
+        self.assertEqual((r.status, r.body, r.h("content-length")), (204, b"", None), r)
 
 
 class Http2(EnvCase):

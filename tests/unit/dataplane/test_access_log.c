@@ -146,6 +146,14 @@ START_TEST(test_default_and_istio_lines)
     f.s.response_flags = DP_RF(UF) | DP_RF(URX);
     ck_assert_str_eq(line_of(a, "%RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%", &f),
                      "UF,URX upstream_reset_before_response_started{connection_failure}");
+    f.s.response_flags = DP_RF(UPE);
+    ck_assert(f.s.response_started);
+    ck_assert_str_eq(line_of(a, "%RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%", &f),
+                     "UPE upstream_reset_after_response_started{protocol_error}");
+    f.s.response_started = false;
+    ck_assert_str_eq(line_of(a, "%RESPONSE_CODE_DETAILS%", &f),
+                     "upstream_reset_before_response_started{protocol_error}");
+    f.s.response_started = true;
     f.s.response_flags = DP_RF(UH);
     ck_assert_str_eq(line_of(a, "%RESPONSE_CODE_DETAILS%", &f), "no_healthy_upstream");
     f.s.response_flags = DP_RF(FI);
