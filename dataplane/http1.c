@@ -18,9 +18,8 @@
  *  - A local reply (400, 431, 501, 503; refuse_head's status) carries its reason phrase (or
  *    refuse_head's body) as a text/plain body and "connection: close"; the connection is shut
  *    down for writing after it, lingers (reads and drops) until the peer's FIN or one second,
- *    then closes. A parse error after the head was
- *    delivered gives the sink on_done(DP_RESET_PROTOCOL) and the peer a 400 when no response
- *    had started.
+ *    then closes. A parse error after the head was delivered gives the sink
+ *    on_done(DP_RESET_PROTOCOL) and the peer a 400 when no response had started.
  *  - Encoding: the status line carries the reason phrase; the framing is the codec's (any
  *    content-length, transfer-encoding, connection, keep-alive, host header in the head is
  *    replaced): content-length when known, 0 when the head ends the stream (not for
@@ -493,9 +492,8 @@ static void conn_shutdown(h1_conn_t *c)
         conn_close(c, DP_RESET_CONN_TERMINATED, c->close_why);
 }
 
-/* A local reply for a request the codec refuses; the connection closes after it. */
 /* A server's own answer to the request being read (a malformed one, or one refused): the
- * body is the reason phrase unless given. */
+ * body is the reason phrase unless given; the connection closes after it. */
 static void local_reply_body(h1_conn_t *c, int status, const char *body)
 {
     if (c->active) {

@@ -213,11 +213,6 @@ void dp_listeners_set_global_limit(uint64_t max_connections)
     global_limit = max_connections;
 }
 
-uint64_t dp_listeners_global_active(void)
-{
-    return atomic_load_explicit(&global_active, memory_order_relaxed);
-}
-
 void dp_accepted_release(dp_accepted_t *a)
 {
     if (a->global_counted) {

@@ -78,8 +78,6 @@ typedef struct dp_listeners dp_listeners_t;
 /* The global connection limit, for every worker; 0 (the default) is none. Set before the
  * workers start. */
 void dp_listeners_set_global_limit(uint64_t max_connections);
-/* The connections now counted against it. Any thread. */
-uint64_t dp_listeners_global_active(void);
 
 /* The listeners of worker context w (which must outlive them). */
 dp_listeners_t *dp_listeners_new(dp_wctx_t *w);
