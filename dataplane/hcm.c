@@ -19,6 +19,7 @@
 #include "dataplane/conn.h"
 #include "dataplane/filter_chain.h"
 #include "dataplane/log.h"
+#include "dataplane/path.h"
 #include "dataplane/route.h"
 #include "dataplane/stream.h"
 
@@ -444,6 +445,44 @@ static void mutate_request(hcm_stream_t *hs, dp_http_head_t *h)
         h->scheme = DP_STR("http");
 }
 
+/* Envoy's path normalisation before routing (ConnectionManagerUtility::maybeNormalizePath;
+ * dataplane/path.h), on the path the routes, the filters and the upstream all see. Returns false
+ * when the stream got its local reply instead: 400 for a path that cannot be normalised or
+ * escaped slashes under REJECT_REQUEST (and under UNESCAPE_AND_REDIRECT for gRPC, which does
+ * not follow redirects), 307 to the unescaped path under UNESCAPE_AND_REDIRECT. */
+static bool path_normalize(hcm_stream_t *hs, dp_http_head_t *h)
+{
+    const dp_hcm_config_t *cfg = hs->c->cfg;
+    unsigned flags = (cfg->normalize_path ? DP_PATH_NORMALIZE : 0) |
+                     (cfg->merge_slashes ? DP_PATH_MERGE_SLASHES : 0) |
+                     (cfg->escaped_slashes != DP_SLASHES_KEEP ? DP_PATH_UNESCAPE_SLASHES : 0);
+    if (!dp_path_may_change(h->path.p, h->path.n, flags))
+        return true;
+    char *out = dp_pool_alloc(hs->s.pool, h->path.n + 1);
+    bool slashes;
+    long n = dp_path_normalize(h->path.p, h->path.n, flags, out, &slashes);
+    bool redirect = slashes && cfg->escaped_slashes == DP_SLASHES_REDIRECT;
+    if (n < 0 || (slashes && cfg->escaped_slashes == DP_SLASHES_REJECT) ||
+        (redirect && hs->s.grpc)) {
+        if (cfg->stats.rq_failed_path_normalization)
+            dp_counter_inc(cfg->stats.rq_failed_path_normalization);
+        hs->s.details = "path_normalization_failed";
+        dp_stream_local_reply(&hs->s, 400, NULL, 0);
+        return false;
+    }
+    out[n] = '\0';
+    h->path = (dp_str_t){out, (size_t)n};
+    if (redirect) {
+        if (cfg->stats.rq_redirected_with_normalized_path)
+            dp_counter_inc(cfg->stats.rq_redirected_with_normalized_path);
+        hs->s.details = "path_normalization_failed";
+        const dp_header_t location = {DP_STR("location"), h->path};
+        dp_stream_local_reply_headers(&hs->s, 307, NULL, 0, &location, 1);
+        return false;
+    }
+    return true;
+}
+
 /* ---- the downstream codec's events ---- */
 
 static void on_req_headers(void *ud, dp_http_head_t *h, bool end_stream)
@@ -480,6 +519,8 @@ static void on_req_headers(void *ud, dp_http_head_t *h, bool end_stream)
         dp_stream_local_reply(&hs->s, 403, "upgrade failed", 0);
         return;
     }
+    if (!path_normalize(hs, h))
+        return;
     mutate_request(hs, h);
     /* The route is chosen once, before the filters, so that each can read its route-level
      * config (Envoy's cached route). */

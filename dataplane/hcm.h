@@ -25,6 +25,13 @@ typedef enum dp_codec_type {
     DP_CODEC_HTTP2,
 } dp_codec_type_t;
 
+typedef enum dp_escaped_slashes {
+    DP_SLASHES_KEEP,
+    DP_SLASHES_REJECT,   /* 400 */
+    DP_SLASHES_REDIRECT, /* 307 to the unescaped path (400 for gRPC) */
+    DP_SLASHES_FORWARD,  /* unescaped, then normalised */
+} dp_escaped_slashes_t;
+
 /* One entry of http_filters, in the listener's order (the router last). */
 typedef struct dp_http_filter {
     const char *name;                       /* "envoy.filters.http.fault" */
@@ -43,6 +50,7 @@ typedef struct dp_hcm_stats {
     dp_counter_t *rq_rx_reset, *rq_tx_reset;
     dp_counter_t *no_route, *no_cluster; /* http.<prefix>.no_route, .no_cluster */
     dp_counter_t *rq_too_large, *rq_header_overflow;
+    dp_counter_t *rq_failed_path_normalization, *rq_redirected_with_normalized_path;
 } dp_hcm_stats_t;
 
 typedef struct dp_hcm_config {
@@ -64,7 +72,10 @@ typedef struct dp_hcm_config {
     bool use_remote_address;
     uint32_t xff_num_trusted_hops;
     const char *server_name; /* the server header on responses ("envoy" by default) */
+    /* Path normalisation before routing (dataplane/path.h): normalize_path, merge_slashes,
+     * path_with_escaped_slashes_action (KEEP_UNCHANGED, also for the unspecified default). */
     bool normalize_path, merge_slashes;
+    dp_escaped_slashes_t escaped_slashes;
     bool generate_request_id;          /* default true */
     bool preserve_external_request_id; /* keep an x-request-id from an untrusted peer */
     bool websocket;                    /* upgrade_configs has websocket */

@@ -160,6 +160,18 @@ static inline size_t dp_u64_fmt(char *buf, uint64_t v)
     return n;
 }
 
+/* The value of hex digit c, -1 when it is none. */
+static inline int dp_hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 /* v as 16 lower-case hex digits, most significant first (no NUL): each half's nibbles spread
  * one to a byte, then 0x30 added to each and 0x27 more to those above 9 ('a' - '0' - 10). */
 static inline uint64_t dp_hex_nibbles_(uint32_t v)

@@ -698,26 +698,15 @@ static long body_fail(dp_h1_body_parser_t *bp, int status, const char *err)
     return -1;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* chunk-size [ BWS ";" chunk-ext ] (RFC 9112 §7.1), without the CRLF. */
 static int parse_chunk_line(const char *l, size_t n, uint64_t *size)
 {
     size_t i = 0;
     uint64_t v = 0;
-    while (i < n && hexval(l[i]) >= 0) {
+    while (i < n && dp_hexval(l[i]) >= 0) {
         if (i == 15)
             return -1; /* 16 digits would pass 2^60; no body is that large */
-        v = v * 16 + (uint64_t)hexval(l[i]);
+        v = v * 16 + (uint64_t)dp_hexval(l[i]);
         i++;
     }
     if (i == 0)

@@ -76,6 +76,8 @@ static void make_stats(dp_stats_t *st, const char *prefix, dp_hcm_stats_t *out)
     C(rq_timeout, "downstream_rq_timeout");
     C(rq_idle_timeout, "downstream_rq_idle_timeout");
     C(rq_header_timeout, "downstream_rq_header_timeout");
+    C(rq_failed_path_normalization, "downstream_rq_failed_path_normalization");
+    C(rq_redirected_with_normalized_path, "downstream_rq_redirected_with_normalized_path");
     C(rq_rx_reset, "downstream_rq_rx_reset");
     C(rq_tx_reset, "downstream_rq_tx_reset");
     C(no_route, "no_route");
@@ -237,6 +239,20 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
         dp_arena_strdup(a, hcm->server_name && hcm->server_name[0] ? hcm->server_name : "envoy");
     c->normalize_path = hcm->normalize_path && hcm->normalize_path->value;
     c->merge_slashes = hcm->merge_slashes;
+    switch (hcm->path_with_escaped_slashes_action) {
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__PATH_WITH_ESCAPED_SLASHES_ACTION__REJECT_REQUEST:
+        c->escaped_slashes = DP_SLASHES_REJECT;
+        break;
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__PATH_WITH_ESCAPED_SLASHES_ACTION__UNESCAPE_AND_REDIRECT:
+        c->escaped_slashes = DP_SLASHES_REDIRECT;
+        break;
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__PATH_WITH_ESCAPED_SLASHES_ACTION__UNESCAPE_AND_FORWARD:
+        c->escaped_slashes = DP_SLASHES_FORWARD;
+        break;
+    default: /* KEEP_UNCHANGED, and Envoy's default for IMPLEMENTATION_SPECIFIC_DEFAULT */
+        c->escaped_slashes = DP_SLASHES_KEEP;
+        break;
+    }
     c->generate_request_id = hcm->generate_request_id == NULL || hcm->generate_request_id->value;
     c->preserve_external_request_id = hcm->preserve_external_request_id;
     for (size_t i = 0; i < hcm->n_upgrade_configs; i++) {

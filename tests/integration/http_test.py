@@ -117,6 +117,11 @@ class Env:
         self.edge_port = free_port()
         self.timeouts_port = free_port()
         self.headers_port = free_port()
+        # path normalisation: Istio's BASE (normalize_path, escaped slashes kept) with
+        # merge_slashes, and the three other path_with_escaped_slashes_action values
+        self.norm_ports = {a: free_port() for a in ("KEEP_UNCHANGED", "REJECT_REQUEST",
+                                                    "UNESCAPE_AND_REDIRECT",
+                                                    "UNESCAPE_AND_FORWARD")}
         self.closed_port = free_port()  # nothing listens there
         self.clusters_file = os.path.join(d, "clusters.json")
         self.listeners_file = os.path.join(d, "listeners.json")
@@ -130,6 +135,7 @@ class Env:
         ok = ok and wait_serving(self.port, "/a/ready") and wait_serving(self.edge_port, "/a/ready")
         ok = ok and wait_serving(self.timeouts_port, "/a/ready")
         ok = ok and wait_serving(self.headers_port, "/a/ready")
+        ok = ok and all(wait_serving(p, "/a/ready") for p in self.norm_ports.values())
         if not ok:
             log = open(self.skiff.logpath).read()[-3000:]
             self.stop()
@@ -154,10 +160,14 @@ class Env:
         # Istio's stream_idle_timeout of 0: only request_headers_timeout ends a slow head
         heads = hcm("headers_http", rds="local", stream_idle_timeout="0s",
                     request_headers_timeout="0.5s")
+        norm = [listener("norm_" + a.lower(), p, hcm(
+            "norm_" + a.lower(), rds="local", normalize_path=True,
+            merge_slashes=(a == "KEEP_UNCHANGED"), path_with_escaped_slashes_action=a))
+            for a, p in self.norm_ports.items()]
         return [listener("ingress", self.port, hcm("ingress_http", rds="local")),
                 listener("edge", self.edge_port, edge),
                 listener("timeouts", self.timeouts_port, short),
-                listener("headers", self.headers_port, heads)]
+                listener("headers", self.headers_port, heads)] + norm
 
     def routes(self):
         main = [
@@ -633,6 +643,60 @@ def h2_exchange(port, frames, limit, settings=None):
     dec = hpack.Decoder()
     heads = [dict(dec.decode(f.data)) for f in out if isinstance(f, HeadersFrame)]
     return out, heads
+
+
+class PathNormalization(EnvCase):
+    """normalize_path, merge_slashes and path_with_escaped_slashes_action as Envoy applies them
+    before routing: the route is chosen on the normalised path and the upstream gets it; %00
+    is a 400 that reaches nothing; escaped slashes are kept (Istio's default), refused,
+    redirected to (307; a 400 for gRPC) or decoded and forwarded."""
+
+    def url(self, action, path):
+        return f"http://127.0.0.1:{self.env.norm_ports[action]}{path}"
+
+    def path_at(self, backend, url, *args):
+        self.env.clear()
+        r, _ = curl(url, "--path-as-is", *args)
+        self.assertEqual(r.status, 200, r)
+        return self.only(backend)["path"]
+
+    def test_dot_segments_and_slashes_are_normalised_before_routing(self):
+        for proto in ("--http1.1", "--http2-prior-knowledge"):
+            with self.subTest(proto=proto):
+                keep = lambda p: self.url("KEEP_UNCHANGED", p)  # noqa: E731
+                self.assertEqual(self.path_at("b", keep("/a/../b/x"), proto), "/b/x")
+                self.assertEqual(self.path_at("b", keep("/a/%2e%2E/b/y?q=/../z"), proto),
+                                 "/b/y?q=/../z")
+                self.assertEqual(self.path_at("b", keep("//b//./z"), proto), "/b/z")
+                self.assertEqual(self.path_at("a", keep("/a/%7Ex%2Fy"), proto), "/a/~x%2Fy")
+        # without normalize_path the same request goes where its bytes say
+        self.assertEqual(self.path_at("a", self.env.url("/a/../b/x"), "--http1.1"), "/a/../b/x")
+
+    def test_an_escaped_nul_is_refused(self):
+        stat = "http.norm_keep_unchanged.downstream_rq_failed_path_normalization"
+        n0 = self.env.skiff.stat_int(stat)
+        r, _ = curl(self.url("KEEP_UNCHANGED", "/b/%00x"), "--path-as-is", "--http1.1")
+        self.assertEqual((r.status, r.body), (400, b""), r)
+        self.assertEqual((self.got("a"), self.got("b")), ([], []))
+        self.assertEqual(self.env.skiff.stat_int(stat), n0 + 1)
+
+    def test_escaped_slashes_refused_redirected_or_forwarded(self):
+        r, _ = curl(self.url("REJECT_REQUEST", "/b%2Fx"), "--path-as-is", "--http1.1")
+        self.assertEqual(r.status, 400, r)
+        r, _ = curl(self.url("UNESCAPE_AND_REDIRECT", "/b%2Fx%5Cy"), "--path-as-is", "--http1.1")
+        self.assertEqual((r.status, r.h("location")), (307, "/b/x/y"), r)
+        self.assertEqual(self.env.skiff.stat_int(
+            "http.norm_unescape_and_redirect.downstream_rq_redirected_with_normalized_path"), 1)
+        r, _ = curl(self.url("UNESCAPE_AND_REDIRECT", "/b%2Fx"), "--path-as-is",
+                    "--http2-prior-knowledge", "-H", "content-type: application/grpc",
+                    "-H", "te: trailers")
+        self.assertEqual((r.status, r.h("grpc-status")), (200, "13"), r)  # 400 as gRPC INTERNAL
+        self.assertEqual((self.got("a"), self.got("b")), ([], []))
+        self.assertEqual(self.path_at("b", self.url("UNESCAPE_AND_FORWARD", "/b%2Fx%5C..%2Fy"),
+                                      "--http1.1"), "/b/y")
+        # escaped slashes kept: routed and forwarded as they came
+        self.assertEqual(self.path_at("a", self.url("KEEP_UNCHANGED", "/a%2Fb"), "--http1.1"),
+                         "/a%2Fb")
 
 
 class MalformedUpstream(EnvCase):
