@@ -481,6 +481,28 @@ static size_t time_fmt(const char *fmt, size_t flen, int64_t wall_us, char *buf,
     return o;
 }
 
+const char *dp_response_flags_str(uint32_t flags, char *buf, size_t len)
+{
+    static const char *const names[] = {
+#define DP_RF_NAME_(id, s) s,
+        DP_RESPONSE_FLAGS(DP_RF_NAME_)
+#undef DP_RF_NAME_
+    };
+    size_t off = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (!(flags & (1u << i)))
+            continue;
+        int n = snprintf(buf + off, len - off, "%s%s", off ? "," : "", names[i]);
+        if (n < 0 || (size_t)n >= len - off)
+            break;
+        off += (size_t)n;
+    }
+    if (off == 0)
+        snprintf(buf, len, "-");
+    return buf;
+}
+
 /* RESPONSE_CODE_DETAILS when nothing set it: derived from the response flags. */
 static const char *details_of(const dp_stream_t *s)
 {
@@ -667,11 +689,12 @@ static val_t op_value(const al_piece_t *pc, const dp_stream_t *s, uint64_t now_m
     }
 }
 
-static void put_text_val(out_t *o, const al_piece_t *pc, val_t v)
+static void put_text_val(out_t *o, const al_piece_t *pc, val_t v, bool absent_empty)
 {
     switch (v.kind) {
     case V_ABSENT:
-        put(o, "-", 1);
+        if (!absent_empty)
+            put(o, "-", 1);
         break;
     case V_NUM:
         put_u64(o, v.num);
@@ -682,7 +705,8 @@ static void put_text_val(out_t *o, const al_piece_t *pc, val_t v)
     }
 }
 
-static void text_line(const dp_access_format_t *f, const dp_stream_t *s, uint64_t now_ms, out_t *o)
+static void text_line(const dp_access_format_t *f, const dp_stream_t *s, uint64_t now_ms, out_t *o,
+                      bool absent_empty)
 {
     char scratch[512];
     for (size_t i = 0; i < f->n_pieces; i++) {
@@ -691,7 +715,7 @@ static void text_line(const dp_access_format_t *f, const dp_stream_t *s, uint64_
             put(o, pc->text, pc->len);
             continue;
         }
-        put_text_val(o, pc, op_value(pc, s, now_ms, scratch, sizeof(scratch)));
+        put_text_val(o, pc, op_value(pc, s, now_ms, scratch, sizeof(scratch)), absent_empty);
     }
 }
 
@@ -757,7 +781,7 @@ static void json_object(const dp_access_json_field_t *fields, size_t n, const dp
         }
         char tb[4096];
         out_t t = {tb, 0, sizeof(tb) - 1};
-        text_line(f, s, now_ms, &t);
+        text_line(f, s, now_ms, &t, false);
         put_json_str(o, tb, t.n);
     }
     put(o, "}", 1);
@@ -773,8 +797,20 @@ size_t dp_access_format_line(const dp_access_format_t *f, const dp_stream_t *s, 
         json_object(f->fields, f->n_fields, s, now_ms, &o, 0);
         put(&o, "\n", 1);
     } else {
-        text_line(f, s, now_ms, &o);
+        text_line(f, s, now_ms, &o, false);
     }
+    buf[o.n] = '\0';
+    return o.n;
+}
+
+size_t dp_access_format_value(const dp_access_format_t *f, const dp_stream_t *s, uint64_t now_ms,
+                              char *buf, size_t cap)
+{
+    if (cap == 0)
+        return 0;
+    out_t o = {buf, 0, cap - 1};
+    if (!f->json)
+        text_line(f, s, now_ms, &o, true);
     buf[o.n] = '\0';
     return o.n;
 }

@@ -76,6 +76,12 @@ const dp_access_format_t *dp_access_format_json(dp_arena_t *a, const dp_access_j
 size_t dp_access_format_line(const dp_access_format_t *f, const struct dp_stream *s,
                              uint64_t now_ms, char *buf, size_t cap);
 
+/* A text format as a header value (Envoy's header formatter: what the route's headers_to_add
+ * values hold): an absent value is empty instead of "-". Into buf, NUL ended; returns the
+ * length (a value longer than cap - 1 is cut). Any thread. */
+size_t dp_access_format_value(const dp_access_format_t *f, const struct dp_stream *s,
+                              uint64_t now_ms, char *buf, size_t cap);
+
 /* The shared file for path, opened (appending, created 0644) on first use. Main thread.
  * Returns NULL and a malloc'd message when it cannot be opened. */
 dp_access_file_t *dp_access_file_get(const char *path, char **reterr_msg);

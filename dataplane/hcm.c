@@ -92,28 +92,6 @@ uint64_t dp_stream_now_ms(const dp_stream_t *s)
     return uv_now(s->w->loop);
 }
 
-const char *dp_response_flags_str(uint32_t flags, char *buf, size_t len)
-{
-    static const char *const names[] = {
-#define DP_RF_NAME_(id, s) s,
-        DP_RESPONSE_FLAGS(DP_RF_NAME_)
-#undef DP_RF_NAME_
-    };
-    size_t off = 0;
-    buf[0] = '\0';
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (!(flags & (1u << i)))
-            continue;
-        int n = snprintf(buf + off, len - off, "%s%s", off ? "," : "", names[i]);
-        if (n < 0 || (size_t)n >= len - off)
-            break;
-        off += (size_t)n;
-    }
-    if (off == 0)
-        snprintf(buf, len, "-");
-    return buf;
-}
-
 /* A version-4 UUID from the worker's generator, as Envoy's x-request-id (8-4-4-4-12). */
 static void uuid4(dp_wctx_t *w, char out[37])
 {

@@ -556,7 +556,22 @@ static bool has_header(const dp_headers_t *h, dp_str_t name)
     return dp_headers_get(h, name.p, name.n) != NULL;
 }
 
-void dp_header_ops_apply(const dp_header_ops_t *ops, dp_headers_t *h, dp_pool_t *pool)
+/* An add's value: formatted (into pool) when it has a format and fmt can. */
+static dp_str_t add_value(const dp_header_add_t *a, dp_pool_t *pool, const dp_header_fmt_t *fmt)
+{
+    if (a->fmt == NULL || fmt == NULL)
+        return a->value;
+    char buf[4096];
+    size_t n = fmt->fn(a->fmt, fmt->ctx, buf, sizeof(buf));
+    for (size_t i = 0; i < n; i++) {
+        if (buf[i] == '\r' || buf[i] == '\n' || buf[i] == '\0')
+            return (dp_str_t){"", 0};
+    }
+    return (dp_str_t){dp_pool_strndup(pool, buf, n), n};
+}
+
+void dp_header_ops_apply(const dp_header_ops_t *ops, dp_headers_t *h, dp_pool_t *pool,
+                         const dp_header_fmt_t *fmt)
 {
     if (ops == NULL)
         return;
@@ -566,11 +581,14 @@ void dp_header_ops_apply(const dp_header_ops_t *ops, dp_headers_t *h, dp_pool_t 
         return;
     /* 0 skip, 1 append, 2 overwrite: decided on the headers before this level's adds. */
     unsigned char stack[64];
+    dp_str_t vstack[16];
     unsigned char *what = ops->n_add <= sizeof(stack) ? stack : dp_pool_alloc(pool, ops->n_add);
+    dp_str_t *val = ops->n_add <= 16 ? vstack : dp_pool_alloc(pool, ops->n_add * sizeof(*val));
     for (size_t i = 0; i < ops->n_add; i++) {
         const dp_header_add_t *a = &ops->add[i];
         what[i] = 0;
-        if (a->value.n == 0 && !a->keep_empty_value)
+        val[i] = add_value(a, pool, fmt);
+        if (val[i].n == 0 && !a->keep_empty_value)
             continue;
         switch (a->action) {
         case DP_HDR_APPEND_IF_EXISTS_OR_ADD:
@@ -590,28 +608,28 @@ void dp_header_ops_apply(const dp_header_ops_t *ops, dp_headers_t *h, dp_pool_t 
     for (size_t i = 0; i < ops->n_add; i++) {
         if (what[i] == 2) {
             dp_headers_remove(h, ops->add[i].name.p, ops->add[i].name.n);
-            dp_headers_add_ref(h, pool, ops->add[i].name, ops->add[i].value);
+            dp_headers_add_ref(h, pool, ops->add[i].name, val[i]);
         }
     }
     for (size_t i = 0; i < ops->n_add; i++) {
         if (what[i] == 1)
-            dp_headers_add_ref(h, pool, ops->add[i].name, ops->add[i].value);
+            dp_headers_add_ref(h, pool, ops->add[i].name, val[i]);
     }
 }
 
 /* The route, vhost and route config levels of one direction, in Envoy's evaluation order. */
 static void apply_levels(const dp_header_ops_t *route, const dp_header_ops_t *vhost,
                          const dp_header_ops_t *config, bool most_specific_wins, dp_headers_t *h,
-                         dp_pool_t *pool)
+                         dp_pool_t *pool, const dp_header_fmt_t *fmt)
 {
     if (most_specific_wins) {
-        dp_header_ops_apply(config, h, pool);
-        dp_header_ops_apply(vhost, h, pool);
-        dp_header_ops_apply(route, h, pool);
+        dp_header_ops_apply(config, h, pool, fmt);
+        dp_header_ops_apply(vhost, h, pool, fmt);
+        dp_header_ops_apply(route, h, pool, fmt);
     } else {
-        dp_header_ops_apply(route, h, pool);
-        dp_header_ops_apply(vhost, h, pool);
-        dp_header_ops_apply(config, h, pool);
+        dp_header_ops_apply(route, h, pool, fmt);
+        dp_header_ops_apply(vhost, h, pool, fmt);
+        dp_header_ops_apply(config, h, pool, fmt);
     }
 }
 
@@ -660,15 +678,16 @@ static dp_str_t rewritten_path(const dp_route_t *r, dp_str_t path, dp_pool_t *po
 }
 
 void dp_route_apply_request(const dp_route_config_t *rc, const dp_vhost_t *vh, const dp_route_t *r,
-                            const dp_route_weighted_t *wc, dp_http_head_t *req, dp_pool_t *pool)
+                            const dp_route_weighted_t *wc, dp_http_head_t *req, dp_pool_t *pool,
+                            const dp_header_fmt_t *fmt)
 {
     if (wc) {
-        dp_header_ops_apply(&wc->req, &req->headers, pool);
+        dp_header_ops_apply(&wc->req, &req->headers, pool, fmt);
         if (wc->host_rewrite)
             req->authority = cstr(wc->host_rewrite);
     }
     apply_levels(r ? &r->req : NULL, vh ? &vh->req : NULL, rc ? &rc->req : NULL,
-                 rc && rc->most_specific_header_mutations_wins, &req->headers, pool);
+                 rc && rc->most_specific_header_mutations_wins, &req->headers, pool, fmt);
     if (r == NULL)
         return;
     if (r->host_rewrite) {
@@ -683,12 +702,13 @@ void dp_route_apply_request(const dp_route_config_t *rc, const dp_vhost_t *vh, c
 }
 
 void dp_route_apply_response(const dp_route_config_t *rc, const dp_vhost_t *vh, const dp_route_t *r,
-                             const dp_route_weighted_t *wc, dp_http_head_t *resp, dp_pool_t *pool)
+                             const dp_route_weighted_t *wc, dp_http_head_t *resp, dp_pool_t *pool,
+                             const dp_header_fmt_t *fmt)
 {
     if (wc)
-        dp_header_ops_apply(&wc->resp, &resp->headers, pool);
+        dp_header_ops_apply(&wc->resp, &resp->headers, pool, fmt);
     apply_levels(r ? &r->resp : NULL, vh ? &vh->resp : NULL, rc ? &rc->resp : NULL,
-                 rc && rc->most_specific_header_mutations_wins, &resp->headers, pool);
+                 rc && rc->most_specific_header_mutations_wins, &resp->headers, pool, fmt);
 }
 
 /* ---- redirects ---- */

@@ -134,12 +134,17 @@ typedef enum dp_header_append {
     DP_HDR_OVERWRITE_IF_EXISTS = 3,
 } dp_header_append_t;
 
-/* One header to add. Values are taken as literal text: "%%" becomes "%", and any other
- * %COMMAND% (Envoy's substitution formatters, e.g. %DOWNSTREAM_REMOTE_ADDRESS%) is sent as
- * written. An empty value is not added unless keep_empty_value. */
+/* One header to add. A value with a %COMMAND% (Envoy's substitution formatters, the access
+ * log's command operators: %DOWNSTREAM_REMOTE_ADDRESS%, %REQ(x-foo)%, %START_TIME%...) is
+ * formatted per request (fmt; a value absent then is empty), "%%" being a literal '%'; value
+ * is the text with "%%" unescaped (what is sent without a stream to format for). A formatted
+ * value with CR, LF or NUL in it counts as empty. An empty value is not added unless
+ * keep_empty_value. */
+struct dp_access_format;
 typedef struct dp_header_add {
     dp_str_t name; /* lower case */
     dp_str_t value;
+    const struct dp_access_format *fmt; /* NULL: value is literal */
     dp_header_append_t action;
     bool keep_empty_value;
 } dp_header_add_t;
@@ -155,8 +160,16 @@ typedef struct dp_header_ops {
 /* Applies one level's mutations as Envoy's HeaderParser::evaluateHeaders does: the removals,
  * then the adds, where each add's condition is judged on the headers as they were before this
  * level's adds, the overwrites are applied first and the appends after them. Values refer to
- * snapshot memory (the stream pins the snapshot). */
-void dp_header_ops_apply(const dp_header_ops_t *ops, dp_headers_t *h, dp_pool_t *pool);
+ * snapshot memory (the stream pins the snapshot), formatted ones to pool; fmt formats them for
+ * the stream at hand (NULL: the literal values are sent). */
+typedef struct dp_header_fmt {
+    /* f's value for ctx into buf (NUL ended), its length returned; the router's formats over
+     * its stream (dp_access_format_value). */
+    size_t (*fn)(const struct dp_access_format *f, const void *ctx, char *buf, size_t cap);
+    const void *ctx;
+} dp_header_fmt_t;
+void dp_header_ops_apply(const dp_header_ops_t *ops, dp_headers_t *h, dp_pool_t *pool,
+                         const dp_header_fmt_t *fmt);
 
 /* ---- per-filter configs ---- */
 
@@ -394,12 +407,14 @@ const char *dp_route_cluster(const dp_route_t *r, const dp_http_head_t *req, uin
  * auto_host_rewrite is left to the router (it needs the upstream host). wc, vh and rc may be
  * NULL. Strings come from pool or the snapshot. */
 void dp_route_apply_request(const dp_route_config_t *rc, const dp_vhost_t *vh, const dp_route_t *r,
-                            const dp_route_weighted_t *wc, dp_http_head_t *req, dp_pool_t *pool);
+                            const dp_route_weighted_t *wc, dp_http_head_t *req, dp_pool_t *pool,
+                            const dp_header_fmt_t *fmt);
 
 /* The response counterpart: the weighted entry's, then the route's, vhost's and route config's
  * response header mutations (reversed when most_specific_header_mutations_wins). */
 void dp_route_apply_response(const dp_route_config_t *rc, const dp_vhost_t *vh, const dp_route_t *r,
-                             const dp_route_weighted_t *wc, dp_http_head_t *resp, dp_pool_t *pool);
+                             const dp_route_weighted_t *wc, dp_http_head_t *resp, dp_pool_t *pool,
+                             const dp_header_fmt_t *fmt);
 
 /* For a REDIRECT route, the Location (Envoy's Http::Utility::newUri): scheme (scheme_redirect
  * or https, else the request's), host (host_redirect, else the request's authority, whose port

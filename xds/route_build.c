@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dataplane/access_log.h"
 #include "handlers/config.h"
 #include "xds/pbwire.h"
 #include "xds/typed_struct.h"
@@ -80,6 +81,19 @@ static dp_str_t astr_unescape_pct(dp_arena_t *a, const char *s)
     p[o] = 0;
     r.n = o;
     return r;
+}
+
+/* Whether s has a '%' other than an escaped one ("%%"). */
+static bool has_operator(const char *s)
+{
+    for (; *s; s++) {
+        if (*s != '%')
+            continue;
+        if (s[1] != '%')
+            return true;
+        s++;
+    }
+    return false;
 }
 
 static uint64_t dur_ms(const Google__Protobuf__Duration *d)
@@ -192,6 +206,17 @@ static bool header_ops(bctx_t *b, size_t n_add, pb_hvo_t *const *add, size_t n_r
                 v[i].value = (dp_str_t){p, o->header->raw_value.len};
             } else {
                 v[i].value = astr_unescape_pct(b->a, o->header->value);
+                /* A '%' that is not half of "%%" starts a command operator: formatted per
+                 * request, with the access log's operators. */
+                if (has_operator(o->header->value)) {
+                    char *err = NULL;
+                    if (dp_access_format_compile(b->a, o->header->value, &v[i].fmt, &err) < 0) {
+                        bool r = fail(b, "%s_headers_to_add[%zu] ('%s').value: %s", dir, i,
+                                      o->header->key, err ? err : "invalid");
+                        free(err);
+                        return r;
+                    }
+                }
             }
             if (o->append) {
                 if (o->append_action != 0)

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dataplane/access_log.h"
 #include "dataplane/log.h"
 #include "dataplane/route.h"
 #include "dataplane/upstream.h"
@@ -25,6 +26,14 @@ typedef struct router_timer {
 /* The hosts a request's previous attempts went to (retry_host_predicate previous_hosts);
  * past this many, the oldest are forgotten. */
 #define MAX_TRIED 16
+
+/* A route's header value with %COMMAND%s, formatted over the stream (dataplane/route.h). */
+static size_t header_value_fmt(const struct dp_access_format *f, const void *ctx, char *buf,
+                               size_t cap)
+{
+    const dp_stream_t *s = ctx;
+    return dp_access_format_value(f, s, dp_stream_now_ms(s), buf, cap);
+}
 
 struct router {
     dp_stream_t *s;
@@ -477,8 +486,11 @@ static void up_on_headers(void *ud, dp_http_head_t *h, bool end_stream)
         r->body.bytes -= ch->len;
         free(ch);
     }
-    if (s->route)
-        dp_route_apply_response(s->rc, s->vh, s->route, r->wc, h, s->pool);
+    if (s->route) {
+        s->response_status = h->status; /* for %RESPONSE_CODE% in the values added */
+        dp_route_apply_response(s->rc, s->vh, s->route, r->wc, h, s->pool,
+                                &(dp_header_fmt_t){header_value_fmt, s});
+    }
     /* Envoy's x-envoy-upstream-service-time: ms from sending upstream to the response head. */
     char ms[24];
     int n = (int)dp_u64_fmt(ms, dp_stream_now_ms(s) - r->up_start_ms);
@@ -714,8 +726,11 @@ static void reply_direct(dp_stream_t *s, const dp_route_t *route)
     dp_headers_add(&h->headers, s->pool, "content-length", 14, len, (size_t)n);
     if (blen)
         dp_headers_add_ref(&h->headers, s->pool, DP_STR("content-type"), DP_STR("text/plain"));
-    if (s->route)
-        dp_route_apply_response(s->rc, s->vh, route, NULL, h, s->pool);
+    if (s->route) {
+        s->response_status = h->status;
+        dp_route_apply_response(s->rc, s->vh, route, NULL, h, s->pool,
+                                &(dp_header_fmt_t){header_value_fmt, s});
+    }
     bool head = DP_STR_EQ(s->req->method, "HEAD");
     s->details = "direct_response";
     if (dp_stream_encode_headers(s, h, blen == 0 || head) == 0 && blen && !head)
@@ -906,7 +921,8 @@ static dp_filter_status_t router_on_request_headers(dp_stream_t *s, void *ctx, c
     r->cluster = c;
     s->upstream_cluster = c->name;
     dp_str_t original_path = s->req->path;
-    dp_route_apply_request(rc, vh, route, r->wc, s->req, s->pool);
+    dp_route_apply_request(rc, vh, route, r->wc, s->req, s->pool,
+                           &(dp_header_fmt_t){header_value_fmt, s});
     /* Envoy keeps the path a rewrite replaced in x-envoy-original-path. */
     if (s->req->path.p != original_path.p && original_path.p)
         dp_headers_set(&s->req->headers, s->pool, "x-envoy-original-path", 21, original_path.p,

@@ -174,6 +174,15 @@ class Env:
             route({"path": "/exact-path"}, route=to("b")),
             route({"prefix": "/b/"}, route=to("b")),
             route({"prefix": "/raw/"}, route=to("raw")),
+            route({"prefix": "/fmt/"}, route=to("a"), request_headers_to_add=[
+                {"header": {"key": "x-client", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}},
+                {"header": {"key": "x-ua", "value": "ua=%REQ(user-agent)%;"}},
+                {"header": {"key": "x-pct", "value": "100%%"}},
+                {"header": {"key": "x-absent", "value": "%REQ(x-nothing)%"}},
+                {"header": {"key": "x-absent-kept", "value": "%REQ(x-nothing)%"},
+                 "keep_empty_value": True}],
+                response_headers_to_add=[
+                {"header": {"key": "x-code", "value": "%RESPONSE_CODE% via %PROTOCOL%"}}]),
             route({"safe_regex": {"regex": "^/re/[0-9]+$"}}, route=to("c")),
             route({"prefix": "/hdr", "headers": [{"name": "x-pick",
                                                   "string_match": {"exact": "d"}}]}, route=to("d")),
@@ -643,6 +652,24 @@ def h2_exchange(port, frames, limit, settings=None):
     dec = hpack.Decoder()
     heads = [dict(dec.decode(f.data)) for f in out if isinstance(f, HeadersFrame)]
     return out, heads
+
+
+class HeaderFormatters(EnvCase):
+    """Values of request_headers_to_add and response_headers_to_add with Envoy's command
+    operators, formatted per request: a value that comes out empty is not added unless
+    keep_empty_value; "%%" is a literal percent sign."""
+
+    def test_request_and_response_values_are_formatted(self):
+        for proto, name in (("--http1.1", "HTTP/1.1"), ("--http2-prior-knowledge", "HTTP/2")):
+            with self.subTest(proto=proto):
+                self.env.clear()
+                r, _ = curl(self.env.url("/fmt/x"), proto, "-A", "fmt-test")
+                self.assertEqual((r.status, r.h("x-code")), (200, "200 via " + name), r)
+                got = dict(self.only("a")["headers"])
+                self.assertEqual((got.get("x-client"), got.get("x-ua"), got.get("x-pct")),
+                                 ("127.0.0.1", "ua=fmt-test;", "100%"))
+                self.assertNotIn("x-absent", got)
+                self.assertEqual(got.get("x-absent-kept"), "")
 
 
 class PathNormalization(EnvCase):

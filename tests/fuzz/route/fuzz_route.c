@@ -152,7 +152,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_str(loc);
         }
         (void)dp_route_filter_conf(vh, r, "envoy.filters.http.fault");
-        dp_route_apply_request(rc, vh, r, wc, &h, pool);
+        dp_route_apply_request(rc, vh, r, wc, &h, pool, NULL);
         check_str(h.path);
         check_str(h.authority);
         for (uint32_t i = 0; i < h.headers.n; i++) {
@@ -163,7 +163,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memset(&resp, 0, sizeof(resp));
         resp.status = 200;
         dp_headers_add(&resp.headers, pool, "server", 6, "up", 2);
-        dp_route_apply_response(rc, vh, r, wc, &resp, pool);
+        dp_route_apply_response(rc, vh, r, wc, &resp, pool, NULL);
         if (DP_HDR_GET(&resp.headers, "server"))
             abort();
     }

@@ -443,11 +443,11 @@ START_TEST(test_prefix_and_regex_rewrite)
         .prefix_rewrite = "/v2",
         .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/api"), .case_sensitive = true}};
     dp_http_head_t h = req("GET", "x", "/api/users?id=1", NULL);
-    dp_route_apply_request(NULL, NULL, &r, NULL, &h, pool);
+    dp_route_apply_request(NULL, NULL, &r, NULL, &h, pool, NULL);
     ck_assert(str_is(h.path, "/v2/users?id=1"));
     r.prefix_rewrite = "/";
     h = req("GET", "x", "/api?q", NULL);
-    dp_route_apply_request(NULL, NULL, &r, NULL, &h, pool);
+    dp_route_apply_request(NULL, NULL, &r, NULL, &h, pool, NULL);
     ck_assert(str_is(h.path, "/?q"));
 
     char *err = NULL;
@@ -461,7 +461,7 @@ START_TEST(test_prefix_and_regex_rewrite)
                     .regex_sub = sub,
                     .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/"), .case_sensitive = true}};
     h = req("GET", "x", "/service/foo/v1/api?x=1", NULL);
-    dp_route_apply_request(NULL, NULL, &x, NULL, &h, pool);
+    dp_route_apply_request(NULL, NULL, &x, NULL, &h, pool, NULL);
     ck_assert(str_is(h.path, "/v1/api/instance/foo?x=1"));
     dp_regex_free(re);
     free(sub);
@@ -472,11 +472,11 @@ START_TEST(test_prefix_and_regex_rewrite)
     x.regex_rewrite = re;
     x.regex_sub = sub;
     h = req("GET", "x", "/foo/boo", NULL);
-    dp_route_apply_request(NULL, NULL, &x, NULL, &h, pool);
+    dp_route_apply_request(NULL, NULL, &x, NULL, &h, pool, NULL);
     ck_assert(str_is(h.path, "/f$0$0/b$0$0"));
     /* no match: the path is unchanged */
     h = req("GET", "x", "/bar", NULL);
-    dp_route_apply_request(NULL, NULL, &x, NULL, &h, pool);
+    dp_route_apply_request(NULL, NULL, &x, NULL, &h, pool, NULL);
     ck_assert(str_is(h.path, "/bar"));
     /* a long result (buffer growth) */
     char longp[3001];
@@ -484,7 +484,7 @@ START_TEST(test_prefix_and_regex_rewrite)
     longp[0] = '/';
     longp[3000] = 0;
     h = req("GET", "x", longp, NULL);
-    dp_route_apply_request(NULL, NULL, &x, NULL, &h, pool);
+    dp_route_apply_request(NULL, NULL, &x, NULL, &h, pool, NULL);
     ck_assert_uint_eq(h.path.n, 1 + 2999 * 2);
     dp_regex_free(re);
     free(sub);
@@ -494,10 +494,10 @@ START_TEST(test_prefix_and_regex_rewrite)
     dp_route_t hr = {.kind = DP_ROUTE_WEIGHTED,
                      .match = {.kind = DP_PM_PREFIX, .path = DP_STR("/"), .case_sensitive = true}};
     h = req("GET", "orig", "/", NULL);
-    dp_route_apply_request(NULL, NULL, &hr, &wc, &h, pool);
+    dp_route_apply_request(NULL, NULL, &hr, &wc, &h, pool, NULL);
     ck_assert(str_is(h.authority, "from-weighted"));
     hr.host_rewrite = "from-route";
-    dp_route_apply_request(NULL, NULL, &hr, &wc, &h, pool);
+    dp_route_apply_request(NULL, NULL, &hr, &wc, &h, pool, NULL);
     ck_assert(str_is(h.authority, "from-route"));
 }
 END_TEST
@@ -519,7 +519,7 @@ START_TEST(test_append_actions)
     dp_header_ops_t ops = {.remove = rm, .n_remove = 1, .add = adds, .n_add = 6};
 
     dp_http_head_t h = req("GET", "x", "/", NULL);
-    dp_header_ops_apply(&ops, &h.headers, pool);
+    dp_header_ops_apply(&ops, &h.headers, pool, NULL);
     ck_assert(hdr_is(&h.headers, "x-a", "1"));
     ck_assert(hdr_is(&h.headers, "x-b", "2"));
     ck_assert(hdr_is(&h.headers, "x-c", "3"));
@@ -529,7 +529,7 @@ START_TEST(test_append_actions)
 
     h = req("GET", "x", "/", "x-a", "0", "x-b", "old", "x-c", "old", "x-c", "old2", "x-d", "old",
             "x-gone", "bye", NULL);
-    dp_header_ops_apply(&ops, &h.headers, pool);
+    dp_header_ops_apply(&ops, &h.headers, pool, NULL);
     ck_assert_uint_eq(hdr_count(&h.headers, "x-a"), 2);
     ck_assert(hdr_is(&h.headers, "x-b", "old"));
     ck_assert_uint_eq(hdr_count(&h.headers, "x-b"), 1);
@@ -548,7 +548,7 @@ START_TEST(test_append_actions)
     };
     dp_header_ops_t p2 = {.add = pair, .n_add = 2};
     h = req("GET", "x", "/", NULL);
-    dp_header_ops_apply(&p2, &h.headers, pool);
+    dp_header_ops_apply(&p2, &h.headers, pool, NULL);
     ck_assert_uint_eq(hdr_count(&h.headers, "x-z"), 2);
     ck_assert(hdr_is(&h.headers, "x-z", "set")); /* overwrites go first */
 }
@@ -601,7 +601,7 @@ START_TEST(test_level_order)
     /* Envoy's default: route, vhost, config in turn; the last overwrite (config) wins, and
      * the weighted entry's go first (so the vhost's removal drops what it added) */
     dp_http_head_t h = req("GET", "x", "/", NULL);
-    dp_route_apply_request(&rc, &v, &r, &wc, &h, pool);
+    dp_route_apply_request(&rc, &v, &r, &wc, &h, pool, NULL);
     ck_assert(hdr_is(&h.headers, "x-lvl", "config"));
     ck_assert_uint_eq(hdr_count(&h.headers, "x-lvl"), 1);
     ck_assert_uint_eq(hdr_count(&h.headers, "x-weighted-only"), 0);
@@ -610,18 +610,18 @@ START_TEST(test_level_order)
     ck_assert(str_is(t->value, "route"));
 
     dp_http_head_t resp = {.status = 200};
-    dp_route_apply_response(&rc, &v, &r, &wc, &resp, pool);
+    dp_route_apply_response(&rc, &v, &r, &wc, &resp, pool, NULL);
     ck_assert(hdr_is(&resp.headers, "x-lvl", "config"));
 
     /* most_specific_header_mutations_wins: config, vhost, route: the route wins */
     rc.most_specific_header_mutations_wins = true;
     h = req("GET", "x", "/", NULL);
-    dp_route_apply_request(&rc, &v, &r, NULL, &h, pool);
+    dp_route_apply_request(&rc, &v, &r, NULL, &h, pool, NULL);
     ck_assert(hdr_is(&h.headers, "x-lvl", "route"));
     t = DP_HDR_GET(&h.headers, "x-trace");
     ck_assert(str_is(t->value, "config"));
     resp = (dp_http_head_t){.status = 200};
-    dp_route_apply_response(&rc, &v, &r, NULL, &resp, pool);
+    dp_route_apply_response(&rc, &v, &r, NULL, &resp, pool, NULL);
     ck_assert(hdr_is(&resp.headers, "x-lvl", "route"));
 }
 END_TEST

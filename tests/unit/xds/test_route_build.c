@@ -357,7 +357,7 @@ START_TEST(test_istio_route_fields)
     dp_http_head_t h = req("GET", "hello:8080", "/");
     const dp_vhost_t *got;
     ck_assert_ptr_eq(dp_route_select(rc, &h, 0, &got), r);
-    dp_route_apply_request(rc, got, r, NULL, &h, pool);
+    dp_route_apply_request(rc, got, r, NULL, &h, pool, NULL);
     const dp_header_t *x = DP_HDR_GET(&h.headers, "x-internal-mesh-route");
     ck_assert(x && DP_STR_EQ(x->value, "applied"));
     h = req("GET", "hello", "/x");
@@ -419,7 +419,7 @@ START_TEST(test_actions)
     dp_http_head_t h = req("GET", "a.com", "/w");
     const dp_route_weighted_t *wc;
     ck_assert_str_eq(dp_route_cluster(&r[0], &h, 24, &wc), "one");
-    dp_route_apply_request(rc, &rc->vhosts[0], &r[0], wc, &h, pool);
+    dp_route_apply_request(rc, &rc->vhosts[0], &r[0], wc, &h, pool, NULL);
     ck_assert(DP_STR_EQ(h.authority, "one.internal"));
     ck_assert_ptr_nonnull(DP_HDR_GET(&h.headers, "x-w"));
     ck_assert_str_eq(dp_route_cluster(&r[0], &h, 25, &wc), "three");
@@ -459,7 +459,7 @@ START_TEST(test_actions)
     ck_assert_uint_eq(r[5].mirrors[1].denominator, 100);
     h = req("GET", "x.b.com", "/x/42?z");
     ck_assert_ptr_eq(dp_route_select(rc, &h, 0, NULL), &r[5]);
-    dp_route_apply_request(rc, &rc->vhosts[0], &r[5], NULL, &h, pool);
+    dp_route_apply_request(rc, &rc->vhosts[0], &r[5], NULL, &h, pool, NULL);
     ck_assert(DP_STR_EQ(h.path, "/y/42?z"));
 
     const dp_route_t *sep = &r[6];
@@ -471,7 +471,7 @@ START_TEST(test_actions)
     dp_headers_add(&h.headers, pool, "content-type", 12, "application/grpc", 16);
     dp_headers_add(&h.headers, pool, "x-v", 3, "1", 1);
     ck_assert_ptr_eq(dp_route_select(rc, &h, 0, NULL), sep);
-    dp_route_apply_request(rc, &rc->vhosts[0], sep, NULL, &h, pool);
+    dp_route_apply_request(rc, &rc->vhosts[0], sep, NULL, &h, pool, NULL);
     ck_assert(DP_STR_EQ(h.path, "/s/x?q=abc"));
     h = req("GET", "c.org", "/sepx?q=abc");
     dp_headers_add(&h.headers, pool, "content-type", 12, "application/grpc", 16);
@@ -538,6 +538,29 @@ START_TEST(test_refusals)
             "route.weighted_clusters.total_weight: 10 is not the sum of the weights (3)");
     refused("{\"name\": \"nodom\", \"virtual_hosts\": [{\"name\": \"v\"}]}",
             "virtual_hosts[0] ('v').domains: must not be empty");
+    refused("{\"name\": \"fmt\", \"virtual_hosts\": [{\"name\": \"v\", \"domains\": [\"*\"], "
+            "\"response_headers_to_add\": [{\"header\": {\"key\": \"x-a\", \"value\": "
+            "\"%NO_SUCH_THING%\"}}]}]}",
+            "virtual_hosts[0] ('v').response_headers_to_add[0] ('x-a').value: ");
+    refused("{\"name\": \"fmt2\", \"virtual_hosts\": [{\"name\": \"v\", \"domains\": [\"*\"], "
+            "\"request_headers_to_add\": [{\"header\": {\"key\": \"x-a\", \"value\": "
+            "\"50%\"}}]}]}",
+            "virtual_hosts[0] ('v').request_headers_to_add[0] ('x-a').value: ");
+    /* "%%" alone stays a literal value; an operator gets a format */
+    char *err = NULL;
+    dp_snapshot_t *s = dp_snapshot_new(1);
+    const dp_route_config_t *rc =
+        build(s,
+              "{\"name\": \"lit\", \"virtual_hosts\": [{\"name\": \"v\", \"domains\": [\"*\"], "
+              "\"request_headers_to_add\": [{\"header\": {\"key\": \"x-a\", \"value\": "
+              "\"100%%\"}}, {\"header\": {\"key\": \"x-b\", \"value\": "
+              "\"%START_TIME%\"}}]}]}",
+              &err);
+    ck_assert_msg(rc != NULL, "%s", err);
+    ck_assert(DP_STR_EQ(rc->vhosts[0].req.add[0].value, "100%"));
+    ck_assert_ptr_null(rc->vhosts[0].req.add[0].fmt);
+    ck_assert_ptr_nonnull(rc->vhosts[0].req.add[1].fmt);
+    dp_snapshot_unref(s);
 }
 END_TEST
 
