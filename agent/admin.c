@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dataplane/http.h"
 #include "dataplane/log.h"
 
 #define ADMIN_MAX_HEAD  (60 * 1024)
@@ -275,25 +276,13 @@ static void conn_send_text(admin_conn_t *c, int status, const char *text, bool c
               NULL);
 }
 
-static int hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes in place. A malformed escape is kept as it is, as Envoy does. */
 static void pct_decode(char *s)
 {
     char *w = s;
     for (char *r = s; *r; r++) {
         int h1, h2;
-        if (r[0] == '%' && (h1 = hexval((unsigned char)r[1])) >= 0 &&
-            (h2 = hexval((unsigned char)r[2])) >= 0) {
+        if (r[0] == '%' && (h1 = dp_hexval(r[1])) >= 0 && (h2 = dp_hexval(r[2])) >= 0) {
             *w++ = (char)(h1 * 16 + h2);
             r += 2;
         } else {
