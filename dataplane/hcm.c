@@ -461,6 +461,42 @@ static bool path_normalize(hcm_stream_t *hs, dp_http_head_t *h)
     return true;
 }
 
+/* common_http_protocol_options.headers_with_underscores_action, as Envoy's codecs apply it:
+ * DROP_HEADER removes every request header whose name has an underscore, REJECT_REQUEST
+ * refuses the request (HTTP/1: 400 and the connection closes after it; HTTP/2: the stream is
+ * reset). Counted in http1./http2.dropped_headers_with_underscores and
+ * requests_rejected_with_underscores_in_headers. Returns false when the stream was refused. */
+static bool underscores_check(hcm_stream_t *hs, dp_http_head_t *h)
+{
+    const dp_hcm_config_t *cfg = hs->c->cfg;
+    int v = h->version == DP_HTTP_2 ? 1 : 0;
+    for (uint32_t i = 0; i < h->headers.n;) {
+        dp_str_t name = h->headers.v[i].name;
+        if (memchr(name.p, '_', name.n) == NULL) {
+            i++;
+            continue;
+        }
+        if (cfg->underscores == DP_UNDERSCORES_DROP) {
+            size_t gone = dp_headers_remove(&h->headers, name.p, name.n);
+            if (cfg->stats.underscores_dropped[v])
+                dp_counter_add(cfg->stats.underscores_dropped[v], gone);
+            continue;
+        }
+        if (cfg->stats.underscores_rejected[v])
+            dp_counter_inc(cfg->stats.underscores_rejected[v]);
+        if (v == 1) {
+            dp_stream_reset(&hs->s, DP_RF(DPE));
+        } else {
+            hs->s.details = "http1.unexpected_underscore";
+            if (hs->c->codec)
+                hs->c->codec->ops->go_away(hs->c->codec);
+            dp_stream_local_reply(&hs->s, 400, NULL, DP_RF(DPE));
+        }
+        return false;
+    }
+    return true;
+}
+
 /* ---- the downstream codec's events ---- */
 
 static void on_req_headers(void *ud, dp_http_head_t *h, bool end_stream)
@@ -497,6 +533,8 @@ static void on_req_headers(void *ud, dp_http_head_t *h, bool end_stream)
         dp_stream_local_reply(&hs->s, 403, "upgrade failed", 0);
         return;
     }
+    if (hs->c->cfg->underscores != DP_UNDERSCORES_ALLOW && !underscores_check(hs, h))
+        return;
     if (!path_normalize(hs, h))
         return;
     mutate_request(hs, h);

@@ -32,6 +32,12 @@ typedef enum dp_escaped_slashes {
     DP_SLASHES_FORWARD,  /* unescaped, then normalised */
 } dp_escaped_slashes_t;
 
+typedef enum dp_underscores {
+    DP_UNDERSCORES_ALLOW,
+    DP_UNDERSCORES_REJECT, /* HTTP/1: 400 and close; HTTP/2: the stream reset */
+    DP_UNDERSCORES_DROP,
+} dp_underscores_t;
+
 /* One entry of http_filters, in the listener's order (the router last). */
 typedef struct dp_http_filter {
     const char *name;                       /* "envoy.filters.http.fault" */
@@ -51,6 +57,8 @@ typedef struct dp_hcm_stats {
     dp_counter_t *no_route, *no_cluster; /* http.<prefix>.no_route, .no_cluster */
     dp_counter_t *rq_too_large, *rq_header_overflow;
     dp_counter_t *rq_failed_path_normalization, *rq_redirected_with_normalized_path;
+    /* Envoy's codec stats http1.* and http2.* (no prefix): [0] HTTP/1, [1] HTTP/2 */
+    dp_counter_t *underscores_dropped[2], *underscores_rejected[2];
 } dp_hcm_stats_t;
 
 typedef struct dp_hcm_config {
@@ -76,6 +84,8 @@ typedef struct dp_hcm_config {
      * path_with_escaped_slashes_action (KEEP_UNCHANGED, also for the unspecified default). */
     bool normalize_path, merge_slashes;
     dp_escaped_slashes_t escaped_slashes;
+    /* common_http_protocol_options.headers_with_underscores_action */
+    dp_underscores_t underscores;
     bool generate_request_id;          /* default true */
     bool preserve_external_request_id; /* keep an x-request-id from an untrusted peer */
     bool websocket;                    /* upgrade_configs has websocket */

@@ -78,6 +78,12 @@ static void make_stats(dp_stats_t *st, const char *prefix, dp_hcm_stats_t *out)
     C(rq_header_timeout, "downstream_rq_header_timeout");
     C(rq_failed_path_normalization, "downstream_rq_failed_path_normalization");
     C(rq_redirected_with_normalized_path, "downstream_rq_redirected_with_normalized_path");
+    out->underscores_dropped[0] = dp_stats_counter(st, "http1.dropped_headers_with_underscores");
+    out->underscores_dropped[1] = dp_stats_counter(st, "http2.dropped_headers_with_underscores");
+    out->underscores_rejected[0] =
+        dp_stats_counter(st, "http1.requests_rejected_with_underscores_in_headers");
+    out->underscores_rejected[1] =
+        dp_stats_counter(st, "http2.requests_rejected_with_underscores_in_headers");
     C(rq_rx_reset, "downstream_rq_rx_reset");
     C(rq_tx_reset, "downstream_rq_tx_reset");
     C(no_route, "no_route");
@@ -232,6 +238,16 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
                     "http_connection_manager %s: "
                     "common_http_protocol_options.max_stream_duration: negative",
                     sp);
+
+    if (cpo &&
+        cpo->headers_with_underscores_action ==
+            ENVOY__CONFIG__CORE__V3__HTTP_PROTOCOL_OPTIONS__HEADERS_WITH_UNDERSCORES_ACTION__REJECT_REQUEST)
+        c->underscores = DP_UNDERSCORES_REJECT;
+    else if (
+        cpo &&
+        cpo->headers_with_underscores_action ==
+            ENVOY__CONFIG__CORE__V3__HTTP_PROTOCOL_OPTIONS__HEADERS_WITH_UNDERSCORES_ACTION__DROP_HEADER)
+        c->underscores = DP_UNDERSCORES_DROP;
 
     c->use_remote_address = hcm->use_remote_address && hcm->use_remote_address->value;
     c->xff_num_trusted_hops = hcm->xff_num_trusted_hops;

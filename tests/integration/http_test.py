@@ -122,6 +122,7 @@ class Env:
         self.norm_ports = {a: free_port() for a in ("KEEP_UNCHANGED", "REJECT_REQUEST",
                                                     "UNESCAPE_AND_REDIRECT",
                                                     "UNESCAPE_AND_FORWARD")}
+        self.us_ports = {a: free_port() for a in ("REJECT_REQUEST", "DROP_HEADER")}
         self.closed_port = free_port()  # nothing listens there
         self.clusters_file = os.path.join(d, "clusters.json")
         self.listeners_file = os.path.join(d, "listeners.json")
@@ -136,6 +137,7 @@ class Env:
         ok = ok and wait_serving(self.timeouts_port, "/a/ready")
         ok = ok and wait_serving(self.headers_port, "/a/ready")
         ok = ok and all(wait_serving(p, "/a/ready") for p in self.norm_ports.values())
+        ok = ok and all(wait_serving(p, "/a/ready") for p in self.us_ports.values())
         if not ok:
             log = open(self.skiff.logpath).read()[-3000:]
             self.stop()
@@ -167,7 +169,10 @@ class Env:
         return [listener("ingress", self.port, hcm("ingress_http", rds="local")),
                 listener("edge", self.edge_port, edge),
                 listener("timeouts", self.timeouts_port, short),
-                listener("headers", self.headers_port, heads)] + norm
+                listener("headers", self.headers_port, heads)] + norm + [
+                listener("us_" + a.lower(), p, hcm("us_" + a.lower(), rds="local",
+                         common_http_protocol_options={"headers_with_underscores_action": a}))
+                for a, p in self.us_ports.items()]
 
     def routes(self):
         main = [
@@ -670,6 +675,42 @@ class HeaderFormatters(EnvCase):
                                  ("127.0.0.1", "ua=fmt-test;", "100%"))
                 self.assertNotIn("x-absent", got)
                 self.assertEqual(got.get("x-absent-kept"), "")
+
+
+class HeadersWithUnderscores(EnvCase):
+    """common_http_protocol_options.headers_with_underscores_action: DROP_HEADER removes the
+    header, REJECT_REQUEST answers 400 and closes (HTTP/1) or resets the stream (HTTP/2), and
+    nothing reaches the backend; counted in Envoy's http1./http2. codec stats."""
+
+    def test_drop(self):
+        for proto, v in (("--http1.1", "http1"), ("--http2-prior-knowledge", "http2")):
+            with self.subTest(proto=proto):
+                self.env.clear()
+                n0 = self.env.skiff.stat_int(v + ".dropped_headers_with_underscores")
+                r, _ = curl(f"http://127.0.0.1:{self.env.us_ports['DROP_HEADER']}/a/us", proto,
+                            "-H", "x_under: 1", "-H", "x-dash: 2")
+                self.assertEqual(r.status, 200, r)
+                got = dict(self.only("a")["headers"])
+                self.assertNotIn("x_under", got)
+                self.assertEqual(got.get("x-dash"), "2")
+                self.assertEqual(self.env.skiff.stat_int(v + ".dropped_headers_with_underscores"),
+                                 n0 + 1)
+
+    def test_reject(self):
+        port = self.env.us_ports["REJECT_REQUEST"]
+        stat = "%s.requests_rejected_with_underscores_in_headers"
+        n1, n2 = (self.env.skiff.stat_int(stat % v) for v in ("http1", "http2"))
+        out = raw(port, b"GET /a/us HTTP/1.1\r\nHost: x\r\nx_under: 1\r\n\r\n"
+                  b"GET /a/us2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(raw_status(out), 400, out)
+        self.assertIn(b"connection: close", out.lower())
+        self.assertEqual(out.count(b"HTTP/1.1 "), 1, out)  # the next request is not served
+        p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-m", "5", "--http2-prior-knowledge",
+                            "-H", "x_under: 1", f"http://127.0.0.1:{port}/a/us3"], timeout=10)
+        self.assertEqual(p.returncode, 92)  # the stream was reset
+        self.assertEqual(self.got("a"), [])
+        self.assertEqual((self.env.skiff.stat_int(stat % "http1"),
+                          self.env.skiff.stat_int(stat % "http2")), (n1 + 1, n2 + 1))
 
 
 class PathNormalization(EnvCase):
