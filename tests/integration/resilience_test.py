@@ -178,7 +178,10 @@ class Resilience(unittest.TestCase):
         self.assertGreaterEqual(self.skiff.stat_int(f"cluster.{CB}.upstream_cx_total"), len(ok))
         # Envoy's gauges, idle again: nothing open, everything remaining
         pre = f"cluster.{CB}.circuit_breakers.default."
-        self.assertTrue(self.skiff.wait(lambda: self.skiff.stat(pre + "cx_open") == "0"))
+        self.assertTrue(self.skiff.wait(lambda: self.skiff.stat(pre + "cx_open") == "0"),
+                        "a connection stays open: " + self.skiff.get(
+                            f"/stats?filter=cluster\\.{re.escape(CB)}\\.(upstream_cx|"
+                            "circuit_breakers)")[1] + self.skiff.log_tail(1500))
         self.assertEqual(self.skiff.stat(pre + "rq_pending_open"), "0")
         self.assertEqual(self.skiff.stat(pre + "remaining_pending"), "1")
         self.assertEqual(self.skiff.stat(pre + "remaining_cx"), "1")
