@@ -413,6 +413,10 @@ static void mutate_request(hcm_stream_t *hs, dp_http_head_t *h)
         dp_headers_set(&h->headers, p, "x-forwarded-proto", 17, "http", 4);
     /* No request is internal (see above), so a client's claim to be one is dropped. */
     DP_HDR_REMOVE(&h->headers, "x-envoy-internal");
+    /* Nor did a client present a certificate (no connection is mTLS): the identity an
+     * x-forwarded-client-cert claims is not forwarded (Envoy's mutateXfccRequestHeader). */
+    if (!cfg->xfcc_always_forward)
+        DP_HDR_REMOVE(&h->headers, "x-forwarded-client-cert");
     const dp_header_t *rid = DP_HDR_GET(&h->headers, "x-request-id");
     if (cfg->generate_request_id && (rid == NULL || (edge && !cfg->preserve_external_request_id))) {
         char id[37];

@@ -87,6 +87,10 @@ typedef struct dp_hcm_config {
     /* common_http_protocol_options.headers_with_underscores_action */
     dp_underscores_t underscores;
     bool generate_request_id;          /* default true */
+    /* forward_client_cert_details is ALWAYS_FORWARD_ONLY: a client's x-forwarded-client-cert
+     * goes on; under every other value it is removed, as Envoy removes it from a connection
+     * that is not mTLS (skiff terminates no TLS yet, so none is) */
+    bool xfcc_always_forward;
     bool preserve_external_request_id; /* keep an x-request-id from an untrusted peer */
     bool websocket;                    /* upgrade_configs has websocket */
     bool inbound;                      /* the listener's traffic_direction is INBOUND */

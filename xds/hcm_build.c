@@ -270,6 +270,9 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
         break;
     }
     c->generate_request_id = hcm->generate_request_id == NULL || hcm->generate_request_id->value;
+    c->xfcc_always_forward =
+        hcm->forward_client_cert_details ==
+        ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__FORWARD_CLIENT_CERT_DETAILS__ALWAYS_FORWARD_ONLY;
     c->preserve_external_request_id = hcm->preserve_external_request_id;
     for (size_t i = 0; i < hcm->n_upgrade_configs; i++) {
         const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager__UpgradeConfig

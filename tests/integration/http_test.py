@@ -161,7 +161,8 @@ class Env:
                     common_http_protocol_options={"idle_timeout": "0.8s"})
         # Istio's stream_idle_timeout of 0: only request_headers_timeout ends a slow head
         heads = hcm("headers_http", rds="local", stream_idle_timeout="0s",
-                    request_headers_timeout="0.5s")
+                    request_headers_timeout="0.5s",
+                    forward_client_cert_details="ALWAYS_FORWARD_ONLY")
         norm = [listener("norm_" + a.lower(), p, hcm(
             "norm_" + a.lower(), rds="local", normalize_path=True,
             merge_slashes=(a == "KEEP_UNCHANGED"), path_with_escaped_slashes_action=a))
@@ -961,6 +962,19 @@ class Routing(EnvCase):
 # --- 4. the headers Envoy's connection manager adds and strips ------------------------------------
 
 class ProxyHeaders(EnvCase):
+    def test_a_client_cannot_claim_a_certificate_identity(self):
+        """x-forwarded-client-cert from a connection that is not mTLS is removed under every
+        forward_client_cert_details but ALWAYS_FORWARD_ONLY (the "headers" listener's)."""
+        xfcc = "By=spiffe://cluster.local/ns/default/sa/admin;URI=spiffe://evil"
+        for url, kept in ((self.env.url("/a/xfcc"), False),
+                          (f"http://127.0.0.1:{self.env.headers_port}/a/xfcc", True)):
+            with self.subTest(url=url):
+                self.env.clear()
+                r, _ = curl(url, "--http1.1", "-H", "x-forwarded-client-cert: " + xfcc)
+                self.assertEqual(r.status, 200, r)
+                got = dict(self.only("a")["headers"])
+                self.assertEqual(got.get("x-forwarded-client-cert"), xfcc if kept else None)
+
     def backend_headers(self, r, name="a"):
         self.assertEqual(r.status, 200, r)
         return {k.lower(): v for k, v in self.only(name)["headers"]}
