@@ -435,9 +435,7 @@ static void mutate_request(hcm_stream_t *hs, dp_http_head_t *h)
 static bool path_normalize(hcm_stream_t *hs, dp_http_head_t *h)
 {
     const dp_hcm_config_t *cfg = hs->c->cfg;
-    unsigned flags = (cfg->normalize_path ? DP_PATH_NORMALIZE : 0) |
-                     (cfg->merge_slashes ? DP_PATH_MERGE_SLASHES : 0) |
-                     (cfg->escaped_slashes != DP_SLASHES_KEEP ? DP_PATH_UNESCAPE_SLASHES : 0);
+    unsigned flags = cfg->path_flags;
     if (!dp_path_may_change(h->path.p, h->path.n, flags))
         return true;
     char *out = dp_pool_alloc(hs->s.pool, h->path.n + 1);
@@ -698,24 +696,6 @@ static void stream_finish(hcm_stream_t *hs, dp_reset_reason_t why)
  * which exists from the head's first byte), is due when the first of the stream timeouts
  * passes for it. Each timed-out stream gets Envoy's 408 before its response began, a reset
  * after. */
-static uint64_t shortest_timeout(const dp_hcm_config_t *cfg)
-{
-    uint64_t v[] = {cfg->request_headers_timeout_ms, cfg->request_timeout_ms,
-                    cfg->stream_idle_timeout_ms, cfg->max_stream_duration_ms};
-    uint64_t m = 0;
-    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
-        if (v[i] && (m == 0 || v[i] < m))
-            m = v[i];
-    }
-    return m;
-}
-
-static uint64_t sweep_every(const dp_hcm_config_t *cfg)
-{
-    uint64_t m = shortest_timeout(cfg);
-    return m == 0 ? 0 : (m / 4 ? m / 4 : 1);
-}
-
 /* The timeout a stream has run into at now, as Envoy's local reply body, with its counter;
  * NULL when none. start: its first byte; last: its last activity. */
 static const char *timed_out(const dp_hcm_config_t *cfg, uint64_t now, uint64_t start,
@@ -749,9 +729,9 @@ static void tick_arm(hcm_conn_t *c)
         return;
     uint64_t now = uv_now(c->w->loop), next = 0, due = 0;
     if (c->n_streams > 0)
-        next = sweep_every(c->cfg);
+        next = c->cfg->sweep_ms;
     else if (c->head_pending)
-        due = c->head_since_ms + shortest_timeout(c->cfg);
+        due = c->head_since_ms + c->cfg->stream_timeout_min_ms;
     else if (c->cfg->idle_timeout_ms)
         due = c->idle_since_ms + c->cfg->idle_timeout_ms;
     if (due)
@@ -819,7 +799,7 @@ static void on_tick(uv_timer_t *t)
 static void on_head_begin(void *ud)
 {
     hcm_conn_t *c = ud;
-    if (shortest_timeout(c->cfg) == 0)
+    if (c->cfg->stream_timeout_min_ms == 0)
         return;
     c->head_pending = true;
     c->head_since_ms = uv_now(c->w->loop);
@@ -850,7 +830,7 @@ static const dp_sink_ops_t *on_stream(void *ud, dp_enc_t *enc, void **ret_ud, dp
     c->n_streams++;
     hs->start_ms = hs->last_ms = uv_now(c->w->loop);
     /* The first stream after an idle spell needs the sweep sooner than the idle timeout. */
-    uint64_t every = sweep_every(c->cfg);
+    uint64_t every = c->cfg->sweep_ms;
     if (c->n_streams == 1 && every &&
         (!uv_is_active((uv_handle_t *)&c->timer) || uv_timer_get_due_in(&c->timer) > every))
         tick_arm(c);

@@ -77,6 +77,9 @@ typedef struct dp_hcm_config {
      * stream_idle_timeout of 0 nothing else would end a head sent a byte at a time). */
     uint64_t stream_idle_timeout_ms, request_timeout_ms, idle_timeout_ms, max_stream_duration_ms;
     uint64_t request_headers_timeout_ms;
+    /* Derived from the four stream timeouts above when built: the shortest (0: none), and how
+     * often open streams are swept for them (a quarter of it). */
+    uint64_t stream_timeout_min_ms, sweep_ms;
     bool use_remote_address;
     uint32_t xff_num_trusted_hops;
     const char *server_name; /* the server header on responses ("envoy" by default) */
@@ -84,6 +87,7 @@ typedef struct dp_hcm_config {
      * path_with_escaped_slashes_action (KEEP_UNCHANGED, also for the unspecified default). */
     bool normalize_path, merge_slashes;
     dp_escaped_slashes_t escaped_slashes;
+    unsigned path_flags; /* the three as dp_path_normalize()'s DP_PATH_* flags */
     /* common_http_protocol_options.headers_with_underscores_action */
     dp_underscores_t underscores;
     bool generate_request_id;          /* default true */

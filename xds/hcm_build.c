@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "dataplane/path.h"
 #include "dataplane/route.h"
 #include "handlers/config.h"
 #include "handlers/registry.h"
@@ -281,6 +282,20 @@ const dp_hcm_config_t *xds_hcm_build(dp_snapshot_t *s, dp_stats_t *stats, const 
         if (u->upgrade_type && strcasecmp(u->upgrade_type, "websocket") == 0)
             c->websocket = u->enabled == NULL || u->enabled->value;
     }
+
+    /* What each stream and each request would otherwise derive from the fields above. */
+    uint64_t tv[] = {c->request_headers_timeout_ms, c->request_timeout_ms,
+                     c->stream_idle_timeout_ms, c->max_stream_duration_ms};
+    for (size_t i = 0; i < sizeof(tv) / sizeof(tv[0]); i++) {
+        if (tv[i] && (c->stream_timeout_min_ms == 0 || tv[i] < c->stream_timeout_min_ms))
+            c->stream_timeout_min_ms = tv[i];
+    }
+    c->sweep_ms = c->stream_timeout_min_ms == 0  ? 0
+                  : c->stream_timeout_min_ms / 4 ? c->stream_timeout_min_ms / 4
+                                                 : 1;
+    c->path_flags = (c->normalize_path ? DP_PATH_NORMALIZE : 0) |
+                    (c->merge_slashes ? DP_PATH_MERGE_SLASHES : 0) |
+                    (c->escaped_slashes != DP_SLASHES_KEEP ? DP_PATH_UNESCAPE_SLASHES : 0);
 
     c->limits = dp_http_limits_default();
     if (hcm->max_request_headers_kb) {
