@@ -84,18 +84,38 @@ static uint64_t max_of(const dp_breakers_t *bs, int p, int r)
     return n > min ? n : min;
 }
 
-/* The gauges after the count became `count`. Concurrent updaters may store in either order;
- * the next change corrects a stale value. */
+/* A gauge store that the count's next read is ordered after (see br_gauges). */
+static void gauge_store_sc(dp_gauge_t *g, uint64_t v)
+{
+    atomic_store_explicit(&g->value, v, memory_order_seq_cst);
+    dp_gauge_mark_used(g);
+}
+
+/* The gauges after the count became `count`. Workers change a count at once and may store
+ * their gauges in either order, so the last store could carry a count already gone (worker A
+ * takes 1 -> 2, B releases 2 -> 1, A releases 1 -> 0, B's "1" lands after A's "0": cx_open
+ * stays 1 with nothing open). So each updater reads the count again after its stores and
+ * stores once more until the two agree. The count's changes, these stores and that read are
+ * sequentially consistent, so whoever stores a gauge last read the count after every change
+ * before its store, and stored what it read. */
 static void br_gauges(const dp_breakers_t *bs, int p, int r, uint64_t count)
 {
     const breaker_t *b = &bs->br[p][r];
-    uint64_t max = max_of(bs, p, r);
-    dp_gauge_t *g = atomic_load_explicit(&b->open, memory_order_acquire);
-    if (g)
-        dp_gauge_set(g, count >= max);
-    g = atomic_load_explicit(&b->remaining, memory_order_acquire);
-    if (g)
-        dp_gauge_set(g, count >= max ? 0 : max - count);
+    dp_gauge_t *open = atomic_load_explicit(&b->open, memory_order_acquire);
+    dp_gauge_t *remaining = atomic_load_explicit(&b->remaining, memory_order_acquire);
+    if (open == NULL && remaining == NULL)
+        return;
+    for (int guard = 0; guard < 64; guard++) {
+        uint64_t max = max_of(bs, p, r);
+        if (open)
+            gauge_store_sc(open, count >= max);
+        if (remaining)
+            gauge_store_sc(remaining, count >= max ? 0 : max - count);
+        uint64_t now = atomic_load_explicit(&b->count, memory_order_seq_cst);
+        if (now == count)
+            return;
+        count = now;
+    }
 }
 
 static void apply(dp_breakers_t *b, const dp_circuit_breakers_t th[DP_BR_NPRIO], dp_stats_t *st,
@@ -229,7 +249,7 @@ bool dp_breakers_try(dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t r)
             br_gauges(b, p, r, cur);
             return false;
         }
-        if (atomic_compare_exchange_weak_explicit(&br->count, &cur, cur + 1, memory_order_relaxed,
+        if (atomic_compare_exchange_weak_explicit(&br->count, &cur, cur + 1, memory_order_seq_cst,
                                                   memory_order_relaxed))
             break;
     }
@@ -240,7 +260,7 @@ bool dp_breakers_try(dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t r)
 void dp_breakers_take(dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t r)
 {
     breaker_t *br = &b->br[p][r];
-    br_gauges(b, p, r, atomic_fetch_add_explicit(&br->count, 1, memory_order_relaxed) + 1);
+    br_gauges(b, p, r, atomic_fetch_add_explicit(&br->count, 1, memory_order_seq_cst) + 1);
 }
 
 void dp_breakers_release(dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t r)
@@ -250,7 +270,7 @@ void dp_breakers_release(dp_breakers_t *b, dp_breaker_prio_t p, dp_breaker_res_t
     do {
         if (cur == 0)
             return; /* never below zero, whatever a caller does */
-    } while (!atomic_compare_exchange_weak_explicit(&br->count, &cur, cur - 1, memory_order_relaxed,
+    } while (!atomic_compare_exchange_weak_explicit(&br->count, &cur, cur - 1, memory_order_seq_cst,
                                                     memory_order_relaxed));
     br_gauges(b, p, r, cur - 1);
 }

@@ -21,6 +21,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 
 #include "dataplane/breaker.h"
 #include "dataplane/outlier.h"
@@ -1788,6 +1789,66 @@ START_TEST(test_breaker_shared_across_workers)
 }
 END_TEST
 
+/* Two workers opening and closing connections on one breaker at once: each round ends with
+ * nothing open, and the gauges must say so (a worker's stale store used to land last now and
+ * then, leaving cx_open 1 and remaining_cx 0 until the next change). */
+typedef struct {
+    dp_breakers_t *b;
+    _Atomic int *gate;
+    int rounds, stale;
+    bool checks;
+} churn_arg_t;
+
+/* Waits until both threads have passed the gate's step'th mark. */
+static void churn_gate(_Atomic int *gate, int step)
+{
+    atomic_fetch_add(gate, 1);
+    for (unsigned spins = 0; atomic_load(gate) < 2 * step; spins++) {
+        if (spins > 2000)
+            sched_yield(); /* the other may be waiting for this CPU */
+    }
+}
+
+static void *churn_thread(void *arg)
+{
+    churn_arg_t *a = arg;
+    for (int r = 0; r < a->rounds; r++) {
+        churn_gate(a->gate, 3 * r + 1); /* both enter round r together */
+        for (int i = 0; i < 32; i++) {
+            dp_breakers_take(a->b, DP_BR_DEFAULT, DP_BR_CX);
+            dp_breakers_release(a->b, DP_BR_DEFAULT, DP_BR_CX);
+        }
+        churn_gate(a->gate, 3 * r + 2); /* both are done: nothing is open */
+        if (a->checks && (gauge("cluster.settle.circuit_breakers.default.cx_open") != 0 ||
+                          gauge("cluster.settle.circuit_breakers.default.remaining_cx") != 1))
+            a->stale++;
+        churn_gate(a->gate, 3 * r + 3);
+    }
+    return NULL;
+}
+
+START_TEST(test_breaker_gauges_settle_across_workers)
+{
+    setup();
+    dp_circuit_breakers_t th = dp_circuit_breakers_default();
+    th.max_connections = 1;
+    th.track_remaining = true;
+    dp_circuit_breakers_t both[DP_BR_NPRIO] = {th, th};
+    dp_breakers_t *b = dp_breakers_get("settle", NULL, stats, both);
+    _Atomic int gate = 0;
+    churn_arg_t a[2] = {{b, &gate, 5000, 0, true}, {b, &gate, 5000, 0, false}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, churn_thread, &a[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    ck_assert_uint_eq(dp_breakers_count(b, DP_BR_DEFAULT, DP_BR_CX), 0);
+    ck_assert_int_eq(a[0].stale, 0);
+    dp_breakers_unref(b);
+    teardown_with(NULL, 0);
+}
+END_TEST
+
 START_TEST(test_breaker_survives_rebuild)
 {
     setup();
@@ -2289,6 +2350,7 @@ int main(void)
     tcase_add_test(tc, test_breaker_istio_unlimited);
     tcase_add_test(tc, test_breaker_retry_budget);
     tcase_add_test(tc, test_breaker_shared_across_workers);
+    tcase_add_test(tc, test_breaker_gauges_settle_across_workers);
     tcase_add_test(tc, test_breaker_survives_rebuild);
     tcase_add_test(tc, test_outlier_consecutive_5xx_and_back_off);
     tcase_add_test(tc, test_outlier_max_ejection_percent_and_panic);
