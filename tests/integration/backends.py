@@ -117,8 +117,15 @@ class HttpBackend:
         self.loop.run_until_complete(start())
         ready.set()
         self.loop.run_forever()
+        # the cancelled connection tasks finish, then the loop closes with its selector
+        pending = asyncio.all_tasks(self.loop)
+        if pending:
+            self.loop.run_until_complete(asyncio.wait(pending, timeout=2))
+        self.loop.close()
 
     def stop(self):
+        if self.loop.is_closed():
+            return  # stopped before
         def close():
             self.server.close()
             for t in asyncio.all_tasks(self.loop):

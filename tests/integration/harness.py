@@ -211,6 +211,8 @@ class ControlPlane:
 
     def stop(self):
         stop_process(self.proc)
+        if self.proc.stdout and not self.proc.stdout.closed:
+            self.proc.stdout.close()
         if not self.log.closed:
             self.log.close()
 
