@@ -195,12 +195,19 @@ static bool parent_is_optional_filter(const ProtobufCMessage *parent)
     return *(const protobuf_c_boolean *)((const char *)parent + f->offset);
 }
 
-static int check_anys(const ProtobufCMessage *m, char *path, size_t pathlen, size_t pos,
-                      unsigned depth, const char **ret_bad_type);
+/* The type a failed check names goes into bad[badlen] (copied: it may lie in a nested message
+ * that is freed before the check returns), empty when the path says it all. */
+typedef struct {
+    char *path;
+    size_t pathlen;
+    char *bad;
+    size_t badlen;
+} any_check_t;
+
+static int check_anys(const ProtobufCMessage *m, any_check_t *ck, size_t pos, unsigned depth);
 
 static int check_one_any(const ProtobufCMessage *parent, const Google__Protobuf__Any *any,
-                         char *path, size_t pathlen, size_t pos, unsigned depth,
-                         const char **ret_bad_type)
+                         any_check_t *ck, size_t pos, unsigned depth)
 {
     if (depth > XDS_PB_MAX_DEPTH)
         return -ELOOP;
@@ -208,16 +215,16 @@ static int check_one_any(const ProtobufCMessage *parent, const Google__Protobuf_
     if (d == NULL) {
         if (is_passthrough(any->type_url) || parent_is_optional_filter(parent))
             return 0;
-        *ret_bad_type = any->type_url;
+        snprintf(ck->bad, ck->badlen, "%s", any->type_url);
         return -ENOENT;
     }
     const char *why = NULL;
     ProtobufCMessage *inner = xds_pb_unpack(d, any->value.data, any->value.len, &why);
     if (inner == NULL) {
-        *ret_bad_type = any->type_url;
+        snprintf(ck->bad, ck->badlen, "%s", any->type_url);
         return -EINVAL;
     }
-    int rc = check_anys(inner, path, pathlen, pos, depth + 1, ret_bad_type);
+    int rc = check_anys(inner, ck, pos, depth + 1);
     /* A TypedStruct names the real type in its own type_url. */
     if (rc == 0 && strstr(d->name, "TypedStruct") != NULL) {
         const ProtobufCFieldDescriptor *f =
@@ -225,10 +232,10 @@ static int check_one_any(const ProtobufCMessage *parent, const Google__Protobuf_
         const char *inner_url = f ? *(char *const *)((const char *)inner + f->offset) : NULL;
         if (inner_url && inner_url[0] && pb_registry_find_type_url(inner_url) == NULL &&
             !is_passthrough(inner_url) && !parent_is_optional_filter(parent)) {
-            *ret_bad_type = NULL;
+            ck->bad[0] = '\0';
             rc = -ENOENT;
-            snprintf(path + pos, pathlen - pos, ".type_url (TypedStruct of unknown type %s)",
-                     inner_url);
+            snprintf(ck->path + pos, ck->pathlen - pos,
+                     ".type_url (TypedStruct of unknown type %s)", inner_url);
         }
     }
     protobuf_c_message_free_unpacked(inner, NULL);
@@ -256,8 +263,7 @@ static size_t field_messages(const ProtobufCMessage *m, const ProtobufCFieldDesc
 }
 
 /* Walks every message field of m; path holds the field path so far (pos its length). */
-static int check_anys(const ProtobufCMessage *m, char *path, size_t pathlen, size_t pos,
-                      unsigned depth, const char **ret_bad_type)
+static int check_anys(const ProtobufCMessage *m, any_check_t *ck, size_t pos, unsigned depth)
 {
     const ProtobufCMessageDescriptor *d = m->descriptor;
     for (unsigned i = 0; i < d->n_fields; i++) {
@@ -267,22 +273,21 @@ static int check_anys(const ProtobufCMessage *m, char *path, size_t pathlen, siz
         size_t count = field_messages(m, f, &one, &items);
         for (size_t k = 0; k < count; k++) {
             const ProtobufCMessage *sub = items[k];
-            size_t np = pos + (size_t)snprintf(path + pos, pathlen - pos,
-                                               f->label == PROTOBUF_C_LABEL_REPEATED ? ".%s[%zu]"
-                                                                                     : ".%s",
-                                               f->name, k);
-            if (np >= pathlen)
-                np = pathlen - 1;
+            size_t np =
+                pos + (size_t)snprintf(ck->path + pos, ck->pathlen - pos,
+                                       f->label == PROTOBUF_C_LABEL_REPEATED ? ".%s[%zu]" : ".%s",
+                                       f->name, k);
+            if (np >= ck->pathlen)
+                np = ck->pathlen - 1;
             int rc;
             if (f->descriptor == &google__protobuf__any__descriptor)
-                rc = check_one_any(m, (const Google__Protobuf__Any *)sub, path, pathlen, np,
-                                   depth, ret_bad_type);
+                rc = check_one_any(m, (const Google__Protobuf__Any *)sub, ck, np, depth);
             else
-                rc = check_anys(sub, path, pathlen, np, depth + 1, ret_bad_type);
+                rc = check_anys(sub, ck, np, depth + 1);
             if (rc < 0)
                 return rc;
         }
-        path[pos] = '\0';
+        ck->path[pos] = '\0';
     }
     return 0;
 }
@@ -341,17 +346,17 @@ static ProtobufCMessage *decode_resource(int t, const xds_ads_resource_t *r, err
         protobuf_c_message_free_unpacked(m, NULL);
         return NULL;
     }
-    char path[512] = "";
-    const char *bad = NULL;
-    int rc = check_anys(m, path, sizeof(path), 0, 0, &bad);
-    if (rc == -ENOENT && bad) {
+    char path[512] = "", bad[256] = "";
+    any_check_t ck = {path, sizeof(path), bad, sizeof(bad)};
+    int rc = check_anys(m, &ck, 0, 0);
+    if (rc == -ENOENT && bad[0]) {
         err_add(err, "resource '%s': %s: unknown type %s", name, path[0] ? path + 1 : "(root)",
                 bad);
     } else if (rc == -ENOENT) {
         err_add(err, "resource '%s': %s", name, path[0] ? path + 1 : "(root)");
     } else if (rc < 0) {
         err_add(err, "resource '%s': %s: cannot decode %s", name, path[0] ? path + 1 : "(root)",
-                bad ? bad : "nested message");
+                bad[0] ? bad : "nested message");
     }
     if (rc < 0) {
         protobuf_c_message_free_unpacked(m, NULL);

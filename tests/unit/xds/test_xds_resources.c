@@ -63,6 +63,11 @@ START_TEST(test_malformed_resources_are_refused)
         {"bad-deep-struct", "nested too deeply"},
         {"bad-unknown-typed-config", "filter_chains[0].filters[0].typed_config: unknown type "
                                      "type.googleapis.com/nope.Nope"},
+        /* the unknown type lies in a message unpacked from an Any inside an Any, freed before
+         * the reason is written: the reason must still name it (it once read freed memory) */
+        {"bad-unknown-nested-typed-config",
+         "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config: unknown type "
+         "type.googleapis.com/nope.Inner"},
     };
     const char *dir = getenv("CORPUS");
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
