@@ -33,6 +33,7 @@ SRCDIR = os.environ["SRCDIR"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from backends import HttpBackend  # noqa: E402
+from harness import free_port  # noqa: E402
 
 TYPE = "type.googleapis.com/"
 FAULT = TYPE + "envoy.extensions.filters.http.fault.v3.HTTPFault"
@@ -71,10 +72,6 @@ TEXT_LINE = re.compile(
 START = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def million(pct):

@@ -10,6 +10,7 @@ import http.client
 import http.server
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -39,8 +40,35 @@ HCM_NAME = "envoy.filters.network.http_connection_manager"
 PROTO_NAME = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out = set()
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on (at the time of the call)."""
+    """A TCP port on 127.0.0.1 that nothing listens on (at the time of the call), chosen below
+    the kernel's ephemeral range: a port the kernel hands out for port 0 (skiff's admin, a
+    backend) or as a connection's source port could otherwise be this one by the time it is
+    bound. Never the same port twice in one process."""
+    low = _ephemeral_low()
+    if low > 12000:
+        for _ in range(200):
+            port = random.randrange(10000, low)
+            if port in _handed_out:
+                continue
+            with socket.socket() as so:
+                try:
+                    so.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                _handed_out.add(port)
+                return port
     with socket.socket() as so:
         so.bind(("127.0.0.1", 0))
         return so.getsockname()[1]
