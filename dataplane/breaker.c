@@ -84,13 +84,6 @@ static uint64_t max_of(const dp_breakers_t *bs, int p, int r)
     return n > min ? n : min;
 }
 
-/* A gauge store that the count's next read is ordered after (see br_gauges). */
-static void gauge_store_sc(dp_gauge_t *g, uint64_t v)
-{
-    atomic_store_explicit(&g->value, v, memory_order_seq_cst);
-    dp_gauge_mark_used(g);
-}
-
 /* The gauges after the count became `count`. Workers change a count at once and may store
  * their gauges in either order, so the last store could carry a count already gone (worker A
  * takes 1 -> 2, B releases 2 -> 1, A releases 1 -> 0, B's "1" lands after A's "0": cx_open
@@ -108,9 +101,9 @@ static void br_gauges(const dp_breakers_t *bs, int p, int r, uint64_t count)
     for (int guard = 0; guard < 64; guard++) {
         uint64_t max = max_of(bs, p, r);
         if (open)
-            gauge_store_sc(open, count >= max);
+            dp_gauge_set_seq_cst(open, count >= max);
         if (remaining)
-            gauge_store_sc(remaining, count >= max ? 0 : max - count);
+            dp_gauge_set_seq_cst(remaining, count >= max ? 0 : max - count);
         uint64_t now = atomic_load_explicit(&b->count, memory_order_seq_cst);
         if (now == count)
             return;

@@ -125,6 +125,14 @@ static inline void dp_gauge_set(dp_gauge_t *g, uint64_t v)
     dp_gauge_mark_used(g);
 }
 
+/* dp_gauge_set as a sequentially consistent store, for a writer that must re-read what the
+ * value was derived from after storing it (the circuit breakers' gauges, dataplane/breaker.c). */
+static inline void dp_gauge_set_seq_cst(dp_gauge_t *g, uint64_t v)
+{
+    atomic_store_explicit(&g->value, v, memory_order_seq_cst);
+    dp_gauge_mark_used(g);
+}
+
 static inline void dp_gauge_add(dp_gauge_t *g, uint64_t v)
 {
     atomic_fetch_add_explicit(&g->value, v, memory_order_relaxed);

@@ -28,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 enum {
     OWN_AT_HEAD,    /* server: 200 and a body as soon as the head arrives (before the body) */
-    OWN_AT_END,     /* server: 200 with the request body echoed once the request ends */
+    OWN_AT_END,     /* server: 200 and a body once the request ends */
     OWN_STREAM,     /* server: headers at once, each chunk echoed, trailers at the end */
     OWN_RESET,      /* server: reset at the head */
     OWN_HOLD,       /* read disabled at the head, enabled after the input, then answered */
@@ -40,8 +40,7 @@ enum {
 typedef struct rec {
     dp_enc_t *enc;
     dp_pool_t *pool;
-    bool got_head, ended, done, held, answered, echo;
-    size_t body;
+    bool ended, done, held, answered, echo;
 } rec_t;
 
 static struct {
@@ -115,7 +114,6 @@ static void on_headers(void *ud, dp_http_head_t *h, bool end)
     if (r->done)
         abort(); /* an event after on_done */
     (void)h;
-    r->got_head = true;
     if (F.conn == NULL || r->enc == NULL)
         return;
     switch (F.owner) {
@@ -164,7 +162,6 @@ static void on_data(void *ud, const uint8_t *p, size_t n, bool end)
     rec_t *r = ud;
     if (r->done || r->ended)
         abort();
-    r->body += n;
     if (r->echo && n > 0 && r->enc->ops->data(r->enc, p, n, false) < 0)
         return;
     if (end && !r->done)
