@@ -2,7 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <http_parser.h>
+#include <llhttp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -57,13 +57,14 @@ struct admin_conn {
     } h;
     agent_admin_t *admin;
     admin_conn_t *prev, *next;
-    http_parser parser;
+    llhttp_t parser;
     char url[ADMIN_MAX_URL + 1];
     size_t url_len;
     size_t head_bytes;
     size_t body_bytes;
     bool in_head;
     bool url_too_long;
+    bool body_too_large;
     bool closing;
     int writes_pending;
 };
@@ -329,8 +330,8 @@ static bool parse_params(char *query, agent_admin_request_t *req)
 static void conn_dispatch(admin_conn_t *c)
 {
     agent_admin_t *a = c->admin;
-    bool keep = http_should_keep_alive(&c->parser) && !a->closing;
-    enum http_method m = (enum http_method)c->parser.method;
+    bool keep = llhttp_should_keep_alive(&c->parser) && !a->closing;
+    llhttp_method_t m = (llhttp_method_t)c->parser.method;
 
     if (c->url_too_long) {
         conn_send_text(c, 414, "request target too long\n", true);
@@ -398,7 +399,7 @@ static void conn_dispatch(admin_conn_t *c)
               resp.close_after || !keep, after_fn, after_ud);
 }
 
-static int on_message_begin(http_parser *p)
+static int on_message_begin(llhttp_t *p)
 {
     admin_conn_t *c = p->data;
     c->url_len = 0;
@@ -410,7 +411,7 @@ static int on_message_begin(http_parser *p)
     return 0;
 }
 
-static int on_url(http_parser *p, const char *at, size_t len)
+static int on_url(llhttp_t *p, const char *at, size_t len)
 {
     admin_conn_t *c = p->data;
     if (c->url_len + len > ADMIN_MAX_URL) {
@@ -423,30 +424,33 @@ static int on_url(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
-static int on_headers_complete(http_parser *p)
+static int on_headers_complete(llhttp_t *p)
 {
     admin_conn_t *c = p->data;
     c->in_head = false;
-    if (p->content_length != ULLONG_MAX && p->content_length > ADMIN_MAX_BODY)
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > ADMIN_MAX_BODY) {
+        c->body_too_large = true;
         return -1;
+    }
     return 0;
 }
 
-static int on_body(http_parser *p, const char *at, size_t len)
+static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     admin_conn_t *c = p->data;
     c->body_bytes += len;
-    return c->body_bytes > ADMIN_MAX_BODY ? -1 : 0;
+    c->body_too_large = c->body_bytes > ADMIN_MAX_BODY;
+    return c->body_too_large ? -1 : 0;
 }
 
-static int on_message_complete(http_parser *p)
+static int on_message_complete(llhttp_t *p)
 {
     admin_conn_t *c = p->data;
     conn_dispatch(c);
     return 0;
 }
 
-static const http_parser_settings parser_settings = {
+static const llhttp_settings_t parser_settings = {
     .on_message_begin = on_message_begin,
     .on_url = on_url,
     .on_headers_complete = on_headers_complete,
@@ -470,8 +474,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0 || c->closing)
         return;
-    size_t n = http_parser_execute(&c->parser, &parser_settings, buf->base, (size_t)nread);
+    llhttp_errno_t err = llhttp_execute(&c->parser, buf->base, (size_t)nread);
     if (c->in_head) {
+        /* Still in a head: all of this read was head bytes (or came before an error). */
+        size_t n =
+            err == HPE_OK ? (size_t)nread : (size_t)(llhttp_get_error_pos(&c->parser) - buf->base);
         c->head_bytes += n;
         if (c->head_bytes > ADMIN_MAX_HEAD) {
             conn_send_text(c, 431, "request header too large\n", true);
@@ -479,20 +486,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             return;
         }
     }
-    enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
-    if (err == HPE_CB_headers_complete || err == HPE_CB_body) {
+    if (c->body_too_large) {
         conn_send_text(c, 413, "request body too large\n", true);
         uv_read_stop(s);
-    } else if (err == HPE_HEADER_OVERFLOW) {
-        conn_send_text(c, 431, "request header too large\n", true);
+    } else if (err == HPE_PAUSED_UPGRADE) {
+        conn_send_text(c, 400, "upgrade is not supported\n", true);
         uv_read_stop(s);
     } else if (err != HPE_OK) {
         char msg[160];
-        snprintf(msg, sizeof(msg), "bad request: %s\n", http_errno_description(err));
+        snprintf(msg, sizeof(msg), "bad request: %s\n", llhttp_get_error_reason(&c->parser));
         conn_send_text(c, 400, msg, true);
-        uv_read_stop(s);
-    } else if (c->parser.upgrade) {
-        conn_send_text(c, 400, "upgrade is not supported\n", true);
         uv_read_stop(s);
     }
 }
@@ -528,7 +531,7 @@ static void on_connection(uv_stream_t *server, int status)
         conn_send_text(c, 503, "too many admin connections\n", true);
         return;
     }
-    http_parser_init(&c->parser, HTTP_REQUEST);
+    llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
     c->parser.data = c;
     uv_read_start(&c->h.stream, on_alloc, on_read);
 }

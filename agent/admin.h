@@ -1,6 +1,6 @@
 /* The admin HTTP/1.1 server: Envoy's admin API surface on the bootstrap's admin address.
  *
- * Everything here runs on the main thread's libuv loop. Requests are parsed with http_parser;
+ * Everything here runs on the main thread's libuv loop. Requests are parsed with llhttp;
  * the query string is split raw (pilot-agent sends regexes unescaped: `^ ( ) | \ $`), then each
  * key and value is percent-decoded, as Envoy's Utility::parseAndDecodeQueryString does ('+' is
  * kept). Handlers fill a response and return; the server writes it and keeps the connection

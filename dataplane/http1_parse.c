@@ -1,6 +1,6 @@
 #include "dataplane/http1_parse.h"
 
-#include <pthread.h>
+#include <llhttp.h>
 #include <string.h>
 
 /* RFC 9110 §5.6.2 tchar: ALPHA, DIGIT and "!#$%&'*+-.^_`|~", as a bit per ASCII byte (every
@@ -104,14 +104,15 @@ static int check_version(dp_h1_head_parser_t *hp, const char *v, size_t n)
     return -1;
 }
 
-/* The methods http-parser knows (its enum is dense from 0). */
+/* The HTTP methods llhttp knows (not its RTSP ones), most used first. */
+#define METHOD_NAME(num, name, string) #string,
+static const char *const methods[] = {HTTP_METHOD_MAP(METHOD_NAME)};
+#undef METHOD_NAME
+
 static bool known_method(const char *m, size_t n)
 {
-    for (int i = 0; i < 64; i++) {
-        const char *s = http_method_str((enum http_method)i);
-        if (s[0] == '<')
-            return false;
-        if (strlen(s) == n && memcmp(s, m, n) == 0)
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        if (strlen(methods[i]) == n && memcmp(methods[i], m, n) == 0)
             return true;
     }
     return false;
@@ -267,7 +268,7 @@ int dp_h1_head_scan(dp_h1_head_parser_t *hp, const char *buf, size_t len)
     }
 }
 
-/* ---- head building through http-parser ---- */
+/* ---- head building through llhttp ---- */
 
 enum {
     CB_NONE,
@@ -303,7 +304,7 @@ static void commit_field(dp_h1_head_parser_t *hp)
         dp_ascii_lower(nm, hp->cur_name.n);
         nm[hp->cur_name.n] = '\0';
         dp_str_t v = hp->cur_value.p ? hp->cur_value : (dp_str_t){"", 0};
-        /* http-parser keeps trailing whitespace; RFC 9110 §5.5 excludes it from the value. */
+        /* RFC 9110 §5.5: trailing whitespace is not part of the value. */
         while (v.n > 0 && (v.p[v.n - 1] == ' ' || v.p[v.n - 1] == '\t'))
             v.n--;
         if (hp->cur_value.p)
@@ -314,14 +315,14 @@ static void commit_field(dp_h1_head_parser_t *hp)
     hp->last_cb = CB_NONE;
 }
 
-static int hp_on_url(http_parser *p, const char *at, size_t n)
+static int hp_on_url(llhttp_t *p, const char *at, size_t n)
 {
     dp_h1_head_parser_t *hp = p->data;
     append(hp->pool, &hp->url, at, n);
     return 0;
 }
 
-static int hp_on_field(http_parser *p, const char *at, size_t n)
+static int hp_on_field(llhttp_t *p, const char *at, size_t n)
 {
     dp_h1_head_parser_t *hp = p->data;
     /* The head is fed in one piece, so a field name never arrives split. */
@@ -332,7 +333,7 @@ static int hp_on_field(http_parser *p, const char *at, size_t n)
     return 0;
 }
 
-static int hp_on_value(http_parser *p, const char *at, size_t n)
+static int hp_on_value(llhttp_t *p, const char *at, size_t n)
 {
     dp_h1_head_parser_t *hp = p->data;
     append(hp->pool, &hp->cur_value, at, n);
@@ -340,15 +341,15 @@ static int hp_on_value(http_parser *p, const char *at, size_t n)
     return 0;
 }
 
-static int hp_on_headers_complete(http_parser *p)
+static int hp_on_headers_complete(llhttp_t *p)
 {
     dp_h1_head_parser_t *hp = p->data;
     commit_field(hp);
-    /* The body is decoded by dp_h1_body_feed(); http-parser sees only the head. */
+    /* The body is decoded by dp_h1_body_feed(); llhttp sees only the head (1: no body). */
     return 1;
 }
 
-static const http_parser_settings head_settings = {
+static const llhttp_settings_t head_settings = {
     .on_url = hp_on_url,
     .on_header_field = hp_on_field,
     .on_header_value = hp_on_value,
@@ -481,37 +482,63 @@ static dp_http_head_t *build_fail(dp_h1_head_parser_t *hp, const char *err)
     return NULL;
 }
 
-/* http-parser's own head limit (80 KiB by default) is process-wide; the scanner enforces the
- * configured one, so lift http-parser's to Envoy's maximum (max_request_headers_kb 8192) once. */
-static pthread_once_t hp_limit_once = PTHREAD_ONCE_INIT;
-
-static void hp_limit_init(void)
+/* An absolute-form target (RFC 9112 §3.2.2), "scheme://authority[/path][?query]", split in place:
+ * the scheme is a letter and then letters, digits, '+', '-' or '.'; the authority is not empty
+ * and has no userinfo (RFC 9110 §4.2.4: a recipient treats it as an error); the path is the
+ * rest, "/" when there is none. Every byte is already known to be visible ASCII. */
+static int split_absolute(dp_pool_t *pool, dp_str_t url, dp_http_head_t *h)
 {
-    http_parser_set_max_header_size(8192u * 1024u + 1024u);
+    size_t i = 0;
+    while (i < url.n && (((url.p[i] | 0x20) >= 'a' && (url.p[i] | 0x20) <= 'z') ||
+                         (i > 0 && ((url.p[i] >= '0' && url.p[i] <= '9') || url.p[i] == '+' ||
+                                    url.p[i] == '-' || url.p[i] == '.'))))
+        i++;
+    if (i == 0 || url.n - i < 3 || memcmp(url.p + i, "://", 3) != 0)
+        return -1;
+    h->scheme = (dp_str_t){url.p, i};
+    size_t as = i + 3, ae = as;
+    while (ae < url.n && url.p[ae] != '/' && url.p[ae] != '?' && url.p[ae] != '#') {
+        if (url.p[ae] == '@')
+            return -1;
+        ae++;
+    }
+    if (ae == as)
+        return -1;
+    h->authority = (dp_str_t){url.p + as, ae - as};
+    if (ae == url.n) {
+        h->path = DP_STR("/");
+    } else if (url.p[ae] == '/') {
+        h->path = (dp_str_t){url.p + ae, url.n - ae};
+    } else {
+        char *p = dp_pool_alloc(pool, url.n - ae + 2);
+        p[0] = '/';
+        memcpy(p + 1, url.p + ae, url.n - ae);
+        p[url.n - ae + 1] = '\0';
+        h->path = (dp_str_t){p, url.n - ae + 1};
+    }
+    return 0;
 }
 
 dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_pool_t *pool)
 {
-    pthread_once(&hp_limit_once, hp_limit_init);
     hp->pool = pool;
     hp->head = dp_pool_calloc(pool, sizeof(*hp->head));
     dp_http_head_t *h = hp->head;
     h->content_length = -1;
-    http_parser_init(&hp->hp, hp->request ? HTTP_REQUEST : HTTP_RESPONSE);
-    hp->hp.data = hp;
     /* One copy of the whole head, which the header list and the target point into. */
     char *copy = dp_pool_alloc(pool, hp->head_len + 1);
     memcpy(copy, buf, hp->head_len);
     copy[hp->head_len] = '\0';
-    size_t n = http_parser_execute(&hp->hp, &head_settings, copy, hp->head_len);
-    enum http_errno e = HTTP_PARSER_ERRNO(&hp->hp);
-    if (e == HPE_HEADER_OVERFLOW) {
-        hp->err_status = 431;
-        hp->err = "headers too large";
-        return NULL;
-    }
-    if (e != HPE_OK || n != hp->head_len)
-        return build_fail(hp, http_errno_description(e));
+    /* The head is parsed in one call, so the parser lives only for it. */
+    llhttp_t parser;
+    llhttp_init(&parser, hp->request ? HTTP_REQUEST : HTTP_RESPONSE, &head_settings);
+    parser.data = hp;
+    llhttp_errno_t e = llhttp_execute(&parser, copy, hp->head_len);
+    /* An upgrade (or a 101) pauses llhttp at the end of the head: the rest is another protocol. */
+    if (e == HPE_PAUSED_UPGRADE && llhttp_get_error_pos(&parser) == copy + hp->head_len)
+        e = HPE_OK;
+    if (e != HPE_OK)
+        return build_fail(hp, llhttp_get_error_reason(&parser));
     if (hp->url.p)
         ((char *)hp->url.p)[hp->url.n] = '\0'; /* the SP before the version */
     h->version = hp->http10 ? DP_HTTP_10 : DP_HTTP_11;
@@ -545,29 +572,17 @@ dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_po
     hp->keep_alive = hp->http10 ? (conn_keep && !conn_close) : !conn_close;
 
     if (hp->request) {
-        h->method =
-            (dp_str_t){http_method_str(hp->hp.method), strlen(http_method_str(hp->hp.method))};
+        /* The method as sent (llhttp knows it), ended by a NUL over the SP after it. */
+        char *m = copy + hp->start;
+        size_t mn = (size_t)((char *)memchr(m, ' ', hp->head_len - hp->start) - m);
+        m[mn] = '\0';
+        h->method = (dp_str_t){m, mn};
         h->scheme = DP_STR("http");
         h->path = hp->url;
-        if (hp->url.n > 0 && hp->url.p[0] != '/' && !DP_STR_EQ(hp->url, "*")) {
+        if (hp->absolute_form) {
             /* Absolute form (RFC 9112 §3.2.2): the target names scheme and authority. */
-            struct http_parser_url u;
-            http_parser_url_init(&u);
-            if (http_parser_parse_url(hp->url.p, hp->url.n, 0, &u) != 0 ||
-                !(u.field_set & (1 << UF_SCHEMA)) || !(u.field_set & (1 << UF_HOST)))
+            if (split_absolute(pool, hp->url, h) < 0)
                 return build_fail(hp, "invalid absolute-form request target");
-            h->scheme =
-                (dp_str_t){hp->url.p + u.field_data[UF_SCHEMA].off, u.field_data[UF_SCHEMA].len};
-            size_t as = u.field_data[UF_HOST].off;
-            size_t ae = as + u.field_data[UF_HOST].len;
-            if (u.field_set & (1 << UF_PORT))
-                ae = u.field_data[UF_PORT].off + u.field_data[UF_PORT].len;
-            h->authority = (dp_str_t){hp->url.p + as, ae - as};
-            if (u.field_set & (1 << UF_PATH))
-                h->path = (dp_str_t){hp->url.p + u.field_data[UF_PATH].off,
-                                     hp->url.n - u.field_data[UF_PATH].off};
-            else
-                h->path = DP_STR("/");
         } else if (host != NULL) {
             h->authority = host->value;
         } else if (!hp->http10) {
@@ -586,7 +601,7 @@ dp_http_head_t *dp_h1_head_build(dp_h1_head_parser_t *hp, const char *buf, dp_po
         hp->upgrade = upg != NULL && conn_upgrade && hp->framing == DP_H1_BODY_NONE &&
                       !dp_str_ieq(upg->value, "h2c", 3);
     } else {
-        int st = hp->hp.status_code;
+        int st = hp->status_code;
         h->status = st;
         if (st < 200 || st == 204) {
             /* RFC 9110 §8.6, §6.1: these have no body and must not say they have one; a
@@ -874,10 +889,131 @@ bool dp_h1_visible(dp_str_t s)
 
 const char *dp_h1_reason(int status)
 {
-    if (status == 431)
+    /* RFC 9110 §15 and the registry's other common codes. */
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 102:
+        return "Processing";
+    case 103:
+        return "Early Hints";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 203:
+        return "Non-Authoritative Information";
+    case 204:
+        return "No Content";
+    case 205:
+        return "Reset Content";
+    case 206:
+        return "Partial Content";
+    case 207:
+        return "Multi-Status";
+    case 208:
+        return "Already Reported";
+    case 226:
+        return "IM Used";
+    case 300:
+        return "Multiple Choices";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 305:
+        return "Use Proxy";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 402:
+        return "Payment Required";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 406:
+        return "Not Acceptable";
+    case 407:
+        return "Proxy Authentication Required";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Payload Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 416:
+        return "Range Not Satisfiable";
+    case 417:
+        return "Expectation Failed";
+    case 421:
+        return "Misdirected Request";
+    case 422:
+        return "Unprocessable Entity";
+    case 423:
+        return "Locked";
+    case 424:
+        return "Failed Dependency";
+    case 425:
+        return "Too Early";
+    case 426:
+        return "Upgrade Required";
+    case 428:
+        return "Precondition Required";
+    case 429:
+        return "Too Many Requests";
+    case 431:
         return "Request Header Fields Too Large";
-    const char *s = http_status_str((enum http_status)status);
-    if (s == NULL || s[0] == '<')
+    case 451:
+        return "Unavailable For Legal Reasons";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    case 506:
+        return "Variant Also Negotiates";
+    case 507:
+        return "Insufficient Storage";
+    case 508:
+        return "Loop Detected";
+    case 510:
+        return "Not Extended";
+    case 511:
+        return "Network Authentication Required";
+    default:
         return "Unknown";
-    return s;
+    }
 }

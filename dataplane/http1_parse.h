@@ -11,13 +11,14 @@
  *     characters but HT (NUL, CR, DEL: 400), a method made of token characters, a request
  *     target of visible ASCII, exactly "HTTP/1.0" or "HTTP/1.1" (HTTP/0.9 and others: 400).
  *     Framing is checked as RFC 9112 §6 and Envoy's http1 codec do: Content-Length must be
- *     1..18 digits, and any second Content-Length header is 400 (http-parser, which Envoy's
- *     legacy codec uses, refuses them too, so identical duplicates are not folded);
+ *     1..18 digits, and any second Content-Length header is 400 (llhttp, as http-parser
+ *     before it in Envoy's legacy codec, refuses them too, so identical duplicates are not
+ *     folded);
  *     Transfer-Encoding on a request must be exactly "chunked" (one header, one coding), else
  *     501 as Envoy answers; Content-Length with Transfer-Encoding is 400; chunked on HTTP/1.0
  *     is 400; CONNECT is 400; a second Host, or none on an HTTP/1.1 request in origin form, is
  *     400. A head longer than limits.max_header_bytes is 431, more than
- *     limits.max_headers fields is 431. Once the head is valid it is tokenised by http-parser
+ *     limits.max_headers fields is 431. Once the head is valid it is tokenised by llhttp
  *     into a dp_http_head_t in the pool the caller gives.
  *
  *  2. The body, decoded by dp_h1_body_feed(): a Content-Length count, chunked (strict hex
@@ -28,7 +29,6 @@
 #ifndef SKIFF_DATAPLANE_HTTP1_PARSE_H
 #define SKIFF_DATAPLANE_HTTP1_PARSE_H
 
-#include <http_parser.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -66,8 +66,7 @@ typedef struct dp_h1_head_parser {
     bool keep_alive;      /* HTTP/1.1 without "connection: close", or 1.0 with keep-alive */
     bool expect_continue; /* request: "expect: 100-continue" (the header is stripped) */
     bool upgrade;         /* upgrade + "connection: upgrade" (kept in the headers) */
-    http_parser hp;
-    /* Head building during the http-parser pass. */
+    /* Head building during the llhttp pass. */
     dp_pool_t *pool;
     dp_http_head_t *head;
     dp_str_t cur_name, cur_value, url, host;

@@ -778,6 +778,25 @@ START_TEST(test_server_absolute_form_and_refuse)
     ck_assert(DP_STR_EQ(h->authority, "up.example:8080"));
     ck_assert(DP_STR_EQ(h->path, "/x/y?q"));
     ck_assert(DP_STR_EQ(h->scheme, "http"));
+    ck_assert(DP_STR_EQ(h->method, "GET"));
+    srv_free(t);
+
+    /* No path: "/" (and the query after it). */
+    t = srv_new(NULL);
+    PEER_SEND(t, "OPTIONS https://h:1?a=b HTTP/1.1\r\nHost: h\r\n\r\n");
+    spin(t, 50);
+    PEER_SEND(t, "M-SEARCH http://h HTTP/1.1\r\n\r\n");
+    spin(t, 50);
+    ck_assert_msg(t->streams == 2, "streams %d, out [%s]", t->streams, t->out);
+    h = t->rec[0].head[0];
+    ck_assert(DP_STR_EQ(h->scheme, "https"));
+    ck_assert(DP_STR_EQ(h->authority, "h:1"));
+    ck_assert(DP_STR_EQ(h->path, "/?a=b"));
+    ck_assert(DP_STR_EQ(h->method, "OPTIONS"));
+    h = t->rec[1].head[0];
+    ck_assert(DP_STR_EQ(h->authority, "h"));
+    ck_assert(DP_STR_EQ(h->path, "/"));
+    ck_assert(DP_STR_EQ(h->method, "M-SEARCH"));
     srv_free(t);
 
     t = srv_new(NULL);
@@ -962,6 +981,10 @@ static const bad_case_t bad_cases[] = {
     BAD("missing host", "GET / HTTP/1.1\r\n\r\n", 400),
     BAD("two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     BAD("CONNECT", "CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", 400),
+    BAD("userinfo in target", "GET http://u@h/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+    BAD("empty authority", "GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+    BAD("scheme starts with a digit", "GET 1http://h/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+    BAD("no scheme", "GET h/x HTTP/1.1\r\nHost: h\r\n\r\n", 400),
 };
 
 static const char *reply_for(int status)
@@ -988,7 +1011,10 @@ START_TEST(test_server_bad_requests)
     peer_send(t, bc->req, bc->len);
     spin(t, 300);
     ck_assert_msg(strcmp(t->out, reply_for(bc->status)) == 0, "%s: got [%s]", bc->name, t->out);
-    ck_assert_msg(t->streams == 0, "%s: delivered to the sink", bc->name);
+    /* A head the scanner refuses opens no stream; one llhttp or the head build refuses has
+     * asked for a stream (its pool holds the head), but no head reaches the sink. */
+    for (int i = 0; i < t->streams; i++)
+        ck_assert_msg(t->rec[i].head[0] == NULL, "%s: delivered to the sink", bc->name);
     ck_assert_msg(t->closed && t->peer_eof, "%s: not closed", bc->name);
     srv_free(t);
 }
@@ -1110,7 +1136,8 @@ START_TEST(test_server_limits)
     ck_assert_uint_eq(t->rec[0].head[0]->headers.n, 9);
     srv_free(t);
 
-    /* A limit above http-parser's default 80 KiB holds: a 90 KiB header passes at 100 KiB. */
+    /* The configured limit is the only one (llhttp has none; http-parser, before it, stopped at
+     * 80 KiB): a 90 KiB header passes at 100 KiB. */
     lim = dp_http_limits_default();
     lim.max_header_bytes = 100 * 1024;
     t = srv_new(&lim);
