@@ -6,10 +6,12 @@
  *  1. The head. The caller keeps the unconsumed bytes of the connection in one contiguous
  *     buffer and calls dp_h1_head_feed() with the whole buffer each time more bytes arrive.
  *     Lines are checked once each (the scan resumes where it stopped), strictly: CRLF line
- *     endings only (a bare LF or bare CR is 400), no obs-fold (400), header names are tokens
- *     followed directly by ':' (a space before the colon is 400), values hold no control
- *     characters but HT (NUL, CR, DEL: 400), a method made of token characters, a request
+ *     endings only (a bare LF or bare CR is 400), no obs-fold (400), a header name followed
+ *     directly by ':' with no space in it (400), a method made of token characters, a request
  *     target of visible ASCII, exactly "HTTP/1.0" or "HTTP/1.1" (HTTP/0.9 and others: 400).
+ *     The rest of each name and value is llhttp's to check when the head is built (names of
+ *     token characters, values without controls but HT: else 400); the framing fields are
+ *     checked whole by the scan, which decides on them.
  *     Framing is checked as RFC 9112 §6 and Envoy's http1 codec do: Content-Length must be
  *     1..18 digits, and any second Content-Length header is 400 (llhttp, as http-parser
  *     before it in Envoy's legacy codec, refuses them too, so identical duplicates are not

@@ -3,6 +3,7 @@
  * proxy round trip (server codec -> relay -> client codec -> server codec echo). */
 #include <arpa/inet.h>
 #include <check.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -966,6 +967,10 @@ static const bad_case_t bad_cases[] = {
     BAD("DEL in value", "GET / HTTP/1.1\r\nHost: h\r\nX: a\x7f\r\n\r\n", 400),
     BAD("control in name", "GET / HTTP/1.1\r\nHost: h\r\nX\x01Y: a\r\n\r\n", 400),
     BAD("space before colon", "GET / HTTP/1.1\r\nHost : h\r\n\r\n", 400),
+    BAD("space in name", "GET / HTTP/1.1\r\nHost: h\r\nX Y: a\r\n\r\n", 400),
+    BAD("empty name", "GET / HTTP/1.1\r\nHost: h\r\n: a\r\n\r\n", 400),
+    BAD("no colon", "GET / HTTP/1.1\r\nHost: h\r\nX-A\r\n\r\n", 400),
+    BAD("separator in name", "GET / HTTP/1.1\r\nHost: h\r\nX(Y): a\r\n\r\n", 400),
     BAD("TE space before colon",
         "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\n"
         "\r\n",
@@ -1003,6 +1008,52 @@ static const char *reply_for(int status)
     }
     return "";
 }
+
+/* The scan and llhttp together accept a field line exactly when its name is made of tokens
+ * (RFC 9110 §5.6.2) and its value of VCHAR, obs-text, SP and HT: every byte in both places,
+ * in a request head and in a response head. */
+static int parse_head(bool request, const char *buf, size_t n)
+{
+    dp_http_limits_t lim = dp_http_limits_default();
+    dp_h1_head_parser_t hp;
+    dp_h1_head_init(&hp, request, &lim);
+    int r = dp_h1_head_scan(&hp, buf, n);
+    if (r <= 0)
+        return r < 0 ? -hp.err_status : 0;
+    dp_pool_t *pool = dp_pool_new();
+    dp_http_head_t *h = dp_h1_head_build(&hp, buf, pool);
+    r = h != NULL ? 1 : -hp.err_status;
+    dp_pool_free(pool);
+    return r;
+}
+
+START_TEST(test_field_bytes)
+{
+    static const char tchars[] = "!#$%&'*+-.^_`|~";
+    for (int req = 0; req < 2; req++) {
+        const char *start = req ? "GET / HTTP/1.1\r\nHost: h\r\n" : "HTTP/1.1 200 OK\r\n";
+        const char *what = req ? "request" : "response";
+        int bad = req ? -400 : -502;
+        for (int c = 0; c < 256; c++) {
+            char b[128];
+            int n;
+            /* In a name (a ':' there ends it: "X:Y: a" is field X). */
+            if (c != ':') {
+                n = snprintf(b, sizeof(b), "%sX?Y: a\r\n\r\n", start);
+                *strchr(b, '?') = (char)c;
+                bool tchar = isalnum(c) || (c != 0 && strchr(tchars, c) != NULL);
+                ck_assert_msg(parse_head(req, b, (size_t)n) == (tchar ? 1 : bad),
+                              "name byte %02x (%s)", c, what);
+            }
+            n = snprintf(b, sizeof(b), "%sX: a?b\r\n\r\n", start);
+            *strchr(b, '?') = (char)c;
+            bool vchar = c == '\t' || (c >= 0x20 && c != 0x7f);
+            ck_assert_msg(parse_head(req, b, (size_t)n) == (vchar ? 1 : bad),
+                          "value byte %02x (%s)", c, what);
+        }
+    }
+}
+END_TEST
 
 START_TEST(test_server_bad_requests)
 {
@@ -1832,6 +1883,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_server_trailers_out_and_http10);
     tcase_add_test(tc, test_server_expect_continue);
     tcase_add_test(tc, test_server_absolute_form_and_refuse);
+    tcase_add_test(tc, test_field_bytes);
     tcase_add_test(tc, test_server_early_response_and_eof);
     tcase_add_test(tc, test_server_upgrade);
     tcase_add_test(tc, test_server_half_close_pipelined);
