@@ -19,25 +19,67 @@ static bool is_value_char(unsigned char c)
     return c == '\t' || (c >= 0x20 && c != 0x7f);
 }
 
-/* Whether every byte of p[0..n) is a field value character: eight bytes at a time while none
- * is below 0x20 (HT included) or 0x7f; from the first word that has one, byte by byte. */
-static bool value_ok(const char *p, size_t n)
+#define ONES 0x0101010101010101ull
+#define HIGH 0x8080808080808080ull
+
+/* Whether no byte of x is below 0x20 (HT included) or 0x7f; it may say no for a word that has
+ * no such byte only after a byte that is one, so a "yes" is exact. */
+static bool word_is_plain_value(uint64_t x)
+{
+    uint64_t y = x ^ (0x7f * ONES);
+    uint64_t low = (x - 0x20 * ONES) & ~x & HIGH;
+    uint64_t del = (y - ONES) & ~y & HIGH;
+    return (low | del) == 0;
+}
+
+/* Whether all eight bytes of x are lower-case letters, digits or '-', as most header names
+ * are. Every byte is below 0x80 when the sums are taken, so none carries into the next. */
+static bool word_is_lower_token(uint64_t x)
+{
+    if (x & HIGH)
+        return false;
+    uint64_t lower = (x + 0x1f * ONES) & ~(x + 0x05 * ONES); /* 0x61..0x7a */
+    uint64_t digit = (x + 0x50 * ONES) & ~(x + 0x46 * ONES); /* 0x30..0x39 */
+    uint64_t d = x ^ (0x2d * ONES);
+    uint64_t dash = ~(((d & ~HIGH) + ~HIGH) | d); /* high bit where the byte is '-' */
+    return ((lower | digit | dash) & HIGH) == HIGH;
+}
+
+/* Whether every byte of p[0..n) passes byte_ok, eight bytes at a time while word_ok says so
+ * (a last word overlapping the one before); from the first word it does not pass, byte by
+ * byte. word_ok must only say yes for a word whose bytes all pass byte_ok. */
+static inline bool all_bytes(const char *p, size_t n, bool (*word_ok)(uint64_t),
+                             bool (*byte_ok)(unsigned char))
 {
     size_t i = 0;
+    uint64_t x;
     for (; i + 8 <= n; i += 8) {
-        uint64_t x, y;
         memcpy(&x, p + i, 8);
-        y = x ^ 0x7f7f7f7f7f7f7f7full;
-        uint64_t low = (x - 0x2020202020202020ull) & ~x & 0x8080808080808080ull;
-        uint64_t del = (y - 0x0101010101010101ull) & ~y & 0x8080808080808080ull;
-        if (low | del)
+        if (!word_ok(x))
             break;
     }
+    if (i < n && i + 8 > n && n >= 8) {
+        memcpy(&x, p + n - 8, 8);
+        if (word_ok(x))
+            return true;
+    }
     for (; i < n; i++) {
-        if (!is_value_char((unsigned char)p[i]))
+        if (!byte_ok((unsigned char)p[i]))
             return false;
     }
     return true;
+}
+
+/* Whether every byte of p[0..n) is a field value character. */
+static bool value_ok(const char *p, size_t n)
+{
+    return all_bytes(p, n, word_is_plain_value, is_value_char);
+}
+
+/* Whether every byte of p[0..n) is a token character. */
+static bool token_ok(const char *p, size_t n)
+{
+    return all_bytes(p, n, word_is_lower_token, is_tchar);
 }
 
 static int fail(int *st, const char **errp, int status, const char *err)
@@ -894,13 +936,7 @@ int dp_h1_body_eof(dp_h1_body_parser_t *bp)
 
 bool dp_h1_field_ok(dp_str_t name, dp_str_t value)
 {
-    if (name.n == 0)
-        return false;
-    for (size_t i = 0; i < name.n; i++) {
-        if (!is_tchar((unsigned char)name.p[i]))
-            return false;
-    }
-    return value_ok(value.p, value.n);
+    return name.n > 0 && token_ok(name.p, name.n) && value_ok(value.p, value.n);
 }
 
 bool dp_h1_visible(dp_str_t s)
