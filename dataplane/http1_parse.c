@@ -146,7 +146,7 @@ static int check_version(dp_h1_head_parser_t *hp, const char *v, size_t n)
     return -1;
 }
 
-/* The HTTP methods llhttp knows (not its RTSP ones), most used first. */
+/* The HTTP methods llhttp knows (its HTTP map, not the RTSP one). */
 #define METHOD_NAME(num, name, string) #string,
 static const char *const methods[] = {HTTP_METHOD_MAP(METHOD_NAME)};
 #undef METHOD_NAME
@@ -552,10 +552,11 @@ static dp_http_head_t *build_fail(dp_h1_head_parser_t *hp, const char *err)
     return NULL;
 }
 
-/* An absolute-form target (RFC 9112 §3.2.2), "scheme://authority[/path][?query]", split in place:
- * the scheme is a letter and then letters, digits, '+', '-' or '.'; the authority is not empty
- * and has no userinfo (RFC 9110 §4.2.4: a recipient treats it as an error); the path is the
- * rest, "/" when there is none. Every byte is already known to be visible ASCII. */
+/* An absolute-form target (RFC 9112 §3.2.2), "scheme://authority[/path][?query]", split where
+ * it lies: the scheme is a letter and then letters, digits, '+', '-' or '.'; the authority is
+ * not empty and has no userinfo (RFC 9110 §4.2.4: a recipient treats it as an error); the path
+ * is the rest, "/" when there is none (a copy with '/' before it when a query follows the
+ * authority directly). Every byte is already known to be visible ASCII. */
 static int split_absolute(dp_pool_t *pool, dp_str_t url, dp_http_head_t *h)
 {
     size_t i = 0;
