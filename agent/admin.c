@@ -65,6 +65,7 @@ struct admin_conn {
     bool in_head;
     bool url_too_long;
     bool body_too_large;
+    bool upgrade; /* refused before it is answered */
     bool closing;
     int writes_pending;
 };
@@ -428,6 +429,10 @@ static int on_headers_complete(llhttp_t *p)
 {
     admin_conn_t *c = p->data;
     c->in_head = false;
+    if (p->upgrade) {
+        c->upgrade = true;
+        return -1;
+    }
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > ADMIN_MAX_BODY) {
         c->body_too_large = true;
         return -1;
@@ -489,7 +494,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->body_too_large) {
         conn_send_text(c, 413, "request body too large\n", true);
         uv_read_stop(s);
-    } else if (err == HPE_PAUSED_UPGRADE) {
+    } else if (c->upgrade) {
         conn_send_text(c, 400, "upgrade is not supported\n", true);
         uv_read_stop(s);
     } else if (err != HPE_OK) {

@@ -105,6 +105,10 @@ print(s.recv(4096).split(b"\r\n")[0].decode())' "$ADMIN" "$1"
 }
 check "duplicate Content-Length is 400" grep -q ' 400 ' <(raw 'POST /ready HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab')
 check "garbage is 400" grep -q ' 400 ' <(raw 'HELLO\r\n\r\n')
+check "a body over 1 MiB by its Content-Length is 413" grep -q ' 413 ' <(raw 'POST /ready HTTP/1.1\r\nHost: x\r\nContent-Length: 1048577\r\n\r\n')
+check "a chunked body over 1 MiB is 413" bash -c "head -c 1100000 /dev/zero | curl -sS -o /dev/null -w '%{http_code}' -H 'transfer-encoding: chunked' --data-binary @- '$ADMIN/ready' | grep -qx 413"
+check "an upgrade is 400" grep -q ' 400 ' <(raw 'GET /ready HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n')
+check "a body within the limit is read, and the answer comes" grep -q ' 200 ' <(raw 'POST /ready HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello')
 
 # /quitquitquit ends the process cleanly
 check "POST /quitquitquit answers OK" [ "$($C -X POST "$ADMIN/quitquitquit")" = OK ]
