@@ -670,8 +670,11 @@ class DirectIstiod(unittest.TestCase):
                 self.assertTrue(ads.wait_for(lambda rs: len(rs) > 0, timeout=15), "no reconnect")
                 self.assertEqual(ads.metadata[0].get("authorization"), "Bearer rotated-token")
             finally:
-                self.assertEqual(s.stop(), 0)
+                rc = s.stop()
                 ads.stop()
+                if rc != 0:
+                    print(open(os.path.join(tmp, "skiff.log")).read()[-6000:])
+                self.assertEqual(rc, 0, "skiff exit status")
 
     def test_untrusted_server_is_refused(self):
         with tempfile.TemporaryDirectory() as tmp:
