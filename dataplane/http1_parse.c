@@ -94,6 +94,17 @@ static bool ieq(const char *a, size_t n, const char *lit)
     return dp_str_ieq((dp_str_t){a, n}, lit, strlen(lit));
 }
 
+/* The value of a field line whose name ends at colon, without surrounding whitespace. */
+static dp_str_t field_value(const char *l, size_t n, size_t colon)
+{
+    size_t v = colon + 1, e = n;
+    while (v < n && (l[v] == ' ' || l[v] == '\t'))
+        v++;
+    while (e > v && (l[e - 1] == ' ' || l[e - 1] == '\t'))
+        e--;
+    return (dp_str_t){l + v, e - v};
+}
+
 /* Splits a field line "name: value" (without its CRLF) strictly. */
 static int split_field(const char *l, size_t n, dp_str_t *name, dp_str_t *value, const char **err)
 {
@@ -114,15 +125,9 @@ static int split_field(const char *l, size_t n, dp_str_t *name, dp_str_t *value,
     if (i == 0)
         return *err = "empty header name", -1;
     *name = (dp_str_t){l, i};
-    size_t v = i + 1;
-    while (v < n && (l[v] == ' ' || l[v] == '\t'))
-        v++;
-    size_t e = n;
-    while (e > v && (l[e - 1] == ' ' || l[e - 1] == '\t'))
-        e--;
-    if (!value_ok(l + v, e - v))
+    *value = field_value(l, n, i);
+    if (!value_ok(value->p, value->n))
         return *err = "invalid character in a header value", -1;
-    *value = (dp_str_t){l + v, e - v};
     return 0;
 }
 
@@ -147,14 +152,14 @@ static int check_version(dp_h1_head_parser_t *hp, const char *v, size_t n)
 }
 
 /* The HTTP methods llhttp knows (its HTTP map, not the RTSP one). */
-#define METHOD_NAME(num, name, string) #string,
-static const char *const methods[] = {HTTP_METHOD_MAP(METHOD_NAME)};
+#define METHOD_NAME(num, name, string) DP_STR(#string),
+static const dp_str_t methods[] = {HTTP_METHOD_MAP(METHOD_NAME)};
 #undef METHOD_NAME
 
 static bool known_method(const char *m, size_t n)
 {
     for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
-        if (strlen(methods[i]) == n && memcmp(methods[i], m, n) == 0)
+        if (dp_str_eq(methods[i], m, n))
             return true;
     }
     return false;
@@ -221,17 +226,6 @@ static int parse_length(dp_str_t v, int64_t *out)
     }
     *out = x;
     return 0;
-}
-
-/* The value of a field line whose name ends at colon, without surrounding whitespace. */
-static dp_str_t field_value(const char *l, size_t n, size_t colon)
-{
-    size_t v = colon + 1, e = n;
-    while (v < n && (l[v] == ' ' || l[v] == '\t'))
-        v++;
-    while (e > v && (l[e - 1] == ' ' || l[e - 1] == '\t'))
-        e--;
-    return (dp_str_t){l + v, e - v};
 }
 
 /* A head's field line, for what llhttp does not check: it refuses controls and separators in
